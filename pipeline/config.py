@@ -1,0 +1,200 @@
+"""Run configuration: YAML in, validated pydantic models out, with `--set` overrides.
+
+Every model forbids unknown keys, so a typo fails before any work starts, with the key's path
+and the nearest valid name. Steps are validated against the parameter model of their `type`.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from filters import STEPS
+from filters.warc import WarcReaderParams
+
+
+class ConfigError(ValueError):
+    """A config problem, phrased for the user: which key, what is wrong, what to do."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RayConfig(Strict):
+    address: str | None = None  # None: start a local Ray; "auto" or host:port: join a cluster
+    num_cpus: int | None = None  # local Ray only; None uses every core
+
+
+class Resources(Strict):
+    num_cpus: float = 1
+    num_gpus: float = 0
+    memory_mb: int | None = 2048  # what Ray reserves per task; the task itself stays within it
+
+
+class WriterConfig(Strict):
+    target_shard_mb: int = 256  # a stage output file rolls over at this much uncompressed text
+    row_group_mb: int = 32  # readers fetch row groups; ~32 MB keeps them few and small
+    compression: str = "zstd"
+    compression_level: int = 3
+
+
+class StageConfig(Strict):
+    name: str
+    kind: str = "map"
+    reader: WarcReaderParams | None = None  # first stage only: how to read the input files
+    steps: list[dict[str, Any]] = Field(default_factory=list)
+    batch_size: int = 256
+    resources: Resources = Field(default_factory=Resources)
+    writer: WriterConfig = Field(default_factory=WriterConfig)
+    max_retries: int = 3  # Ray retries a task whose worker died
+
+    @field_validator("steps")
+    @classmethod
+    def _check_steps(cls, steps: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        checked = []
+        for i, step in enumerate(steps):
+            kind = step.get("type")
+            if kind not in STEPS:
+                raise ValueError(f"steps.{i}.type: unknown step {kind!r}{_suggest(str(kind), STEPS)}")
+            try:
+                params = STEPS[kind].Params(**step)
+            except ValidationError as exc:
+                raise ValueError(f"steps.{i} ({kind}): {_describe(exc, STEPS[kind].Params)}") from None
+            checked.append(params.model_dump(mode="json"))
+        return checked
+
+
+class RunConfig(Strict):
+    input: list[str]
+    output_dir: str
+    ray: RayConfig = Field(default_factory=RayConfig)
+    stages: list[StageConfig]
+
+    @field_validator("input", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+    @field_validator("stages")
+    @classmethod
+    def _check_stages(cls, stages: list[StageConfig]) -> list[StageConfig]:
+        if not stages:
+            raise ValueError("at least one stage is needed")
+        names = [s.name for s in stages]
+        if len(set(names)) != len(names):
+            raise ValueError(f"stage names must be unique, got {names}")
+        if stages[0].reader is None:
+            stages[0].reader = WarcReaderParams()
+        for s in stages[1:]:
+            if s.reader is not None:
+                raise ValueError(f"stage {s.name!r}: only the first stage reads input files")
+        return stages
+
+
+def _suggest(word: str, options: Any) -> str:
+    close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.5)
+    return f"; did you mean {close[0]!r}?" if close else f"; valid: {', '.join(sorted(options))}"
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The pydantic model inside an annotation such as `X`, `X | None` or `list[X]`."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _fields_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """The valid field names of the section at `loc` inside `model`."""
+    current: type[BaseModel] | None = model
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = current.model_fields.get(part) if current else None
+        current = _model_in(field.annotation) if field else None
+    return list(current.model_fields) if current else []
+
+
+def _describe(exc: ValidationError, model: type[BaseModel]) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = tuple(err["loc"])
+        path = ".".join(str(p) for p in loc)
+        if err["type"] == "extra_forbidden":
+            valid = _fields_at(model, loc[:-1])
+            lines.append(f"unknown key {path!r}{_suggest(str(loc[-1]), valid) if valid else ''}")
+        else:
+            msg = err["msg"].removeprefix("Value error, ")
+            if loc and msg.startswith(f"{loc[-1]}."):  # the step validator already names its key
+                lines.append(".".join(str(p) for p in loc[:-1]) + "." + msg)
+            else:
+                lines.append(f"{path}: {msg}" if path else msg)
+    return "; ".join(lines)
+
+
+def apply_override(raw: dict[str, Any], assignment: str) -> None:
+    """Apply one `a.b.c=value`. List items are addressed by index or by their name/type."""
+    if "=" not in assignment:
+        raise ConfigError(f"--set {assignment!r}: expected key=value")
+    key, value = assignment.split("=", 1)
+    parsed = yaml.safe_load(value) if value else ""
+    parts = key.split(".")
+    node: Any = raw
+    for depth, part in enumerate(parts):
+        last = depth == len(parts) - 1
+        where = ".".join(parts[: depth + 1])
+        if isinstance(node, list):
+            index = _list_index(node, part, where)
+            if last:
+                node[index] = parsed
+            else:
+                node = node[index]
+        elif isinstance(node, dict):
+            if last:
+                node[part] = parsed
+            else:
+                node = node.setdefault(part, {})
+        else:
+            raise ConfigError(f"--set {key}: {'.'.join(parts[:depth])!r} is a value, not a section")
+
+
+def _list_index(items: list[Any], part: str, where: str) -> int:
+    if part.lstrip("-").isdigit():
+        index = int(part)
+        if not -len(items) <= index < len(items):
+            raise ConfigError(f"--set {where}: index out of range (the list has {len(items)} items)")
+        return index
+    names = [it.get("name") or it.get("type") if isinstance(it, dict) else None for it in items]
+    if part in names:
+        return names.index(part)
+    raise ConfigError(f"--set {where}: no item named {part!r}{_suggest(part, [n for n in names if n])}")
+
+
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} not found") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of keys")
+    for assignment in overrides:
+        apply_override(raw, assignment)
+    return validate(raw, source=str(path))
+
+
+def validate(raw: dict[str, Any], source: str = "config") -> RunConfig:
+    try:
+        return RunConfig(**raw)
+    except ValidationError as exc:
+        raise ConfigError(f"{source}: {_describe(exc, RunConfig)}") from None

@@ -1,0 +1,34 @@
+"""Live progress for the driver: shards, documents, rate and time left, on one line."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from tqdm import tqdm
+
+
+class StageProgress:
+    def __init__(self, name: str, total: int):
+        self.bar = tqdm(total=total, desc=name, unit="shard", dynamic_ncols=True, file=sys.stderr,
+                        mininterval=0.5, bar_format="{desc}: {n_fmt}/{total_fmt} shards |{bar}|"
+                        "{postfix} [{elapsed}<{remaining}]")
+        self.docs = 0
+        self.failed = 0
+        self.start = time.perf_counter()
+
+    def update(self, docs: int, failed: bool = False) -> None:
+        self.docs += docs
+        self.failed += int(failed)
+        rate = self.docs / max(time.perf_counter() - self.start, 1e-9)
+        postfix = f"{self.docs:,} docs, {rate:,.0f} docs/s"
+        if self.failed:
+            postfix += f", {self.failed} failed"
+        self.bar.set_postfix_str(postfix, refresh=False)
+        self.bar.update(1)
+
+    def __enter__(self) -> StageProgress:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.bar.close()

@@ -1,0 +1,135 @@
+"""One shard of one map stage: read, run the step chain batch by batch, write, record.
+
+This is the body of a Ray task. It streams: at most one batch of documents plus one row group
+per writer is in memory, whatever the size of the shard. It is idempotent: it first removes
+whatever an earlier, killed attempt left for its shard, and the completion record, written
+last, is what marks the shard done.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import lru_cache
+from itertools import islice
+from typing import Any
+
+import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from filters import STEPS, Doc, Step
+from filters.warc import READER_COLUMNS, WarcReaderParams, read_warc
+from pipeline.config import WriterConfig
+from pipeline.parquet_io import iter_parquet, writer_for
+from pipeline.schema import DOC_COLUMNS
+
+log = logging.getLogger("winnow.stage")
+
+
+@dataclass(frozen=True)
+class ShardJob:
+    stage_name: str
+    stage_json: str  # the stage's resolved config, as JSON (hashable, cheap to ship)
+    stage_dir: str
+    shard: str
+    input_path: str
+    first_stage: bool
+    fingerprint: str
+
+
+@lru_cache(maxsize=8)
+def build_steps(stage_json: str) -> list[Step]:
+    """Steps are built once per worker process and stage: models and lists load once."""
+    stage = json.loads(stage_json)
+    return [STEPS[s["type"]](STEPS[s["type"]].Params(**s)) for s in stage["steps"]]
+
+
+def stage_columns(job: ShardJob, steps: list[Step]) -> dict[str, pa.DataType]:
+    if job.first_stage:
+        columns = dict(READER_COLUMNS) | {"text": DOC_COLUMNS["text"]}
+    else:
+        with fsspec.open(job.input_path, "rb") as f:
+            columns = {field.name: field.type for field in pq.read_schema(f)}
+    for step in steps:
+        columns |= step.output_columns
+    return columns
+
+
+def _batched(docs: Iterator[Doc], size: int) -> Iterator[list[Doc]]:
+    while batch := list(islice(docs, size)):
+        yield batch
+
+
+def clear_shard(fs: fsspec.AbstractFileSystem, stage_dir: str, shard: str) -> None:
+    for pattern in (f"{stage_dir}/part-{shard}-*", f"{stage_dir}/rejected/part-{shard}-*",
+                    f"{stage_dir}/_done/{shard}.json"):
+        for path in fs.glob(pattern):
+            fs.rm(path)
+
+
+def run_shard(job: ShardJob) -> dict[str, Any]:
+    wall0, cpu0 = time.perf_counter(), time.process_time()
+    stage = json.loads(job.stage_json)
+    fs, stage_dir = fsspec.core.url_to_fs(job.stage_dir)
+    clear_shard(fs, stage_dir, job.shard)
+    fs.makedirs(f"{stage_dir}/rejected", exist_ok=True)
+    steps = build_steps(job.stage_json)
+    for step in steps:
+        step.stats = Counter()
+    reader_stats: Counter[str] = Counter()
+    if job.first_stage:
+        docs = read_warc(job.input_path, WarcReaderParams(**stage["reader"]), reader_stats)
+        batches = _batched(docs, stage["batch_size"])
+    else:
+        batches = iter_parquet(job.input_path, stage["batch_size"])
+
+    columns = stage_columns(job, steps)
+    writer_cfg = WriterConfig(**stage["writer"])
+    kept_writer = writer_for(fs, f"{stage_dir}/part-{job.shard}", columns, False, writer_cfg)
+    rejected_writer = writer_for(fs, f"{stage_dir}/rejected/part-{job.shard}", columns, True, writer_cfg)
+    rows_in = rows_out = 0
+    drop_reasons: Counter[str] = Counter()
+    for batch in batches:
+        rows_in += len(batch)
+        for step in steps:
+            step(batch)
+        kept = [d for d in batch if d.get("drop_reason") is None]
+        rejected = [d for d in batch if d.get("drop_reason") is not None]
+        for doc in rejected:
+            doc["drop_stage"] = job.stage_name
+            drop_reasons[doc["drop_reason"]] += 1
+        rows_out += len(kept)
+        kept_writer.write(kept)
+        rejected_writer.write(rejected)
+    outputs, rejected_outputs = kept_writer.close(), rejected_writer.close()
+
+    record = {
+        "shard": job.shard,
+        "fingerprint": job.fingerprint,
+        "input": job.input_path,
+        "outputs": [p.rsplit("/", 1)[-1] for p in outputs],
+        "rejected": [p.rsplit("/", 1)[-1] for p in rejected_outputs],
+        "rows_in": rows_in,
+        "rows_out": rows_out,
+        "rows_rejected": rows_in - rows_out,
+        "drop_reasons": dict(sorted(drop_reasons.items())),
+        "reader": dict(sorted(reader_stats.items())),
+        "steps": {s.name: dict(sorted(s.stats.items())) for s in steps},
+        "wall_s": round(time.perf_counter() - wall0, 3),
+        "cpu_s": round(time.process_time() - cpu0, 3),
+    }
+    _write_json_atomic(fs, f"{stage_dir}/_done/{job.shard}.json", record)
+    return record
+
+
+def _write_json_atomic(fs: fsspec.AbstractFileSystem, path: str, data: dict[str, Any]) -> None:
+    tmp = path + ".tmp"
+    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+    with fs.open(tmp, "w") as f:
+        json.dump(data, f, indent=1, sort_keys=True, default=str)
+    fs.mv(tmp, path)
