@@ -12,7 +12,7 @@ class StageProgress:
     def __init__(self, name: str, total: int):
         self.bar = tqdm(total=total, desc=name, unit="shard", dynamic_ncols=True, file=sys.stderr,
                         mininterval=0.5, bar_format="{desc}: {n_fmt}/{total_fmt} shards |{bar}|"
-                        "{postfix} [{elapsed}<{remaining}]")
+                        "[{elapsed}<{remaining}{postfix}]")
         self.docs = 0
         self.failed = 0
         self.start = time.perf_counter()
