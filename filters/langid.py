@@ -70,7 +70,7 @@ class LangId(Filter):
         reasons: list[str | None] = []
         for doc, label, score in zip(docs, labels, scores, strict=True):
             lang = label[0].removeprefix("__label__") if len(label) else "unknown"
-            doc["language"], doc["language_score"] = lang, float(score[0]) if len(score) else 0.0
+            doc["language"], doc["language_score"] = lang, min(float(score[0]), 1.0) if len(score) else 0.0
             if self.allowed and lang not in self.allowed:
                 reasons.append("language_not_allowed")
             elif doc["language_score"] < self.params.min_score:

@@ -16,6 +16,7 @@ import tarfile
 from functools import cache
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 import numpy as np
 import xxhash
@@ -114,10 +115,15 @@ class UrlFilter(Filter):
         if not url:
             return "no_url"
         parts = self.tld(url)
-        registered, fqdn = parts.top_domain_under_public_suffix, parts.fqdn
-        if self.allow_domains and registered not in self.allow_domains and fqdn not in self.allow_domains:
+        host = (urlsplit(url).hostname or "").lower()
+        # Hosts under unknown suffixes (intranet names, IPs) have no registered domain: use the host.
+        registered, fqdn = parts.top_domain_under_public_suffix or host, parts.fqdn or host
+        # A listed domain covers its subdomains: match the host and each of its parents.
+        labels = host.split(".")
+        parents = {".".join(labels[i:]) for i in range(len(labels))}
+        if self.allow_domains and not parents & self.allow_domains:
             return "not_allowed"
-        if registered in self.deny_domains or fqdn in self.deny_domains:
+        if parents & self.deny_domains:
             return "denied_domain"
         if self._blocked_domain(registered):
             return "blocklist_domain"

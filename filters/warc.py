@@ -9,13 +9,15 @@ declared length: a short one marks the point where a truncated file breaks.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import logging
 import re
+import zlib
 from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from typing import Literal
+from typing import BinaryIO, Literal
 from urllib.parse import urlsplit
 
 import fsspec
@@ -50,22 +52,25 @@ READER_COLUMNS: dict[str, pa.DataType] = {
 }
 
 
-def parse_warc_date(raw: str | None) -> datetime | None:
-    """Lenient WARC-Date parsing: real files carry dates like `2008-10-294T05:21:46-0700`."""
+def parse_warc_date(raw: str | None) -> tuple[datetime | None, bool]:
+    """Lenient WARC-Date parsing; returns (date, was_valid).
+
+    Real files carry dates like `2008-10-294T05:21:46-0700`: we keep the date part we can read.
+    """
     if not raw:
-        return None
+        return None, False
     try:
-        return datetime.fromisoformat(raw.replace("Z", "+00:00")).astimezone(UTC)
+        return datetime.fromisoformat(raw.replace("Z", "+00:00")).astimezone(UTC), True
     except ValueError:
         pass
     m = _DATE.search(raw)
     if not m:
-        return None
+        return None, False
     parts = [int(p) if p else 0 for p in m.groups()]
     try:
-        return datetime(*parts, tzinfo=UTC)
+        return datetime(*parts, tzinfo=UTC), False
     except ValueError:
-        return None
+        return None, False
 
 
 def clean_uri(raw: str | None) -> str:
@@ -93,6 +98,69 @@ def decode_html(body: bytes, http_charset: str | None) -> tuple[str, str]:
     return bytes_to_str(body, detected), f"detected:{detected}"
 
 
+class GzipMembers:
+    """A reader over concatenated gzip members that notices when the last one is cut short.
+
+    FastWARC decompresses on its own, but stops silently at a truncated member. Feeding it
+    decompressed bytes from here costs little (zlib does the work), tells us whether the file
+    ended cleanly, so lost records are reported instead of vanishing, and maps each record back
+    to the compressed offset of its gzip member: the offset Common Crawl's index uses.
+    """
+
+    def __init__(self, raw: BinaryIO):
+        self.raw = raw
+        self.inflate = zlib.decompressobj(31)
+        self.member_started = False
+        self.truncated = False
+        self.buffer = b""
+        self.done = False
+        self.raw_pos = 0  # compressed bytes consumed
+        self.out_pos = 0  # decompressed bytes produced
+        self.read_pos = 0  # decompressed bytes handed out
+        self.member_starts: list[tuple[int, int]] = [(0, 0)]  # (decompressed, compressed) offsets
+
+    def _fill(self) -> None:
+        chunk = self.raw.read(1 << 16)
+        if not chunk:
+            self.truncated = self.member_started and not self.inflate.eof
+            self.done = True
+            return
+        chunk_start = self.raw_pos
+        self.raw_pos += len(chunk)
+        out = []
+        while chunk:
+            self.member_started = True
+            data = self.inflate.decompress(chunk)
+            out.append(data)
+            self.out_pos += len(data)
+            if not self.inflate.eof:
+                break
+            consumed = len(chunk) - len(self.inflate.unused_data)
+            chunk_start += consumed
+            chunk = self.inflate.unused_data
+            self.member_starts.append((self.out_pos, chunk_start))
+            self.inflate = zlib.decompressobj(31)
+            self.member_started = False
+        self.buffer += b"".join(out)
+
+    def read(self, size: int = -1) -> bytes:
+        while not self.done and (size < 0 or len(self.buffer) < size):
+            self._fill()
+        if size < 0:
+            size = len(self.buffer)
+        data, self.buffer = self.buffer[:size], self.buffer[size:]
+        self.read_pos += len(data)
+        return data
+
+    def tell(self) -> int:
+        return self.read_pos
+
+    def compressed_offset(self, position: int) -> int:
+        """The compressed offset of the gzip member holding decompressed `position`."""
+        i = bisect.bisect_right(self.member_starts, (position, float("inf"))) - 1
+        return self.member_starts[max(i, 0)][1]
+
+
 def _record_id(raw_id: str | None, source_file: str, offset: int) -> str:
     if raw_id:
         return raw_id.strip("<>").removeprefix("urn:uuid:")
@@ -109,11 +177,22 @@ def read_warc(path: str, params: WarcReaderParams, stats: Counter[str]) -> Itera
         stats["file_open_error"] += 1
         return
     with stream:
-        records = ArchiveIterator(stream, parse_http=True, quirks_mode=True, strict_mode=False)
+        source: BinaryIO | GzipMembers = stream
+        if stream.read(2) == b"\x1f\x8b":
+            source = GzipMembers(stream)
+        stream.seek(0)
+        records = ArchiveIterator(source, parse_http=True, quirks_mode=True, strict_mode=False)
         while True:
             try:
                 record = next(records)
             except StopIteration:
+                if isinstance(source, GzipMembers) and source.truncated:
+                    log.error("%s: gzip stream truncated after %d records; the rest is lost",
+                              path, stats["records"])
+                    stats["truncated"] += 1
+                elif not stats["records"]:
+                    log.error("%s: no WARC records found; is it a WARC file?", path)
+                    stats["not_warc"] += 1
                 return
             except Exception as exc:  # noqa: BLE001 - a corrupt stream ends the file, not the job
                 log.error("%s: unreadable after %d records: %r", path, stats["records"], exc)
@@ -121,6 +200,8 @@ def read_warc(path: str, params: WarcReaderParams, stats: Counter[str]) -> Itera
                 return
             stats["records"] += 1
             offset = record.stream_pos
+            if isinstance(source, GzipMembers):
+                offset = source.compressed_offset(offset)
             rtype = record.record_type
             if rtype != WarcRecordType.response:
                 stats[f"skipped:{'revisit' if rtype == WarcRecordType.revisit else 'not_response'}"] += 1
@@ -141,7 +222,12 @@ def read_warc(path: str, params: WarcReaderParams, stats: Counter[str]) -> Itera
                             path, offset, record.content_length)
                 stats["skipped:too_large"] += 1
                 continue
-            body = record.reader.read()
+            try:
+                body = record.reader.read()
+            except Exception as exc:  # noqa: BLE001 - corrupt compressed data mid-record
+                log.error("%s@%d: unreadable record body: %r; stopping this file", path, offset, exc)
+                stats["read_error"] += 1
+                return
             if len(body) < record.content_length:
                 log.error("%s@%d: truncated (%d of %d bytes); records after this point are lost",
                           path, offset, len(body), record.content_length)
@@ -149,8 +235,8 @@ def read_warc(path: str, params: WarcReaderParams, stats: Counter[str]) -> Itera
                 return
             url = clean_uri(record.headers.get("WARC-Target-URI"))
             raw_date = record.headers.get("WARC-Date")
-            date = parse_warc_date(raw_date)
-            if date is None:
+            date, valid = parse_warc_date(raw_date)
+            if not valid:
                 stats["bad_date"] += 1
             html, charset = decode_html(body, record.http_charset)
             if charset.startswith("detected:"):

@@ -120,11 +120,19 @@ def run_shard(job: ShardJob) -> dict[str, Any]:
         "drop_reasons": dict(sorted(drop_reasons.items())),
         "reader": dict(sorted(reader_stats.items())),
         "steps": {s.name: dict(sorted(s.stats.items())) for s in steps},
+        "node": _node_id(),
         "wall_s": round(time.perf_counter() - wall0, 3),
         "cpu_s": round(time.process_time() - cpu0, 3),
     }
     _write_json_atomic(fs, f"{stage_dir}/_done/{job.shard}.json", record)
     return record
+
+
+def _node_id() -> str | None:
+    """The Ray node that ran the shard, for provenance (None outside Ray)."""
+    import ray
+
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
 
 
 def _write_json_atomic(fs: fsspec.AbstractFileSystem, path: str, data: dict[str, Any]) -> None:

@@ -1,0 +1,171 @@
+"""End-to-end runs on real WARCs: the run directory, reruns, config changes, resume, bad input."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from pipeline.config import load_config
+from pipeline.runner import Runner
+from pipeline.status import format_table, stage_rows
+from tests.conftest import ROOT, SAMPLE, WARC
+
+QUICKSTART = ROOT / "configs" / "quickstart.yaml"
+SMALL_INPUT = [str(SAMPLE / "wget-2024-dolma-000*.warc.gz"), str(SAMPLE / "cc-2020-34-resiliparse.warc.gz"),
+               str(SAMPLE / "cc-2014-35-npm.warc")]
+
+
+def config(out: Path, inputs=None, extra=()):
+    overrides = [f"output_dir={out}", f"input={json.dumps(inputs or SMALL_INPUT)}", *extra]
+    return load_config(QUICKSTART, overrides)
+
+
+def run(out: Path, inputs=None, extra=()):
+    return Runner(config(out, inputs, extra)).run()
+
+
+def file_digests(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*.parquet"))}
+
+
+@pytest.fixture(scope="module")
+def first_run(ray_local, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    return out, run(out)
+
+
+def test_run_directory_manifest_columns_and_counts(first_run):
+    out, manifest = first_run
+    assert (out / "run.yaml").exists() and (out / "logs" / "run.log").exists() or (out / "logs").is_dir()
+    assert yaml.safe_load((out / "run.yaml").read_text())["output_dir"] == str(out)
+    assert manifest == json.loads((out / "manifest.json").read_text())
+    assert manifest["status"] == "done"
+    extract, heuristics = manifest["stages"]
+    assert extract["dir"] == "stages/00_extract" and heuristics["dir"] == "stages/01_heuristics"
+    # Every WARC record is accounted for: a document, or a counted skip.
+    reader = extract["reader"]
+    skipped = sum(v for k, v in reader.items() if k.startswith("skipped:"))
+    assert reader["documents"] + skipped == reader["records"]
+    assert extract["rows_in"] == reader["documents"] == 16 + 22 + 15 + 3
+    for stage in manifest["stages"]:
+        assert stage["rows_out"] + stage["rows_rejected"] == stage["rows_in"]
+        assert sum(stage["drop_reasons"].values()) == stage["rows_rejected"]
+        assert stage["shards"] == {"total": 4, "done": 4, "reused": 0, "computed": 4, "failed": 0}
+    assert heuristics["rows_in"] == extract["rows_out"]
+
+    # Parquet on disk matches the manifest, kept and rejected.
+    for stage in manifest["stages"]:
+        stage_dir = out / stage["dir"]
+        kept = sum(pq.ParquetFile(p).metadata.num_rows for p in stage_dir.glob("part-*.parquet"))
+        rejected = pq.read_table(stage_dir / "rejected").to_pylist() if list(
+            (stage_dir / "rejected").glob("*.parquet")) else []
+        assert kept == stage["rows_out"] and len(rejected) == stage["rows_rejected"]
+        assert all(r["drop_stage"] == stage["name"] and ":" in r["drop_reason"] for r in rejected)
+        assert len(list((stage_dir / "_done").glob("*.json"))) == 4
+    table = pq.read_table(out / "output")
+    assert table.num_rows == heuristics["rows_out"] > 0
+    for column in ("id", "url", "domain", "crawl_date", "text", "language", "language_score",
+                   "source_file", "source_offset"):
+        assert column in table.column_names
+    rows = table.to_pylist()
+    assert len({r["id"] for r in rows}) == len(rows)
+    assert all(r["text"] and r["language"] and r["url"].startswith("http") for r in rows)
+    meta = pq.ParquetFile(next((out / "output").glob("*.parquet"))).metadata
+    assert meta.row_group(0).column(0).compression == "ZSTD"
+
+
+def test_rerun_reuses_everything_and_status_shows_it(first_run):
+    out, manifest = first_run
+    before = file_digests(out)
+    start = time.perf_counter()
+    again = run(out)
+    elapsed = time.perf_counter() - start
+    assert [s["shards"]["reused"] for s in again["stages"]] == [4, 4]
+    assert [s["shards"]["computed"] for s in again["stages"]] == [0, 0]
+    assert file_digests(out) == before
+    assert elapsed < 5  # generous: only completion records are read (the bench times it properly)
+    rows = stage_rows(str(out))
+    assert [r["status"] for r in rows] == ["done", "done"] and rows[0]["shards"] == "4/4"
+    assert "00_extract" in format_table(rows)
+
+
+def test_changing_gopher_parameters_recomputes_only_that_stage(ray_local, tmp_path):
+    run(tmp_path)
+    extract_files = file_digests(tmp_path / "stages" / "00_extract")
+    changed = run(tmp_path, extra=["stages.heuristics.steps.gopher_quality.min_doc_words=150"])
+    extract, heuristics = changed["stages"]
+    assert extract["shards"]["reused"] == 4 and extract["shards"]["computed"] == 0
+    assert heuristics["shards"]["reused"] == 0 and heuristics["shards"]["computed"] == 4
+    assert file_digests(tmp_path / "stages" / "00_extract") == extract_files
+    assert heuristics["drop_reasons"].get("gopher_quality:short_doc", 0) > 0
+    # Changing a stage's resources is not a change of what it computes.
+    same = run(tmp_path, extra=["stages.heuristics.steps.gopher_quality.min_doc_words=150",
+                                "stages.heuristics.resources.num_cpus=2"])
+    assert [s["shards"]["computed"] for s in same["stages"]] == [0, 0]
+
+
+def test_killed_run_resumes_to_identical_bytes(ray_local, tmp_path):
+    inputs = SMALL_INPUT + [str(SAMPLE / "archiveit-2008-aut.warc.gz")]
+    reference = tmp_path / "reference"
+    run(reference, inputs)
+
+    killed = tmp_path / "killed"
+    cfg_path = tmp_path / "killed.yaml"
+    cfg_path.write_text(yaml.safe_dump(config(killed, inputs).model_dump(mode="json")))
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "run", str(cfg_path)], cwd=ROOT, env=env,
+                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    done_dir = killed / "stages" / "00_extract" / "_done"
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(done_dir.glob("*.json")) and proc.poll() is None:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    # A Ray worker may finish the task it holds after its driver dies; let that settle.
+    counts = [-1]
+    while counts[-1] != len(list(done_dir.glob("*.json"))):
+        counts.append(len(list(done_dir.glob("*.json"))))
+        time.sleep(1.5)
+    finished_before_resume = counts[-1]
+    assert finished_before_resume >= 1
+    assert not (killed / "output").exists(), "the run must be killed before it finished"
+
+    resumed = run(killed, inputs)
+    assert resumed["stages"][0]["shards"]["reused"] == finished_before_resume
+    assert file_digests(killed / "output") == file_digests(reference / "output")
+    assert file_digests(killed / "stages") == file_digests(reference / "stages")
+    assert not list(killed.rglob("*.tmp"))
+
+
+def test_bad_inputs_are_counted_and_the_run_goes_on(ray_local, tmp_path):
+    garbage = tmp_path / "garbage.warc.gz"
+    garbage.write_bytes(os.urandom(4096))
+    inputs = [str(SAMPLE / "wget-2024-dolma-0000.warc.gz"), str(WARC / "resiliparse" / "clipped.warc.gz"),
+              str(WARC / "resiliparse" / "clueweb-quirk.warc.gz"), str(garbage)]
+    manifest = run(tmp_path / "run", inputs)
+    reader = manifest["stages"][0]["reader"]
+    assert reader["truncated"] == 1 and reader["not_warc"] == 1 and reader["bad_date"] == 29
+    assert manifest["status"] == "done" and manifest["stages"][1]["rows_out"] > 0
+
+
+def test_a_shard_that_fails_is_recorded_and_the_others_finish(ray_local, tmp_path):
+    run(tmp_path)
+    victim = sorted((tmp_path / "stages" / "00_extract").glob("part-*.parquet"))[1]
+    victim.write_bytes(b"not parquet at all")
+    manifest = run(tmp_path, extra=["stages.heuristics.steps.gopher_quality.min_doc_words=60"])
+    heuristics = manifest["stages"][1]
+    assert heuristics["shards"]["failed"] == 1 and heuristics["shards"]["done"] == 3
+    assert heuristics["errors"][0]["input"].endswith(victim.name)
+    assert heuristics["status"] == "failed" and manifest["status"] == "partial"
+    assert pq.read_table(tmp_path / "output").num_rows == heuristics["rows_out"]

@@ -1,0 +1,119 @@
+"""WARC reading on every real file in ../shared/data/warc, broken ones included."""
+
+from __future__ import annotations
+
+import gzip
+import os
+from collections import Counter
+
+import pytest
+
+from filters.warc import WarcReaderParams, clean_uri, decode_html, parse_warc_date, read_warc
+from tests.conftest import SHARED, WARC
+
+
+def read(path, **params):
+    stats: Counter[str] = Counter()
+    docs = list(read_warc(str(path), WarcReaderParams(**params), stats))
+    return docs, stats
+
+
+@pytest.mark.parametrize("path", sorted(p for p in WARC.rglob("*") if p.is_file() and "LICENSE" not in p.name),
+                         ids=lambda p: p.name)
+def test_every_real_file_reads_without_raising(path):
+    docs, stats = read(path)
+    assert stats["records"] + stats["not_warc"] + stats["read_error"] > 0
+    for doc in docs:
+        assert doc["id"] and doc["url"] and doc["html"]
+        assert doc["source_file"] == str(path)
+
+
+def test_warc_0_17_with_non_html_and_status_skips():
+    docs, stats = read(WARC / "aut-archiveit" / "example.warc.gz")
+    assert len(docs) == 94 == stats["documents"]
+    assert stats["records"] == 822
+    # Every record is either a document or counted under a skip reason.
+    skipped = sum(v for k, v in stats.items() if k.startswith("skipped:"))
+    assert skipped + stats["documents"] == stats["records"]
+    assert stats["skipped:mime_type"] == 120 and stats["skipped:http_status"] == 47
+
+
+def test_revisit_and_non_html_mime_types_are_skipped_and_counted():
+    docs, stats = read(WARC / "aut-archiveit" / "example.pdf.warc.gz")
+    assert stats["skipped:revisit"] == 2
+    assert stats["skipped:mime_type"] == 31
+    docs, stats = read(WARC / "aut-archiveit" / "example.docs.warc.gz")
+    assert docs == [] and stats["skipped:mime_type"] == 9
+
+
+def test_warc_0_18_with_invalid_dates_and_euc_jp_pages():
+    docs, stats = read(WARC / "resiliparse" / "clueweb-quirk.warc.gz")
+    assert len(docs) == 29
+    assert stats["bad_date"] == 29  # `2008-10-294T05:21:46-0700`: counted, date part kept
+    assert all(d["crawl_date"].year == 2008 for d in docs)
+    # The pages declare EUC-JP; decoded text must be Japanese, not mojibake.
+    assert any("\u3002" in d["html"] or "\u306e" in d["html"] for d in docs)
+
+
+def test_angle_bracket_uris_are_unwrapped():
+    docs, _ = read(WARC / "dolma-wget" / "sample-0000.warc.gz")
+    assert len(docs) == 22
+    assert all(d["url"].startswith("https://") and not d["url"].endswith(">") for d in docs)
+    assert clean_uri("<https://a.example/x>") == "https://a.example/x"
+
+
+def test_uncompressed_warc_reads():
+    docs, stats = read(WARC / "cc-2014-npm-warc" / "CC-MAIN-20140820021334-00006-ip-10-180-136-8.ec2.internal.warc")
+    assert len(docs) == 3 and stats["records"] == 13
+
+
+def test_truncated_gzip_is_reported_not_raised():
+    docs, stats = read(WARC / "resiliparse" / "clipped.warc.gz")
+    assert docs == []  # its only record is cut in the middle
+    assert stats["truncated"] == 1
+
+
+def test_truncated_file_keeps_every_record_before_the_break(tmp_path):
+    full = (WARC / "aut-archiveit" / "example.warc.gz").read_bytes()
+    clipped = tmp_path / "clipped.warc.gz"
+    clipped.write_bytes(full[: len(full) // 2])
+    whole, _ = read(WARC / "aut-archiveit" / "example.warc.gz")
+    docs, stats = read(clipped)
+    assert stats["truncated"] + stats["read_error"] == 1
+    assert 0 < len(docs) < len(whole)
+    assert [d["id"] for d in docs] == [d["id"] for d in whole[: len(docs)]]
+
+
+def test_corrupt_middle_and_non_warc_files(tmp_path):
+    data = (WARC / "aut-archiveit" / "example.warc.gz").read_bytes()
+    corrupt = tmp_path / "corrupt.warc.gz"
+    corrupt.write_bytes(data[:200_000] + os.urandom(3000) + data[203_000:])
+    docs, stats = read(corrupt)
+    assert stats["read_error"] == 1 and len(docs) > 0
+    docs, stats = read(SHARED / "cc-text" / "c4-demo" / "c4_demo.jsonl")
+    assert docs == [] and stats["not_warc"] == 1
+    docs, stats = read(tmp_path / "missing.warc.gz")
+    assert docs == [] and stats["file_open_error"] == 1
+
+
+def test_oversized_records_are_skipped():
+    docs, stats = read(WARC / "dolma-wget" / "sample-0000.warc.gz", max_record_bytes=20_000)
+    assert stats["skipped:too_large"] > 0
+    assert len(docs) + stats["skipped:too_large"] == 22
+
+
+def test_charset_detection_without_declared_charset():
+    html = "<html><body><p>Grüße aus Köln, schönes Wetter heute.</p></body></html>"
+    text, how = decode_html(html.encode("cp1252"), None)
+    assert "Grüße" in text and how.startswith("detected:")
+    text, how = decode_html(gzip.decompress(gzip.compress(html.encode("utf-8"))), "utf-8")
+    assert "Köln" in text and how == "utf-8"
+    text, how = decode_html(b'<meta charset="iso-8859-1"><p>caf\xe9</p>', None)
+    assert "café" in text and how == "iso-8859-1"
+
+
+def test_parse_warc_date():
+    assert parse_warc_date("2017-07-22T00:50:11Z")[1] is True
+    date, valid = parse_warc_date("2008-10-294T05:21:46-0700")
+    assert not valid and (date.year, date.month, date.day) == (2008, 10, 29)
+    assert parse_warc_date("garbage") == (None, False)
