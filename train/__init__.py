@@ -1,0 +1,1 @@
+"""The bundled trainer (issue 6): tokenizer, token shards, model, pretraining, SFT, serving."""
