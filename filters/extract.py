@@ -127,7 +127,8 @@ class Extract(Filter):
         return {params.extractor: pkg_version(params.extractor)}
 
     def filter(self, doc: Doc) -> str | None:
-        html = doc.pop("html", None) or ""
+        # Read, don't pop, until the end: a failed batch is retried document by document.
+        html = doc.get("html") or ""
         if len(html) > self.params.max_html_chars:
             self.stats["html_clipped"] += 1
             html = html[: self.params.max_html_chars]
@@ -137,9 +138,13 @@ class Extract(Filter):
         except ExtractTimeout:
             log.warning("extraction timed out after %.1fs on %s (%s)", self.params.timeout_s,
                         doc.get("id"), doc.get("url"))
-            doc["text"] = ""
-            return "timeout"
-        doc["text"] = clean_text(text)
-        if len(doc["text"]) < self.params.min_text_chars:
-            return "empty"
-        return None
+            text, reason = "", "timeout"
+        except Exception as exc:  # noqa: BLE001 - a page that breaks the parser costs one document
+            log.warning("extraction failed on %s (%s): %r", doc.get("id"), doc.get("url"), exc)
+            text, reason = "", "error"
+        else:
+            text = clean_text(text)
+            reason = None if len(text) >= self.params.min_text_chars else "empty"
+        doc["text"] = text
+        doc.pop("html", None)
+        return reason

@@ -27,6 +27,7 @@ def two_node_cluster():
     cluster.shutdown()
 
 
+@pytest.mark.slow
 def test_run_joins_a_cluster_and_spreads_shards(two_node_cluster, tmp_path):
     inputs = [str(SAMPLE / "wget-2024-dolma-000*.warc.gz"), str(SAMPLE / "cc-2020-34-resiliparse.warc.gz")]
     cfg = load_config(ROOT / "configs" / "quickstart.yaml",

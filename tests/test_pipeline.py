@@ -115,6 +115,7 @@ def test_changing_gopher_parameters_recomputes_only_that_stage(ray_local, tmp_pa
     assert [s["shards"]["computed"] for s in same["stages"]] == [0, 0]
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_identical_bytes(ray_local, tmp_path):
     inputs = SMALL_INPUT + [str(SAMPLE / "archiveit-2008-aut.warc.gz")]
     reference = tmp_path / "reference"

@@ -97,6 +97,16 @@ def test_extract_times_out_a_pathological_page():
     assert step.stats["dropped:timeout"] == 1
 
 
+def test_extract_time_box_works_inside_a_ray_task(ray_local):
+    html = "<html><body>" + "<div><p>deep text here</p>" * 20000 + "</div>" * 20000 + "</body></html>"
+
+    @ray_local.remote
+    def extract_in_worker(page: str) -> list:
+        return run(make("extract", extractor="trafilatura", timeout_s=0.05), [{"id": "deep", "html": page}])
+
+    assert ray_local.get(extract_in_worker.remote(html)) == ["extract:timeout"]
+
+
 def test_trim_boilerplate_keeps_the_prose_span():
     text = "Home\nNews\nThis is a real sentence with more than eight words in it.\nMore prose follows here " \
            "and it also ends properly.\nShare\nFollow us"
