@@ -8,6 +8,19 @@ import time
 from tqdm import tqdm
 
 
+class ProgressCounter:
+    """Run as a Ray actor: shard tasks add the documents they finish, the driver reads the sum."""
+
+    def __init__(self) -> None:
+        self.docs = 0
+
+    def add(self, n: int) -> None:
+        self.docs += n
+
+    def total(self) -> int:
+        return self.docs
+
+
 class StageProgress:
     def __init__(self, name: str, total: int):
         self.bar = tqdm(total=total, desc=name, unit="shard", dynamic_ncols=True, file=sys.stderr,
@@ -17,15 +30,18 @@ class StageProgress:
         self.failed = 0
         self.start = time.perf_counter()
 
-    def update(self, docs: int, failed: bool = False) -> None:
-        self.docs += docs
-        self.failed += int(failed)
+    def update(self, docs: int, shards_done: int = 0, failed: int = 0) -> None:
+        """`docs` is the live total of documents processed; shards arrive as they finish."""
+        self.docs = max(self.docs, docs)
+        self.failed += failed
         rate = self.docs / max(time.perf_counter() - self.start, 1e-9)
         postfix = f"{self.docs:,} docs, {rate:,.0f} docs/s"
         if self.failed:
             postfix += f", {self.failed} failed"
         self.bar.set_postfix_str(postfix, refresh=False)
-        self.bar.update(1)
+        self.bar.update(shards_done + failed)
+        if not shards_done and not failed:
+            self.bar.refresh()
 
     def __enter__(self) -> StageProgress:
         return self

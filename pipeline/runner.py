@@ -18,7 +18,7 @@ import yaml
 
 from pipeline.config import ConfigError, RunConfig, StageConfig
 from pipeline.fingerprint import stage_fingerprint
-from pipeline.progress import StageProgress
+from pipeline.progress import ProgressCounter, StageProgress
 from pipeline.stage import ShardJob, clear_shard, run_shard
 
 log = logging.getLogger("winnow.run")
@@ -109,26 +109,37 @@ class Runner:
             retry_exceptions=False,
         )
         stage_json = stage.model_dump_json()
+        counter = ray.remote(ProgressCounter).options(num_cpus=0).remote()
         futures = {}
         for shard in pending:
-            job = ShardJob(stage.name, stage_json, self.url(stage_dir), shard, shards[shard], index == 0, fingerprint)
+            job = ShardJob(stage.name, stage_json, self.url(stage_dir), shard, shards[shard], index == 0, fingerprint,
+                           progress=counter)
             futures[task.remote(job)] = shard
         failures = []
+        finished_docs = 0
         with StageProgress(f"{index:02d}_{stage.name}", total=len(pending)) as progress:
             remaining = list(futures)
             while remaining:
-                ready, remaining = ray.wait(remaining, num_returns=1)
-                shard = futures[ready[0]]
-                try:
-                    record = ray.get(ready[0])
-                except Exception as exc:  # noqa: BLE001 - one bad shard must not stop the run
-                    message = str(exc).strip().splitlines()[-1][:500]
-                    log.error("stage %s shard %s (%s) failed: %s", stage.name, shard, shards[shard], message)
-                    failures.append({"shard": shard, "input": shards[shard], "error": message})
-                    progress.update(docs=0, failed=True)
-                    continue
-                done[shard] = record
-                progress.update(docs=record["rows_in"])
+                ready, remaining = ray.wait(remaining, num_returns=len(remaining), timeout=0.5)
+                live_docs = ray.get(counter.total.remote())
+                for ref in ready:
+                    shard = futures[ref]
+                    try:
+                        record = ray.get(ref)
+                    except Exception as exc:  # noqa: BLE001 - one bad shard must not stop the run
+                        message = str(exc).strip().splitlines()[-1][:500]
+                        log.error("stage %s shard %s (%s) failed: %s", stage.name, shard, shards[shard], message)
+                        failures.append({"shard": shard, "input": shards[shard], "error": message})
+                        progress.update(live_docs, failed=1)
+                        continue
+                    done[shard] = record
+                    finished_docs += record["rows_in"]
+                    for message in record.get("messages", []):
+                        log.warning("%s/%s: %s", stage.name, shard, message)
+                    progress.update(max(live_docs, finished_docs), shards_done=1)
+                if not ready:
+                    progress.update(live_docs)
+        ray.kill(counter)
         return failures
 
     # -- housekeeping ----------------------------------------------------------------------------

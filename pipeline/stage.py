@@ -40,6 +40,20 @@ class ShardJob:
     input_path: str
     first_stage: bool
     fingerprint: str
+    progress: Any = None  # a ProgressCounter actor: live document counts for the driver's bar
+
+
+class MessageCollector(logging.Handler):
+    """Keeps a shard's warnings for its completion record (and so for the driver's run.log)."""
+
+    def __init__(self, limit: int = 100):
+        super().__init__(logging.WARNING)
+        self.limit, self.count, self.messages = limit, 0, []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.count += 1
+        if len(self.messages) < self.limit:
+            self.messages.append(f"{record.levelname} {record.name}: {record.getMessage()}")
 
 
 @lru_cache(maxsize=8)
@@ -73,6 +87,16 @@ def clear_shard(fs: fsspec.AbstractFileSystem, stage_dir: str, shard: str) -> No
 
 
 def run_shard(job: ShardJob) -> dict[str, Any]:
+    collector = MessageCollector()
+    logger = logging.getLogger("winnow")
+    logger.addHandler(collector)
+    try:
+        return _run_shard(job, collector)
+    finally:
+        logger.removeHandler(collector)
+
+
+def _run_shard(job: ShardJob, collector: MessageCollector) -> dict[str, Any]:
     wall0, cpu0 = time.perf_counter(), time.process_time()
     stage = json.loads(job.stage_json)
     fs, stage_dir = fsspec.core.url_to_fs(job.stage_dir)
@@ -106,6 +130,8 @@ def run_shard(job: ShardJob) -> dict[str, Any]:
         rows_out += len(kept)
         kept_writer.write(kept)
         rejected_writer.write(rejected)
+        if job.progress is not None:
+            job.progress.add.remote(len(batch))
     outputs, rejected_outputs = kept_writer.close(), rejected_writer.close()
 
     record = {
@@ -120,6 +146,8 @@ def run_shard(job: ShardJob) -> dict[str, Any]:
         "drop_reasons": dict(sorted(drop_reasons.items())),
         "reader": dict(sorted(reader_stats.items())),
         "steps": {s.name: dict(sorted(s.stats.items())) for s in steps},
+        "warnings": collector.count,
+        "messages": collector.messages,
         "node": _node_id(),
         "wall_s": round(time.perf_counter() - wall0, 3),
         "cpu_s": round(time.process_time() - cpu0, 3),
