@@ -233,6 +233,11 @@ def read_warc(path: str, params: WarcReaderParams, stats: Counter[str]) -> Itera
                           path, offset, len(body), record.content_length)
                 stats["truncated"] += 1
                 return
+            if b"\x00" in body[:8192]:
+                # Labelled HTML but binary (images, archives served with the wrong type).
+                log.warning("%s@%d: binary body under Content-Type %s, skipped", path, offset, content_type)
+                stats["skipped:binary"] += 1
+                continue
             url = clean_uri(record.headers.get("WARC-Target-URI"))
             raw_date = record.headers.get("WARC-Date")
             date, valid = parse_warc_date(raw_date)

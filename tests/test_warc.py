@@ -117,3 +117,30 @@ def test_parse_warc_date():
     date, valid = parse_warc_date("2008-10-294T05:21:46-0700")
     assert not valid and (date.year, date.month, date.day) == (2008, 10, 29)
     assert parse_warc_date("garbage") == (None, False)
+
+
+def _warc_record(uri: str, body: bytes, content_type: str = "text/html; charset=utf-8") -> bytes:
+    http = f"HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body
+    head = (f"WARC/1.0\r\nWARC-Type: response\r\nWARC-Target-URI: {uri}\r\nWARC-Date: 2024-01-02T03:04:05Z\r\n"
+            f"WARC-Record-ID: <urn:uuid:{abs(hash(uri)):032d}>\r\nContent-Type: application/http; msgtype=response\r\n"
+            f"Content-Length: {len(http)}\r\n\r\n").encode()
+    return head + http + b"\r\n\r\n"
+
+
+def test_50_mb_page_binary_body_and_unknown_charset(tmp_path, caplog):
+    page = b"<html><body>" + b"<p>the same paragraph again and again</p>" * (50_000_000 // 41) + b"</body></html>"
+    records = [
+        _warc_record("https://huge.example.com/", page),
+        _warc_record("https://binary.example.com/", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + os.urandom(2000)),
+        _warc_record("https://odd.example.com/", "<p>caf\u00e9 cr\u00e8me br\u00fbl\u00e9e</p>".encode("latin-1"),
+                     "text/html; charset=x-no-such-charset"),
+        _warc_record("https://fine.example.com/", b"<html><body><p>An ordinary page.</p></body></html>"),
+    ]
+    path = tmp_path / "edge.warc"
+    path.write_bytes(b"".join(records))
+    docs, stats = read(path)
+    assert stats["skipped:too_large"] == 1 and stats["skipped:binary"] == 1
+    assert [d["url"] for d in docs] == ["https://odd.example.com/", "https://fine.example.com/"]
+    assert "crème brûlée" in docs[0]["html"]
+    assert "huge.example.com" not in caplog.text or "max_record_bytes" in caplog.text
+    assert any("max_record_bytes" in r.getMessage() and str(path) in r.getMessage() for r in caplog.records)
