@@ -64,16 +64,17 @@ class Runner:
         self._remove_unknown_stage_dirs()
 
         stages, previous, shard_inputs = [], "", inputs
-        for index, stage in enumerate(self.cfg.stages):
-            fingerprint = stage_fingerprint(stage, previous, inputs if index == 0 else None)
-            summary = self.run_stage(index, stage, fingerprint, shard_inputs)
-            stages.append(summary)
-            shard_inputs, previous = summary.pop("_outputs"), fingerprint
-            self._write_manifest(started, inputs, stages, None)
-        output = self._publish_output(shard_inputs, previous)
-        manifest = self._write_manifest(started, inputs, stages, output)
-        self._shutdown_ray()
-        return manifest
+        try:
+            for index, stage in enumerate(self.cfg.stages):
+                fingerprint = stage_fingerprint(stage, previous, inputs if index == 0 else None)
+                summary = self.run_stage(index, stage, fingerprint, shard_inputs)
+                stages.append(summary)
+                shard_inputs, previous = summary.pop("_outputs"), fingerprint
+                self._write_manifest(started, inputs, stages, None)
+            output = self._publish_output(shard_inputs, previous)
+            return self._write_manifest(started, inputs, stages, output)
+        finally:
+            self._shutdown_ray()
 
     def stage_dir(self, index: int, stage: StageConfig) -> str:
         return f"{self.root}/stages/{index:02d}_{stage.name}"
