@@ -8,14 +8,19 @@ How the corpus is built:
     pages (their canonical URL, or a made-up host), an evenly spaced sample of `--udhr` of the UDHR
     translations (made-up host; the English one is always included) for some non-English text, and
     every complete `text/html` 200 response inside the real WARC files under warc/ (their own URLs).
-  * Each page is decoded once (HTTP charset, then <meta charset>, then UTF-8, then byte-level
-    detection) and stored as UTF-8, so every record says `Content-Type: text/html; charset=utf-8`.
+  * A body kept gzip-compressed by the crawler is decompressed; binary bodies are left out. Each page is
+    decoded once (HTTP charset, then <meta charset>, then UTF-8, then byte-level detection) and stored
+    as UTF-8, so every record says `Content-Type: text/html; charset=utf-8`.
   * The page list is shuffled with a fixed seed and cycled until `--records` response records exist.
     Copy i of a page gets the URL `<original url>?copy=i` (or `&copy=i`), a WARC-Record-ID derived
     from i, and a WARC-Date of 2024-07-01 plus i seconds; the host is the page's own.
-  * Record i goes to file i mod `--files` (corpus-00000.warc.gz, ...), each gzipped WARC/1.0 with one
-    warcinfo record first, then response records that carry `WARC-Identified-Payload-Type: text/html`
-    as Common Crawl's do. No request records. Same arguments give the same bytes.
+  * The records are split into `--files` contiguous runs (corpus-00000.warc.gz, ...), each a gzipped
+    WARC/1.0 file with one warcinfo record first, then response records that carry
+    `WARC-Identified-Payload-Type: text/html` as Common Crawl's do. No request records. Contiguous runs
+    keep two copies of a page a whole cycle of distinct pages apart in every file: trafilatura's
+    `deduplicate` counts the last 4096 texts (paragraphs and whole pages) it saw in a process and drops
+    those seen more than twice, so copies close together would measure that cache, not extraction.
+    Same arguments give the same bytes.
   * DIR/CORPUS.md says how many pages and records came from each source.
 """
 
@@ -67,6 +72,19 @@ def decode(body: bytes, http_charset: str | None = None) -> str:
     return bytes_to_str(body, detect_encoding(body) or "utf-8")
 
 
+def plain_body(body: bytes) -> bytes | None:
+    """Undo a gzip Content-Encoding the crawler kept (one page in example.pdf.warc.gz); None if binary.
+
+    Several files say `Content-Encoding: gzip` over bodies already decoded, so the bytes decide, not the header.
+    """
+    if body[:2] == b"\x1f\x8b":
+        try:
+            body = gzip.decompress(body)
+        except (OSError, EOFError):
+            return None
+    return None if b"\x00" in body[:8192] else body
+
+
 def scrapinghub_pages() -> list[Page]:
     folder = DATA / "html-extraction" / "scrapinghub-aeb"
     truth = json.loads((folder / "ground-truth.json").read_text())
@@ -114,6 +132,9 @@ def warc_pages() -> tuple[list[Page], Counter[str]]:
                     expected, body = record.content_length, record.reader.read()
                     if len(body) < expected:  # truncated gzip member (clipped.warc.gz)
                         continue
+                    body = plain_body(body)
+                    if body is None:
+                        continue
                     url = (record.headers.get("WARC-Target-URI") or "").strip().strip("<>").split("#")[0]
                     if url:
                         pages.append(Page("warc", url, decode(body, record.http_charset)))
@@ -153,8 +174,10 @@ def build(records: int, files: int, out: Path, udhr: int) -> dict:
     names = [f"corpus-{k:05d}.warc.gz" for k in range(files)]
     handles = [(out / n).open("wb") for n in names]
     writers = [WARCWriter(h, gzip=True, warc_version="1.0") for h in handles]
-    for writer, name in zip(writers, names, strict=True):
-        warcinfo(writer, name, len(range(names.index(name), records, files)))
+    file_of = [i * files // records for i in range(records)]
+    per_file = Counter(file_of)
+    for k, (writer, name) in enumerate(zip(writers, names, strict=True)):
+        warcinfo(writer, name, per_file[k])
     used: Counter[str] = Counter()
     html_bytes = 0
     for i in range(records):
@@ -166,7 +189,7 @@ def build(records: int, files: int, out: Path, udhr: int) -> dict:
         headers = {"WARC-Record-ID": f"<urn:uuid:{uuid.uuid5(ID_NAMESPACE, f'{i}:{url}')}>",
                    "WARC-Date": (BASE_DATE + timedelta(seconds=i)).strftime("%Y-%m-%dT%H:%M:%SZ"),
                    "WARC-Identified-Payload-Type": "text/html"}
-        writer = writers[i % files]
+        writer = writers[file_of[i]]
         writer.write_record(writer.create_warc_record(url, "response", payload=BytesIO(body), length=len(body),
                                                       http_headers=http_headers(body), warc_headers_dict=headers))
     for h in handles:
@@ -188,7 +211,8 @@ def write_report(out: Path, s: dict) -> None:
         " (deterministic: the same arguments give the same bytes).", "",
         f"{s['records']} HTML response records in {s['files']} gzipped WARC/1.0 files ({s['html_mb']} MB of HTML, "
         f"{s['gzipped_mb']} MB on disk), repacked from {s['distinct_pages']} distinct real pages of ../shared/data, "
-        "cycled in a fixed shuffled order. Copy i of a page has URL `<original url>?copy=i`, its own "
+        "cycled in a fixed shuffled order and split into contiguous runs, one per file. Copy i of a page has URL "
+        "`<original url>?copy=i`, its own "
         "WARC-Record-ID, and `HTTP/1.1 200` with `Content-Type: text/html; charset=utf-8` (pages re-encoded as "
         "UTF-8).", "",
         "| source | distinct pages | records |", "|---|---:|---:|",

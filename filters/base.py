@@ -41,10 +41,15 @@ class Step:
     def __init__(self, params: StepParams):
         self.params = params
         self.stats: Counter[str] = Counter()
+        self.start_shard()
 
     @property
     def name(self) -> str:
         return self.type_name
+
+    def start_shard(self) -> None:
+        """Called before each shard: steps are reused across shards in a worker, state is not."""
+        self.stats = Counter()
 
     @classmethod
     def versions(cls, params: StepParams) -> dict[str, str]:

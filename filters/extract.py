@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Literal
 
@@ -88,19 +88,18 @@ def trim_boilerplate(text: str, min_words: int = 8) -> str:
     return "\n".join(lines[prose[0] : prose[-1] + 1])
 
 
-def trafilatura_text(html: str, favor_precision: bool = True) -> str:
+def trafilatura_text(html: str, favor_precision: bool = True, seen: object = True) -> str:
+    """trafilatura as FineWeb ran it. `seen` is its dedup cache of recent text segments."""
     import trafilatura
 
     return trafilatura.extract(html, favor_precision=favor_precision, include_comments=False,
-                               deduplicate=True) or ""
+                               deduplicate=seen) or ""
 
 
-def extractor_fn(params: ExtractParams) -> Callable[[str], str]:
-    if params.extractor == "trafilatura":
-        return lambda html: trafilatura_text(html, params.favor_precision)
-    if params.trim_boilerplate:
-        return lambda html: trim_boilerplate(clean_text(resiliparse_text(html)))
-    return resiliparse_text
+def new_dedup_cache() -> object:
+    from trafilatura.deduplication import LRUCache
+
+    return LRUCache(maxsize=4096)
 
 
 def clean_text(text: str) -> str:
@@ -120,7 +119,22 @@ class Extract(Filter):
 
     def __init__(self, params: ExtractParams):
         super().__init__(params)
-        self.fn = extractor_fn(params)
+        self.fn = self._resiliparse
+        if params.extractor == "trafilatura":
+            self.fn = self._trafilatura
+
+    def start_shard(self) -> None:
+        super().start_shard()
+        # trafilatura's deduplicate option remembers text across calls. A cache per shard keeps
+        # a shard's output independent of what its worker processed before (resume, retries).
+        self.seen = new_dedup_cache()
+
+    def _trafilatura(self, html: str) -> str:
+        return trafilatura_text(html, self.params.favor_precision, self.seen)
+
+    def _resiliparse(self, html: str) -> str:
+        text = resiliparse_text(html)
+        return trim_boilerplate(clean_text(text)) if self.params.trim_boilerplate else text
 
     @classmethod
     def versions(cls, params: StepParams) -> dict[str, str]:

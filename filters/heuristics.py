@@ -1,7 +1,10 @@
 """Heuristic quality filters: Gopher repetition, Gopher quality, C4 and FineWeb.
 
-These are datatrove's own implementations, called document by document, so a Winnow run
-keeps exactly the documents a datatrove run with the same parameters keeps. Each step's
+These are datatrove's own implementations, called document by document. With
+`tokenizer: spacy` a Winnow run keeps exactly the documents a datatrove run with the same
+parameters keeps (bench/vs_datatrove.py: Jaccard 1.000 on 20,000 records); the default
+`tokenizer: fast` swaps spaCy for a regex word splitter, 8x faster on these filters, and agrees
+on 98% of the kept set. Each step's
 parameters are those of the datatrove class, checked by pydantic; the defaults are the
 papers' (and datatrove's). Drop reasons are datatrove's, without the redundant prefix:
 `gopher_quality:short_doc`, `c4_quality:curly_bracket`, `fineweb_quality:line_punct_ratio`.
@@ -27,9 +30,8 @@ def fast_tokenizer() -> Any:
     every new word it sees). The word rules follow spaCy's English ones where they matter to
     the filters' counts: URLs, numbers such as "1,000.5" and abbreviations such as "U.S." stay
     whole; clitics ("'s") split off; each punctuation mark is a token, but "..." is one.
-    Sentences end at terminal punctuation followed by a space. On the quickstart pages the
-    keep/drop decision matches the spaCy tokenizer's on 96% of documents. One shared instance, so
-    datatrove's per-text cache of splits works across the four filters.
+    Sentences end at terminal punctuation followed by a space. On the benchmark corpus the kept
+    set matches the spaCy tokenizer's at Jaccard 0.982 (bench/vs_datatrove.py).
     """
     from datatrove.utils.word_tokenizers import WordTokenizer
 

@@ -161,6 +161,15 @@ class GzipMembers:
         return self.member_starts[max(i, 0)][1]
 
 
+def _gunzip(body: bytes, limit: int) -> bytes | None:
+    try:
+        inflate = zlib.decompressobj(31)
+        out = inflate.decompress(body, limit)
+        return None if inflate.unconsumed_tail else out
+    except zlib.error:
+        return None
+
+
 def _record_id(raw_id: str | None, source_file: str, offset: int) -> str:
     if raw_id:
         return raw_id.strip("<>").removeprefix("urn:uuid:")
@@ -233,6 +242,13 @@ def read_warc(path: str, params: WarcReaderParams, stats: Counter[str]) -> Itera
                           path, offset, len(body), record.content_length)
                 stats["truncated"] += 1
                 return
+            if body[:2] == b"\x1f\x8b":
+                # Stored still gzip-encoded (Content-Encoding: gzip kept as-is by some crawlers).
+                body = _gunzip(body, params.max_record_bytes)
+                if body is None:
+                    stats["skipped:bad_encoding"] += 1
+                    continue
+                stats["gunzipped"] += 1
             if b"\x00" in body[:8192]:
                 # Labelled HTML but binary (images, archives served with the wrong type).
                 log.warning("%s@%d: binary body under Content-Type %s, skipped", path, offset, content_type)

@@ -217,7 +217,8 @@ class Runner:
         if self.ray_address:
             ray.init(address=self.ray_address, **kwargs)
         else:
-            ray.init(num_cpus=self.cfg.ray.num_cpus, **kwargs)
+            # "local" starts a private Ray even when another one runs on this machine.
+            ray.init(address="local", num_cpus=self.cfg.ray.num_cpus, **kwargs)
         self._ray_started = True
 
     def _shutdown_ray(self) -> None:

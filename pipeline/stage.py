@@ -104,7 +104,7 @@ def _run_shard(job: ShardJob, collector: MessageCollector) -> dict[str, Any]:
     fs.makedirs(f"{stage_dir}/rejected", exist_ok=True)
     steps = build_steps(job.stage_json)
     for step in steps:
-        step.stats = Counter()
+        step.start_shard()
     reader_stats: Counter[str] = Counter()
     if job.first_stage:
         docs = read_warc(job.input_path, WarcReaderParams(**stage["reader"]), reader_stats)

@@ -40,3 +40,16 @@ def test_run_joins_a_cluster_and_spreads_shards(two_node_cluster, tmp_path):
     records = [json.loads(p.read_text()) for p in tmp_path.glob("stages/*/_done/*.json")]
     assert len(records) == 6 and {r["node"] for r in records} <= nodes
     assert pq.read_table(tmp_path / "output").num_rows == manifest["stages"][-1]["rows_out"] > 0
+
+
+@pytest.mark.slow
+def test_a_local_run_does_not_join_a_cluster_running_on_the_same_machine(two_node_cluster, tmp_path):
+    import ray
+
+    ray.shutdown()  # the fixture's cluster keeps running; this driver is not connected to it
+    cfg = load_config(ROOT / "configs" / "quickstart.yaml",
+                      [f"output_dir={tmp_path}", f"input={SAMPLE / 'cc-2014-35-npm.warc'}", "ray.num_cpus=1"])
+    manifest = Runner(cfg).run()
+    assert manifest["status"] == "done"
+    record = json.loads(next((tmp_path / "stages" / "00_extract" / "_done").glob("*.json")).read_text())
+    assert record["node"] not in {n.node_id for n in two_node_cluster.list_all_nodes()}

@@ -71,6 +71,18 @@ def test_extract_recovers_article_text(extractor):
     assert sum(recalls) / len(recalls) > 0.85
 
 
+def test_trafilatura_output_does_not_depend_on_earlier_shards():
+    step = make("extract", extractor="trafilatura")
+    pages = [html for html, _ in _aeb_pages(5)]
+    texts = []
+    for _ in range(2):  # the same shard twice in one worker, as after a retry or a resume
+        step.start_shard()
+        docs = [{"id": str(i), "html": h} for i, h in enumerate(pages * 3)]
+        step(docs)
+        texts.append([d["text"] for d in docs])
+    assert texts[0] == texts[1]
+
+
 def test_extract_on_dclm_pages_and_empty_input():
     step = make("extract")
     pages = sorted((SHARED / "html-extraction" / "dclm-cc-html").glob("*.html"))

@@ -42,6 +42,8 @@ def test_revisit_and_non_html_mime_types_are_skipped_and_counted():
     docs, stats = read(WARC / "aut-archiveit" / "example.pdf.warc.gz")
     assert stats["skipped:revisit"] == 2
     assert stats["skipped:mime_type"] == 31
+    # Its one HTML page is stored still gzip-encoded: decoded, not mistaken for binary.
+    assert stats["gunzipped"] == 1 and len(docs) == 1 and "<html" in docs[0]["html"]
     docs, stats = read(WARC / "aut-archiveit" / "example.docs.warc.gz")
     assert docs == [] and stats["skipped:mime_type"] == 9
 
