@@ -37,8 +37,8 @@ class ExtractParams(StepParams):
     favor_precision: bool = True
 
 
-class ExtractTimeout(Exception):
-    pass
+class ExtractTimeout(BaseException):
+    """A BaseException, like KeyboardInterrupt: extractors' own `except Exception` must not swallow it."""
 
 
 def _on_alarm(signum, frame):
