@@ -119,9 +119,8 @@ class Extract(Filter):
 
     def __init__(self, params: ExtractParams):
         super().__init__(params)
-        self.fn = self._resiliparse
-        if params.extractor == "trafilatura":
-            self.fn = self._trafilatura
+        self.fn = self._trafilatura if params.extractor == "trafilatura" else resiliparse_text
+        self.trim = params.extractor == "resiliparse" and params.trim_boilerplate
 
     def start_shard(self) -> None:
         super().start_shard()
@@ -131,10 +130,6 @@ class Extract(Filter):
 
     def _trafilatura(self, html: str) -> str:
         return trafilatura_text(html, self.params.favor_precision, self.seen)
-
-    def _resiliparse(self, html: str) -> str:
-        text = resiliparse_text(html)
-        return trim_boilerplate(clean_text(text)) if self.params.trim_boilerplate else text
 
     @classmethod
     def versions(cls, params: StepParams) -> dict[str, str]:
@@ -158,6 +153,8 @@ class Extract(Filter):
             text, reason = "", "error"
         else:
             text = clean_text(text)
+            if self.trim:
+                text = trim_boilerplate(text)
             reason = None if len(text) >= self.params.min_text_chars else "empty"
         doc["text"] = text
         doc.pop("html", None)

@@ -6,7 +6,6 @@ only reads completion records and returns in well under a second.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from datetime import UTC, datetime
@@ -18,6 +17,7 @@ import yaml
 
 from pipeline.config import ConfigError, RunConfig, StageConfig
 from pipeline.fingerprint import stage_fingerprint
+from pipeline.jsonfile import read_json, write_json
 from pipeline.progress import ProgressCounter, StageProgress
 from pipeline.stage import ShardJob, clear_shard, run_shard
 
@@ -147,15 +147,13 @@ class Runner:
     def _reset_if_changed(self, stage_dir: str, stage: StageConfig, fingerprint: str) -> None:
         marker = f"{stage_dir}/_stage.json"
         if self.fs.exists(marker):
-            with self.fs.open(marker) as f:
-                if json.load(f).get("fingerprint") == fingerprint:
-                    return
+            if (read_json(self.fs, marker) or {}).get("fingerprint") == fingerprint:
+                return
             log.info("stage %s changed: recomputing it", stage.name)
             self.fs.rm(stage_dir, recursive=True)
         self.fs.makedirs(f"{stage_dir}/_done", exist_ok=True)
-        with self.fs.open(marker, "w") as f:
-            json.dump({"name": stage.name, "fingerprint": fingerprint,
-                       "config": stage.model_dump(mode="json")}, f, indent=1)
+        write_json(self.fs, marker, {"name": stage.name, "fingerprint": fingerprint,
+                                     "config": stage.model_dump(mode="json")})
 
     def _remove_stale_shards(self, stage_dir: str, shards: dict[str, str]) -> None:
         for record in self.fs.glob(f"{stage_dir}/_done/*.json"):
@@ -175,18 +173,15 @@ class Runner:
         names = [f.rsplit("/", 1)[-1] for f in files]
         marker = f"{out}/_source.json"
         state = {"fingerprint": fingerprint, "files": names}
-        if self.fs.exists(marker):
-            with self.fs.open(marker) as f:
-                if json.load(f) == state:
-                    return {"files": names}
+        if read_json(self.fs, marker) == state:
+            return {"files": names}
         if self.fs.exists(out):
             self.fs.rm(out, recursive=True)
         self.fs.makedirs(out, exist_ok=True)
         for src, name in zip(files, names, strict=True):
             self.fs.copy(fsspec.core.url_to_fs(src)[1], f"{out}/{name}.tmp")
             self.fs.mv(f"{out}/{name}.tmp", f"{out}/{name}")
-        with self.fs.open(marker, "w") as f:
-            json.dump(state, f)
+        write_json(self.fs, marker, state)
         return {"files": names}
 
     def _write_manifest(self, started: datetime, inputs: list[str], stages: list[dict[str, Any]],
@@ -202,10 +197,7 @@ class Runner:
             "status": "done" if output and all(s["status"] == "done" for s in stages) else
                       ("partial" if output else "running"),
         }
-        tmp = f"{self.root}/manifest.json.tmp"
-        with self.fs.open(tmp, "w") as f:
-            json.dump(manifest, f, indent=1, default=str)
-        self.fs.mv(tmp, f"{self.root}/manifest.json")
+        write_json(self.fs, f"{self.root}/manifest.json", manifest)
         return manifest
 
     def _ensure_ray(self) -> None:
@@ -237,10 +229,8 @@ def load_done(fs: fsspec.AbstractFileSystem, stage_dir: str, fingerprint: str,
     existing = set(fs.glob(f"{stage_dir}/part-*.parquet")) | set(fs.glob(f"{stage_dir}/rejected/part-*.parquet"))
     for path in paths:
         shard = path.rsplit("/", 1)[-1].removesuffix(".json")
-        try:
-            with fs.open(path) as f:
-                record = json.load(f)
-        except (OSError, json.JSONDecodeError):
+        record = read_json(fs, path)
+        if record is None:
             continue
         if record.get("fingerprint") != fingerprint or shards.get(shard) != record.get("input"):
             continue

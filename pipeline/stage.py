@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 from filters import STEPS, Doc, Step
 from filters.warc import READER_COLUMNS, WarcReaderParams, read_warc
 from pipeline.config import WriterConfig
+from pipeline.jsonfile import write_json
 from pipeline.parquet_io import iter_parquet, writer_for
 from pipeline.schema import DOC_COLUMNS
 
@@ -152,7 +153,7 @@ def _run_shard(job: ShardJob, collector: MessageCollector) -> dict[str, Any]:
         "wall_s": round(time.perf_counter() - wall0, 3),
         "cpu_s": round(time.process_time() - cpu0, 3),
     }
-    _write_json_atomic(fs, f"{stage_dir}/_done/{job.shard}.json", record)
+    write_json(fs, f"{stage_dir}/_done/{job.shard}.json", record)
     return record
 
 
@@ -161,11 +162,3 @@ def _node_id() -> str | None:
     import ray
 
     return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
-
-
-def _write_json_atomic(fs: fsspec.AbstractFileSystem, path: str, data: dict[str, Any]) -> None:
-    tmp = path + ".tmp"
-    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-    with fs.open(tmp, "w") as f:
-        json.dump(data, f, indent=1, sort_keys=True, default=str)
-    fs.mv(tmp, path)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import fsspec
 import yaml
+
+from pipeline.jsonfile import read_json
 
 
 def stage_rows(run_dir: str) -> list[dict[str, Any]]:
@@ -16,10 +17,7 @@ def stage_rows(run_dir: str) -> list[dict[str, Any]]:
         raise FileNotFoundError(f"{run_dir} is not a Winnow run directory (no run.yaml)")
     with fs.open(f"{root}/run.yaml") as f:
         config = yaml.safe_load(f)
-    manifest: dict[str, Any] = {"stages": []}
-    if fs.exists(f"{root}/manifest.json"):
-        with fs.open(f"{root}/manifest.json") as f:
-            manifest = json.load(f)
+    manifest: dict[str, Any] = read_json(fs, f"{root}/manifest.json") or {"stages": []}
     recorded = {s["name"]: s for s in manifest.get("stages", [])}
     rows = []
     for index, stage in enumerate(config["stages"]):
@@ -31,8 +29,7 @@ def stage_rows(run_dir: str) -> list[dict[str, Any]]:
         # Count completion records now: a run in progress or killed is ahead of its manifest.
         done_now = 0
         for path in fs.glob(f"{stage_dir}/_done/*.json"):
-            with fs.open(path) as f:
-                done_now += json.load(f).get("fingerprint") == entry["fingerprint"]
+            done_now += (read_json(fs, path) or {}).get("fingerprint") == entry["fingerprint"]
         shards = entry["shards"]
         rows.append({
             "stage": f"{index:02d}_{stage['name']}",
