@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from filters import STEPS
 from filters.warc import WarcReaderParams
+from pipeline.dedup.params import DedupParams
 
 
 class ConfigError(ValueError):
@@ -45,9 +46,11 @@ class WriterConfig(Strict):
 
 class StageConfig(Strict):
     name: str
-    kind: str = "map"
+    # map: a chain of document steps per shard. dedup: near-duplicate removal across all shards.
+    kind: Literal["map", "dedup"] = "map"
     reader: WarcReaderParams | None = None  # first stage only: how to read the input files
     steps: list[dict[str, Any]] = Field(default_factory=list)
+    dedup: DedupParams | None = None  # dedup stages only
     batch_size: int = 256
     resources: Resources = Field(default_factory=Resources)
     writer: WriterConfig = Field(default_factory=WriterConfig)
@@ -93,6 +96,15 @@ class RunConfig(Strict):
         for s in stages[1:]:
             if s.reader is not None:
                 raise ValueError(f"stage {s.name!r}: only the first stage reads input files")
+        for s in stages:
+            if s.kind == "dedup":
+                if s is stages[0]:
+                    raise ValueError(f"stage {s.name!r}: a dedup stage needs a stage before it that extracts text")
+                if s.steps:
+                    raise ValueError(f"stage {s.name!r}: a dedup stage takes a `dedup:` section, not steps")
+                s.dedup = s.dedup or DedupParams()
+            elif s.dedup is not None:
+                raise ValueError(f"stage {s.name!r}: `dedup:` needs `kind: dedup`")
         return stages
 
 

@@ -18,6 +18,8 @@ from pipeline.config import StageConfig
 
 # Modules every map stage runs through, whatever its steps.
 RUNTIME_MODULES = ("filters.base", "pipeline.stage", "pipeline.parquet_io", "pipeline.schema")
+DEDUP_MODULES = ["pipeline.dedup.minhash", "pipeline.dedup.shuffle", "pipeline.dedup.components",
+                 "pipeline.dedup.phases", "pipeline.dedup.params", "pipeline.dedup.stage"]
 
 
 def _source_digest(module_names: list[str]) -> str:
@@ -35,6 +37,9 @@ def stage_fingerprint(stage: StageConfig, previous: str, inputs: list[str] | Non
     if stage.reader is not None:
         modules.append("filters.warc")
         versions["reader"] = {"fastwarc": version("fastwarc"), "resiliparse": version("resiliparse")}
+    if stage.kind == "dedup":
+        modules += DEDUP_MODULES
+        versions["dedup"] = {name: version(name) for name in ("datasketch", "xxhash", "numpy", "pyarrow")}
     for i, step in enumerate(stage.steps):
         cls = STEPS[step["type"]]
         modules.append(cls.__module__)

@@ -16,6 +16,7 @@ import fsspec
 import yaml
 
 from pipeline.config import ConfigError, RunConfig, StageConfig
+from pipeline.dedup.stage import run_dedup
 from pipeline.fingerprint import stage_fingerprint
 from pipeline.jsonfile import read_json, write_json
 from pipeline.progress import ProgressCounter, StageProgress
@@ -91,8 +92,16 @@ class Runner:
         failures: list[dict[str, str]] = []
         if pending:
             log.info("stage %s: %d shards to run, %d reused", stage.name, len(pending), reused)
-            failures = self._run_tasks(index, stage, stage_dir, fingerprint, shards, pending, done)
+            if stage.kind == "dedup":
+                self._ensure_ray()
+                failures = run_dedup(stage, self.url(stage_dir), fingerprint, shards, pending, done)
+            else:
+                failures = self._run_tasks(index, stage, stage_dir, fingerprint, shards, pending, done)
         summary = summarize(stage, stage_dir, fingerprint, shards, done, reused, failures)
+        if stage.kind == "dedup":
+            summary["dedup"] = read_json(self.fs, f"{stage_dir}/_dedup.json") or {}
+            # The shuffle phases' CPU belongs to the stage too, not only the final writes.
+            summary["cpu_s"] = round(summary["cpu_s"] + summary["dedup"].get("phase_cpu_s", 0), 3)
         summary["wall_s"] = round(time.perf_counter() - wall0, 3)
         summary["_outputs"] = [self.url(f"{stage_dir}/{name}") for s in sorted(done) for name in done[s]["outputs"]]
         return summary

@@ -149,7 +149,7 @@ def _run_shard(job: ShardJob, collector: MessageCollector) -> dict[str, Any]:
         "steps": {s.name: dict(sorted(s.stats.items())) for s in steps},
         "warnings": collector.count,
         "messages": collector.messages,
-        "node": _node_id(),
+        "node": node_id(),
         "wall_s": round(time.perf_counter() - wall0, 3),
         "cpu_s": round(time.process_time() - cpu0, 3),
     }
@@ -157,7 +157,7 @@ def _run_shard(job: ShardJob, collector: MessageCollector) -> dict[str, Any]:
     return record
 
 
-def _node_id() -> str | None:
+def node_id() -> str | None:
     """The Ray node that ran the shard, for provenance (None outside Ray)."""
     import ray
 

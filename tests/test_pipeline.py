@@ -51,18 +51,22 @@ def test_run_directory_manifest_columns_and_counts(first_run):
     assert yaml.safe_load((out / "run.yaml").read_text())["output_dir"] == str(out)
     assert manifest == json.loads((out / "manifest.json").read_text())
     assert manifest["status"] == "done"
-    extract, heuristics = manifest["stages"]
-    assert extract["dir"] == "stages/00_extract" and heuristics["dir"] == "stages/01_heuristics"
+    extract, heuristics, dedup, lines = manifest["stages"]
+    assert [s["dir"] for s in manifest["stages"]] == ["stages/00_extract", "stages/01_heuristics", "stages/02_dedup",
+                                                      "stages/03_line_filters"]
     # Every WARC record is accounted for: a document, or a counted skip.
     reader = extract["reader"]
     skipped = sum(v for k, v in reader.items() if k.startswith("skipped:"))
     assert reader["documents"] + skipped == reader["records"]
     assert extract["rows_in"] == reader["documents"] == 16 + 22 + 15 + 3
-    for stage in manifest["stages"]:
+    for stage, previous in zip(manifest["stages"], [None, *manifest["stages"]]):
         assert stage["rows_out"] + stage["rows_rejected"] == stage["rows_in"]
         assert sum(stage["drop_reasons"].values()) == stage["rows_rejected"]
-        assert stage["shards"] == {"total": 4, "done": 4, "reused": 0, "computed": 4, "failed": 0}
-    assert heuristics["rows_in"] == extract["rows_out"]
+        # A shard per input file, then one per output file of the stage before.
+        shards = 4 if previous is None else len(list((out / previous["dir"]).glob("part-*.parquet")))
+        assert stage["shards"] == {"total": shards, "done": shards, "reused": 0, "computed": shards, "failed": 0}
+        if previous:
+            assert stage["rows_in"] == previous["rows_out"]
 
     # Parquet on disk matches the manifest, kept and rejected.
     for stage in manifest["stages"]:
@@ -72,10 +76,11 @@ def test_run_directory_manifest_columns_and_counts(first_run):
             (stage_dir / "rejected").glob("*.parquet")) else []
         assert kept == stage["rows_out"] and len(rejected) == stage["rows_rejected"]
         assert all(r["drop_stage"] == stage["name"] and ":" in r["drop_reason"] for r in rejected)
-        assert len(list((stage_dir / "_done").glob("*.json"))) == 4
+        assert len(list((stage_dir / "_done").glob("*.json"))) == stage["shards"]["total"]
     table = pq.read_table(out / "output")
-    assert table.num_rows == heuristics["rows_out"] > 0
-    for column in ("id", "url", "domain", "crawl_date", "text", "language", "language_score",
+    assert table.num_rows == lines["rows_out"] > 0
+    assert dedup["dedup"]["phases"]["sign"]["docs"] == dedup["rows_in"]
+    for column in ("id", "url", "domain", "crawl_date", "text", "language", "language_score", "dup_cluster_id",
                    "source_file", "source_offset"):
         assert column in table.column_names
     rows = table.to_pylist()
@@ -91,12 +96,12 @@ def test_rerun_reuses_everything_and_status_shows_it(first_run):
     start = time.perf_counter()
     again = run(out)
     elapsed = time.perf_counter() - start
-    assert [s["shards"]["reused"] for s in again["stages"]] == [4, 4]
-    assert [s["shards"]["computed"] for s in again["stages"]] == [0, 0]
+    assert [s["shards"]["reused"] for s in again["stages"]] == [s["shards"]["total"] for s in manifest["stages"]]
+    assert [s["shards"]["computed"] for s in again["stages"]] == [0, 0, 0, 0]
     assert file_digests(out) == before
     assert elapsed < 5  # generous: only completion records are read (the bench times it properly)
     rows = stage_rows(str(out))
-    assert [r["status"] for r in rows] == ["done", "done"] and rows[0]["shards"] == "4/4"
+    assert [r["status"] for r in rows] == ["done"] * 4 and rows[0]["shards"] == "4/4"
     assert "00_extract" in format_table(rows)
 
 
@@ -104,15 +109,16 @@ def test_changing_gopher_parameters_recomputes_only_that_stage(ray_local, tmp_pa
     run(tmp_path)
     extract_files = file_digests(tmp_path / "stages" / "00_extract")
     changed = run(tmp_path, extra=["stages.heuristics.steps.gopher_quality.min_doc_words=150"])
-    extract, heuristics = changed["stages"]
+    extract, heuristics, *after = changed["stages"]
     assert extract["shards"]["reused"] == 4 and extract["shards"]["computed"] == 0
     assert heuristics["shards"]["reused"] == 0 and heuristics["shards"]["computed"] == 4
+    assert all(s["shards"]["reused"] == 0 for s in after)
     assert file_digests(tmp_path / "stages" / "00_extract") == extract_files
     assert heuristics["drop_reasons"].get("gopher_quality:short_doc", 0) > 0
     # Changing a stage's resources is not a change of what it computes.
     same = run(tmp_path, extra=["stages.heuristics.steps.gopher_quality.min_doc_words=150",
                                 "stages.heuristics.resources.num_cpus=2"])
-    assert [s["shards"]["computed"] for s in same["stages"]] == [0, 0]
+    assert [s["shards"]["computed"] for s in same["stages"]] == [0, 0, 0, 0]
 
 
 @pytest.mark.slow
@@ -169,4 +175,4 @@ def test_a_shard_that_fails_is_recorded_and_the_others_finish(ray_local, tmp_pat
     assert heuristics["shards"]["failed"] == 1 and heuristics["shards"]["done"] == 3
     assert heuristics["errors"][0]["input"].endswith(victim.name)
     assert heuristics["status"] == "failed" and manifest["status"] == "partial"
-    assert pq.read_table(tmp_path / "output").num_rows == heuristics["rows_out"]
+    assert pq.read_table(tmp_path / "output").num_rows == manifest["stages"][-1]["rows_out"]

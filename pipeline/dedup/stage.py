@@ -1,0 +1,259 @@
+"""The dedup stage: drives the phases in phases.py on Ray and writes the stage's shards.
+
+The phases are barriers, each a fan-out of tasks whose tables Ray shuffles to the next; the
+driver holds references and per-task stats only. The last phase writes one output shard per
+input shard with the same completion records as a map stage, so reruns, status and the
+manifest treat both kinds alike. Decisions are deterministic, so when a run dies while writing,
+the rerun recomputes the phases and writes only the shards that are missing.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+import fsspec
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.config import StageConfig, WriterConfig
+from pipeline.dedup.components import connected_components
+from pipeline.dedup.params import DedupParams
+from pipeline.dedup.phases import (
+    DECISIONS,
+    KEPT,
+    REASONS,
+    bucket_task,
+    decide_task,
+    label_task,
+    peak_rss_mb,
+    sign_task,
+    verify_left_task,
+    verify_right_task,
+)
+from pipeline.dedup.shuffle import concat, exchange
+from pipeline.jsonfile import write_json
+from pipeline.parquet_io import iter_parquet, writer_for
+from pipeline.progress import StageProgress
+from pipeline.stage import clear_shard, node_id
+
+log = logging.getLogger("winnow.dedup")
+
+CLUSTER_COLUMNS = {"dup_cluster_id": pa.string(), "dup_cluster_size": pa.int32()}
+
+
+@dataclass(frozen=True)
+class WriteJob:
+    stage_name: str
+    stage_dir: str
+    shard: str
+    input_path: str
+    fingerprint: str
+    writer_json: str
+    batch_size: int
+
+
+def write_task(job: WriteJob, *tables: pa.Table) -> dict[str, Any]:
+    """Copy one input shard into kept and rejected shards, with its cluster columns set."""
+    wall0, cpu0 = time.perf_counter(), time.process_time()
+    fs, stage_dir = fsspec.core.url_to_fs(job.stage_dir)
+    clear_shard(fs, stage_dir, job.shard)
+    fs.makedirs(f"{stage_dir}/rejected", exist_ok=True)
+    decisions = concat(tables, DECISIONS)
+    doc = decisions.column("doc").to_numpy()
+    mine = np.flatnonzero((doc >> 32) == int(job.shard))
+    rows = (doc[mine] & 0xFFFFFFFF).tolist()
+    reason = decisions.column("reason").to_numpy()[mine].tolist()
+    cluster_id = decisions.column("cluster_id").take(pa.array(mine)).to_pylist()
+    size = decisions.column("cluster_size").to_numpy()[mine].tolist()
+    by_row = {r: (reason[k], cluster_id[k], size[k]) for k, r in enumerate(rows)}
+
+    with fsspec.open(job.input_path, "rb") as f:
+        columns = {field.name: field.type for field in pq.read_schema(f)} | CLUSTER_COLUMNS
+    writer_cfg = WriterConfig.model_validate_json(job.writer_json)
+    kept_writer = writer_for(fs, f"{stage_dir}/part-{job.shard}", columns, False, writer_cfg)
+    rejected_writer = writer_for(fs, f"{stage_dir}/rejected/part-{job.shard}",
+                                 columns | {"duplicate_of": pa.string()}, True, writer_cfg)
+    row = rows_out = 0
+    drop_reasons: Counter[str] = Counter()
+    for batch in iter_parquet(job.input_path, job.batch_size):
+        kept, rejected = [], []
+        for d in batch:
+            why, cluster, members = by_row.get(row, (KEPT, d["id"], 1))
+            row += 1
+            d["dup_cluster_id"], d["dup_cluster_size"] = cluster, members
+            if why == KEPT:
+                kept.append(d)
+                continue
+            d.update(drop_reason=REASONS[why], drop_stage=job.stage_name, duplicate_of=cluster)
+            drop_reasons[REASONS[why]] += 1
+            rejected.append(d)
+        rows_out += len(kept)
+        kept_writer.write(kept)
+        rejected_writer.write(rejected)
+    outputs, rejected_outputs = kept_writer.close(), rejected_writer.close()
+    in_clusters = sum(1 for _, _, members in by_row.values() if members > 1)
+    record = {
+        "shard": job.shard,
+        "fingerprint": job.fingerprint,
+        "input": job.input_path,
+        "outputs": [p.rsplit("/", 1)[-1] for p in outputs],
+        "rejected": [p.rsplit("/", 1)[-1] for p in rejected_outputs],
+        "rows_in": row,
+        "rows_out": rows_out,
+        "rows_rejected": row - rows_out,
+        "drop_reasons": dict(sorted(drop_reasons.items())),
+        "reader": {},
+        "steps": {"dedup": {"in_clusters": in_clusters, **dict(drop_reasons)}},
+        "warnings": 0,
+        "messages": [],
+        "node": node_id(),
+        "wall_s": round(time.perf_counter() - wall0, 3),
+        "cpu_s": round(time.process_time() - cpu0, 3),
+        "peak_rss_mb": peak_rss_mb(),
+    }
+    fs.makedirs(f"{stage_dir}/_done", exist_ok=True)
+    write_json(fs, f"{stage_dir}/_done/{job.shard}.json", record)
+    return record
+
+
+def partitions_for(params: DedupParams, inputs: list[str]) -> int:
+    """Enough partitions for every CPU, and one per `rows_per_partition` documents."""
+    import ray
+
+    if params.partitions:
+        return params.partitions
+    rows = 0
+    for path in inputs:
+        with fsspec.open(path, "rb") as f:
+            rows += pq.ParquetFile(f).metadata.num_rows
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    return max(cpus, -(-rows // params.rows_per_partition), 1)
+
+
+class PhaseLog:
+    """Per-phase wall time, task count, largest task memory and summed counters."""
+
+    def __init__(self) -> None:
+        self.phases: dict[str, dict[str, Any]] = {}
+
+    def add(self, name: str, started: float, stats: list[dict[str, Any]]) -> None:
+        merged: dict[str, Any] = {"tasks": len(stats), "wall_s": round(time.perf_counter() - started, 3),
+                                  "max_task_peak_rss_mb": max((s["peak_rss_mb"] for s in stats), default=0.0)}
+        for s in stats:
+            for key, value in s.items():
+                if key in ("wall_s", "peak_rss_mb"):
+                    continue
+                if isinstance(value, dict):
+                    bucket = merged.setdefault(key, {})
+                    for k, v in value.items():
+                        bucket[k] = bucket.get(k, 0) + v
+                elif key.startswith("largest"):
+                    merged[key] = max(merged.get(key, 0), value)
+                else:
+                    merged[key] = merged.get(key, 0) + value
+        self.phases[name] = merged
+        log.info("dedup %s: %s", name, {k: v for k, v in merged.items() if not isinstance(v, dict)})
+
+
+def _get_each(refs: list[Any]) -> list[tuple[dict[str, Any] | None, str | None]]:
+    import ray
+
+    out = []
+    for ref in refs:
+        try:
+            out.append((ray.get(ref), None))
+        except Exception as exc:  # noqa: BLE001 - a bad shard is recorded, the others go on
+            out.append((None, str(exc).strip().splitlines()[-1][:500]))
+    return out
+
+
+def run_dedup(stage: StageConfig, stage_dir: str, fingerprint: str, shards: dict[str, str], pending: list[str],
+              done: dict[str, dict[str, Any]]) -> list[dict[str, str]]:
+    """Run every phase over all shards, write the pending ones; returns the shards that failed."""
+    import ray
+
+    params = stage.dedup or DedupParams()
+    params_json = params.model_dump_json()
+    options: dict[str, Any] = {"num_cpus": stage.resources.num_cpus, "max_retries": stage.max_retries,
+                               "retry_exceptions": False}
+    if stage.resources.memory_mb:
+        options["memory"] = stage.resources.memory_mb << 20
+    parts = partitions_for(params, list(shards.values()))
+    phases = PhaseLog()
+    started = time.perf_counter()
+    names = list(shards)
+    widths = [parts, parts] + ([parts] if params.verify else [])
+    routed, stat_refs = exchange(sign_task, [(int(s), shards[s], params_json, parts, stage.batch_size)
+                                             for s in names], widths, **options)
+    results = _get_each(stat_refs)
+    failures = [{"shard": s, "input": shards[s], "error": err} for s, (_, err) in zip(names, results, strict=True)
+                if err]
+    for failure in failures:
+        log.error("stage %s shard %s (%s) failed: %s", stage.name, failure["shard"], failure["input"],
+                  failure["error"])
+    ok = [i for i, (_, err) in enumerate(results) if err is None]
+    bands, docs, *rest = [[[refs[i] for i in ok] for refs in output] for output in routed]
+    phases.add("sign", started, [r for r, _ in results if r])
+
+    t = time.perf_counter()
+    (edges,), stats = exchange(bucket_task, [(params_json, parts, *bands[p]) for p in range(parts)], [parts],
+                               **options)
+    phases.add("bucket", t, ray.get(stats))
+    del bands
+    if params.verify:
+        (shingles,) = rest
+        t = time.perf_counter()
+        (candidates,), stats = exchange(verify_left_task, [(parts, len(edges[p]), *edges[p], *shingles[p])
+                                                           for p in range(parts)], [parts], **options)
+        phases.add("verify_join", t, ray.get(stats))
+        t = time.perf_counter()
+        (edges,), stats = exchange(verify_right_task, [(parts, params.verify_min_jaccard, len(candidates[p]),
+                                                        *candidates[p], *shingles[p]) for p in range(parts)],
+                                   [parts], **options)
+        phases.add("verify", t, ray.get(stats))
+        del shingles, candidates
+    t = time.perf_counter()
+    stars, cc = connected_components(edges, parts, **options)
+    phases.add("components", t, [{"peak_rss_mb": 0.0, **cc}])
+    t = time.perf_counter()
+    (members,), stats = exchange(label_task, [(parts, len(stars[p]), *stars[p], *docs[p]) for p in range(parts)],
+                                 [parts], **options)
+    phases.add("label", t, ray.get(stats))
+    t = time.perf_counter()
+    (decisions,), stats = exchange(decide_task, [(params_json, parts, *members[p]) for p in range(parts)], [parts],
+                                   **options)
+    phases.add("decide", t, ray.get(stats))
+
+    failed = {f["shard"] for f in failures}
+    to_write = [s for s in pending if s not in failed]
+    t = time.perf_counter()
+    write = ray.remote(write_task).options(**options)
+    futures = {}
+    for s in to_write:
+        job = WriteJob(stage.name, stage_dir, s, shards[s], fingerprint, stage.writer.model_dump_json(),
+                       stage.batch_size)
+        futures[write.remote(job, *decisions[int(s) % parts])] = s
+    write_stats = []
+    with StageProgress(f"{stage.name} (write)", total=len(futures)) as progress:
+        for ref, s in futures.items():
+            (record, err), = _get_each([ref])
+            if err:
+                failures.append({"shard": s, "input": shards[s], "error": err})
+                progress.update(progress.docs, failed=1)
+                continue
+            done[s] = record
+            write_stats.append({"peak_rss_mb": record["peak_rss_mb"], "rows": record["rows_in"]})
+            progress.update(progress.docs + record["rows_in"], shards_done=1)
+    phases.add("write", t, write_stats)
+    summary = {"params": params.model_dump(mode="json"), "partitions": parts,
+               "phase_cpu_s": round(sum(p.get("cpu_s", 0) for n, p in phases.phases.items() if n != "write"), 3),
+               "wall_s": round(time.perf_counter() - started, 3), "driver_peak_rss_mb": peak_rss_mb(),
+               "phases": phases.phases}
+    fs, path = fsspec.core.url_to_fs(stage_dir)
+    write_json(fs, f"{path}/_dedup.json", summary)
+    return failures
