@@ -59,7 +59,7 @@ def test_run_directory_manifest_columns_and_counts(first_run):
     skipped = sum(v for k, v in reader.items() if k.startswith("skipped:"))
     assert reader["documents"] + skipped == reader["records"]
     assert extract["rows_in"] == reader["documents"] == 16 + 22 + 15 + 3
-    for stage, previous in zip(manifest["stages"], [None, *manifest["stages"]]):
+    for stage, previous in zip(manifest["stages"], [None, *manifest["stages"][:-1]], strict=True):
         assert stage["rows_out"] + stage["rows_rejected"] == stage["rows_in"]
         assert sum(stage["drop_reasons"].values()) == stage["rows_rejected"]
         # A shard per input file, then one per output file of the stage before.

@@ -103,16 +103,16 @@ def band_keys(sigs: np.ndarray, bands: int, rows: int) -> np.ndarray:
             h = (h ^ wide[:, col]) * _MIX
             h ^= h >> np.uint64(29)
         keys[:, band] = h
-    return keys
+    return keys & ~EXACT_BIT
 
 
-EXACT_BAND_SEED = np.uint64(0xE7AC7)
+EXACT_BIT = np.uint64(1 << 63)  # set in exact-dedup keys only, so they never meet an LSH band key
 
 
 def exact_keys(hashes: np.ndarray) -> np.ndarray:
-    """Bucket keys for exact dedup: the content hash, mixed so it never equals an LSH band key."""
-    h = (hashes.astype(np.uint64) ^ EXACT_BAND_SEED) * _MIX
-    return h ^ (h >> np.uint64(31))
+    """Bucket keys for exact dedup: the content hash, mixed, with the top bit set."""
+    h = (hashes.astype(np.uint64) ^ np.uint64(0xE7AC7)) * _MIX
+    return (h ^ (h >> np.uint64(31))) | EXACT_BIT
 
 
 def lsh_params(threshold: float, num_perm: int, fp_weight: float = 0.5, fn_weight: float = 0.5) -> tuple[int, int]:

@@ -124,25 +124,29 @@ def bucket_task(params_json: str, parts: int, *tables: pa.Table) -> list[Any]:
     member = np.ones(len(doc), dtype=bool)
     member[starts] = False
     u, v = first[member], doc[member]
+    exact = (key[member] & minhash.EXACT_BIT) != 0
     if params.verify:
-        u, v = _small_bucket_pairs(doc, starts, sizes, u, v)
-        pairs = np.unique(np.stack([u, v], axis=1), axis=0) if len(u) else np.empty((0, 2), np.int64)
-        u, v = pairs[:, 0], pairs[:, 1]
-        out = split_by(edge_table(u, v), partition_of(u, parts), parts)
+        # Exact copies need no check; LSH candidates go to verification, one direction each.
+        lsh_u, lsh_v = _small_bucket_pairs(doc, starts, sizes, key, u[~exact], v[~exact])
+        pairs = np.unique(np.stack([lsh_u, lsh_v], axis=1), axis=0) if len(lsh_u) else np.empty((0, 2), np.int64)
+        candidates = split_by(edge_table(pairs[:, 0], pairs[:, 1]), partition_of(pairs[:, 0], parts), parts)
+        direct = route_undirected(u[exact], v[exact], parts)
     else:
-        out = route_undirected(u, v, parts)
+        candidates = split_by(edge_table(u[:0], v[:0]), np.empty(0, np.int64), parts)
+        direct = route_undirected(u, v, parts)
     stats = _stats(t0, buckets=int(len(starts)), shared_buckets=int(shared.sum()),
-                   largest_bucket=int(sizes.max()) if len(sizes) else 0, candidate_edges=int(len(u)))
-    return [*out, stats]
+                   largest_bucket=int(sizes.max()) if len(sizes) else 0, candidate_edges=int(len(u)),
+                   exact_edges=int(exact.sum()))
+    return [*direct, *candidates, stats]
 
 
-def _small_bucket_pairs(doc: np.ndarray, starts: np.ndarray, sizes: np.ndarray, u: np.ndarray,
+def _small_bucket_pairs(doc: np.ndarray, starts: np.ndarray, sizes: np.ndarray, key: np.ndarray, u: np.ndarray,
                         v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Every pair of a small bucket, so one false positive cannot cut its bucket in two after
-    verification; larger buckets keep their star."""
+    """Every pair of a small LSH bucket, so that one false positive cannot cut its bucket in two
+    after verification; larger buckets keep their star."""
     extra_u, extra_v = [u], [v]
-    for start, size in zip(starts[(sizes > 2) & (sizes <= ALL_PAIRS_UP_TO)].tolist(),
-                           sizes[(sizes > 2) & (sizes <= ALL_PAIRS_UP_TO)].tolist(), strict=True):
+    small = (sizes > 2) & (sizes <= ALL_PAIRS_UP_TO) & ((key[starts] & minhash.EXACT_BIT) == 0)
+    for start, size in zip(starts[small].tolist(), sizes[small].tolist(), strict=True):
         members = doc[start: start + size]
         i, j = np.triu_indices(size, k=1)
         keep = i > 0  # pairs with the smallest member are already in the star

@@ -129,8 +129,11 @@ def partitions_for(params: DedupParams, inputs: list[str]) -> int:
         return params.partitions
     rows = 0
     for path in inputs:
-        with fsspec.open(path, "rb") as f:
-            rows += pq.ParquetFile(f).metadata.num_rows
+        try:
+            with fsspec.open(path, "rb") as f:
+                rows += pq.ParquetFile(f).metadata.num_rows
+        except (OSError, pa.ArrowException):
+            pass  # its sign task fails, names the file, and the shard is recorded as failed
     cpus = int(ray.cluster_resources().get("CPU", 1))
     return max(cpus, -(-rows // params.rows_per_partition), 1)
 
@@ -201,22 +204,24 @@ def run_dedup(stage: StageConfig, stage_dir: str, fingerprint: str, shards: dict
     phases.add("sign", started, [r for r, _ in results if r])
 
     t = time.perf_counter()
-    (edges,), stats = exchange(bucket_task, [(params_json, parts, *bands[p]) for p in range(parts)], [parts],
-                               **options)
+    (edges, candidates), stats = exchange(bucket_task, [(params_json, parts, *bands[p]) for p in range(parts)],
+                                          [parts, parts], **options)
     phases.add("bucket", t, ray.get(stats))
     del bands
     if params.verify:
         (shingles,) = rest
         t = time.perf_counter()
-        (candidates,), stats = exchange(verify_left_task, [(parts, len(edges[p]), *edges[p], *shingles[p])
+        (candidates,), stats = exchange(verify_left_task, [(parts, len(candidates[p]), *candidates[p], *shingles[p])
                                                            for p in range(parts)], [parts], **options)
         phases.add("verify_join", t, ray.get(stats))
         t = time.perf_counter()
-        (edges,), stats = exchange(verify_right_task, [(parts, params.verify_min_jaccard, len(candidates[p]),
-                                                        *candidates[p], *shingles[p]) for p in range(parts)],
-                                   [parts], **options)
+        (verified,), stats = exchange(verify_right_task, [(parts, params.verify_min_jaccard, len(candidates[p]),
+                                                           *candidates[p], *shingles[p]) for p in range(parts)],
+                                      [parts], **options)
         phases.add("verify", t, ray.get(stats))
-        del shingles, candidates
+        edges = [direct + checked for direct, checked in zip(edges, verified, strict=True)]
+        del shingles, verified
+    del candidates
     t = time.perf_counter()
     stars, cc = connected_components(edges, parts, **options)
     phases.add("components", t, [{"peak_rss_mb": 0.0, **cc}])
