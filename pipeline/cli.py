@@ -55,8 +55,10 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from pipeline.inspect import inspect_documents
+    from pipeline.inspect import inspect_cluster, inspect_documents
 
+    if args.cluster:
+        return inspect_cluster(args.path, args.cluster, width=args.width)
     return inspect_documents(args.path, stage=args.stage, reason=args.reason, n=args.n)
 
 
@@ -80,6 +82,9 @@ def main(argv: list[str] | None = None) -> int:
     inspect.add_argument("--stage", help="stage name (default: the final output)")
     inspect.add_argument("--reason", help="only documents dropped for this reason (prefix match)")
     inspect.add_argument("-n", type=int, default=5)
+    inspect.add_argument("--cluster", metavar="ID|largest",
+                         help="show the members of one duplicate cluster side by side (a dup_cluster_id)")
+    inspect.add_argument("--width", type=int, default=None, help="terminal width for --cluster")
     inspect.set_defaults(func=cmd_inspect)
 
     args = parser.parse_args(argv)

@@ -23,6 +23,7 @@ from pipeline.dedup.components import connected_components, labels, route_undire
 from pipeline.dedup.params import DedupParams
 from pipeline.dedup.phases import BANDS, EXACT, KEPT, MEMBERS, MINHASH, bucket_task, decide_task
 from pipeline.dedup.shuffle import partition_of, split_by
+from pipeline.inspect import inspect_cluster
 from pipeline.runner import Runner
 from tests.conftest import ROOT, SHARED
 
@@ -271,6 +272,21 @@ def test_planted_duplicates_are_removed_exactly(ray_local, planted, tmp_path):
     kept = _kept(tmp_path / "run")
     assert len(kept) == 30 and all(r["dup_cluster_id"] == r["id"] for r in kept)  # the survivor names its cluster
     assert sum(r["dup_cluster_size"] == 2 for r in kept) == 14
+
+
+def test_inspect_shows_a_cluster_side_by_side(ray_local, planted, tmp_path, capsys):
+    inputs, expected = planted
+    Runner(_planted_config(inputs, tmp_path / "run")).run()
+    removed_url, (reason, kept_url) = next((k, v) for k, v in expected.items() if v[0] == "dedup:minhash")
+    kept = next(r for r in _kept(tmp_path / "run") if r["url"] == kept_url)
+    capsys.readouterr()
+    assert inspect_cluster(str(tmp_path / "run"), kept["dup_cluster_id"], width=120) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith(f"cluster {kept['id']}: 2 documents")
+    status, urls = lines[2].split(" | "), lines[3].split(" | ")
+    assert [c.strip() for c in status] == ["kept", "dedup:minhash"]
+    assert [c.strip() for c in urls] == [kept_url, removed_url]
+    assert inspect_cluster(str(tmp_path / "run"), "no-such-cluster") == 1
 
 
 def test_verification_keeps_the_planted_pairs(ray_local, planted, tmp_path):
