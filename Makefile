@@ -37,8 +37,12 @@ lint: setup
 	$(BIN)/ruff check .
 
 bench: setup
+	$(BIN)/pip install --quiet -e '.[bench]'
 	$(BIN)/python bench/extraction.py
 	$(BIN)/python bench/vs_datatrove.py
+	$(BIN)/python bench/dedup_quality.py
+	$(BIN)/python bench/dedup_vs_datatrove.py
+	$(BIN)/python bench/dedup_scaling.py
 
 clean:
 	rm -rf runs .pytest_cache
