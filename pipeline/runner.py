@@ -7,6 +7,7 @@ only reads completion records and returns in well under a second.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from datetime import UTC, datetime
 from importlib.metadata import version
@@ -23,6 +24,9 @@ from pipeline.progress import ProgressCounter, StageProgress
 from pipeline.stage import ShardJob, clear_shard, run_shard
 
 log = logging.getLogger("winnow.run")
+
+# Set in every Ray worker before it imports pyarrow (see parquet_io._use_a_returning_memory_pool).
+WORKER_ENV = {"ARROW_DEFAULT_MEMORY_POOL": "jemalloc"}
 
 
 def url_prefix(fs: fsspec.AbstractFileSystem) -> str:
@@ -216,8 +220,10 @@ class Runner:
             return
         kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.WARNING}
         if self.ray_address:
-            ray.init(address=self.ray_address, **kwargs)
+            ray.init(address=self.ray_address, runtime_env={"env_vars": WORKER_ENV}, **kwargs)
         else:
+            for key, value in WORKER_ENV.items():  # a local Ray's workers inherit the driver's environment
+                os.environ.setdefault(key, value)
             # "local" starts a private Ray even when another one runs on this machine.
             ray.init(address="local", num_cpus=self.cfg.ray.num_cpus, **kwargs)
         self._ray_started = True
