@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import random
 import re
 from collections.abc import Iterator
@@ -146,6 +147,10 @@ def run_winnow_dedup(files: list[Path], out: Path, params: dict[str, Any], num_c
     stage = StageConfig(name="dedup", kind="dedup", dedup=params, batch_size=1024)
     out.mkdir(parents=True, exist_ok=True)
     shards = {f"{k:05d}": str(p) for k, p in enumerate(files)}
+    from pipeline.runner import WORKER_ENV
+
+    for key, value in WORKER_ENV.items():  # inherited by the local Ray's workers, as in `winnow run`
+        os.environ.setdefault(key, value)
     ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, logging_level=logging.WARNING)
     try:
         failures = run_dedup(stage, str(out), "bench", shards, list(shards), {})

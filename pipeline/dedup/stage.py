@@ -163,16 +163,23 @@ class PhaseLog:
         log.info("dedup %s: %s", name, {k: v for k, v in merged.items() if not isinstance(v, dict)})
 
 
-def _get_each(refs: list[Any]) -> list[tuple[dict[str, Any] | None, str | None]]:
+def _gather(refs: list[Any], label: str, docs_of: Any) -> list[tuple[dict[str, Any] | None, str | None]]:
+    """Results of per-shard tasks in order, as (result, None) or (None, error), with a progress bar."""
     import ray
 
-    out = []
-    for ref in refs:
-        try:
-            out.append((ray.get(ref), None))
-        except Exception as exc:  # noqa: BLE001 - a bad shard is recorded, the others go on
-            out.append((None, str(exc).strip().splitlines()[-1][:500]))
-    return out
+    results: dict[Any, tuple[dict[str, Any] | None, str | None]] = {}
+    remaining = list(refs)
+    with StageProgress(label, total=len(refs)) as progress:
+        while remaining:
+            ready, remaining = ray.wait(remaining, num_returns=1, timeout=1.0)
+            for ref in ready:
+                try:
+                    results[ref] = (ray.get(ref), None)
+                    progress.update(progress.docs + docs_of(results[ref][0]), shards_done=1)
+                except Exception as exc:  # noqa: BLE001 - a bad shard is recorded, the others go on
+                    results[ref] = (None, str(exc).strip().splitlines()[-1][:500])
+                    progress.update(progress.docs, failed=1)
+    return [results[ref] for ref in refs]
 
 
 def run_dedup(stage: StageConfig, stage_dir: str, fingerprint: str, shards: dict[str, str], pending: list[str],
@@ -193,7 +200,7 @@ def run_dedup(stage: StageConfig, stage_dir: str, fingerprint: str, shards: dict
     widths = [parts, parts] + ([parts] if params.verify else [])
     routed, stat_refs = exchange(sign_task, [(int(s), shards[s], params_json, parts, stage.batch_size)
                                              for s in names], widths, **options)
-    results = _get_each(stat_refs)
+    results = _gather(stat_refs, f"{stage.name} (signatures)", lambda r: r["docs"])
     failures = [{"shard": s, "input": shards[s], "error": err} for s, (_, err) in zip(names, results, strict=True)
                 if err]
     for failure in failures:
@@ -244,16 +251,14 @@ def run_dedup(stage: StageConfig, stage_dir: str, fingerprint: str, shards: dict
                        stage.batch_size)
         futures[write.remote(job, *decisions[int(s) % parts])] = s
     write_stats = []
-    with StageProgress(f"{stage.name} (write)", total=len(futures)) as progress:
-        for ref, s in futures.items():
-            (record, err), = _get_each([ref])
-            if err:
-                failures.append({"shard": s, "input": shards[s], "error": err})
-                progress.update(progress.docs, failed=1)
-                continue
-            done[s] = record
-            write_stats.append({"peak_rss_mb": record["peak_rss_mb"], "rows": record["rows_in"]})
-            progress.update(progress.docs + record["rows_in"], shards_done=1)
+    refs = list(futures)
+    for ref, (record, err) in zip(refs, _gather(refs, f"{stage.name} (write)", lambda r: r["rows_in"]), strict=True):
+        shard = futures[ref]
+        if err:
+            failures.append({"shard": shard, "input": shards[shard], "error": err})
+            continue
+        done[shard] = record
+        write_stats.append({"peak_rss_mb": record["peak_rss_mb"], "rows": record["rows_in"]})
     phases.add("write", t, write_stats)
     summary = {"params": params.model_dump(mode="json"), "partitions": parts,
                "phase_cpu_s": round(sum(p.get("cpu_s", 0) for n, p in phases.phases.items() if n != "write"), 3),
