@@ -17,7 +17,6 @@ import fsspec
 import yaml
 
 from pipeline.config import ConfigError, RunConfig, StageConfig
-from pipeline.dedup.stage import run_dedup
 from pipeline.fingerprint import stage_fingerprint
 from pipeline.jsonfile import read_json, write_json
 from pipeline.progress import ProgressCounter, StageProgress
@@ -97,6 +96,8 @@ class Runner:
         if pending:
             log.info("stage %s: %d shards to run, %d reused", stage.name, len(pending), reused)
             if stage.kind == "dedup":
+                from pipeline.dedup.stage import run_dedup  # datasketch and scipy load only when needed
+
                 self._ensure_ray()
                 failures = run_dedup(stage, self.url(stage_dir), fingerprint, shards, pending, done)
             else:
