@@ -88,7 +88,11 @@ def main(argv: list[str] | None = None) -> int:
     inspect.set_defaults(func=cmd_inspect)
 
     args = parser.parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except BrokenPipeError:  # `winnow inspect ... | head` closed the pipe: not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":
