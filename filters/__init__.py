@@ -4,11 +4,12 @@ from filters.base import Doc, Filter, Step, StepParams
 from filters.extract import Extract
 from filters.heuristics import C4Quality, FineWebQuality, GopherQuality, GopherRepetition
 from filters.langid import LangId
+from filters.pii import Pii
 from filters.url import UrlFilter
 
 STEPS: dict[str, type[Step]] = {
     cls.type_name: cls
-    for cls in (UrlFilter, Extract, LangId, GopherRepetition, GopherQuality, C4Quality, FineWebQuality)
+    for cls in (UrlFilter, Extract, LangId, GopherRepetition, GopherQuality, C4Quality, FineWebQuality, Pii)
 }
 
 __all__ = ["STEPS", "Doc", "Filter", "Step", "StepParams"]

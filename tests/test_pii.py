@@ -1,0 +1,92 @@
+"""PII step on real text: spans found and replaced, untouched pages, and the pre-check's safety."""
+
+from __future__ import annotations
+
+import gzip
+import json
+
+import pytest
+
+from filters.pii import Pii, PiiParams, resolve
+from tests.conftest import SHARED
+
+SYNTH = SHARED / "pii" / "presidio-synth" / "synth_dataset_v2.json"
+DOLMA = SHARED / "cc-text" / "dolma-cc-2019-30" / "CC-MAIN-20190717121559-20190717143559-00140.jsonl.gz"
+
+
+@pytest.fixture(scope="module")
+def pii():
+    return Pii(PiiParams())
+
+
+@pytest.fixture(scope="module")
+def pages():
+    with gzip.open(DOLMA, "rt") as f:
+        return [json.loads(line)["text"] for line in f]
+
+
+def test_spans_are_found_and_replaced_in_real_text_and_nothing_else_changes(pii, pages):
+    planted = {"jane.roe@example.org": "<EMAIL_1>", "4111 1111 1111 1111": "<CARD_1>",
+               "536-80-4398": "<SSN_1>", "212-555-0147": "<PHONE_1>", "10.20.30.40": "<IP_1>",
+               "GB82 WEST 1234 5698 7654 32": "<IBAN_1>", "1BoatSLRHtKNngkdXEeobR76b53LETtpyT": "<WALLET_1>"}
+    sentences = ["Write to jane.roe@example.org today.", "Visa card number 4111 1111 1111 1111 on file.",
+                 "Her social security number is 536-80-4398.", "Call my phone number 212-555-0147 now.",
+                 "The server ip is 10.20.30.40 here.", "Pay to IBAN GB82 WEST 1234 5698 7654 32 please.",
+                 "Send bitcoin to wallet 1BoatSLRHtKNngkdXEeobR76b53LETtpyT thanks.",
+                 "Again: jane.roe@example.org."]
+    text = pages[3][:1500] + "\n  " + "\n\n".join(sentences) + "\t\n" + pages[4][:1500]
+    doc = {"id": "x", "text": text}
+    pii([doc])
+    expected = text
+    for value, placeholder in planted.items():
+        expected = expected.replace(value, placeholder)
+    assert doc["text"] == expected  # the same e-mail twice gets the same placeholder
+    assert doc["pii_count"] == 8 and doc["pii_counts"]["EMAIL_ADDRESS"] == 2
+    assert pii.stats["found:CRYPTO"] >= 1
+
+
+def test_pages_with_nothing_to_find_are_untouched_byte_for_byte(pii, pages):
+    docs = [{"id": str(i), "text": t} for i, t in enumerate(pages[:150])]
+    before = [d["text"] for d in docs]
+    pii(docs)
+    clean = [(d, b) for d, b in zip(docs, before, strict=True) if d["pii_count"] == 0]
+    assert len(clean) > 100
+    assert all(d["text"] is b for d, b in clean)  # not even rebuilt
+    changed = [(d, b) for d, b in zip(docs, before, strict=True) if d["pii_count"] > 0]
+    assert all(d["text"] != b for d, b in changed)
+
+
+def test_the_precheck_never_loses_a_presidio_hit(pii, pages):
+    """Windows around pre-check candidates find exactly what presidio finds on the whole text:
+    on every synthetic sample, and on samples embedded in real pages."""
+    samples = json.loads(SYNTH.read_text())
+    for sample in samples:
+        text = sample["full_text"]
+        assert pii.find(text) == resolve(pii.analyze(text), 0.4, {}), text
+    for i, sample in enumerate(samples[:60]):
+        text = pages[i][:2500] + "\n" + sample["full_text"] + "\n" + pages[i + 100][:2500]
+        assert pii.find(text) == resolve(pii.analyze(text), 0.4, {})
+
+
+def test_fineweb_style_replacements_and_thresholds():
+    step = Pii(PiiParams(replacement="fineweb", entities=["EMAIL_ADDRESS", "IP_ADDRESS", "US_SSN"],
+                         score_thresholds={"US_SSN": 0.99}))
+    doc = {"id": "d", "text": "mail a.b@c.com from 8.8.8.8; ssn 536-80-4398"}
+    step([doc])
+    assert "a.b@c.com" not in doc["text"] and "@example." in doc["text"]
+    assert "8.8.8.8" not in doc["text"] and doc["text"].endswith("ssn 536-80-4398")
+    assert doc["pii_counts"] == {"EMAIL_ADDRESS": 1, "IP_ADDRESS": 1}
+
+
+def test_config_errors_name_the_entity_and_the_model():
+    with pytest.raises(ValueError, match="PERSON and LOCATION need spacy_model"):
+        PiiParams(entities=["EMAIL_ADDRESS", "PERSON"])
+    with pytest.raises(ValueError, match="not installed"):
+        Pii(PiiParams(spacy_model="en_core_web_nonexistent", entities=["PERSON"])).find("x")
+
+
+def test_runs_offline(pii):
+    import tldextract.tldextract as tld
+
+    pii.find("write to someone@example.co.uk")
+    assert tld.TLD_EXTRACTOR.suffix_list_urls == ()
