@@ -87,6 +87,10 @@ def main(argv: list[str] | None = None) -> int:
     inspect.add_argument("--width", type=int, default=None, help="terminal width for --cluster")
     inspect.set_defaults(func=cmd_inspect)
 
+    from pipeline.quality_cli import add_parser as add_quality
+
+    add_quality(sub)
+
     args = parser.parse_args(argv)
     try:
         return args.func(args)

@@ -51,9 +51,9 @@ def test_run_directory_manifest_columns_and_counts(first_run):
     assert yaml.safe_load((out / "run.yaml").read_text())["output_dir"] == str(out)
     assert manifest == json.loads((out / "manifest.json").read_text())
     assert manifest["status"] == "done"
-    extract, heuristics, dedup, lines = manifest["stages"]
+    extract, heuristics, dedup, lines, quality, pii = manifest["stages"]
     assert [s["dir"] for s in manifest["stages"]] == ["stages/00_extract", "stages/01_heuristics", "stages/02_dedup",
-                                                      "stages/03_line_filters"]
+                                                      "stages/03_line_filters", "stages/04_quality", "stages/05_pii"]
     # Every WARC record is accounted for: a document, or a counted skip.
     reader = extract["reader"]
     skipped = sum(v for k, v in reader.items() if k.startswith("skipped:"))
@@ -78,10 +78,10 @@ def test_run_directory_manifest_columns_and_counts(first_run):
         assert all(r["drop_stage"] == stage["name"] and ":" in r["drop_reason"] for r in rejected)
         assert len(list((stage_dir / "_done").glob("*.json"))) == stage["shards"]["total"]
     table = pq.read_table(out / "output")
-    assert table.num_rows == lines["rows_out"] > 0
+    assert table.num_rows == pii["rows_out"] > 0
     assert dedup["dedup"]["phases"]["sign"]["docs"] == dedup["rows_in"]
     for column in ("id", "url", "domain", "crawl_date", "text", "language", "language_score", "dup_cluster_id",
-                   "source_file", "source_offset"):
+                   "quality_score", "pii_count", "source_file", "source_offset"):
         assert column in table.column_names
     rows = table.to_pylist()
     assert len({r["id"] for r in rows}) == len(rows)
@@ -97,11 +97,11 @@ def test_rerun_reuses_everything_and_status_shows_it(first_run):
     again = run(out)
     elapsed = time.perf_counter() - start
     assert [s["shards"]["reused"] for s in again["stages"]] == [s["shards"]["total"] for s in manifest["stages"]]
-    assert [s["shards"]["computed"] for s in again["stages"]] == [0, 0, 0, 0]
+    assert [s["shards"]["computed"] for s in again["stages"]] == [0] * 6
     assert file_digests(out) == before
     assert elapsed < 5  # generous: only completion records are read (the bench times it properly)
     rows = stage_rows(str(out))
-    assert [r["status"] for r in rows] == ["done"] * 4 and rows[0]["shards"] == "4/4"
+    assert [r["status"] for r in rows] == ["done"] * 6 and rows[0]["shards"] == "4/4"
     assert "00_extract" in format_table(rows)
 
 
@@ -118,7 +118,7 @@ def test_changing_gopher_parameters_recomputes_only_that_stage(ray_local, tmp_pa
     # Changing a stage's resources is not a change of what it computes.
     same = run(tmp_path, extra=["stages.heuristics.steps.gopher_quality.min_doc_words=150",
                                 "stages.heuristics.resources.num_cpus=2"])
-    assert [s["shards"]["computed"] for s in same["stages"]] == [0, 0, 0, 0]
+    assert [s["shards"]["computed"] for s in same["stages"]] == [0] * 6
 
 
 @pytest.mark.slow
