@@ -40,9 +40,16 @@ FINEWEB_IPS = ("22.214.171.124", "126.96.36.199", "188.8.131.52", "184.108.40.20
 # (presidio matches case-insensitively), each with the entities it can lead to. A window of text
 # around a match is analysed for those entities only: a window found by an `@` never runs the
 # phone recognizer, which is presidio's costliest (it parses every digit run for 8 regions).
+# Separators phonenumbers accepts between digits (its VALID_PUNCTUATION, plus whitespace).
+_SEPARATORS = (r"[\s().+/\[\]~\-\u00ad\u200b\u2010-\u2015\u2060\u2212\u2053\u223c\u3000\u30fc"
+               r"\uff08\uff09\uff0d\uff0f\uff3b\uff3d\uff5e]")
+# presidio's phone recognizer reports numbers of 4 digits (years such as "1648", at score 0.4);
+# a shorter run than this is never a finding.
+_MIN_DIGITS = 4
 PRECHECK: dict[str, tuple[str, tuple[str, ...]]] = {
     "at_sign": (r"\S@\S", ("EMAIL_ADDRESS",)),
-    "digit_run": (r"\d(?:[\s().+/\-]{0,3}\d){4,}", ("PHONE_NUMBER", "CREDIT_CARD", "US_SSN", "IBAN_CODE")),
+    "digit_run": (rf"\d(?:{_SEPARATORS}{{0,3}}\d){{{_MIN_DIGITS - 1},}}",
+                  ("PHONE_NUMBER", "CREDIT_CARD", "US_SSN", "IBAN_CODE")),
     "ip": (r"\d{1,3}(?:\.\d{1,3}){3}|[0-9a-f]{0,4}:[0-9a-f]{0,4}:", ("IP_ADDRESS",)),
     "iban": (r"[a-z]{2}\d{2}", ("IBAN_CODE",)),
     "wallet": (r"(?:bc1|[13])[a-z0-9]{25,}", ("CRYPTO",)),

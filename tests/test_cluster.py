@@ -34,12 +34,12 @@ def test_run_joins_a_cluster_and_spreads_shards(two_node_cluster, tmp_path):
                       [f"output_dir={tmp_path}", f"input={json.dumps(inputs)}"])
     manifest = Runner(cfg, ray_address=two_node_cluster.address).run()
     assert manifest["status"] == "done"
-    # extract, heuristics, dedup (across both nodes), line filters; one heuristics shard is empty.
-    assert [s["shards"]["done"] for s in manifest["stages"]] == [3, 3, 2, 2]
+    # extract, heuristics, dedup (across both nodes), line filters, quality, pii; one heuristics shard is empty.
+    assert [s["shards"]["done"] for s in manifest["stages"]] == [3, 3, 2, 2, 2, 2]
     nodes = {n.node_id for n in two_node_cluster.list_all_nodes()}
     assert len(nodes) == 2
     records = [json.loads(p.read_text()) for p in tmp_path.glob("stages/*/_done/*.json")]
-    assert len(records) == 10 and {r["node"] for r in records} <= nodes
+    assert len(records) == 14 and {r["node"] for r in records} <= nodes
     assert pq.read_table(tmp_path / "output").num_rows == manifest["stages"][-1]["rows_out"] > 0
 
 

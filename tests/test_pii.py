@@ -66,6 +66,8 @@ def test_the_precheck_never_loses_a_presidio_hit(pii, pages):
     for i, sample in enumerate(samples[:60]):
         text = pages[i][:2500] + "\n" + sample["full_text"] + "\n" + pages[i + 100][:2500]
         assert pii.find(text) == resolve(pii.analyze(text), 0.4, {})
+    for page in pages[:150]:  # real pages: years that presidio calls phone numbers, en dashes, ...
+        assert pii.find(page) == resolve(pii.analyze(page), 0.4, {})
 
 
 def test_fineweb_style_replacements_and_thresholds():
