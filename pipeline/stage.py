@@ -135,26 +135,37 @@ def _run_shard(job: ShardJob, collector: MessageCollector) -> dict[str, Any]:
             job.progress.add.remote(len(batch))
     outputs, rejected_outputs = kept_writer.close(), rejected_writer.close()
 
-    record = {
-        "shard": job.shard,
-        "fingerprint": job.fingerprint,
-        "input": job.input_path,
+    record = completion_record(job.shard, job.fingerprint, job.input_path, outputs, rejected_outputs, rows_in,
+                               rows_out, drop_reasons, (wall0, cpu0), reader=dict(sorted(reader_stats.items())),
+                               steps={s.name: dict(sorted(s.stats.items())) for s in steps},
+                               warnings=collector.count, messages=collector.messages)
+    write_json(fs, f"{stage_dir}/_done/{job.shard}.json", record)
+    return record
+
+
+def completion_record(shard: str, fingerprint: str, input_path: str, outputs: list[str], rejected: list[str],
+                      rows_in: int, rows_out: int, drop_reasons: Counter[str], started: tuple[float, float],
+                      **extra: Any) -> dict[str, Any]:
+    """The `_done/<shard>.json` record every stage kind writes last: what it read, wrote and dropped."""
+    return {
+        "shard": shard,
+        "fingerprint": fingerprint,
+        "input": input_path,
         "outputs": [p.rsplit("/", 1)[-1] for p in outputs],
-        "rejected": [p.rsplit("/", 1)[-1] for p in rejected_outputs],
+        "rejected": [p.rsplit("/", 1)[-1] for p in rejected],
         "rows_in": rows_in,
         "rows_out": rows_out,
         "rows_rejected": rows_in - rows_out,
         "drop_reasons": dict(sorted(drop_reasons.items())),
-        "reader": dict(sorted(reader_stats.items())),
-        "steps": {s.name: dict(sorted(s.stats.items())) for s in steps},
-        "warnings": collector.count,
-        "messages": collector.messages,
+        "reader": {},
+        "steps": {},
+        "warnings": 0,
+        "messages": [],
+        **extra,
         "node": node_id(),
-        "wall_s": round(time.perf_counter() - wall0, 3),
-        "cpu_s": round(time.process_time() - cpu0, 3),
+        "wall_s": round(time.perf_counter() - started[0], 3),
+        "cpu_s": round(time.process_time() - started[1], 3),
     }
-    write_json(fs, f"{stage_dir}/_done/{job.shard}.json", record)
-    return record
 
 
 def node_id() -> str | None:

@@ -39,7 +39,7 @@ from pipeline.dedup.shuffle import concat, exchange
 from pipeline.jsonfile import write_json
 from pipeline.parquet_io import iter_parquet, writer_for
 from pipeline.progress import StageProgress
-from pipeline.stage import clear_shard, node_id
+from pipeline.stage import clear_shard, completion_record
 
 log = logging.getLogger("winnow.dedup")
 
@@ -97,25 +97,10 @@ def write_task(job: WriteJob, *tables: pa.Table) -> dict[str, Any]:
         rejected_writer.write(rejected)
     outputs, rejected_outputs = kept_writer.close(), rejected_writer.close()
     in_clusters = sum(1 for _, _, members in by_row.values() if members > 1)
-    record = {
-        "shard": job.shard,
-        "fingerprint": job.fingerprint,
-        "input": job.input_path,
-        "outputs": [p.rsplit("/", 1)[-1] for p in outputs],
-        "rejected": [p.rsplit("/", 1)[-1] for p in rejected_outputs],
-        "rows_in": row,
-        "rows_out": rows_out,
-        "rows_rejected": row - rows_out,
-        "drop_reasons": dict(sorted(drop_reasons.items())),
-        "reader": {},
-        "steps": {"dedup": {"in_clusters": in_clusters, **dict(drop_reasons)}},
-        "warnings": 0,
-        "messages": [],
-        "node": node_id(),
-        "wall_s": round(time.perf_counter() - wall0, 3),
-        "cpu_s": round(time.process_time() - cpu0, 3),
-        "peak_rss_mb": peak_rss_mb(),
-    }
+    record = completion_record(job.shard, job.fingerprint, job.input_path, outputs, rejected_outputs, row, rows_out,
+                               drop_reasons, (wall0, cpu0),
+                               steps={"dedup": {"in_clusters": in_clusters, **dict(drop_reasons)}},
+                               peak_rss_mb=peak_rss_mb())
     fs.makedirs(f"{stage_dir}/_done", exist_ok=True)
     write_json(fs, f"{stage_dir}/_done/{job.shard}.json", record)
     return record
