@@ -19,7 +19,7 @@ import bisect
 import random
 import re
 from collections import Counter
-from functools import lru_cache
+from functools import cache, lru_cache
 from typing import Any, ClassVar, Literal
 
 import pyarrow as pa
@@ -135,14 +135,49 @@ def phone_recognizer_class() -> type:
 
         def analyze(self, text: str, entities: list[str], nlp_artifacts: Any = None) -> list[Any]:
             results = []
-            for start, end in digit_run_spans(text):
-                for result in super().analyze(text[start:end], entities, nlp_artifacts=None):
-                    result.start += start
-                    result.end += start
-                    results.append(result)
+            regions = self.supported_regions
+            try:
+                for start, end in digit_run_spans(text):
+                    # Only regions whose valid numbers can be this short: a year or a time of day
+                    # is parsed for Germany's numbering plan, not for all 8.
+                    window = text[start:end]
+                    digits, plus = sum(c.isdigit() for c in window), "+" in window or "\uff0b" in window
+                    self.supported_regions = tuple(r for r in regions if digits >= fewest_digits(r, plus))
+                    if not self.supported_regions:
+                        continue
+                    for result in super().analyze(window, entities, nlp_artifacts=None):
+                        result.start += start
+                        result.end += start
+                        results.append(result)
+            finally:
+                self.supported_regions = regions
             return EntityRecognizer.remove_duplicates(results)
 
     return DigitRunPhoneRecognizer
+
+
+@cache
+def fewest_digits(region: str, plus_sign: bool) -> int:
+    """The fewest digits a text must hold for phonenumbers to find a valid number of `region` in it
+    (presidio uses leniency VALID, so a match must be a valid number of some region):
+
+    - a national number of `region`: its shortest valid length;
+    - another region's number, written "+<country code><number>": 1 + the shortest valid number
+      anywhere (only when the text has a plus sign);
+    - written with `region`'s international call prefix instead: the prefix's digits, plus those.
+    """
+    import phonenumbers
+    from phonenumbers import PhoneMetadata
+
+    def shortest(code: str) -> int:
+        lengths = [n for n in PhoneMetadata.metadata_for_region(code).general_desc.possible_length if n > 0]
+        return min(lengths, default=1)
+
+    anywhere = min(shortest(code) for code in phonenumbers.SUPPORTED_REGIONS)
+    idd = re.compile(PhoneMetadata.metadata_for_region(region).international_prefix or "(?!)")
+    idd_digits = next((n for n in range(1, 5) if any(idd.fullmatch(str(k).zfill(n)) for k in range(10 ** n))), 4)
+    other_region = (1 if plus_sign else idd_digits) + anywhere
+    return min(shortest(region), other_region)
 
 
 def digit_run_spans(text: str) -> list[tuple[int, int]]:
