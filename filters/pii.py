@@ -84,6 +84,12 @@ class PiiParams(StepParams):
         if unknown:
             hint = "" if self.spacy_model else " (PERSON and LOCATION need spacy_model)"
             raise ValueError(f"unknown entities {unknown}; known: {list(known)}{hint}")
+        if self.spacy_model is not None:
+            import spacy
+
+            if not spacy.util.is_package(self.spacy_model):
+                raise ValueError(f"spacy_model: {self.spacy_model!r} is not installed "
+                                 "(`pip install` it; Winnow never downloads)")
         return self
 
 

@@ -62,6 +62,8 @@ class QualityParams(StepParams):
     def _one_cut(self) -> QualityParams:
         if self.threshold is not None and self.top_fraction is not None:
             raise ValueError("give threshold or top_fraction, not both")
+        if not self.model_path().is_file():  # fail before any work starts, not in every shard
+            raise ValueError(f"model: {self.model_path()} not found (train one with `winnow quality train`)")
         return self
 
     def model_path(self) -> Path:

@@ -59,9 +59,13 @@ def test_roc_auc_counts_ties_as_half():
     assert roc_auc(np.array([0.5, 0.5]), np.array([True, False])) == 0.5
 
 
-def test_threshold_and_top_fraction_are_exclusive():
+def test_config_errors_come_before_any_work():
     with pytest.raises(ValueError, match="not both"):
         QualityParams(threshold=0.5, top_fraction=0.1)
+    from pipeline.config import ConfigError
+
+    with pytest.raises(ConfigError, match="model: /nonexistent/m.ftz not found"):
+        load_config(ROOT / "configs" / "quickstart.yaml", ["stages.quality.steps.quality.model=/nonexistent/m.ftz"])
 
 
 def test_quality_and_pii_run_inside_winnow_run(ray_local, tmp_path):
