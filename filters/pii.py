@@ -186,16 +186,28 @@ def fewest_digits(region: str, plus_sign: bool) -> int:
     return min(shortest(region), other_region)
 
 
+class Words:
+    """Word boundaries of a text, for windows of whole words around a match."""
+
+    def __init__(self, text: str):
+        bounds = [(m.start(), m.end()) for m in WORD.finditer(text)]
+        self.starts = [b[0] for b in bounds]
+        self.ends = [b[1] for b in bounds]
+
+    def around(self, start: int, end: int, before: int, after: int) -> tuple[int, int]:
+        """[start, end) widened to whole words, plus `before` words before and `after` after."""
+        first = max(0, bisect.bisect_right(self.starts, start) - 1 - before)
+        last = min(len(self.ends) - 1, bisect.bisect_left(self.ends, end) + after)
+        return min(self.starts[first], start), max(self.ends[last], end)
+
+
 def digit_run_spans(text: str) -> list[tuple[int, int]]:
     """Merged spans of whole words around each digit run: one word before, two after."""
+    matches = list(DIGIT_RUN.finditer(text))
+    words = Words(text) if matches else None
     spans: list[tuple[int, int]] = []
-    words = [(m.start(), m.end()) for m in WORD.finditer(text)] if DIGIT_RUN.search(text) else []
-    starts = [w[0] for w in words]
-    ends = [w[1] for w in words]
-    for match in DIGIT_RUN.finditer(text):
-        first = max(0, bisect.bisect_right(starts, match.start()) - 2)
-        last = min(len(words) - 1, bisect.bisect_left(ends, match.end()) + 2)
-        start, end = min(starts[first], match.start()), max(ends[last], match.end())
+    for match in matches:
+        start, end = words.around(match.start(), match.end(), before=1, after=2)
         if spans and start <= spans[-1][1]:
             spans[-1] = (spans[-1][0], max(spans[-1][1], end))
         else:
@@ -257,9 +269,9 @@ class Pii(Step):
         super().__init__(params)
         self.params: PiiParams = params
         self.params_json = params.model_dump_json()
-        self.prechecks = [(re.compile(pattern, re.IGNORECASE), tuple(e for e in entities if e in params.entities))
+        prechecks = [(re.compile(pattern, re.IGNORECASE), tuple(e for e in entities if e in params.entities))
                           for pattern, entities in PRECHECK.values()]
-        self.prechecks = [(rx, entities) for rx, entities in self.prechecks if entities]
+        self.prechecks = [(rx, entities) for rx, entities in prechecks if entities]
         self.needs_whole_text = any(e in NER_ENTITIES for e in params.entities)
 
     @classmethod
@@ -287,17 +299,12 @@ class Pii(Step):
         """Merged [start, end) windows of whole words around every pre-check match, each with the
         entities its matches can lead to."""
         spans = []
-        word_starts: list[int] = []
-        word_ends: list[int] = []
+        words: Words | None = None
+        n = self.params.window_words
         for regex, entities in self.prechecks:
             for match in regex.finditer(text):
-                if not word_starts:
-                    for word in WORD.finditer(text):
-                        word_starts.append(word.start())
-                        word_ends.append(word.end())
-                first = max(0, bisect.bisect_right(word_starts, match.start()) - 1 - self.params.window_words)
-                last = min(len(word_ends) - 1, bisect.bisect_left(word_ends, match.end()) + self.params.window_words)
-                spans.append((min(word_starts[first], match.start()), max(word_ends[last], match.end()), entities))
+                words = words or Words(text)
+                spans.append((*words.around(match.start(), match.end(), n, n), entities))
         windows: list[tuple[int, int, tuple[str, ...]]] = []
         for start, end, entities in sorted(spans):
             if windows and start <= windows[-1][1]:
