@@ -15,7 +15,8 @@ tldextract on its bundled suffix list, never the network.
 
 from __future__ import annotations
 
-import bisect
+import copy
+import itertools
 import random
 import re
 from collections import Counter
@@ -50,12 +51,15 @@ PRECHECK: dict[str, tuple[str, tuple[str, ...]]] = {
     "at_sign": (r"\S@\S", ("EMAIL_ADDRESS",)),
     "digit_run": (rf"\d(?:{_SEPARATORS}{{0,3}}\d){{{_MIN_DIGITS - 1},}}",
                   ("PHONE_NUMBER", "CREDIT_CARD", "US_SSN", "IBAN_CODE")),
-    "ip": (r"\d{1,3}(?:\.\d{1,3}){3}|[0-9a-f]{0,4}:[0-9a-f]{0,4}:", ("IP_ADDRESS",)),
-    "iban": (r"[a-z]{2}\d{2}", ("IBAN_CODE",)),
+    # Written to start at a rare character (a colon, a digit): a pattern that may start at any
+    # letter is tried at every letter of the page.
+    "ip": (r"\d{1,3}(?:\.\d{1,3}){3}|:[0-9a-f]{0,4}:", ("IP_ADDRESS",)),
+    "iban": (r"(?<=[a-z][a-z])\d\d", ("IBAN_CODE",)),
     "wallet": (r"(?:bc1|[13])[a-z0-9]{25,}", ("CRYPTO",)),
 }
 WORD = re.compile(r"\S+")
 DIGIT_RUN = re.compile(PRECHECK["digit_run"][0])
+DIGIT_OR_X = re.compile(r"[\dxX]")
 # The flags of presidio's default registry: its recognizers match case-insensitively.
 REGISTRY_FLAGS = re.DOTALL | re.MULTILINE | re.IGNORECASE
 
@@ -127,8 +131,30 @@ def _nlp_engine(language: str, model: str | None) -> Any:
 
 
 def phone_recognizer_class() -> type:
+    import phonenumbers
     from presidio_analyzer import EntityRecognizer
     from presidio_analyzer.predefined_recognizers import PhoneRecognizer
+
+    class ShortCandidateSkippingMatcher(phonenumbers.PhoneNumberMatcher):
+        """phonenumbers' matcher, minus the parses that cannot succeed or were done before.
+
+        The matcher parses every candidate and every group inside it ("2019-07-17" is tried whole,
+        then as "2019", "07" and "17"), once per region.
+        - A candidate whose letters and digits (letters become digits in vanity numbers) are fewer
+          than the region's shortest valid number can never be valid: it is rejected before
+          parsing, the same None the parse would have given.
+        - Otherwise the outcome depends only on the candidate, the region, the leniency and the
+          characters on either side of it, so it is computed once per process for each."""
+
+        def _parse_and_verify(self, candidate: str, offset: int) -> Any:
+            if self.leniency >= phonenumbers.Leniency.VALID:
+                fewest = fewest_digits(self.preferred_region, "+" in candidate or "\uff0b" in candidate)
+                if len(candidate) < fewest or sum(c.isalnum() for c in candidate) < fewest:
+                    return None
+            end = offset + len(candidate)
+            number = verified_number(candidate, self.preferred_region, self.leniency,
+                                     self.text[max(0, offset - 1):offset], self.text[end:end + 1])
+            return None if number is None else phonenumbers.PhoneNumberMatch(offset, candidate, number)
 
     class DigitRunPhoneRecognizer(PhoneRecognizer):
         """presidio's PhoneRecognizer, run on the digit runs of a text rather than on all of it.
@@ -137,77 +163,111 @@ def phone_recognizer_class() -> type:
         its cost follows the length of the text it scans. A phone number lies inside a digit run;
         each run is scanned with one word before it and two after (a `+44` prefix, an `ext. 12`),
         cut at whitespace, so the matcher sees the same neighbouring characters it would in the
-        whole text. The results (spans, scores) are presidio's; tests compare them."""
+        whole text. The loop is presidio's, with the matcher above; tests compare the results."""
+
+        last: tuple[str, list[Any]] = ("", [])
 
         def analyze(self, text: str, entities: list[str], nlp_artifacts: Any = None) -> list[Any]:
+            # `Pii.analyze` probes a window with the recognizers alone, then runs presidio's full
+            # analysis on it when something was found: the second call reuses the first's work.
+            if text != self.last[0]:
+                self.last = (text, self.find_numbers(text))
+            return copy.deepcopy(self.last[1])  # presidio's context step changes scores in place
+
+        def find_numbers(self, text: str) -> list[Any]:
             results = []
-            regions = self.supported_regions
-            try:
-                for start, end in digit_run_spans(text):
-                    # Only regions whose valid numbers can be this short: a year or a time of day
-                    # is parsed for Germany's numbering plan, not for all 8.
-                    window = text[start:end]
-                    digits, plus = sum(c.isdigit() for c in window), "+" in window or "\uff0b" in window
-                    self.supported_regions = tuple(r for r in regions if digits >= fewest_digits(r, plus))
-                    if not self.supported_regions:
+            for start, end in digit_run_spans(text):
+                window = text[start:end]
+                # No candidate in the window can hold more digits than the window does (an "x" may
+                # become a 9 in a vanity number): regions whose numbers are longer are not scanned.
+                digits, plus = len(DIGIT_OR_X.findall(window)), "+" in window or "\uff0b" in window
+                for region in self.supported_regions:
+                    if digits < fewest_digits(region, plus):
                         continue
-                    for result in super().analyze(window, entities, nlp_artifacts=None):
+                    for match in ShortCandidateSkippingMatcher(window, region, leniency=self.leniency):
+                        try:  # presidio explains a finding by the region the number belongs to
+                            found_in = phonenumbers.region_code_for_number(
+                                phonenumbers.parse(window[match.start:match.end]))
+                        except phonenumbers.NumberParseException:
+                            found_in = region
+                        result = self._get_recognizer_result(match, window, found_in, None)
                         result.start += start
                         result.end += start
                         results.append(result)
-            finally:
-                self.supported_regions = regions
             return EntityRecognizer.remove_duplicates(results)
 
     return DigitRunPhoneRecognizer
 
 
+@lru_cache(maxsize=1 << 16)
+def verified_number(candidate: str, region: str, leniency: int, before: str, after: str) -> Any:
+    """phonenumbers' own parse-and-verify of `candidate` between the characters `before` and
+    `after` (empty at the edges of the text): the parsed number, or None."""
+    import phonenumbers
+
+    matcher = phonenumbers.PhoneNumberMatcher(before + candidate + after, region, leniency=leniency)
+    match = phonenumbers.PhoneNumberMatcher._parse_and_verify(matcher, candidate, len(before))
+    return None if match is None else match.number
+
+
 @cache
 def fewest_digits(region: str, plus_sign: bool) -> int:
-    """The fewest digits a text must hold for phonenumbers to find a valid number of `region` in it
-    (presidio uses leniency VALID, so a match must be a valid number of some region):
+    """The fewest digits a candidate must hold for phonenumbers to parse a valid number from it
+    with `region` as the default (presidio uses leniency VALID: a match must be a valid number):
 
-    - a national number of `region`: its shortest valid length;
-    - another region's number, written "+<country code><number>": 1 + the shortest valid number
-      anywhere (only when the text has a plus sign);
+    - a national number: the shortest valid length among the regions sharing `region`'s country
+      code (a number parsed for CA may be valid in the US, one parsed for GB in Jersey);
+    - another country's number, written "+<country code><number>": 1 + the shortest valid number
+      anywhere (only when the candidate has a plus sign);
     - written with `region`'s international call prefix instead: the prefix's digits, plus those.
     """
     import phonenumbers
     from phonenumbers import PhoneMetadata
 
     def shortest(code: str) -> int:
-        lengths = [n for n in PhoneMetadata.metadata_for_region(code).general_desc.possible_length if n > 0]
+        metadata = PhoneMetadata.metadata_for_region(code)
+        lengths = [n for n in metadata.general_desc.possible_length if n > 0] if metadata else []
         return min(lengths, default=1)
 
     anywhere = min(shortest(code) for code in phonenumbers.SUPPORTED_REGIONS)
+    same_code = phonenumbers.region_codes_for_country_code(phonenumbers.country_code_for_region(region))
+    national = min(shortest(code) for code in same_code)
     idd = re.compile(PhoneMetadata.metadata_for_region(region).international_prefix or "(?!)")
     idd_digits = next((n for n in range(1, 5) if any(idd.fullmatch(str(k).zfill(n)) for k in range(10 ** n))), 4)
     other_region = (1 if plus_sign else idd_digits) + anywhere
-    return min(shortest(region), other_region)
+    return min(national, other_region)
 
 
-class Words:
-    """Word boundaries of a text, for windows of whole words around a match."""
-
-    def __init__(self, text: str):
-        bounds = [(m.start(), m.end()) for m in WORD.finditer(text)]
-        self.starts = [b[0] for b in bounds]
-        self.ends = [b[1] for b in bounds]
-
-    def around(self, start: int, end: int, before: int, after: int) -> tuple[int, int]:
-        """[start, end) widened to whole words, plus `before` words before and `after` after."""
-        first = max(0, bisect.bisect_right(self.starts, start) - 1 - before)
-        last = min(len(self.ends) - 1, bisect.bisect_left(self.ends, end) + after)
-        return min(self.starts[first], start), max(self.ends[last], end)
+def word_window(text: str, start: int, end: int, before: int, after: int) -> tuple[int, int]:
+    """[start, end) widened to whole words, plus `before` words before it and `after` after it
+    (fewer at the edges of the text). Only the text near the span is scanned: splitting a whole
+    page into words cost more than everything else the pre-check does."""
+    reach = 32 * (before + 1)
+    while True:  # back from `start`, over a stretch that grows until it holds enough word starts
+        low = max(0, start - reach)
+        starts = [m.start() for m in WORD.finditer(text, low, start + 1)]
+        if low > 0 and not text[low - 1].isspace():
+            starts = starts[1:]  # the first word found is cut at `low`
+        if len(starts) > before or low == 0:
+            break
+        reach *= 4
+    first = starts[max(0, len(starts) - 1 - before)] if starts else start
+    last = end
+    ends = (m.end() for m in WORD.finditer(text, start))
+    for word_end in ends:  # forward: the word holding `end`, then `after` more
+        if word_end >= end:
+            last = word_end
+            for later_end in itertools.islice(ends, after):
+                last = later_end
+            break
+    return min(first, start), max(last, end)
 
 
 def digit_run_spans(text: str) -> list[tuple[int, int]]:
     """Merged spans of whole words around each digit run: one word before, two after."""
-    matches = list(DIGIT_RUN.finditer(text))
-    words = Words(text) if matches else None
     spans: list[tuple[int, int]] = []
-    for match in matches:
-        start, end = words.around(match.start(), match.end(), before=1, after=2)
+    for match in DIGIT_RUN.finditer(text):
+        start, end = word_window(text, match.start(), match.end(), before=1, after=2)
         if spans and start <= spans[-1][1]:
             spans[-1] = (spans[-1][0], max(spans[-1][1], end))
         else:
@@ -299,12 +359,10 @@ class Pii(Step):
         """Merged [start, end) windows of whole words around every pre-check match, each with the
         entities its matches can lead to."""
         spans = []
-        words: Words | None = None
         n = self.params.window_words
         for regex, entities in self.prechecks:
             for match in regex.finditer(text):
-                words = words or Words(text)
-                spans.append((*words.around(match.start(), match.end(), n, n), entities))
+                spans.append((*word_window(text, match.start(), match.end(), n, n), entities))
         windows: list[tuple[int, int, tuple[str, ...]]] = []
         for start, end, entities in sorted(spans):
             if windows and start <= windows[-1][1]:
@@ -318,9 +376,19 @@ class Pii(Step):
     def analyze(self, text: str, entities: tuple[str, ...] | None = None,
                 stock: bool = False) -> list[tuple[str, int, int, float]]:
         """presidio's findings over `text`: (entity, start, end, score). `stock`: with presidio's
-        own phone recognizer over the whole text, the reference for tests and benchmarks."""
-        results = build_analyzer(self.params_json, stock).analyze(text=text, language=self.params.language,
-                                                                  entities=list(entities or self.params.entities))
+        own phone recognizer, the reference for tests and benchmarks.
+
+        presidio tokenizes every text it analyses, for context words, before it runs a
+        recognizer, and most windows hold no finding. Pattern recognizers never read the tokens,
+        so they run first on their own; only a window where one finds something pays for the
+        tokens and the full analysis (the same call, so scores include context as presidio's do)."""
+        analyzer = build_analyzer(self.params_json, stock)
+        wanted = list(entities or self.params.entities)
+        if not stock and not self.needs_whole_text:
+            recognizers = analyzer.registry.get_recognizers(language=self.params.language, entities=wanted)
+            if not any(r.analyze(text=text, entities=wanted, nlp_artifacts=None) for r in recognizers):
+                return []
+        results = analyzer.analyze(text=text, language=self.params.language, entities=wanted)
         return [(r.entity_type, r.start, r.end, r.score) for r in results]
 
     def find(self, text: str) -> list[tuple[str, int, int, float]]:

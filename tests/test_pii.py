@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import bisect
 import gzip
 import json
+import re
 
 import pytest
 
-from filters.pii import Pii, PiiParams, resolve
+from filters.pii import PRECHECK, WORD, Pii, PiiParams, build_analyzer, resolve, word_window
 from tests.conftest import SHARED
 
 SYNTH = SHARED / "pii" / "presidio-synth" / "synth_dataset_v2.json"
@@ -68,6 +70,51 @@ def test_the_precheck_never_loses_a_presidio_hit(pii, pages):
         assert pii.find(text) == resolve(pii.analyze(text, stock=True), 0.4, {})
     for page in pages[:150]:  # real pages: years that presidio calls phone numbers, en dashes, ...
         assert pii.find(page) == resolve(pii.analyze(page, stock=True), 0.4, {})
+
+
+EDGE_CASES = [
+    "Call +44 20 7946 0958 or (030) 123456, tel. 0049 30 1234567 ext. 12.",
+    "Vanity: 1x2x3x4x5x6x7x8 and 1-800-356-9377; dates 2019-07-17, 17/07/2019 and 10:30:15.",
+    "Years 1648, 2019 and 4096; card 4111 1111 1111 1111; ssn 078-05-1120; IBAN DE 89 3704 0044 0532 0130 00",
+    "\u00a0+1\u00a0(415)\u00a0555\u20112671\u3000phone 0800 123 4567\u2060",
+    "2019",
+]
+
+
+def test_phone_shortcuts_match_presidio_on_edge_cases(pii):
+    """Skipped parses and cached ones (short candidates, x-separated vanity numbers, plus signs,
+    no-break spaces, a text that is one number) change nothing presidio reports."""
+    for text in EDGE_CASES:
+        assert pii.find(text) == resolve(pii.analyze(text, stock=True), 0.4, {}), text
+
+
+def test_probing_without_tokens_keeps_every_score(pii):
+    """Windows where no recognizer finds anything skip tokenization; the others get presidio's
+    full analysis, so findings at every score, context included, equal the unprobed call."""
+    analyzer = build_analyzer(pii.params_json)
+    for sample in json.loads(SYNTH.read_text())[:300] + [{"full_text": t} for t in EDGE_CASES]:
+        text = sample["full_text"]
+        full = analyzer.analyze(text=text, language="en", entities=list(pii.params.entities))
+        assert pii.analyze(text) == [(r.entity_type, r.start, r.end, r.score) for r in full], text
+
+
+def test_word_windows_equal_a_whole_text_split(pages):
+    """The local word scan gives the same windows as splitting the whole page into words."""
+    def reference(text: str, start: int, end: int, before: int, after: int) -> tuple[int, int]:
+        starts = [m.start() for m in WORD.finditer(text)]
+        ends = [m.end() for m in WORD.finditer(text)]
+        first = max(0, bisect.bisect_right(starts, start) - 1 - before)
+        last = min(len(ends) - 1, bisect.bisect_left(ends, end) + after)
+        return min(starts[first], start), max(ends[last], end)
+
+    texts = [*pages[:40], "x", "  12 34  ", "a\u3000b\u00a01234\u2003c d e f g h i j k l m n o p q r s t u v w"]
+    texts.append(" ".join(["longwordwithoutdigits" * 20] * 30) + " 1234 end")
+    for text in texts:
+        for pattern, _ in PRECHECK.values():
+            for match in re.finditer(pattern, text, re.IGNORECASE):
+                for before, after in ((1, 2), (8, 8), (30, 0)):
+                    expected = reference(text, match.start(), match.end(), before, after)
+                    assert word_window(text, match.start(), match.end(), before, after) == expected
 
 
 def test_fineweb_style_replacements_and_thresholds():
