@@ -78,7 +78,10 @@ class Step:
                     log.warning("%s failed on record %s (%s): %r", self.type_name, doc.get("id"),
                                 doc.get("url"), exc)
                     self.drop(doc, "error")
-        self.stats["out"] += sum(1 for d in live if d.get("drop_reason") is None)
+        survivors = [d for d in live if d.get("drop_reason") is None]
+        self.stats["out"] += len(survivors)
+        # Characters after the step, for the report's funnel (extraction creates text, PII changes it).
+        self.stats["chars_out"] += sum(len(d.get("text") or "") for d in survivors)
         return batch
 
 

@@ -71,6 +71,7 @@ class ShardWriter:
         self.tmp_path = ""
         self.paths: list[str] = []
         self.rows = 0
+        self.chars = 0  # characters of `text` written, for the funnel in manifests and reports
 
     def _final_path(self, k: int) -> str:
         return f"{self.prefix}-{k:03d}.parquet"
@@ -82,6 +83,8 @@ class ShardWriter:
     def write_table(self, table: pa.Table) -> None:
         """Append rows; they go out in row groups of about `row_group_mb`."""
         table = table.select(self.schema.names).cast(self.schema)
+        if "text" in table.column_names:
+            self.chars += pc.sum(pc.utf8_length(table.column("text"))).as_py() or 0
         offset = 0
         while offset < table.num_rows:
             # Take rows up to the row-group budget, so one big table still makes bounded groups.

@@ -136,7 +136,8 @@ def _run_shard(job: ShardJob, collector: MessageCollector) -> dict[str, Any]:
     outputs, rejected_outputs = kept_writer.close(), rejected_writer.close()
 
     record = completion_record(job.shard, job.fingerprint, job.input_path, outputs, rejected_outputs, rows_in,
-                               rows_out, drop_reasons, (wall0, cpu0), reader=dict(sorted(reader_stats.items())),
+                               rows_out, drop_reasons, (wall0, cpu0), chars_out=kept_writer.chars,
+                               chars_rejected=rejected_writer.chars, reader=dict(sorted(reader_stats.items())),
                                steps={s.name: dict(sorted(s.stats.items())) for s in steps},
                                warnings=collector.count, messages=collector.messages)
     write_json(fs, f"{stage_dir}/_done/{job.shard}.json", record)
@@ -156,6 +157,8 @@ def completion_record(shard: str, fingerprint: str, input_path: str, outputs: li
         "rows_in": rows_in,
         "rows_out": rows_out,
         "rows_rejected": rows_in - rows_out,
+        "chars_out": 0,
+        "chars_rejected": 0,
         "drop_reasons": dict(sorted(drop_reasons.items())),
         "reader": {},
         "steps": {},

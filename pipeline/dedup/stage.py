@@ -97,9 +97,11 @@ def write_task(job: WriteJob, *tables: pa.Table) -> dict[str, Any]:
         rejected_writer.write(rejected)
     outputs, rejected_outputs = kept_writer.close(), rejected_writer.close()
     in_clusters = sum(1 for _, _, members in by_row.values() if members > 1)
+    step_stats = {"in": row, "out": rows_out, "chars_out": kept_writer.chars, "in_clusters": in_clusters,
+                  **{f"dropped:{r.split(':', 1)[-1]}": n for r, n in drop_reasons.items()}}
     record = completion_record(job.shard, job.fingerprint, job.input_path, outputs, rejected_outputs, row, rows_out,
-                               drop_reasons, (wall0, cpu0),
-                               steps={"dedup": {"in_clusters": in_clusters, **dict(drop_reasons)}},
+                               drop_reasons, (wall0, cpu0), chars_out=kept_writer.chars,
+                               chars_rejected=rejected_writer.chars, steps={"dedup": step_stats},
                                peak_rss_mb=peak_rss_mb())
     fs.makedirs(f"{stage_dir}/_done", exist_ok=True)
     write_json(fs, f"{stage_dir}/_done/{job.shard}.json", record)
