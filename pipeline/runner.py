@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
 import time
 from datetime import UTC, datetime
+from functools import cache
 from importlib.metadata import version
+from pathlib import Path
 from typing import Any
 
 import fsspec
@@ -76,7 +79,10 @@ class Runner:
                 shard_inputs, previous = summary.pop("_outputs"), fingerprint
                 self._write_manifest(started, inputs, stages, None)
             output = self._publish_output(shard_inputs, previous)
-            return self._write_manifest(started, inputs, stages, output)
+            changed = output.pop("changed")
+            manifest = self._write_manifest(started, inputs, stages, output)
+            self._write_card(changed)
+            return manifest
         finally:
             self._shutdown_ray()
 
@@ -188,7 +194,7 @@ class Runner:
         marker = f"{out}/_source.json"
         state = {"fingerprint": fingerprint, "files": names}
         if read_json(self.fs, marker) == state:
-            return {"files": names}
+            return {"files": names, "changed": False}
         if self.fs.exists(out):
             self.fs.rm(out, recursive=True)
         self.fs.makedirs(out, exist_ok=True)
@@ -196,12 +202,24 @@ class Runner:
             self.fs.copy(fsspec.core.url_to_fs(src)[1], f"{out}/{name}.tmp")
             self.fs.mv(f"{out}/{name}.tmp", f"{out}/{name}")
         write_json(self.fs, marker, state)
-        return {"files": names}
+        return {"files": names, "changed": True}
+
+    def _write_card(self, output_changed: bool) -> None:
+        """output/README.md, the dataset card, for a new output (local run directories only)."""
+        if self.protocol_prefix or not (output_changed or not self.fs.exists(f"{self.root}/output/README.md")):
+            return
+        from pipeline.report import write_card
+
+        try:
+            write_card(self.root)
+        except Exception as exc:  # noqa: BLE001 - the data is written; a card failure must not fail the run
+            log.warning("could not write the dataset card %s/output/README.md: %r", self.root, exc)
 
     def _write_manifest(self, started: datetime, inputs: list[str], stages: list[dict[str, Any]],
                         output: dict[str, Any] | None) -> dict[str, Any]:
         manifest = {
             "winnow_version": version("winnow"),
+            "code_version": code_version(),
             "started_at": started.isoformat(timespec="seconds"),
             "updated_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "output_dir": self.cfg.output_dir,
@@ -235,6 +253,21 @@ class Runner:
 
             ray.shutdown()
             self._ray_started = False
+
+
+@cache
+def code_version() -> str:
+    """The git commit of the code that ran (with `+dirty` for uncommitted changes), or the package
+    version outside a git checkout."""
+    here = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True,
+                                timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return f"winnow {version('winnow')}"
+    return commit + ("+dirty" if dirty else "")
 
 
 def load_done(fs: fsspec.AbstractFileSystem, stage_dir: str, fingerprint: str,
@@ -285,6 +318,8 @@ def summarize(stage: StageConfig, stage_dir: str, fingerprint: str, shards: dict
         "rows_in": total("rows_in"),
         "rows_out": total("rows_out"),
         "rows_rejected": total("rows_rejected"),
+        "chars_out": total("chars_out"),
+        "chars_rejected": total("chars_rejected"),
         "drop_reasons": merged("drop_reasons"),
         "reader": merged("reader"),
         "steps": merged("steps"),

@@ -11,6 +11,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("WINNOW_SHARED_DATA", ROOT.parent / "shared" / "data"))
 WARC = SHARED / "warc"
 SAMPLE = ROOT / "data" / "sample"
+# output/ holds the dataset card (README.md) and a marker next to the shards; readers skip them.
+OUTPUT_EXTRAS = ["README", "_", "."]
 
 # Steps cache derived files (the blocklist index) here; keep tests off the user's home.
 os.environ.setdefault("WINNOW_CACHE", str(ROOT / ".pytest_cache" / "winnow"))

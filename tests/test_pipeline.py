@@ -18,7 +18,7 @@ import yaml
 from pipeline.config import load_config
 from pipeline.runner import Runner
 from pipeline.status import format_table, stage_rows
-from tests.conftest import ROOT, SAMPLE, WARC
+from tests.conftest import OUTPUT_EXTRAS, ROOT, SAMPLE, WARC
 
 QUICKSTART = ROOT / "configs" / "quickstart.yaml"
 SMALL_INPUT = [str(SAMPLE / "wget-2024-dolma-000*.warc.gz"), str(SAMPLE / "cc-2020-34-resiliparse.warc.gz"),
@@ -77,7 +77,7 @@ def test_run_directory_manifest_columns_and_counts(first_run):
         assert kept == stage["rows_out"] and len(rejected) == stage["rows_rejected"]
         assert all(r["drop_stage"] == stage["name"] and ":" in r["drop_reason"] for r in rejected)
         assert len(list((stage_dir / "_done").glob("*.json"))) == stage["shards"]["total"]
-    table = pq.read_table(out / "output")
+    table = pq.read_table(out / "output", ignore_prefixes=OUTPUT_EXTRAS)
     assert table.num_rows == pii["rows_out"] > 0
     assert dedup["dedup"]["phases"]["sign"]["docs"] == dedup["rows_in"]
     for column in ("id", "url", "domain", "crawl_date", "text", "language", "language_score", "dup_cluster_id",
@@ -175,4 +175,5 @@ def test_a_shard_that_fails_is_recorded_and_the_others_finish(ray_local, tmp_pat
     assert heuristics["shards"]["failed"] == 1 and heuristics["shards"]["done"] == 3
     assert heuristics["errors"][0]["input"].endswith(victim.name)
     assert heuristics["status"] == "failed" and manifest["status"] == "partial"
-    assert pq.read_table(tmp_path / "output").num_rows == manifest["stages"][-1]["rows_out"]
+    output = pq.read_table(tmp_path / "output", ignore_prefixes=OUTPUT_EXTRAS)
+    assert output.num_rows == manifest["stages"][-1]["rows_out"]

@@ -20,7 +20,7 @@ from pipeline.quality_data import default_rows
 from pipeline.quality_edu import annotate, parse_score
 from pipeline.quality_train import roc_auc, train
 from pipeline.runner import Runner
-from tests.conftest import ROOT, SAMPLE, SHARED
+from tests.conftest import OUTPUT_EXTRAS, ROOT, SAMPLE, SHARED
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +80,7 @@ def test_quality_and_pii_run_inside_winnow_run(ray_local, tmp_path):
     dropped = pq.read_table(tmp_path / "stages" / "04_quality" / "rejected").to_pylist()
     assert kept and dropped and quality["drop_reasons"] == {"quality:below_threshold": len(dropped)}
     assert all(r["quality_score"] >= 0.1 for r in kept) and all(r["quality_score"] < 0.1 for r in dropped)
-    output = pq.read_table(tmp_path / "output").to_pylist()
+    output = pq.read_table(tmp_path / "output", ignore_prefixes=OUTPUT_EXTRAS).to_pylist()
     assert len(output) == len(kept)
     assert all(r["quality_score"] is not None and r["pii_count"] is not None for r in output)
 
