@@ -1,0 +1,126 @@
+"""HTML pages and the dataset card from collected run data, through Jinja2 templates.
+
+Autoescaping is on for every HTML template, so crawled text, URLs and domains are always escaped.
+The page also carries a Content-Security-Policy that lets only its own inline script run (by
+hash): if some text ever slipped through unescaped, a `<script>` in it would still stay inert.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from datetime import UTC, datetime
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
+from markupsafe import Markup
+
+from pipeline.report import svg
+from pipeline.report.budget import CHARS_PER_TOKEN, TOKENS_PER_PARAMETER
+
+# Printing shows every collapsed sample; the screen keeps them folded.
+PRINT_SCRIPT = ("addEventListener('beforeprint',()=>document.querySelectorAll('details').forEach(d=>"
+                "{d.dataset.wasOpen=d.open;d.open=true}));addEventListener('afterprint',()=>document"
+                ".querySelectorAll('details').forEach(d=>{d.open=d.dataset.wasOpen==='true'}));")
+
+
+def num(value: Any) -> str:
+    return f"{value:,}" if isinstance(value, int) else (f"{value:,.0f}" if isinstance(value, float) else str(value))
+
+
+def si(value: float) -> str:
+    """1234567 -> 1.23M; plain below a thousand."""
+    for unit, size in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(value) >= size:
+            return f"{value / size:.3g}{unit}"
+    return f"{value:.3g}"
+
+
+def usd(value: float) -> str:
+    return f"${value:,.2f}" if value < 100 else f"${value:,.0f}"
+
+
+@cache
+def environment() -> Environment:
+    env = Environment(loader=PackageLoader("pipeline.report", "templates"), undefined=StrictUndefined,
+                      autoescape=select_autoescape(["html", "html.j2"]), trim_blocks=True, lstrip_blocks=True)
+    env.filters.update(num=num, si=si, usd=usd)
+    return env
+
+
+def json_for_html(data: Any) -> Markup:
+    """JSON that cannot close the <script> element it sits in."""
+    text = json.dumps(data, default=str, sort_keys=True)
+    return Markup(text.replace("&", "\\u0026").replace("<", "\\u003c").replace(">", "\\u003e"))
+
+
+def page_context() -> dict[str, Any]:
+    digest = base64.b64encode(hashlib.sha256(PRINT_SCRIPT.encode()).digest()).decode()
+    css = (Path(__file__).parent / "templates" / "style.css").read_text()
+    return {"css": Markup(css), "script": Markup(PRINT_SCRIPT), "script_hash": f"sha256-{digest}",
+            "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "chars_per_token": CHARS_PER_TOKEN, "tokens_per_parameter": TOKENS_PER_PARAMETER}
+
+
+def distribution_charts(dists: list[dict[str, Any]]) -> dict[str, Markup]:
+    """Charts for one run, or for two runs side by side."""
+    bars = {"language": "Documents by language", "domain": "Documents by domain", "tld": "Documents by TLD",
+            "pii": "PII found by type"}
+    hists = {"length": "Documents by length", "quality_score": "Documents by quality_score",
+             "language_score": "Documents by language_score", "dup_cluster_sizes": "Clusters by size"}
+    charts = {key: svg.hbars([d[key] for d in dists], title) for key, title in bars.items()}
+    for key, title in hists.items():
+        series = [d[key] for d in dists if d.get(key)]
+        if key == "dup_cluster_sizes":  # documents without duplicates would dwarf the clusters
+            series = [[x for x in s if x["label"] != "1"] for s in series]
+        charts[key] = svg.columns(series, title) if series else Markup("")
+    if len(dists) > 1:  # cluster sizes differ between runs: align them on one set of sizes
+        sizes = sorted({int(x["label"]) for d in dists for x in d["dup_cluster_sizes"]} - {1})
+        aligned = [[{"label": str(k), "count": {int(x["label"]): x["count"] for x in d["dup_cluster_sizes"]}.get(k, 0)}
+                    for k in sizes] for d in dists]
+        charts["dup_cluster_sizes"] = svg.columns(aligned, "Clusters by size") if sizes else Markup("")
+    return charts
+
+
+def render_report(data: dict[str, Any]) -> str:
+    context = {**page_context(), **data, "dist": data["distributions"], "a": data["assumptions"],
+               "charts": distribution_charts([data["distributions"]]), "data_json": json_for_html(data)}
+    return environment().get_template("report.html.j2").render(**context)
+
+
+def render_compare(comparison: dict[str, Any]) -> str:
+    a, b = comparison["a"], comparison["b"]
+    context = {**page_context(), **comparison,
+               "charts": distribution_charts([a["distributions"], b["distributions"]]),
+               "data_json": json_for_html(comparison)}
+    return environment().get_template("compare.html.j2").render(**context)
+
+
+SIZE_CATEGORIES = [(1e3, "n<1K"), (1e4, "1K<n<10K"), (1e5, "10K<n<100K"), (1e6, "100K<n<1M"), (1e7, "1M<n<10M"),
+                   (1e8, "10M<n<100M"), (1e9, "100M<n<1B"), (1e10, "1B<n<10B")]
+
+
+def stage_description(stage: dict[str, Any]) -> str:
+    """One line per stage for the card: each step with the parameters the config set."""
+    if stage.get("kind") == "dedup":
+        return f"near-duplicate removal (MinHash LSH, exact hashes) with {json.dumps(stage.get('dedup', {}))}"
+    steps = []
+    for step in stage.get("steps") or []:
+        params = {k: v for k, v in step.items() if k != "type"}
+        steps.append(f"`{step['type']}` {json.dumps(params)}" if params else f"`{step['type']}`")
+    return "; ".join(steps)
+
+
+def render_card(data: dict[str, Any]) -> str:
+    """The dataset card, Markdown with a Hugging Face YAML header (not HTML: no escaping applies)."""
+    dist = data["distributions"]
+    languages = [x["label"] for x in dist["language"] if x["label"] != "unknown" and not x["label"].startswith("(")]
+    size = next((label for limit, label in SIZE_CATEGORIES if data["output"]["docs"] < limit), "n>10B")
+    processing = [(s["name"], stage_description(s)) for s in data["run"]["config"].get("stages", [])]
+    return environment().get_template("card.md.j2").render(
+        **data, dist=dist, languages=languages, size_category=size, processing=processing,
+        has_pii=any(s["stage"] == "pii" or any(st["name"] == "pii" for st in s["steps"]) for s in data["funnel"]),
+        chars_per_token=CHARS_PER_TOKEN)
