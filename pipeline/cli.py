@@ -55,11 +55,33 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from pipeline.inspect import inspect_cluster, inspect_documents
+    from pipeline.inspect import Query, inspect_cluster, inspect_documents
 
     if args.cluster:
         return inspect_cluster(args.path, args.cluster, width=args.width)
-    return inspect_documents(args.path, stage=args.stage, reason=args.reason, n=args.n)
+    query = Query(stage=args.stage, reason=args.reason, dropped=args.dropped, language=args.language,
+                  min_score=args.min_score, max_score=args.max_score, score_column=args.score_column, grep=args.grep)
+    color = {"auto": None, "always": True, "never": False}[args.color]
+    return inspect_documents(args.path, query, n=args.n, as_json=args.json, chars=None if args.full else args.chars,
+                             width=args.width, color=color)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from pipeline.report import write_comparison, write_report
+    from pipeline.report.budget import Assumptions
+
+    given = {k: v for k, v in vars(args).items() if k in Assumptions.model_fields and v is not None}
+    assumptions = Assumptions(**given)
+    try:
+        if args.compare:
+            path = write_comparison(args.run_dir, args.compare, assumptions, out=args.out)
+        else:
+            path = write_report(args.run_dir, assumptions, tokenizer=args.tokenizer, out=args.out)
+    except FileNotFoundError as exc:
+        print(f"winnow: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {path}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -77,14 +99,39 @@ def main(argv: list[str] | None = None) -> int:
     status.add_argument("run_dir")
     status.set_defaults(func=cmd_status)
 
-    inspect = sub.add_parser("inspect", help="print sample documents, kept or dropped")
-    inspect.add_argument("path", help="a run directory or a Parquet file")
-    inspect.add_argument("--stage", help="stage name (default: the final output)")
-    inspect.add_argument("--reason", help="only documents dropped for this reason (prefix match)")
-    inspect.add_argument("-n", type=int, default=5)
+    report = sub.add_parser("report", help="write RUN_DIR/report.html (and refresh output/README.md)")
+    report.add_argument("run_dir")
+    report.add_argument("--compare", metavar="RUN_B", help="compare with another run: writes RUN_DIR/compare-<B>.html")
+    report.add_argument("--out", help="where to write the page instead")
+    report.add_argument("--tokenizer", help="a tokenizers JSON file: count output tokens instead of estimating")
+    report.add_argument("--mfu", type=float, help="model FLOPs utilization for the training budget (default 0.40)")
+    report.add_argument("--gpu", help="GPU name shown in the budget (default H100 SXM)")
+    report.add_argument("--gpu-peak-tflops", type=float, help="dense BF16 peak per GPU (default 989)")
+    report.add_argument("--gpu-hour-usd", type=float, help="price per GPU-hour (default 2.50)")
+    report.add_argument("--gpus", type=int, help="GPUs training in parallel (default 8)")
+    report.add_argument("--cpu-hour-usd", type=float, help="price per vCPU-hour for the crawl cost (default 0.04)")
+    report.add_argument("--dump-pages", type=float, help="HTML pages in a full Common Crawl dump (default 2.5e9)")
+    report.set_defaults(func=cmd_report)
+
+    inspect = sub.add_parser("inspect", help="print documents, kept or dropped, filtered; or --json")
+    inspect.add_argument("path", help="a run directory, a directory of Parquet files, or one file")
+    inspect.add_argument("--stage", help="a stage's output (default: the run's final output)")
+    inspect.add_argument("--dropped", action="store_true", help="dropped documents (of --stage, or of every stage)")
+    inspect.add_argument("--reason", help="only documents dropped for this reason (a prefix: 'gopher' matches all "
+                                          "gopher_quality:* and gopher_repetition:*); implies --dropped")
+    inspect.add_argument("--language", help="only this language code")
+    inspect.add_argument("--min-score", type=float, help="only documents whose --score-column is at least this")
+    inspect.add_argument("--max-score", type=float, help="only documents whose --score-column is at most this")
+    inspect.add_argument("--score-column", default="quality_score", help="the score the range applies to")
+    inspect.add_argument("--grep", metavar="REGEX", help="only documents whose text matches; matches are highlighted")
+    inspect.add_argument("-n", type=int, default=5, help="how many to show, in a stable sample order (0: all)")
+    inspect.add_argument("--json", action="store_true", help="one JSON object per document, every column")
+    inspect.add_argument("--chars", type=int, default=800, help="characters of text to show (default 800)")
+    inspect.add_argument("--full", action="store_true", help="the whole text")
+    inspect.add_argument("--color", choices=["auto", "always", "never"], default="auto")
     inspect.add_argument("--cluster", metavar="ID|largest",
                          help="show the members of one duplicate cluster side by side (a dup_cluster_id)")
-    inspect.add_argument("--width", type=int, default=None, help="terminal width for --cluster")
+    inspect.add_argument("--width", type=int, default=None, help="terminal width")
     inspect.set_defaults(func=cmd_inspect)
 
     from pipeline.quality_cli import add_parser as add_quality

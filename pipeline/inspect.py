@@ -1,53 +1,161 @@
-"""`winnow inspect PATH`: sample documents, kept or dropped, in the terminal.
+"""`winnow inspect PATH`: documents, kept or dropped, in the terminal or as JSON lines.
 
-Issue 5 grows this into filters by language and score, highlighting and JSON output.
+Filters (stage, drop reason, language, a score range, a regex over the text) become one Arrow
+dataset expression, so only matching rows are read. The documents shown are a stable sample
+(the same order the report uses), so a rerun shows the same ones.
 """
 
 from __future__ import annotations
 
 import itertools
+import json
+import re
 import shutil
+import sys
 import textwrap
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
+from pipeline.report.collect import dataset, sample_key
 
-def _source(path: str, stage: str | None, rejected: bool) -> str:
+PLACEHOLDER = re.compile(r"<[A-Z]+_\d+>")  # what the PII step leaves in the text
+RED, YELLOW, CYAN, DIM, BOLD, RESET = "\033[31m", "\033[33m", "\033[36m", "\033[2m", "\033[1m", "\033[0m"
+
+
+@dataclass
+class Query:
+    stage: str | None = None
+    reason: str | None = None  # prefix of drop_reason; implies dropped documents
+    dropped: bool = False
+    language: str | None = None
+    min_score: float | None = None
+    max_score: float | None = None
+    score_column: str = "quality_score"
+    grep: str | None = None
+
+
+def source_files(path: str, query: Query) -> list[str]:
+    """The Parquet files a query reads: a file, a directory of them, or a run directory's output,
+    a stage's kept or rejected shards, or every stage's rejected shards."""
     p = Path(path)
     if p.is_file():
-        return str(p)
-    if stage is None and not rejected:
-        return str(p / "output")
-    stages = sorted((p / "stages").glob(f"*_{stage}" if stage else "*"))
+        return [str(p)]
+    dropped = query.dropped or query.reason is not None
+    if not (p / "run.yaml").exists():  # a plain directory of Parquet files
+        return sorted(str(f) for f in p.rglob("*.parquet"))
+    if query.stage is None:
+        pattern = "stages/*/rejected/part-*.parquet" if dropped else "output/part-*.parquet"
+        return sorted(str(f) for f in p.glob(pattern))
+    stages = sorted((p / "stages").glob(f"*_{query.stage}"))
     if not stages:
-        raise FileNotFoundError(f"no stage {stage!r} in {path}")
-    if rejected and stage is None:
-        return str(p / "stages")
-    return str(stages[0] / "rejected") if rejected else str(stages[0])
+        known = ", ".join(d.name.split("_", 1)[1] for d in sorted((p / "stages").glob("*_*")))
+        raise FileNotFoundError(f"no stage {query.stage!r} in {path} (stages: {known})")
+    folder = stages[0] / "rejected" if dropped else stages[0]
+    return sorted(str(f) for f in folder.glob("part-*.parquet"))
 
 
-def inspect_documents(path: str, stage: str | None = None, reason: str | None = None, n: int = 5) -> int:
-    source = _source(path, stage, rejected=reason is not None)
-    files = [str(f) for f in Path(source).rglob("part-*.parquet")] if Path(source).is_dir() else [source]
-    if reason is not None:
-        files = [f for f in files if "/rejected/" in f]
-    if not files:
-        print(f"no documents under {source}")
-        return 1
-    table = ds.dataset(files, format="parquet").to_table()
-    rows = table.to_pylist()
-    if reason:
-        rows = [r for r in rows if (r.get("drop_reason") or "").startswith(reason)]
-    print(f"{len(rows)} documents match in {source}\n")
-    for row in rows[:n]:
-        meta = {k: v for k, v in row.items() if k != "text" and v is not None}
-        print("  ".join(f"{k}={v}" for k, v in meta.items()))
-        text = (row.get("text") or "")[:800]
-        print(textwrap.indent(textwrap.fill(text, 100, replace_whitespace=False), "    "))
-        print("-" * 100)
-    return 0
+def expression(query: Query, schema: pa.Schema) -> ds.Expression | None:
+    """The query as one Arrow filter; a column the files lack is an error naming it."""
+    names = set(schema.names)
+    terms = []
+
+    def need(column: str) -> ds.Expression:
+        if column not in names:
+            raise ValueError(f"these documents have no {column!r} column (columns: {', '.join(sorted(names))})")
+        return ds.field(column)
+
+    if query.reason is not None:
+        terms.append(pc.starts_with(need("drop_reason"), query.reason))
+    if query.language is not None:
+        terms.append(need("language") == query.language)
+    if query.min_score is not None:
+        terms.append(need(query.score_column) >= query.min_score)
+    if query.max_score is not None:
+        terms.append(need(query.score_column) <= query.max_score)
+    if query.grep is not None:
+        terms.append(pc.match_substring_regex(need("text"), query.grep))
+    if not terms:
+        return None
+    combined = terms[0]
+    for term in terms[1:]:
+        combined = combined & term
+    return combined
+
+
+def find_documents(path: str, query: Query, n: int) -> tuple[int, list[dict[str, Any]], str]:
+    """(how many match, up to `n` of them in a stable order (0: all), where they were read)."""
+    files = source_files(path, query)
+    where = str(Path(files[0]).parent) if len(files) == 1 else path
+    data = dataset(files)
+    if data is None:
+        return 0, [], path
+    condition = expression(query, data.schema)
+    ids = data.to_table(columns=["id"], filter=condition)["id"].to_pylist()
+    chosen = sorted(ids, key=sample_key)[: n or None]
+    if not chosen:
+        return len(ids), [], where
+    rows = data.to_table(filter=ds.field("id").isin(chosen) if condition is None else
+                         (ds.field("id").isin(chosen) & condition)).to_pylist()
+    maps = [f.name for f in data.schema if pa.types.is_map(f.type)]
+    for row in rows:  # Arrow gives a map as (key, value) pairs
+        row.update({name: dict(row[name]) for name in maps if row.get(name) is not None})
+    order = {doc_id: k for k, doc_id in enumerate(chosen)}
+    return len(ids), sorted(rows, key=lambda r: order[r["id"]]), where
+
+
+def highlight(text: str, grep: str | None, color: bool) -> str:
+    if not color:
+        return text
+    text = PLACEHOLDER.sub(lambda m: f"{CYAN}{m.group(0)}{RESET}", text)
+    if grep:
+        text = re.sub(grep, lambda m: f"{YELLOW}{BOLD}{m.group(0)}{RESET}", text)
+    return text
+
+
+def format_document(row: dict[str, Any], width: int, chars: int | None, grep: str | None, color: bool) -> str:
+    text = row.get("text") or ""
+    meta = []
+    for key, value in row.items():
+        if key == "text" or value is None or value == {} or value == []:
+            continue
+        if isinstance(value, float):
+            value = round(value, 4)
+        shown = f"{key}={value}"
+        if color and key == "drop_reason":
+            shown = f"{RED}{BOLD}{shown}{RESET}"
+        elif color:
+            shown = f"{DIM}{key}={RESET}{value}"
+        meta.append(shown)
+    body = text if chars is None or len(text) <= chars else text[:chars] + " […]"
+    wrapped = "\n".join(textwrap.fill(line, width - 4, replace_whitespace=False) if line.strip() else ""
+                         for line in body.splitlines())
+    return "  ".join(meta) + "\n" + textwrap.indent(highlight(wrapped, grep, color), "    ", lambda _: True)
+
+
+def inspect_documents(path: str, query: Query | None = None, n: int = 5, as_json: bool = False,
+                      chars: int | None = 800, width: int | None = None, color: bool | None = None) -> int:
+    query = query or Query()
+    try:
+        total, rows, where = find_documents(path, query, n)
+    except (FileNotFoundError, ValueError, pa.ArrowInvalid) as exc:
+        print(f"winnow inspect: {exc}", file=sys.stderr)
+        return 2
+    if as_json:
+        for row in rows:
+            print(json.dumps(row, default=str, ensure_ascii=False))
+        return 0 if total else 1
+    width = width or shutil.get_terminal_size((100, 40)).columns
+    color = sys.stdout.isatty() if color is None else color
+    print(f"{total} documents match in {where}" + (f"; showing {len(rows)}" if len(rows) < total else "") + "\n")
+    for row in rows:
+        print(format_document(row, width, chars, query.grep, color))
+        print("-" * min(width, 100))
+    return 0 if total else 1
 
 
 def _dedup_dirs(run_dir: str) -> list[Path]:
