@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.setup-done
 
-.PHONY: setup demo test test-fast lint bench clean
+.PHONY: setup browser demo test test-fast lint bench clean
 
 setup: $(STAMP)
 
@@ -18,15 +18,24 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -c "import fasttext, fastwarc, resiliparse, ray, datatrove; print('setup ok')"
 	touch $(STAMP)
 
+# The report test drives Debian's Chromium (never a browser download). Installed when missing and
+# possible (root, or passwordless sudo); otherwise that test skips, unless WINNOW_REQUIRE_BROWSER is set.
+browser:
+	@command -v chromium >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  elif sudo -n true 2>/dev/null; then sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else echo "note: chromium not installed and no root: the report's browser test will skip"; fi; }
+
 demo: setup
 	$(BIN)/winnow run configs/quickstart.yaml
 	@echo
 	$(BIN)/winnow status runs/quickstart
 	@echo
-	@echo "Curated output: runs/quickstart/output/  (manifest: runs/quickstart/manifest.json)"
-	@echo "Status table:   $(BIN)/winnow status runs/quickstart"
+	$(BIN)/winnow report runs/quickstart
+	@echo "Curated output: runs/quickstart/output/  (dataset card: runs/quickstart/output/README.md)"
+	@echo "Report:         runs/quickstart/report.html  (open it in a browser)"
 
-test: setup
+test: setup browser
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 

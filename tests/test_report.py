@@ -1,0 +1,243 @@
+"""The inspection report in headless Chromium, its numbers against manifest.json and the Parquet
+files, the dataset card's loading snippet, `winnow inspect` filters, and the comparison page."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+import pytest
+import yaml
+from warcio.warcwriter import WARCWriter
+
+from pipeline.config import load_config
+from pipeline.inspect import Query, inspect_documents
+from pipeline.report import write_comparison, write_report
+from pipeline.runner import Runner
+from tests.conftest import ROOT, SAMPLE, SHARED
+
+QUICKSTART = ROOT / "configs" / "quickstart.yaml"
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+PLANTED = '<script>window.__pwned = 1</script> and <img src=x onerror="window.__pwned = 2">'
+SECTIONS = ("funnel", "distributions", "samples", "cost", "budget", "provenance")
+
+
+def planted_warc(path: Path) -> str:
+    """One page of real Wikipedia prose whose text shows markup: a `<script>` that must stay text."""
+    article = (SHARED / "pretrain-text" / "wiki-demo" / "wiki_demo.txt").read_text().splitlines()[0]
+    sentences = re.split(r"(?<=\.)\s*", article)[:24]
+    paragraphs = [" ".join(sentences[k:k + 4]) for k in range(0, len(sentences), 4)]
+    paragraphs.insert(2, "A tutorial page would show markup such as " + PLANTED.replace("&", "&amp;")
+                      .replace("<", "&lt;").replace(">", "&gt;") + " as plain text.")
+    html = ("<html><head><title>Anarchism</title></head><body><article><h1>Anarchism</h1>"
+            + "".join(f"<p>{p}</p>" for p in paragraphs) + "</article></body></html>").encode()
+    with path.open("wb") as f:
+        writer = WARCWriter(f, gzip=True)
+        headers = [("Content-Type", "text/html; charset=utf-8"), ("Content-Length", str(len(html)))]
+        from warcio.statusandheaders import StatusAndHeaders
+
+        record = writer.create_warc_record("https://example.org/wiki/Anarchism", "response", payload=io.BytesIO(html),
+                                           http_headers=StatusAndHeaders("200 OK", headers, protocol="HTTP/1.1"),
+                                           warc_headers_dict={"WARC-Date": "2024-05-01T00:00:00Z"})
+        writer.write_record(record)
+        return record.rec_headers.get_header("WARC-Record-ID").strip("<>").removeprefix("urn:uuid:")
+
+
+def run(out: Path, inputs: list[str], extra: tuple[str, ...] = ()) -> dict:
+    cfg = load_config(QUICKSTART, [f"output_dir={out}", f"input={json.dumps(inputs)}", *extra])
+    return Runner(cfg).run()
+
+
+@pytest.fixture(scope="module")
+def runs(ray_local, tmp_path_factory):
+    root = tmp_path_factory.mktemp("report")
+    planted_id = planted_warc(root / "planted.warc.gz")
+    inputs = [str(SAMPLE / "wget-2024-dolma-0001.warc.gz"), str(SAMPLE / "cc-2020-34-resiliparse.warc.gz"),
+              str(root / "planted.warc.gz")]
+    run(root / "a", inputs)
+    run(root / "b", inputs, ("stages.heuristics.steps.gopher_quality.min_doc_words=120",))
+    return root / "a", root / "b", planted_id
+
+
+def read(files: list[Path], columns: list[str] | None = None):
+    return ds.dataset([str(f) for f in files], format="parquet").to_table(columns=columns) if files else None
+
+
+def expected_numbers(run_dir: Path) -> dict[str, int | float]:
+    """The report's numbers, recomputed from manifest.json and the Parquet files themselves."""
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    out: dict[str, int | float] = {}
+    for stage in manifest["stages"]:
+        name, folder = stage["name"], run_dir / stage["dir"]
+        kept = read(sorted(folder.glob("part-*.parquet")))
+        dropped = read(sorted(folder.glob("rejected/part-*.parquet")))
+        kept_rows = kept.num_rows if kept is not None else 0
+        dropped_rows = dropped.num_rows if dropped is not None else 0
+        assert (stage["rows_out"], stage["rows_rejected"]) == (kept_rows, dropped_rows)
+        out[f"funnel.{name}.docs_in"] = stage["rows_in"]
+        out[f"funnel.{name}.docs_out"] = kept_rows
+        out[f"funnel.{name}.docs_dropped"] = dropped_rows
+        out[f"funnel.{name}.chars_out"] = pc.sum(pc.utf8_length(kept["text"])).as_py() if kept_rows else 0
+        out[f"funnel.{name}.chars_dropped"] = pc.sum(pc.utf8_length(dropped["text"])).as_py() if dropped_rows else 0
+        reasons = Counter(dropped["drop_reason"].to_pylist()) if dropped_rows else Counter()
+        assert reasons == Counter(stage["drop_reasons"])
+        out |= {f"reason.{name}.{reason}": n for reason, n in reasons.items()}
+        out |= {f"step.{name}.{step}.docs_out": stats["out"] for step, stats in stage["steps"].items()}
+        out[f"cost.{name}.cpu_s"] = stage["cpu_s"]
+    output = read(sorted((run_dir / "output").glob("part-*.parquet")))
+    out["input.docs"] = manifest["stages"][0]["rows_in"]
+    out["output.docs"] = output.num_rows
+    out["output.chars"] = pc.sum(pc.utf8_length(output["text"])).as_py()
+    out["output.tokens"] = round(out["output.chars"] / 4.0)
+    out |= {f"language.{k}": n for k, n in Counter(output["language"].to_pylist()).items()}
+    pii = Counter()
+    for counts in output["pii_counts"].to_pylist():
+        pii.update(dict(counts))
+    out |= {f"pii.{k}": n for k, n in pii.items()}
+    out["pii.total"] = pc.sum(output["pii_count"]).as_py()
+    return out
+
+
+def browser(playwright):
+    return playwright.chromium.launch(executable_path=CHROMIUM, args=[
+        "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync"])
+
+
+@pytest.fixture(scope="module")
+def chromium():
+    if CHROMIUM is None:
+        if os.environ.get("WINNOW_REQUIRE_BROWSER"):
+            pytest.fail("Chromium is required (WINNOW_REQUIRE_BROWSER) but not installed: apt-get install chromium")
+        pytest.skip("Chromium is not installed (apt-get install chromium); `make test` installs it")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = browser(p)
+        yield b
+        b.close()
+
+
+def open_page(chromium, path: Path):
+    page = chromium.new_page(viewport={"width": 1300, "height": 900})
+    problems: list[str] = []
+    page.on("console", lambda m: problems.append(f"{m.type}: {m.text}") if m.type in ("error", "warning") else None)
+    page.on("pageerror", lambda e: problems.append(f"pageerror: {e}"))
+    page.goto(path.as_uri())
+    page.wait_for_load_state("load")
+    return page, problems
+
+
+def test_report_renders_in_chromium_with_every_section_and_inert_page_text(runs, chromium, tmp_path):
+    run_a, _, planted_id = runs
+    path = write_report(str(run_a))
+    page, problems = open_page(chromium, path)
+    page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
+    assert (tmp_path / "report.png").stat().st_size > 20_000
+    assert problems == []
+    for section in SECTIONS:
+        assert page.locator(f"section#{section}").is_visible(), section
+        assert page.locator(f"section#{section} h2").inner_text()
+    assert page.locator("section#distributions svg.chart").count() >= 6
+    # The planted page is in the output and its markup is shown as text, never run or parsed.
+    kept_ids = read(sorted((run_a / "output").glob("part-*.parquet")), ["id"])["id"].to_pylist()
+    assert planted_id in kept_ids
+    assert page.evaluate("window.__pwned") is None
+    assert page.locator("img").count() == 0
+    assert page.locator("script").count() == 2  # the report's data block and its print helper
+    assert "<script>window.__pwned = 1</script>" in page.locator("section#samples").inner_text()
+    # A drop reason opens to its sample documents.
+    reason = page.locator("details.reason").first
+    assert not reason.locator(".doc").first.is_visible()
+    reason.locator("summary").click()
+    assert reason.locator(".doc").first.is_visible()
+
+
+def test_report_numbers_equal_the_manifest_and_the_parquet_files(runs, chromium):
+    run_a, _, _ = runs
+    page, _ = open_page(chromium, write_report(str(run_a)))
+    shown = {el.get_attribute("data-key"): el.inner_text() for el in page.locator("[data-key]").all()}
+    expected = expected_numbers(run_a)
+    assert set(expected) <= set(shown), set(expected) - set(shown)
+    for key, value in expected.items():
+        assert float(shown[key].replace(",", "")) == pytest.approx(value), key
+    embedded = json.loads(page.locator("#report-data").text_content())
+    assert embedded["output"]["docs"] == expected["output.docs"]
+
+
+def test_dataset_card_header_and_loading_snippet_work(runs):
+    run_a, _, _ = runs
+    card = (run_a / "output" / "README.md").read_text()  # `winnow run` writes it
+    header = yaml.safe_load(card.split("---")[1])
+    assert header["configs"][0]["data_files"][0]["path"] == "part-*.parquet"
+    assert header["language"] == ["en"]
+    snippet = next(block for block in re.findall(r"```python\n(.*?)```", card, re.S) if "duckdb" in block)
+    result = subprocess.run([sys.executable, "-c", snippet], cwd=run_a / "output", capture_output=True, text=True,
+                            check=True)
+    output = read(sorted((run_a / "output").glob("part-*.parquet")))
+    assert "en" in result.stdout and str(output.num_rows) in result.stdout
+    import duckdb
+
+    query = re.search(r'duckdb\.sql\("(.*?)"\)', snippet).group(1)
+    os.chdir(run_a / "output")
+    try:
+        rows = duckdb.sql(query).fetchall()
+    finally:
+        os.chdir(ROOT)
+    assert rows == [("en", output.num_rows, pc.sum(pc.utf8_length(output["text"])).as_py())]
+
+
+def inspect_ids(capsys, path: Path, query: Query) -> set[str]:
+    capsys.readouterr()
+    inspect_documents(str(path), query, n=0, as_json=True)
+    return {json.loads(line)["id"] for line in capsys.readouterr().out.splitlines()}
+
+
+def test_inspect_filters_return_exactly_the_documents_they_name(runs, capsys):
+    run_a, _, _ = runs
+    output = read(sorted((run_a / "output").glob("part-*.parquet"))).to_pylist()
+    rejected = read(sorted(run_a.glob("stages/*/rejected/part-*.parquet")), ["id", "drop_reason", "drop_stage",
+                                                                             "language"]).to_pylist()
+    heuristics = read(sorted(run_a.glob("stages/01_heuristics/part-*.parquet")), ["id", "language"]).to_pylist()
+    cases = [
+        (Query(), {r["id"] for r in output}),
+        (Query(language="en"), {r["id"] for r in output if r["language"] == "en"}),
+        (Query(min_score=0.1, max_score=0.4), {r["id"] for r in output if 0.1 <= r["quality_score"] <= 0.4}),
+        (Query(min_score=0.9, score_column="language_score"),
+         {r["id"] for r in output if r["language_score"] >= 0.9}),
+        (Query(grep="Common Crawl"), {r["id"] for r in output if "Common Crawl" in r["text"]}),
+        (Query(reason="gopher"), {r["id"] for r in rejected if r["drop_reason"].startswith("gopher")}),
+        (Query(reason="gopher_quality:short_doc"),
+         {r["id"] for r in rejected if r["drop_reason"] == "gopher_quality:short_doc"}),
+        (Query(dropped=True, stage="extract"), {r["id"] for r in rejected if r["drop_stage"] == "extract"}),
+        (Query(stage="heuristics"), {r["id"] for r in heuristics}),
+    ]
+    for query, expected in cases:
+        assert expected, query  # each filter names some documents
+        assert inspect_ids(capsys, run_a, query) == expected, query
+    assert inspect_documents(str(run_a), Query(stage="nope")) == 2
+    assert "no stage 'nope'" in capsys.readouterr().err
+
+
+def test_comparison_shows_config_funnel_and_documents_kept_in_only_one_run(runs, chromium):
+    run_a, run_b, _ = runs
+    path = write_comparison(str(run_a), str(run_b))
+    page, problems = open_page(chromium, path)
+    assert problems == []
+    assert "gopher_quality.min_doc_words" in page.locator("section#config").inner_text()
+    ids = [set(read(sorted((r / "output").glob("part-*.parquet")), ["id"])["id"].to_pylist()) for r in (run_a, run_b)]
+    shown = {el.get_attribute("data-key"): int(el.inner_text().replace(",", ""))
+             for el in page.locator("section#documents [data-key]").all()}
+    assert shown == {"kept_in_both": len(ids[0] & ids[1]), "only_a": len(ids[0] - ids[1]),
+                     "only_b": len(ids[1] - ids[0])}
+    assert shown["only_a"] > 0  # raising min_doc_words drops some of A's documents in B
+    assert "gopher_quality:short_doc" in page.locator("section#documents").inner_text()
