@@ -180,11 +180,16 @@ def test_dataset_card_header_and_loading_snippet_work(runs):
     header = yaml.safe_load(card.split("---")[1])
     assert header["configs"][0]["data_files"][0]["path"] == "part-*.parquet"
     assert header["language"] == ["en"]
-    snippet = next(block for block in re.findall(r"```python\n(.*?)```", card, re.S) if "duckdb" in block)
+    blocks = re.findall(r"```python\n(.*?)```", card, re.S)
+    reader = next(block for block in blocks if "pyarrow" in block)
+    counted = subprocess.run([sys.executable, "-c", reader + "\nprint(table.num_rows)"], cwd=run_a / "output",
+                             capture_output=True, text=True, check=True)
+    snippet = next(block for block in blocks if "duckdb" in block)
     result = subprocess.run([sys.executable, "-c", snippet], cwd=run_a / "output", capture_output=True, text=True,
                             check=True)
     output = read(sorted((run_a / "output").glob("part-*.parquet")))
     assert "en" in result.stdout and str(output.num_rows) in result.stdout
+    assert counted.stdout.split() == [str(output.num_rows)]
     import duckdb
 
     query = re.search(r'duckdb\.sql\("(.*?)"\)', snippet).group(1)

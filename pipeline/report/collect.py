@@ -93,6 +93,8 @@ def document_view(row: dict[str, Any]) -> dict[str, Any]:
 
 def sample_rows(data: ds.Dataset, n: int, where: pc.Expression | None = None) -> list[dict[str, Any]]:
     """`n` documents in a stable pseudo-random order: ids are read first, then only those rows."""
+    if n <= 0:
+        return []
     ids = data.to_table(columns=["id"], filter=where)["id"].to_pylist()
     chosen = sorted(ids, key=sample_key)[:n]
     if not chosen:

@@ -1,0 +1,68 @@
+"""How long `winnow report` takes, and how much memory, on a run of 20,000 real HTML records.
+
+Run: `.venv/bin/python bench/report.py` (a few minutes: the pipeline runs come first, and are reused
+on a second call).
+
+The input is bench/corpus (built by bench/build_corpus.py: 468 real pages repacked into 8 WARC
+files, 20,000 records), run through bench/winnow_bench.yaml (extraction, language ID and the four
+heuristic filters, no dedup, so thousands of documents reach the output), and again with a stricter
+Gopher word count. Then the report and the comparison are each timed in a fresh process, with that
+process's peak RSS.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+WORK = HERE / "work" / "report"
+WINNOW = [sys.executable, "-m", "pipeline.cli"]
+CONFIG = "bench/winnow_bench.yaml"
+
+
+# Runs the command in-process and reports its own peak RSS (kB) last on stderr.
+MEASURED = ("import resource, sys; from pipeline.cli import main; code = main(sys.argv[1:]); "
+            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr); sys.exit(code)")
+
+
+def timed(args: list[str]) -> dict[str, float]:
+    """Wall seconds (interpreter start included) and peak RSS of one `winnow` command."""
+    t = time.perf_counter()
+    done = subprocess.run([sys.executable, "-c", MEASURED, *args], cwd=ROOT, check=True, capture_output=True,
+                          text=True)
+    wall = time.perf_counter() - t
+    return {"wall_s": round(wall, 2), "peak_rss_mb": round(int(done.stderr.split()[-1]) / 1024, 1)}
+
+
+def main() -> None:
+    if not (HERE / "corpus" / "corpus-00000.warc.gz").exists():
+        subprocess.run([sys.executable, str(HERE / "build_corpus.py")], check=True)
+    inputs = str(HERE / "corpus" / "corpus-*.warc.gz")
+    runs = {"a": [], "b": ["--set", "stages.heuristics.steps.gopher_quality.min_doc_words=120"]}
+    for name, extra in runs.items():
+        subprocess.run([*WINNOW, "run", CONFIG, "--set", f"input={inputs}",
+                        "--set", f"output_dir={WORK / name}", *extra], cwd=ROOT, check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    manifest = json.loads((WORK / "a" / "manifest.json").read_text())
+    result = {
+        "records_in": manifest["stages"][0]["rows_in"],
+        "docs_out": manifest["stages"][-1]["rows_out"],
+        "output_chars": sum(s.get("chars_out", 0) for s in manifest["stages"][-1:]),
+        "report": timed(["report", str(WORK / "a")]),
+        "compare": timed(["report", str(WORK / "a"), "--compare", str(WORK / "b")]),
+        "status": timed(["status", str(WORK / "a")]),  # the floor: interpreter start and imports
+        "report_html_mb": round((WORK / "a" / "report.html").stat().st_size / 2**20, 2),
+        "compare_html_mb": round((WORK / "a" / "compare-b.html").stat().st_size / 2**20, 2),
+    }
+    print(json.dumps(result, indent=1))
+    (HERE / "results").mkdir(exist_ok=True)
+    (HERE / "results" / "report.json").write_text(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
