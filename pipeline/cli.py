@@ -135,8 +135,10 @@ def main(argv: list[str] | None = None) -> int:
     inspect.set_defaults(func=cmd_inspect)
 
     from pipeline.quality_cli import add_parser as add_quality
+    from train.cli import add_parsers as add_training
 
     add_quality(sub)
+    add_training(sub)
 
     args = parser.parse_args(argv)
     try:

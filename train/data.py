@@ -1,0 +1,105 @@
+"""Streams training windows from token shards: sampling without replacement, resumable.
+
+The stream is every window of `seq_len + 1` tokens in every shard, visited once per epoch: the
+shard order is shuffled per epoch, then the windows inside each shard, both from `seed + epoch`.
+Only one shard's window order is held at a time, so memory does not grow with the dataset. Under
+DDP every rank walks the same stream and takes every `world_size`-th window. The position (epoch,
+shard, window) is three integers; a checkpoint saves it and a resumed run continues exactly there.
+"""
+
+from __future__ import annotations
+
+import glob
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+from train.shards import read_shard
+
+
+@dataclass
+class LoaderState:
+    epoch: int = 0
+    shard: int = 0  # position in this epoch's shard order
+    window: int = 0  # position in this shard's window order
+
+
+class TokenLoader:
+    def __init__(self, pattern_or_files: str | list[str], seq_len: int, batch_size: int, seed: int = 0,
+                 rank: int = 0, world_size: int = 1, state: LoaderState | None = None):
+        files = sorted(glob.glob(pattern_or_files)) if isinstance(pattern_or_files, str) else pattern_or_files
+        self.shards = [read_shard(f) for f in files]
+        self.shards = [s for s in self.shards if len(s) > seq_len]
+        if not self.shards:
+            raise ValueError(f"{pattern_or_files}: no token shard holds more than seq_len={seq_len} tokens")
+        self.seq_len, self.batch_size, self.seed = seq_len, batch_size, seed
+        self.rank, self.world_size = rank, world_size
+        self.state = state or LoaderState()
+        self._order: tuple[int, int, np.ndarray] | None = None  # (epoch, shard index, window order)
+
+    def windows_in(self, shard: np.ndarray) -> int:
+        return (len(shard) - 1) // self.seq_len
+
+    @property
+    def tokens_per_epoch(self) -> int:
+        return sum(self.windows_in(s) for s in self.shards) * self.seq_len
+
+    def _shard_order(self, epoch: int) -> np.ndarray:
+        return np.random.default_rng([self.seed, epoch]).permutation(len(self.shards))
+
+    def _window_order(self, epoch: int, shard: int) -> np.ndarray:
+        if self._order is None or self._order[:2] != (epoch, shard):
+            n = self.windows_in(self.shards[shard])
+            self._order = (epoch, shard, np.random.default_rng([self.seed, epoch, shard]).permutation(n))
+        return self._order[2]
+
+    def _next_window(self) -> np.ndarray:
+        """The next window of the global stream (all ranks advance it alike)."""
+        s = self.state
+        while True:
+            shard = int(self._shard_order(s.epoch)[s.shard])
+            order = self._window_order(s.epoch, shard)
+            if s.window < len(order):
+                start = int(order[s.window]) * self.seq_len
+                s.window += 1
+                return self.shards[shard][start: start + self.seq_len + 1]
+            s.shard, s.window = s.shard + 1, 0
+            if s.shard == len(self.shards):
+                s.epoch, s.shard = s.epoch + 1, 0
+
+    def next_batch(self, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+        rows = []
+        for _ in range(self.batch_size):
+            for r in range(self.world_size):
+                window = self._next_window()
+                if r == self.rank:
+                    rows.append(np.asarray(window, dtype=np.int64))
+        batch = torch.from_numpy(np.stack(rows))
+        x, y = batch[:, :-1], batch[:, 1:]
+        if str(device).startswith("cuda"):
+            return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
+        return x.to(device), y.to(device)
+
+    def state_dict(self) -> dict[str, int]:
+        return asdict(self.state)
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.state = LoaderState(**state)
+
+
+def validation_batches(files: list[str], seq_len: int, batch_size: int, max_batches: int,
+                       device: torch.device | str = "cpu") -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The first windows of the validation shards, in order: the same batches at every evaluation."""
+    windows = []
+    for f in sorted(files):
+        tokens = read_shard(f)
+        for k in range((len(tokens) - 1) // seq_len):
+            windows.append(np.asarray(tokens[k * seq_len: (k + 1) * seq_len + 1], dtype=np.int64))
+            if len(windows) >= max_batches * batch_size:
+                break
+    batches = []
+    for k in range(0, len(windows) - batch_size + 1, batch_size):
+        batch = torch.from_numpy(np.stack(windows[k: k + batch_size]))
+        batches.append((batch[:, :-1].to(device), batch[:, 1:].to(device)))
+    return batches

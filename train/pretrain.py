@@ -1,0 +1,282 @@
+"""`winnow train pretrain CONFIG` (and `winnow train sft CONFIG`): the training loop.
+
+AdamW (fused on GPU) with a cosine or warmup-stable-decay schedule, gradient accumulation and
+clipping, bf16 autocast on GPU and float32 on CPU, `torch.compile` on request, DDP under
+`torchrun`. It logs loss, validation loss, tokens per second, MFU and time left to the terminal,
+to `log.jsonl` and, when the package is installed, to TensorBoard. It checkpoints atomically and
+resumes from the checkpoint in `out_dir` when one is there, continuing the same run exactly.
+SIGTERM or SIGINT (a preempted job, Ctrl-C) saves a checkpoint before exiting.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from train import checkpoint
+from train.config import TrainConfig
+from train.model import GPT, ModelConfig
+from train.tokenizer import load_vocab
+
+# Dense BF16 peak per GPU, for MFU (vendor datasheets; SXM parts unless named).
+PEAK_TFLOPS = {"H200": 989.0, "H100 PCIe": 756.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 70.0,
+               "L4": 121.0, "RTX 4090": 165.0}
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """The learning rate for `step` (0-based) under the configured schedule."""
+    s, peak = cfg.schedule, cfg.optimizer.lr
+    if step < s.warmup_steps:
+        return peak * (step + 1) / s.warmup_steps
+    floor = peak * s.min_lr_frac
+    if s.kind == "constant":
+        return peak
+    if s.kind == "cosine":
+        progress = (step - s.warmup_steps) / max(1, cfg.max_steps - s.warmup_steps)
+        return floor + 0.5 * (peak - floor) * (1 + math.cos(math.pi * min(1.0, progress)))
+    decay_start = cfg.max_steps - int(s.decay_frac * cfg.max_steps)  # wsd: flat, then a linear decay
+    if step < decay_start:
+        return peak
+    return peak - (peak - floor) * (step - decay_start + 1) / max(1, cfg.max_steps - decay_start)
+
+
+def peak_flops(device: torch.device, override_tflops: float | None) -> float | None:
+    if override_tflops:
+        return override_tflops * 1e12
+    if device.type != "cuda":
+        return None  # a CPU has no meaningful tensor peak here; tokens/s is the figure
+    name = torch.cuda.get_device_name(device)
+    for key, tflops in PEAK_TFLOPS.items():  # "H100 PCIe" before "H100"
+        if key in name:
+            return tflops * 1e12
+    return None
+
+
+class Distributed:
+    """Rank and world size under torchrun, or a single process."""
+
+    def __init__(self, device_pref: str):
+        self.enabled = "RANK" in os.environ and int(os.environ.get("WORLD_SIZE", "1")) > 1
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        cuda = device_pref == "cuda" or (device_pref == "auto" and torch.cuda.is_available())
+        self.device = torch.device(f"cuda:{local_rank}" if cuda else "cpu")
+        if cuda:
+            torch.cuda.set_device(self.device)
+        if self.enabled:
+            dist.init_process_group(backend="nccl" if cuda else "gloo")
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def mean(self, value: float) -> float:
+        if not self.enabled:
+            return value
+        t = torch.tensor([value], device=self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.AVG if self.device.type == "cuda" else dist.ReduceOp.SUM)
+        return t.item() / (1 if self.device.type == "cuda" else self.world_size)
+
+    def close(self) -> None:
+        if self.enabled:
+            dist.destroy_process_group()
+
+
+class Logger:
+    """One line to the terminal, one JSON object to log.jsonl, and TensorBoard scalars if available."""
+
+    def __init__(self, out_dir: str, enabled: bool, tensorboard: bool):
+        self.enabled = enabled
+        self.path = Path(out_dir) / "log.jsonl"
+        self.tb = None
+        if enabled and tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(Path(out_dir) / "tensorboard"))
+            except ImportError:
+                self.tb = None
+
+    def log(self, record: dict[str, Any], line: str) -> None:
+        if not self.enabled:
+            return
+        print(line, flush=True)
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.tb is not None:
+            for key, value in record.items():
+                if isinstance(value, int | float) and key != "step":
+                    self.tb.add_scalar(key, value, record["step"])
+
+
+def build_optimizer(model: GPT, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+    """Weight decay on matrices only (not on norms), as GPT-2 and Llama train."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": cfg.optimizer.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    o = cfg.optimizer
+    return torch.optim.AdamW(groups, lr=o.lr, betas=o.betas, eps=o.eps, fused=device.type == "cuda")
+
+
+def model_config(cfg: TrainConfig, vocab_size: int) -> ModelConfig:
+    m = cfg.model
+    padded = m.pad_vocab_to * math.ceil(vocab_size / m.pad_vocab_to)
+    return ModelConfig(vocab_size=padded, n_layer=m.n_layer, n_head=m.n_head, n_kv_head=m.n_kv_head or m.n_head,
+                       n_embd=m.n_embd, max_seq_len=cfg.seq_len, mlp_hidden=m.mlp_hidden, rope_theta=m.rope_theta,
+                       qk_norm=m.qk_norm, tie_embeddings=m.tie_embeddings)
+
+
+class StopRequest:
+    """Turns SIGTERM/SIGINT into a flag the loop checks between steps."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous = {}
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread (e.g. under a test runner's worker): no handler
+                pass
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.requested = True
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def train(cfg: TrainConfig, batches: Any, val_batches: Any, stop_at: int | None = None) -> dict[str, Any]:
+    """Runs (or resumes) training. `batches` gives (x, y[, loss_mask, positions, doc_ids]) per micro-step
+    and has state_dict/load_state_dict; `val_batches()` lists validation batches. `stop_at` stops
+    after that step, checkpointed, as a preempted job would."""
+    env = Distributed(cfg.device)
+    device = env.device
+    torch.manual_seed(cfg.seed + env.rank)
+    vocab = load_vocab(cfg.tokenizer)
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    resume = (out / checkpoint.LATEST).exists()
+    start_step, tokens_seen = 0, 0
+    if resume:
+        ckpt = checkpoint.load(str(out), map_location=device)
+        model = GPT(ModelConfig(**ckpt["model_config"]))
+        model.load_state_dict(ckpt["model"])
+    elif cfg.init_from:
+        ckpt = checkpoint.load(cfg.init_from, map_location=device)
+        model = GPT(ModelConfig(**ckpt["model_config"]))
+        model.load_state_dict(ckpt["model"])
+    else:
+        model = GPT(model_config(cfg, vocab.size))
+    model.to(device)
+    optimizer = build_optimizer(model, cfg, device)
+    if resume:
+        optimizer.load_state_dict(ckpt["optimizer"])
+        batches.load_state_dict(ckpt["loader"])
+        start_step, tokens_seen = ckpt["step"], ckpt["tokens_seen"]
+        checkpoint.set_rng_state(ckpt["rng"])
+    raw_model = model
+    if cfg.compile:
+        model = torch.compile(model)
+    if env.enabled:
+        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
+                                                          else None)
+    bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
+    peak = peak_flops(device, cfg.peak_tflops)
+    flops_per_token = raw_model.flops_per_token(cfg.seq_len)
+    tokens_per_step = cfg.micro_batch * cfg.seq_len * cfg.grad_accum * env.world_size
+    logger = Logger(cfg.out_dir, env.main, cfg.tensorboard)
+    if env.main and not resume:
+        logger.log({"step": start_step, "event": "start", "params": raw_model.num_params(),
+                    "tokens_per_step": tokens_per_step, "device": str(device), "bf16": bf16,
+                    "world_size": env.world_size},
+                   f"training {raw_model.num_params():,} parameters on {device} x{env.world_size}, "
+                   f"{tokens_per_step:,} tokens per step, {'bf16' if bf16 else 'fp32'}")
+    stop = StopRequest()
+
+    def evaluate() -> float | None:
+        listed = val_batches()
+        if not listed:
+            return None
+        model.eval()
+        total = 0.0
+        with torch.no_grad(), autocast:
+            for batch in listed:
+                total += raw_model(*batch_args(batch, device))[1].item()
+        model.train()
+        return env.mean(total / len(listed))
+
+    def save(step: int) -> None:
+        if env.main:
+            checkpoint.save(cfg.out_dir, raw_model, optimizer, step,
+                            {"loader": batches.state_dict(), "tokens_seen": tokens_seen,
+                             "train_config": cfg.model_dump(), "tokenizer": str(Path(cfg.tokenizer).resolve())})
+
+    model.train()
+    t_start, window_t, window_tokens = time.perf_counter(), time.perf_counter(), 0
+    last: dict[str, Any] = {}
+    step = start_step
+    for step in range(start_step, cfg.max_steps):
+        lr = lr_at(step, cfg)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        loss_sum = torch.zeros((), device=device)
+        for micro in range(cfg.grad_accum):
+            batch = batch_args(batches.next_batch(), device)
+            sync = not env.enabled or micro == cfg.grad_accum - 1
+            with (nullcontext() if sync else model.no_sync()), autocast:
+                _, loss = model(*batch)
+            (loss / cfg.grad_accum).backward()
+            loss_sum += loss.detach()  # no .item() here: it would wait for the GPU every micro-step
+        norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.optimizer.grad_clip or float("inf"))
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        tokens_seen += tokens_per_step
+        window_tokens += tokens_per_step
+        done = step + 1
+        evaluate_now = done == cfg.max_steps or (cfg.eval_every and done % cfg.eval_every == 0)
+        val_loss = evaluate() if evaluate_now else None
+        if done % cfg.log_every == 0 or evaluate_now or done == stop_at:
+            train_loss = env.mean(loss_sum.item() / cfg.grad_accum)
+            now = time.perf_counter()
+            tok_s = window_tokens / (now - window_t)
+            mfu = tok_s * flops_per_token / (peak * env.world_size) if peak else None
+            eta = (cfg.max_steps - done) * tokens_per_step / tok_s
+            last = {"step": done, "loss": round(train_loss, 6), "lr": lr, "grad_norm": round(norm.item(), 4),
+                    "tokens": tokens_seen, "tok_per_s": round(tok_s, 1), "mfu": round(mfu, 4) if mfu else None,
+                    "elapsed_s": round(now - t_start, 2), "eta_s": round(eta, 1)}
+            if val_loss is not None:
+                last["val_loss"] = round(val_loss, 6)
+            line = (f"step {done}/{cfg.max_steps} | loss {train_loss:.4f}"
+                    + (f" | val {val_loss:.4f}" if val_loss is not None else "")
+                    + f" | lr {lr:.2e} | {tok_s:,.0f} tok/s" + (f" | MFU {100 * mfu:.1f}%" if mfu else "")
+                    + f" | eta {eta:.0f}s")
+            logger.log(last, line)
+            window_t, window_tokens = time.perf_counter(), 0
+        if (cfg.ckpt_every and done % cfg.ckpt_every == 0) or done == stop_at or stop.requested:
+            save(done)
+        if done == stop_at or stop.requested:
+            break
+    else:
+        save(cfg.max_steps)
+    stop.restore()
+    env.close()
+    return last
+
+
+def batch_args(batch: tuple, device: torch.device) -> tuple:
+    """(x, y[, loss_mask, positions, doc_ids]) on the device, as GPT.forward takes them."""
+    return tuple(t.to(device) if isinstance(t, torch.Tensor) else t for t in batch)

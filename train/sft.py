@@ -1,0 +1,195 @@
+"""Supervised fine-tuning data: examples to token rows with a response-only loss mask, packed or padded.
+
+Two shapes come in: alpaca (`instruction`, `input`, `output`) and chat (`messages`, a list of
+`{role, content}`). Two templates go out:
+- `alpaca`: "### Instruction:\\n...\\n\\n### Input:\\n...\\n\\n### Response:\\n" then the answer and EOS;
+- `chat`: each turn as a role token, its text and an end-of-turn token (the tokenizer from
+  `winnow tokenize train` has them).
+Only the answer tokens (and the EOS or end-of-turn that closes them) carry loss.
+
+Packing puts several examples in one row. Each keeps its own positions (RoPE restarts) and a
+document id, from which the model builds a block-diagonal causal mask: no token attends across
+an example boundary, and no target crosses one. Padding gives each example its own row instead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from train.tokenizer import Vocab, load_vocab
+
+VAL_BATCHES = 8  # the first rows of the held-out split, the same at every evaluation
+
+
+def read_examples(paths: list[str]) -> list[dict[str, Any]]:
+    """Rows from JSON arrays, JSONL or Parquet files, in file order."""
+    rows: list[dict[str, Any]] = []
+    for path in paths:
+        p = Path(path)
+        if p.suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            rows += pq.read_table(p).to_pylist()
+        elif p.suffix == ".jsonl":
+            rows += [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+        else:
+            data = json.loads(p.read_text())
+            rows += data if isinstance(data, list) else [data]
+    return rows
+
+
+def as_messages(row: dict[str, Any]) -> list[dict[str, str]]:
+    if "messages" in row:
+        return [{"role": m["role"], "content": m["content"]} for m in row["messages"]]
+    if "instruction" not in row or "output" not in row:
+        raise ValueError(f"an SFT example needs `instruction` and `output`, or `messages`; got keys {sorted(row)}")
+    user = row["instruction"] + (f"\n\n{row['input']}" if row.get("input") else "")
+    return [{"role": "user", "content": user}, {"role": "assistant", "content": row["output"]}]
+
+
+def alpaca_prompt(instruction: str, input_text: str | None = None) -> str:
+    prompt = f"### Instruction:\n{instruction}\n\n"
+    if input_text:
+        prompt += f"### Input:\n{input_text}\n\n"
+    return prompt + "### Response:\n"
+
+
+def encode_example(row: dict[str, Any], vocab: Vocab, template: str) -> tuple[list[int], list[int]]:
+    """Tokens and a loss mask (1 on the answer tokens) for one example."""
+    if template == "alpaca":
+        if "messages" in row:
+            turns = as_messages(row)
+            if [t["role"] for t in turns] != ["user", "assistant"]:
+                raise ValueError("the alpaca template takes single-turn examples; use template: chat")
+            row = {"instruction": turns[0]["content"], "output": turns[1]["content"]}
+        prompt = [vocab.bos_id, *vocab.encode(alpaca_prompt(row["instruction"], row.get("input")))]
+        answer = [*vocab.encode(row["output"]), vocab.eos_id]
+        return prompt + answer, [0] * len(prompt) + [1] * len(answer)
+    missing = {"user", "assistant"} - set(vocab.role_ids)
+    if missing:
+        raise ValueError(f"the chat template needs role tokens {sorted(missing)} in the tokenizer "
+                         "(train one with `winnow tokenize train`, or use template: alpaca)")
+    tokens, mask = [vocab.bos_id], [0]
+    for turn in as_messages(row):
+        if turn["role"] not in vocab.role_ids:
+            raise ValueError(f"unknown role {turn['role']!r}")
+        body = [*vocab.encode(turn["content"]), vocab.end_of_turn_id]
+        tokens += [vocab.role_ids[turn["role"]], *body]
+        mask += [0] + [1 if turn["role"] == "assistant" else 0] * len(body)
+    return tokens, mask
+
+
+def chat_prompt(messages: list[dict[str, str]], vocab: Vocab) -> list[int]:
+    """Tokens of a conversation so far, ending where the assistant's answer starts."""
+    tokens = [vocab.bos_id]
+    for turn in messages:
+        tokens += [vocab.role_ids[turn["role"]], *vocab.encode(turn["content"]), vocab.end_of_turn_id]
+    return tokens + [vocab.role_ids["assistant"]]
+
+
+@dataclass
+class Rows:
+    """Training rows of length seq_len + 1: tokens, loss mask, positions, example ids."""
+
+    tokens: np.ndarray
+    mask: np.ndarray
+    positions: np.ndarray
+    doc_ids: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+
+def build_rows(examples: list[tuple[list[int], list[int]]], seq_len: int, pad_id: int, packing: bool) -> Rows:
+    """Packs examples greedily into rows (or one per row when not packing); long ones are cut."""
+    width = seq_len + 1
+    rows: list[tuple[list, list, list, list]] = []
+    current: tuple[list, list, list, list] = ([], [], [], [])
+    for k, (tokens, mask) in enumerate(examples):
+        tokens, mask = tokens[:width], mask[:width]
+        if current[0] and (not packing or len(current[0]) + len(tokens) > width):
+            rows.append(current)
+            current = ([], [], [], [])
+        current[0].extend(tokens)
+        current[1].extend(mask)
+        current[2].extend(range(len(tokens)))
+        current[3].extend([k] * len(tokens))
+    if current[0]:
+        rows.append(current)
+    n = len(rows)
+    out = Rows(np.full((n, width), pad_id, np.int64), np.zeros((n, width), np.int64),
+               np.zeros((n, width), np.int64), np.full((n, width), -1, np.int64))
+    for i, (tokens, mask, positions, ids) in enumerate(rows):
+        out.tokens[i, :len(tokens)] = tokens
+        out.mask[i, :len(mask)] = mask
+        out.positions[i, :len(positions)] = positions
+        out.doc_ids[i, :len(ids)] = ids
+    return out
+
+
+def row_batch(rows: Rows, index: np.ndarray) -> tuple[torch.Tensor, ...]:
+    """(x, y, loss_mask, positions, doc_ids) for GPT.forward; no target crosses an example boundary."""
+    tokens, mask = torch.from_numpy(rows.tokens[index]), torch.from_numpy(rows.mask[index])
+    positions, doc_ids = torch.from_numpy(rows.positions[index]), torch.from_numpy(rows.doc_ids[index])
+    same_example = doc_ids[:, 1:] == doc_ids[:, :-1]
+    loss_mask = (mask[:, 1:] == 1) & same_example
+    return tokens[:, :-1], tokens[:, 1:], loss_mask, positions[:, :-1], doc_ids[:, :-1]
+
+
+class SftBatches:
+    """Shuffled rows, epoch after epoch; (epoch, cursor) is the resumable position."""
+
+    def __init__(self, rows: Rows, batch_size: int, seed: int, rank: int = 0, world_size: int = 1):
+        if len(rows) < batch_size * world_size:
+            raise ValueError(f"{len(rows)} SFT rows are fewer than micro_batch x world size "
+                             f"({batch_size} x {world_size})")
+        self.rows, self.batch_size, self.seed = rows, batch_size, seed
+        self.rank, self.world_size = rank, world_size
+        self.epoch, self.cursor = 0, 0
+
+    def next_batch(self) -> tuple[torch.Tensor, ...]:
+        step = self.batch_size * self.world_size
+        if self.cursor + step > len(self.rows):
+            self.epoch, self.cursor = self.epoch + 1, 0
+        order = np.random.default_rng([self.seed, self.epoch]).permutation(len(self.rows))
+        chosen = order[self.cursor + self.rank * self.batch_size: self.cursor + (self.rank + 1) * self.batch_size]
+        self.cursor += step
+        return row_batch(self.rows, chosen)
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "cursor": self.cursor}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.epoch, self.cursor = state["epoch"], state["cursor"]
+
+
+def held_out(index: int, row: dict[str, Any], fraction: float) -> bool:
+    key = json.dumps(row, sort_keys=True, default=str) + str(index)
+    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big") / 2**64 < fraction
+
+
+def sft_data(cfg: Any, rank: int, world_size: int) -> tuple[SftBatches, Any]:
+    """Training batches and a validation-batch function for `winnow train sft`."""
+    vocab = load_vocab(cfg.tokenizer)
+    rows = read_examples(cfg.sft.data)
+    train, val = [], []
+    for k, row in enumerate(rows):
+        (val if held_out(k, row, cfg.sft.val_fraction) else train).append(encode_example(row, vocab, cfg.sft.template))
+    batches = SftBatches(build_rows(train, cfg.seq_len, vocab.pad_id, cfg.sft.packing), cfg.micro_batch, cfg.seed,
+                         rank, world_size)
+    val_rows = build_rows(val, cfg.seq_len, vocab.pad_id, cfg.sft.packing) if val else None
+
+    def val_batches() -> list:
+        if val_rows is None:
+            return []
+        n = min(len(val_rows), cfg.micro_batch * VAL_BATCHES)
+        return [row_batch(val_rows, np.arange(k, min(k + cfg.micro_batch, n))) for k in range(0, n, cfg.micro_batch)]
+
+    return batches, val_batches

@@ -1,0 +1,123 @@
+"""The project tokenizer: byte-level BPE trained with Hugging Face `tokenizers` on curated shards.
+
+Byte-level means every string encodes, whatever its script, with no unknown token. Special tokens
+mark document boundaries (BOS, EOS), padding, and the chat roles the SFT template uses. Any other
+`tokenizer.json` works too: `Vocab` looks up its special tokens by name and falls back to what
+it has (GPT-2's `<|endoftext|>` serves as both BOS and EOS).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow.dataset as ds
+
+BOS, EOS, PAD = "<|bos|>", "<|eos|>", "<|pad|>"
+ROLES = {"system": "<|system|>", "user": "<|user|>", "assistant": "<|assistant|>"}
+END_OF_TURN = "<|end|>"
+SPECIAL_TOKENS = [BOS, EOS, PAD, *ROLES.values(), END_OF_TURN]
+FALLBACKS = ("<|endoftext|>", "</s>", "<s>")
+
+
+def parquet_inputs(paths: list[str]) -> list[str]:
+    """Parquet files from files, folders and run directories (their `output/`), in a stable order."""
+    files: list[str] = []
+    for path in paths:
+        p = Path(path)
+        if (p / "run.yaml").exists():
+            p = p / "output"
+        found = sorted(str(f) for f in p.glob("*.parquet")) if p.is_dir() else [str(p)] if p.exists() else []
+        if not found:
+            raise FileNotFoundError(f"{path}: no Parquet files")
+        files += found
+    return files
+
+
+def iter_texts(files: list[str], max_docs: int | None = None, column: str = "text") -> Iterator[str]:
+    data = ds.dataset(files, format="parquet")
+    seen = 0
+    for batch in data.to_batches(columns=[column], batch_size=1024):
+        for text in batch.column(column).to_pylist():
+            if max_docs is not None and seen >= max_docs:
+                return
+            if text:
+                seen += 1
+                yield text
+
+
+def train_tokenizer(files: list[str], vocab_size: int, out: str, max_docs: int | None = None,
+                    min_frequency: int = 2) -> Path:
+    """Trains and saves `tokenizer.json`; the same inputs give the same file."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=SPECIAL_TOKENS,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tokenizer.train_from_iterator(iter_texts(files, max_docs), trainer=trainer)
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tokenizer.save(str(tmp))
+    tmp.replace(path)
+    return path
+
+
+@dataclass
+class Vocab:
+    """A loaded tokenizer and the ids of the special tokens the trainer needs."""
+
+    tokenizer: object
+    path: str
+    bos_id: int
+    eos_id: int
+    pad_id: int
+    role_ids: dict[str, int]
+    end_of_turn_id: int
+
+    @property
+    def size(self) -> int:
+        return self.tokenizer.get_vocab_size()
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=False).ids
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return [e.ids for e in self.tokenizer.encode_batch(texts, add_special_tokens=False)]
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=False)
+
+
+def load_vocab(path: str) -> Vocab:
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(path)
+
+    def find(*names: str) -> int | None:
+        for name in names:
+            token_id = tokenizer.token_to_id(name)
+            if token_id is not None:
+                return token_id
+        return None
+
+    bos = find(BOS, *FALLBACKS)
+    if bos is None:
+        raise ValueError(f"{path}: no BOS token ({BOS} or one of {FALLBACKS}); add one to the tokenizer")
+    eos = find(EOS, *FALLBACKS) or bos
+    pad = find(PAD) or eos
+    roles = {role: find(token) for role, token in ROLES.items()}
+    end = find(END_OF_TURN) or eos
+    return Vocab(tokenizer, path, bos, eos, pad, {k: v for k, v in roles.items() if v is not None}, end)
+
+
+def tokenizer_digest(path: str) -> str:
+    """A short hash of the tokenizer's content, recorded with token shards and checkpoints."""
+    import hashlib
+
+    data = json.loads(Path(path).read_text())
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
