@@ -83,6 +83,54 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_generate(args: argparse.Namespace) -> int:
+    import torch
+
+    from train.checkpoint import load_model
+    from train.generate import SamplingParams, generate
+    from train.sft import alpaca_prompt, chat_prompt
+    from train.tokenizer import load_vocab
+
+    device = "cuda" if args.device == "auto" and torch.cuda.is_available() else ("cpu" if args.device == "auto"
+                                                                                    else args.device)
+    model, ckpt = load_model(args.checkpoint, device)
+    vocab = load_vocab(ckpt["tokenizer"])
+    if args.template == "chat":
+        prompts = [chat_prompt([{"role": "user", "content": p}], vocab) for p in args.prompt]
+    elif args.template == "alpaca":
+        prompts = [[vocab.bos_id, *vocab.encode(alpaca_prompt(p))] for p in args.prompt]
+    else:
+        prompts = [[vocab.bos_id, *vocab.encode(p)] for p in args.prompt]
+    params = SamplingParams(max_new_tokens=args.max_tokens, temperature=args.temperature, top_k=args.top_k,
+                            top_p=args.top_p, min_p=args.min_p, stop=args.stop or [], seed=args.seed,
+                            best_of=args.best_of)
+    with torch.no_grad():
+        outs = generate(model, vocab, prompts, params, device)
+    for prompt, out in zip(args.prompt, outs, strict=True):
+        if args.json:
+            print(json.dumps({"prompt": prompt, "text": out.text, "score": out.score,
+                              "finish_reason": out.finish_reason, "tokens": len(out.tokens)}))
+        else:
+            print(f"{prompt}\033[1m{out.text}\033[0m" if sys.stdout.isatty() else prompt + out.text)
+            print(f"  [{len(out.tokens)} tokens, mean log-prob {out.score:.3f}, {out.finish_reason}]")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from train.export import export_hf
+
+    path = export_hf(args.checkpoint, args.hf)
+    print(f"wrote a Hugging Face checkpoint to {path}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from train.serve import serve
+
+    serve(args.checkpoint, args.host, args.port, args.name, args.device)
+    return 0
+
+
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     tok = sub.add_parser("tokenize", help="train a tokenizer (`tokenize train ...`) or write token shards")
     tok.add_argument("inputs", nargs="+", help="`train` first to train a tokenizer; then run directories, "
@@ -100,3 +148,33 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     tr.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. max_steps=50")
     tr.add_argument("--stop-at", type=int, help="stop after this step with a checkpoint (rerun to resume)")
     tr.set_defaults(func=cmd_train)
+
+    gen = sub.add_parser("generate", help="sample from a checkpoint")
+    gen.add_argument("checkpoint", help="a training out_dir or checkpoint.pt")
+    gen.add_argument("--prompt", action="append", required=True, help="repeat for a batch of prompts")
+    gen.add_argument("--template", choices=["none", "alpaca", "chat"], default="none",
+                     help="wrap each prompt as an SFT model expects")
+    gen.add_argument("--max-tokens", type=int, default=64)
+    gen.add_argument("--temperature", type=float, default=0.8, help="0: greedy")
+    gen.add_argument("--top-k", type=int, default=0)
+    gen.add_argument("--top-p", type=float, default=1.0)
+    gen.add_argument("--min-p", type=float, default=0.0)
+    gen.add_argument("--stop", action="append", help="a stop string (repeatable)")
+    gen.add_argument("--seed", type=int)
+    gen.add_argument("--best-of", type=int, default=1, help="sample N times, keep the highest mean log-prob")
+    gen.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    gen.add_argument("--json", action="store_true")
+    gen.set_defaults(func=cmd_generate)
+
+    exp = sub.add_parser("export", help="export a checkpoint for Hugging Face transformers")
+    exp.add_argument("checkpoint")
+    exp.add_argument("--hf", required=True, metavar="DIR", help="the folder to write")
+    exp.set_defaults(func=cmd_export)
+
+    srv = sub.add_parser("serve", help="an OpenAI-compatible HTTP server for a checkpoint")
+    srv.add_argument("checkpoint")
+    srv.add_argument("--host", default="127.0.0.1")
+    srv.add_argument("--port", type=int, default=8000)
+    srv.add_argument("--name", help="the model name clients send (default: the checkpoint folder's name)")
+    srv.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    srv.set_defaults(func=cmd_serve)

@@ -1,0 +1,253 @@
+"""The trainer on CPU: tokenizer and shards, loader, model, overfitting, exact resume, SFT masks and
+packing, sampling, Hugging Face export, the OpenAI-compatible server, and DDP under torchrun."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+import yaml
+
+from tests.conftest import ROOT, SHARED
+from train.checkpoint import load_model
+from train.config import load_train_config
+from train.data import TokenLoader
+from train.generate import SamplingParams, generate
+from train.model import GPT, ModelConfig
+from train.sft import build_rows, encode_example, row_batch
+from train.shards import MAGIC, read_shard, tokenize_to_shards
+from train.tokenizer import load_vocab, train_tokenizer
+
+WIKI = SHARED / "pretrain-text" / "wiki-demo" / "wiki_demo.txt"
+ALPACA = SHARED / "sft" / "llamafactory-demo" / "alpaca_en_demo.json"
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory, ray_local):
+    """Real Wikipedia articles in two Parquet files, a tokenizer trained on them, and token shards."""
+    root = tmp_path_factory.mktemp("train")
+    articles = [line for line in WIKI.read_text().splitlines() if line.strip()]
+    docs = [a[i:i + 2000] for a in articles for i in range(0, len(a), 2000)][:300]
+    for k in range(2):
+        part = docs[k::2]
+        pq.write_table(pa.table({"id": [f"wiki-{k}-{i}" for i in range(len(part))], "text": part}),
+                       root / f"part-{k}.parquet")
+    files = sorted(str(p) for p in root.glob("part-*.parquet"))
+    tokenizer = train_tokenizer(files, 1024, str(root / "tokenizer.json"))
+    meta = tokenize_to_shards(files, str(tokenizer), str(root / "tokens"), val_fraction=0.1)
+    return root, files, str(tokenizer), meta
+
+
+def tiny_config(root: Path, out: str, tokenizer: str, **extra) -> object:
+    raw = {"out_dir": str(root / out), "tokenizer": tokenizer,
+           "data": {"train": str(root / "tokens" / "train-*.bin"), "val": str(root / "tokens" / "val-*.bin"),
+                    "eval_batches": 2},
+           "model": {"n_layer": 2, "n_head": 4, "n_kv_head": 2, "n_embd": 64}, "seq_len": 32, "micro_batch": 4,
+           "max_steps": 12, "log_every": 1, "eval_every": 6, "ckpt_every": 0, "tensorboard": False,
+           "schedule": {"kind": "wsd", "warmup_steps": 2}, **extra}
+    path = root / f"{out}.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return load_train_config(str(path))
+
+
+def run_pretrain(cfg, stop_at=None) -> list[dict]:
+    from train.cli import pretrain_data
+    from train.pretrain import train
+
+    batches, val = pretrain_data(cfg, 0, 1)
+    train(cfg, batches, val, stop_at=stop_at)
+    return [json.loads(line) for line in (Path(cfg.out_dir) / "log.jsonl").read_text().splitlines()]
+
+
+def test_tokenizer_and_shards_follow_the_llmc_format(corpus):
+    root, files, tokenizer, meta = corpus
+    vocab = load_vocab(tokenizer)
+    assert vocab.size == 1024 and vocab.role_ids.keys() == {"system", "user", "assistant"}
+    text = "Anarchism is a political philosophy — naïve café 東京."
+    assert vocab.decode(vocab.encode(text)) == text  # byte-level: every string round-trips
+    header = np.fromfile(root / "tokens" / "train-00000.bin", dtype="<i4", count=256)
+    assert (header[0], header[1]) == (MAGIC, 1)  # uint16 tokens, as llm.c writes them
+    tokens = [read_shard(root / "tokens" / f"{split}-0000{k}.bin") for split in ("train", "val") for k in (0, 1)]
+    assert sum(int((t == vocab.bos_id).sum()) for t in tokens) == meta["docs"] == 300
+    assert meta["train_tokens"] + meta["val_tokens"] == sum(len(t) for t in tokens)
+    assert 0 < meta["val_tokens"] < meta["train_tokens"]
+    again = tokenize_to_shards(files, tokenizer, str(root / "tokens-again"), val_fraction=0.1)
+    for name in ("train-00000.bin", "val-00001.bin"):  # deterministic: the same bytes on a rerun
+        assert (root / "tokens" / name).read_bytes() == (root / "tokens-again" / name).read_bytes()
+    assert again["shards"] == meta["shards"]
+
+
+def test_loader_samples_without_replacement_and_resumes_exactly(corpus):
+    root = corpus[0]
+    pattern = str(root / "tokens" / "train-*.bin")
+    loader = TokenLoader(pattern, seq_len=32, batch_size=4, seed=3)
+    per_epoch = loader.tokens_per_epoch // 32
+    seen = [tuple(loader._next_window().tolist()) for _ in range(per_epoch)]
+    assert len(set(seen)) == per_epoch and loader.state.epoch == 0
+    loader = TokenLoader(pattern, seq_len=32, batch_size=4, seed=3)
+    for _ in range(5):
+        loader.next_batch()
+    resumed = TokenLoader(pattern, seq_len=32, batch_size=4, seed=3)
+    resumed.load_state_dict(loader.state_dict())
+    for _ in range(3):
+        assert torch.equal(loader.next_batch()[0], resumed.next_batch()[0])
+    ranks = [TokenLoader(pattern, 32, 4, seed=3, rank=r, world_size=2).next_batch()[0] for r in (0, 1)]
+    assert not torch.equal(ranks[0], ranks[1])  # DDP ranks read different windows
+
+
+def test_a_tiny_model_overfits_a_small_batch():
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(vocab_size=128, n_layer=2, n_head=4, n_kv_head=2, n_embd=64, qk_norm=True))
+    x = torch.randint(0, 128, (4, 32))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(150):
+        _, loss = model(x[:, :-1], x[:, 1:])
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    assert loss.item() < 0.05
+
+
+def test_resume_continues_exactly_like_an_unbroken_run(corpus):
+    root, _, tokenizer, _ = corpus
+    unbroken = run_pretrain(tiny_config(root, "unbroken", tokenizer))
+    stopped_cfg = tiny_config(root, "stopped", tokenizer)
+    before = run_pretrain(stopped_cfg, stop_at=5)
+    assert [r["step"] for r in before if "loss" in r] == [1, 2, 3, 4, 5]
+    resumed = run_pretrain(stopped_cfg)  # the same command again: it finds the checkpoint
+    assert [r["step"] for r in resumed if "loss" in r] == list(range(1, 13))  # went on from 6, did not restart
+    losses = {r["step"]: (r["loss"], r.get("val_loss")) for r in unbroken if "loss" in r}
+    after = {r["step"]: (r["loss"], r.get("val_loss")) for r in resumed if "loss" in r}
+    assert losses[12][0] < losses[1][0]
+    assert {s: v for s, v in after.items()} == losses  # steps 1-5 before the stop, 6-12 after it
+    a, _ = load_model(str(root / "unbroken"))
+    b, _ = load_model(str(root / "stopped"))
+    assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
+
+
+def test_sft_loss_covers_exactly_the_response_tokens(corpus):
+    vocab = load_vocab(corpus[2])
+    row = {"instruction": "Name a colour.", "input": "", "output": "Blue."}
+    tokens, mask = encode_example(row, vocab, "alpaca")
+    answer = vocab.encode("Blue.") + [vocab.eos_id]
+    assert tokens[-len(answer):] == answer and mask == [0] * (len(tokens) - len(answer)) + [1] * len(answer)
+    chat = {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+                         {"role": "assistant", "content": "Hello."}, {"role": "user", "content": "Bye"},
+                         {"role": "assistant", "content": "Bye."}]}
+    tokens, mask = encode_example(chat, vocab, "chat")
+    trained = [t for t, m in zip(tokens, mask, strict=True) if m]
+    assert trained == vocab.encode("Hello.") + [vocab.end_of_turn_id] + vocab.encode("Bye.") + [vocab.end_of_turn_id]
+    x, y, loss_mask, _, _ = row_batch(build_rows([(tokens, mask)], 64, vocab.pad_id, packing=False), np.array([0]))
+    assert y[loss_mask].tolist() == trained  # targets where the loss counts: exactly the answers
+
+
+def test_packing_keeps_attention_and_targets_inside_each_example(corpus):
+    vocab = load_vocab(corpus[2])
+    rows = json.loads(ALPACA.read_text())[:6]
+    examples = [encode_example(r, vocab, "alpaca") for r in rows]
+    packed = build_rows(examples, 1024, vocab.pad_id, packing=True)
+    assert len(packed) < len(examples)  # several examples share a row
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(vocab_size=1024, n_layer=2, n_head=4, n_kv_head=2, n_embd=64)).eval()
+    shared = next(i for i in range(len(packed)) if len(set(packed.doc_ids[i].tolist()) - {-1}) >= 2)
+    x, y, loss_mask, positions, doc_ids = row_batch(packed, np.array([shared]))
+    first, second = sorted(set(doc_ids[0].tolist()) - {-1})[:2]
+    logits, _ = model(x, positions=positions, doc_ids=doc_ids)
+    alone = x[:, doc_ids[0] == second]
+    logits_alone, _ = model(alone)
+    assert torch.allclose(logits[:, doc_ids[0] == second], logits_alone, atol=1e-5)
+    changed = x.clone()
+    changed[0, doc_ids[0] == first] = 7  # rewrite the first example: the last one must not notice
+    logits_changed, _ = model(changed, positions=positions, doc_ids=doc_ids)
+    assert torch.equal(logits_changed[:, doc_ids[0] == second], logits[:, doc_ids[0] == second])
+    boundary = (doc_ids[0, 1:] != doc_ids[0, :-1]).nonzero()[:, 0]
+    assert not loss_mask[0, boundary].any()  # no example learns to predict the next one's BOS
+
+
+def test_sampling_is_deterministic_under_a_seed_and_the_cache_matches_a_full_forward(corpus):
+    root, _, tokenizer, _ = corpus
+    model, _ = load_model(str(root / "unbroken"))
+    vocab = load_vocab(tokenizer)
+    prompts = [[vocab.bos_id, *vocab.encode("Anarchism is")], [vocab.bos_id, *vocab.encode("The")]]
+    params = SamplingParams(max_new_tokens=16, temperature=0.9, top_k=40, top_p=0.95, min_p=0.01, seed=11, best_of=2)
+    first, again = generate(model, vocab, prompts, params), generate(model, vocab, prompts, params)
+    assert [c.tokens for c in first] == [c.tokens for c in again]
+    other = generate(model, vocab, prompts, SamplingParams(**{**params.__dict__, "seed": 12}))
+    assert [c.tokens for c in other] != [c.tokens for c in first]
+    greedy = generate(model, vocab, prompts, SamplingParams(max_new_tokens=10, temperature=0), stop_ids=set())
+    for prompt, completion in zip(prompts, greedy, strict=True):
+        ids = torch.tensor([prompt])
+        for _ in range(10):  # no cache, no padding: the reference
+            ids = torch.cat([ids, model(ids)[0][:, -1].argmax(-1, keepdim=True)], dim=1)
+        assert completion.tokens == ids[0, len(prompt):].tolist()
+
+
+@pytest.mark.parametrize("qk_norm,tie", [(False, True), (True, False)])
+def test_hf_export_round_trip_gives_equal_logits(corpus, tmp_path, qk_norm, tie):
+    from transformers import AutoModelForCausalLM
+
+    from train import checkpoint
+    from train.export import export_hf
+
+    torch.manual_seed(1)
+    model = GPT(ModelConfig(vocab_size=1024, n_layer=2, n_head=4, n_kv_head=2, n_embd=64, qk_norm=qk_norm,
+                            tie_embeddings=tie))
+    checkpoint.save(str(tmp_path / "ckpt"), model, None, 0, {"tokenizer": corpus[2]})
+    out = export_hf(str(tmp_path / "ckpt"), str(tmp_path / "hf"))
+    hf = AutoModelForCausalLM.from_pretrained(str(out), dtype=torch.float32).eval()
+    assert type(hf).__name__ == ("Qwen3ForCausalLM" if qk_norm else "LlamaForCausalLM")
+    x = torch.randint(0, 1024, (2, 48))
+    with torch.no_grad():
+        assert torch.allclose(hf(x).logits, model.eval()(x)[0], atol=1e-4)
+
+
+def test_server_answers_openai_client_requests_on_loopback(corpus):
+    from openai import OpenAI
+
+    from pipeline.llm import LLMClient
+    from train.serve import make_server
+
+    root, _, tokenizer, _ = corpus
+    model, _ = load_model(str(root / "unbroken"))
+    server = make_server(model, load_vocab(tokenizer), "tiny", port=0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}/v1"
+    try:
+        client = OpenAI(base_url=base, api_key="unused", max_retries=0)
+        assert [m.id for m in client.models.list().data] == ["tiny"]
+        reply = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "Hello"}],
+                                               max_tokens=8, temperature=0)
+        assert reply.choices[0].message.role == "assistant" and reply.usage.completion_tokens > 0
+        chunks = list(client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "Hello"}],
+                                                     max_tokens=8, temperature=0, stream=True))
+        streamed = "".join(c.choices[0].delta.content or "" for c in chunks)
+        assert streamed == reply.choices[0].message.content and chunks[-1].choices[0].finish_reason
+        text = client.completions.create(model="tiny", prompt="Anarchism is", max_tokens=6, temperature=0)
+        assert text.choices[0].text and text.choices[0].finish_reason in ("stop", "length")
+        own = LLMClient(base_url=base, model="tiny", api_key=None)  # Winnow's synthetic-data client
+        assert own.chat_many([[{"role": "user", "content": "Hi"}]], max_tokens=4, temperature=0)[0] is not None
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_ddp_runs_with_two_cpu_processes_under_torchrun(corpus):
+    root, _, tokenizer, _ = corpus
+    cfg = tiny_config(root, "ddp", tokenizer, max_steps=6, eval_every=0)
+    config_path = root / "ddp.yaml"
+    torchrun = Path(sys.executable).parent / "torchrun"
+    done = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node=2", "-m", "pipeline.cli", "train",
+                           "pretrain", str(config_path)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    log = [json.loads(line) for line in (Path(cfg.out_dir) / "log.jsonl").read_text().splitlines()]
+    assert log[0]["world_size"] == 2 and log[0]["tokens_per_step"] == 2 * 4 * 32
+    assert log[-1]["step"] == 6 and log[-1]["tokens"] == 6 * 2 * 4 * 32
+    assert (Path(cfg.out_dir) / "checkpoint.pt").exists()

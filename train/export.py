@@ -1,0 +1,83 @@
+"""`winnow export CKPT --hf DIR`: a Hugging Face checkpoint that `transformers` loads as is.
+
+The model already uses Llama's layout and names (rotate-half RoPE, RMSNorm, SwiGLU, no biases),
+so the weights map one to one under a `model.` prefix. With QK-norm it is Qwen3's architecture
+instead (Llama has no QK-norm; Qwen3 normalizes each head's queries and keys the same way).
+The tokenizer goes along as `tokenizer.json` with a `tokenizer_config.json` naming its special
+tokens, and, when it has role tokens, a chat template matching `template: chat`.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from train.checkpoint import load_model
+from train.tokenizer import BOS, END_OF_TURN, EOS, PAD, ROLES, load_vocab
+
+CHAT_TEMPLATE = ("{{ bos_token }}{% for m in messages %}{{ '<|' + m['role'] + '|>' + m['content'] + '" + END_OF_TURN
+                 + "' }}{% endfor %}{% if add_generation_prompt %}{{ '" + ROLES["assistant"] + "' }}{% endif %}")
+
+
+def hf_config(cfg: Any, bos_id: int, eos_id: int) -> dict[str, Any]:
+    qwen = cfg.qk_norm
+    return {
+        "architectures": ["Qwen3ForCausalLM" if qwen else "LlamaForCausalLM"],
+        "model_type": "qwen3" if qwen else "llama",
+        "vocab_size": cfg.vocab_size,
+        "hidden_size": cfg.n_embd,
+        "intermediate_size": cfg.mlp_hidden,
+        "num_hidden_layers": cfg.n_layer,
+        "num_attention_heads": cfg.n_head,
+        "num_key_value_heads": cfg.n_kv_head,
+        "head_dim": cfg.head_dim,
+        "max_position_embeddings": cfg.max_seq_len,
+        "rms_norm_eps": cfg.norm_eps,
+        "rope_theta": cfg.rope_theta,
+        "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_theta},
+        "hidden_act": "silu",
+        "attention_bias": False,
+        "mlp_bias": False,
+        "tie_word_embeddings": cfg.tie_embeddings,
+        "bos_token_id": bos_id,
+        "eos_token_id": eos_id,
+        "torch_dtype": "float32",
+        "use_cache": True,
+    }
+
+
+def export_hf(checkpoint: str, out_dir: str) -> Path:
+    from safetensors.torch import save_file
+
+    model, ckpt = load_model(checkpoint)
+    vocab = load_vocab(ckpt["tokenizer"])
+    cfg = model.cfg
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    weights = {}
+    for name, tensor in model.state_dict().items():
+        if name == "lm_head.weight":
+            if cfg.tie_embeddings:
+                continue  # transformers ties it back to the embeddings
+            weights[name] = tensor.contiguous()
+        else:
+            weights[f"model.{name}"] = tensor.contiguous()
+    save_file(weights, str(out / "model.safetensors"), metadata={"format": "pt"})
+    (out / "config.json").write_text(json.dumps(hf_config(cfg, vocab.bos_id, vocab.eos_id), indent=1))
+    shutil.copy(ckpt["tokenizer"], out / "tokenizer.json")
+    names = {token_id: vocab.tokenizer.id_to_token(token_id) for token_id in (vocab.bos_id, vocab.eos_id, vocab.pad_id)}
+    tok_config = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": names[vocab.bos_id],
+                  "eos_token": names[vocab.eos_id], "pad_token": names[vocab.pad_id],
+                  "model_max_length": cfg.max_seq_len, "clean_up_tokenization_spaces": False}
+    if set(vocab.role_ids) >= {"user", "assistant"} and names[vocab.bos_id] == BOS:
+        tok_config["chat_template"] = CHAT_TEMPLATE
+    (out / "tokenizer_config.json").write_text(json.dumps(tok_config, indent=1))
+    (out / "generation_config.json").write_text(json.dumps(
+        {"bos_token_id": vocab.bos_id, "eos_token_id": sorted({vocab.eos_id, vocab.end_of_turn_id}),
+         "pad_token_id": vocab.pad_id}, indent=1))
+    return out
+
+
+__all__ = ["export_hf", "hf_config", "BOS", "EOS", "PAD"]
