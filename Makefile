@@ -33,8 +33,17 @@ demo: setup
 	$(BIN)/winnow status runs/quickstart
 	@echo
 	$(BIN)/winnow report runs/quickstart
+	@echo
+	@echo "Training a tiny GPT on the curated output (CPU, about a minute)"
+	$(BIN)/winnow tokenize train runs/quickstart --vocab-size 4096 --out runs/tokens/quickstart/tokenizer.json
+	$(BIN)/winnow tokenize runs/quickstart --tokenizer runs/tokens/quickstart/tokenizer.json \
+	    --out runs/tokens/quickstart --val-fraction 0.1
+	$(BIN)/winnow train pretrain configs/train/tiny.yaml --set max_steps=120
+	$(BIN)/winnow generate runs/train/tiny --prompt "Common Crawl is" --max-tokens 40 --seed 0 --top-p 0.9
+	@echo
 	@echo "Curated output: runs/quickstart/output/  (dataset card: runs/quickstart/output/README.md)"
 	@echo "Report:         runs/quickstart/report.html  (open it in a browser)"
+	@echo "Model:          runs/train/tiny  (winnow generate / export / serve)"
 
 test: setup browser
 	$(BIN)/ruff check .
