@@ -7,6 +7,8 @@ import json
 import subprocess
 import sys
 import threading
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -65,6 +67,15 @@ def run_pretrain(cfg, stop_at=None) -> list[dict]:
     batches, val = pretrain_data(cfg, 0, 1)
     train(cfg, batches, val, stop_at=stop_at)
     return [json.loads(line) for line in (Path(cfg.out_dir) / "log.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def trained(corpus):
+    """A tiny model pretrained for a few steps on the corpus: (checkpoint folder, tokenizer)."""
+    root, _, tokenizer, _ = corpus
+    cfg = tiny_config(root, "trained", tokenizer)
+    run_pretrain(cfg)
+    return cfg.out_dir, tokenizer
 
 
 def test_tokenizer_and_shards_follow_the_llmc_format(corpus):
@@ -172,9 +183,9 @@ def test_packing_keeps_attention_and_targets_inside_each_example(corpus):
     assert not loss_mask[0, boundary].any()  # no example learns to predict the next one's BOS
 
 
-def test_sampling_is_deterministic_under_a_seed_and_the_cache_matches_a_full_forward(corpus):
-    root, _, tokenizer, _ = corpus
-    model, _ = load_model(str(root / "unbroken"))
+def test_sampling_is_deterministic_under_a_seed_and_the_cache_matches_a_full_forward(trained):
+    folder, tokenizer = trained
+    model, _ = load_model(folder)
     vocab = load_vocab(tokenizer)
     prompts = [[vocab.bos_id, *vocab.encode("Anarchism is")], [vocab.bos_id, *vocab.encode("The")]]
     params = SamplingParams(max_new_tokens=16, temperature=0.9, top_k=40, top_p=0.95, min_p=0.01, seed=11, best_of=2)
@@ -209,14 +220,14 @@ def test_hf_export_round_trip_gives_equal_logits(corpus, tmp_path, qk_norm, tie)
         assert torch.allclose(hf(x).logits, model.eval()(x)[0], atol=1e-4)
 
 
-def test_server_answers_openai_client_requests_on_loopback(corpus):
+def test_server_answers_openai_client_requests_on_loopback(trained):
     from openai import OpenAI
 
     from pipeline.llm import LLMClient
     from train.serve import make_server
 
-    root, _, tokenizer, _ = corpus
-    model, _ = load_model(str(root / "unbroken"))
+    folder, tokenizer = trained
+    model, _ = load_model(folder)
     server = make_server(model, load_vocab(tokenizer), "tiny", port=0)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     base = f"http://127.0.0.1:{server.server_address[1]}/v1"
@@ -234,20 +245,56 @@ def test_server_answers_openai_client_requests_on_loopback(corpus):
         assert text.choices[0].text and text.choices[0].finish_reason in ("stop", "length")
         own = LLMClient(base_url=base, model="tiny", api_key=None)  # Winnow's synthetic-data client
         assert own.chat_many([[{"role": "user", "content": "Hi"}]], max_tokens=4, temperature=0)[0] is not None
+        long = client.completions.create(model="tiny", prompt="A", max_tokens=10**9, temperature=0)
+        assert long.usage.completion_tokens <= model.cfg.max_seq_len  # capped by the context, not allocated
+        for body in ({"prompt": "A", "stream": True, "temperature": "hot"}, {"prompt": ["a", "b"], "stream": True},
+                     {"prompt": "A" * 5000}):
+            request = urllib.request.Request(f"{base}/completions", json.dumps(body).encode(),
+                                             {"Content-Type": "application/json"})
+            with pytest.raises(urllib.error.HTTPError) as error:  # a clean 400 before any stream starts
+                urllib.request.urlopen(request, timeout=30)
+            assert error.value.code == 400 and "error" in json.loads(error.value.read())
     finally:
         server.shutdown()
         server.server_close()
 
 
-def test_ddp_runs_with_two_cpu_processes_under_torchrun(corpus):
+def test_ddp_with_two_cpu_processes_under_torchrun_equals_one_process(corpus):
+    """2 ranks x 2 sequences x 2 accumulation steps see the same windows per step as 1 process x 2 x 4,
+    so the weights after training must agree (up to float summation order)."""
     root, _, tokenizer, _ = corpus
-    cfg = tiny_config(root, "ddp", tokenizer, max_steps=6, eval_every=0)
-    config_path = root / "ddp.yaml"
+    cfg = tiny_config(root, "ddp", tokenizer, max_steps=4, eval_every=0, micro_batch=2, grad_accum=2)
     torchrun = Path(sys.executable).parent / "torchrun"
     done = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node=2", "-m", "pipeline.cli", "train",
-                           "pretrain", str(config_path)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+                           "pretrain", str(root / "ddp.yaml")], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     log = [json.loads(line) for line in (Path(cfg.out_dir) / "log.jsonl").read_text().splitlines()]
-    assert log[0]["world_size"] == 2 and log[0]["tokens_per_step"] == 2 * 4 * 32
-    assert log[-1]["step"] == 6 and log[-1]["tokens"] == 6 * 2 * 4 * 32
-    assert (Path(cfg.out_dir) / "checkpoint.pt").exists()
+    assert log[0]["world_size"] == 2 and log[0]["tokens_per_step"] == 2 * 2 * 2 * 32
+    assert log[-1]["step"] == 4 and log[-1]["tokens"] == 4 * 8 * 32
+    single = tiny_config(root, "single", tokenizer, max_steps=4, eval_every=0, micro_batch=2, grad_accum=4)
+    run_pretrain(single)
+    a, _ = load_model(cfg.out_dir)
+    b, _ = load_model(single.out_dir)
+    for (name, p), q in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        assert torch.allclose(p, q, atol=1e-5), name
+
+
+def test_sft_trains_and_resumes_exactly(trained, tmp_path):
+    folder, tokenizer = trained
+    raw = {"tokenizer": tokenizer, "init_from": folder, "seq_len": 64, "micro_batch": 4, "grad_accum": 2,
+           "max_steps": 6, "log_every": 1, "eval_every": 3, "ckpt_every": 0, "tensorboard": False,
+           "schedule": {"kind": "cosine", "warmup_steps": 1},
+           "sft": {"data": [str(ALPACA)], "template": "chat", "packing": True, "val_fraction": 0.1}}
+    logs = {}
+    for name, stops in (("unbroken", [None]), ("stopped", [3, None])):
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump({**raw, "out_dir": str(tmp_path / name)}))
+        for stop in stops:
+            args = ["train", "sft", str(path)] + (["--stop-at", str(stop)] if stop else [])
+            subprocess.run([sys.executable, "-m", "pipeline.cli", *args], cwd=ROOT, check=True, capture_output=True)
+        logs[name] = [(r["step"], r["loss"], r.get("val_loss")) for r in
+                      map(json.loads, (tmp_path / name / "log.jsonl").read_text().splitlines()) if "loss" in r]
+    assert [r[0] for r in logs["stopped"]] == list(range(1, 7))
+    assert logs["stopped"] == logs["unbroken"]
+    assert logs["unbroken"][-1][1] < logs["unbroken"][0][1]
+    assert (tmp_path / "unbroken" / "tokenizer.json").exists()  # the checkpoint keeps its tokenizer

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ import torch
 from train.model import GPT, ModelConfig
 
 LATEST = "checkpoint.pt"
+TOKENIZER = "tokenizer.json"  # a copy next to the checkpoint: the run directory can move
 
 
 def rng_state() -> dict[str, Any]:
@@ -56,8 +58,27 @@ def load(path: str, map_location: str | torch.device = "cpu") -> dict[str, Any]:
 
 
 def load_model(path: str, device: str | torch.device = "cpu") -> tuple[GPT, dict[str, Any]]:
-    """A model ready for inference, and its checkpoint (for the tokenizer path and config)."""
+    """A model ready for inference, and its checkpoint, with `tokenizer` resolved to a path."""
     ckpt = load(path, map_location=device)
     model = GPT(ModelConfig(**ckpt["model_config"]))
     model.load_state_dict(ckpt["model"])
+    folder = Path(path) if Path(path).is_dir() else Path(path).parent
+    ckpt["tokenizer"] = str(folder / ckpt["tokenizer"]) if not Path(ckpt["tokenizer"]).is_absolute() \
+        else ckpt["tokenizer"]
     return model.to(device).eval(), ckpt
+
+
+def keep_tokenizer(tokenizer: str, out_dir: str) -> None:
+    """Copy the tokenizer next to the checkpoint (atomically), unless it is already there."""
+    target = Path(out_dir) / TOKENIZER
+    if target.exists() and target.resolve() == Path(tokenizer).resolve():
+        return
+    tmp = target.with_name(target.name + ".tmp")
+    shutil.copyfile(tokenizer, tmp)
+    os.replace(tmp, target)
+
+
+def prompt_template(ckpt: dict[str, Any]) -> str | None:
+    """The SFT template the model was fine-tuned with ("alpaca" or "chat"), or None for a base model."""
+    sft = (ckpt.get("train_config") or {}).get("sft")
+    return sft["template"] if sft else None

@@ -36,10 +36,26 @@ def cmd_tokenize(args: argparse.Namespace) -> int:
     return 0
 
 
+def check_shards_tokenizer(pattern: str, tokenizer: str) -> None:
+    """Token shards record the tokenizer that made them; training with another one is an error."""
+    import glob
+    from pathlib import Path
+
+    from train.tokenizer import tokenizer_digest
+
+    for folder in {Path(f).parent for f in glob.glob(pattern)}:
+        meta = folder / "meta.json"
+        if meta.exists() and json.loads(meta.read_text())["tokenizer_digest"] != tokenizer_digest(tokenizer):
+            raise ValueError(f"{folder} was tokenized with {json.loads(meta.read_text())['tokenizer']}, "
+                             f"not with {tokenizer}: retokenize, or train with that tokenizer")
+
+
 def pretrain_data(cfg, rank: int, world_size: int):
     import glob
 
     from train.data import TokenLoader, validation_batches
+
+    check_shards_tokenizer(cfg.data.train, cfg.tokenizer)
 
     loader = TokenLoader(cfg.data.train, cfg.seq_len, cfg.micro_batch, seed=cfg.seed, rank=rank,
                          world_size=world_size)
@@ -63,21 +79,19 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"winnow train: config error: {exc}", file=sys.stderr)
         return 2
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
-    if args.mode == "pretrain":
-        if cfg.data is None:
-            print("winnow train pretrain: the config has no `data:` section (is it an SFT config?)", file=sys.stderr)
-            return 2
-        batches, val = pretrain_data(cfg, rank, world)
-    else:
-        if cfg.sft is None:
-            print("winnow train sft: the config has no `sft:` section", file=sys.stderr)
-            return 2
-        from train.sft import sft_data
-
-        batches, val = sft_data(cfg, rank, world)
+    if (cfg.data if args.mode == "pretrain" else cfg.sft) is None:
+        section = "data" if args.mode == "pretrain" else "sft"
+        print(f"winnow train {args.mode}: the config has no `{section}:` section", file=sys.stderr)
+        return 2
     from train.pretrain import train
+    from train.sft import sft_data
 
-    last = train(cfg, batches, val, stop_at=args.stop_at)
+    try:
+        batches, val = (pretrain_data if args.mode == "pretrain" else sft_data)(cfg, rank, world)
+        last = train(cfg, batches, val, stop_at=args.stop_at)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"winnow train {args.mode}: {exc}", file=sys.stderr)
+        return 2
     if rank == 0:
         print(json.dumps(last))
     return 0
@@ -86,26 +100,28 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_generate(args: argparse.Namespace) -> int:
     import torch
 
-    from train.checkpoint import load_model
+    from train.checkpoint import load_model, prompt_template
     from train.generate import SamplingParams, generate
-    from train.sft import alpaca_prompt, chat_prompt
+    from train.sft import prompt_ids
     from train.tokenizer import load_vocab
 
     device = "cuda" if args.device == "auto" and torch.cuda.is_available() else ("cpu" if args.device == "auto"
                                                                                     else args.device)
     model, ckpt = load_model(args.checkpoint, device)
     vocab = load_vocab(ckpt["tokenizer"])
-    if args.template == "chat":
-        prompts = [chat_prompt([{"role": "user", "content": p}], vocab) for p in args.prompt]
-    elif args.template == "alpaca":
-        prompts = [[vocab.bos_id, *vocab.encode(alpaca_prompt(p))] for p in args.prompt]
-    else:
-        prompts = [[vocab.bos_id, *vocab.encode(p)] for p in args.prompt]
+    template = prompt_template(ckpt) if args.template == "auto" else args.template
+    if template == "none":
+        template = None
+    prompts = [prompt_ids(vocab, template, messages=[{"role": "user", "content": p}]) if template
+               else prompt_ids(vocab, None, text=p) for p in args.prompt]
     params = SamplingParams(max_new_tokens=args.max_tokens, temperature=args.temperature, top_k=args.top_k,
                             top_p=args.top_p, min_p=args.min_p, stop=args.stop or [], seed=args.seed,
                             best_of=args.best_of)
-    with torch.no_grad():
+    try:
         outs = generate(model, vocab, prompts, params, device)
+    except ValueError as exc:
+        print(f"winnow generate: {exc}", file=sys.stderr)
+        return 2
     for prompt, out in zip(args.prompt, outs, strict=True):
         if args.json:
             print(json.dumps({"prompt": prompt, "text": out.text, "score": out.score,
@@ -152,8 +168,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     gen = sub.add_parser("generate", help="sample from a checkpoint")
     gen.add_argument("checkpoint", help="a training out_dir or checkpoint.pt")
     gen.add_argument("--prompt", action="append", required=True, help="repeat for a batch of prompts")
-    gen.add_argument("--template", choices=["none", "alpaca", "chat"], default="none",
-                     help="wrap each prompt as an SFT model expects")
+    gen.add_argument("--template", choices=["auto", "none", "alpaca", "chat"], default="auto",
+                     help="wrap each prompt as an SFT model expects (auto: the template it was tuned with; "
+                          "a base model continues the text)")
     gen.add_argument("--max-tokens", type=int, default=64)
     gen.add_argument("--temperature", type=float, default=0.8, help="0: greedy")
     gen.add_argument("--top-k", type=int, default=0)

@@ -51,7 +51,6 @@ class SftSection(Strict):
     template: Literal["alpaca", "chat"] = "alpaca"
     packing: bool = True  # pack examples into full rows (attention stays inside each), else pad
     val_fraction: float = Field(0.05, ge=0, lt=1)
-    epochs: int = Field(1, ge=1)
 
 
 class TrainConfig(Strict):
@@ -99,4 +98,7 @@ def load_train_config(path: str, overrides: list[str] | None = None) -> TrainCon
         raise TrainConfigError(f"{path}: {problems}") from None
     if (cfg.data is None) == (cfg.sft is None):
         raise TrainConfigError(f"{path}: give either `data:` (pretraining) or `sft:` (fine-tuning)")
+    if cfg.schedule.warmup_steps >= cfg.max_steps:
+        raise TrainConfigError(f"{path}: schedule.warmup_steps ({cfg.schedule.warmup_steps}) must be below "
+                               f"max_steps ({cfg.max_steps})")
     return cfg

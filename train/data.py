@@ -37,6 +37,7 @@ class TokenLoader:
         self.rank, self.world_size = rank, world_size
         self.state = state or LoaderState()
         self._order: tuple[int, int, np.ndarray] | None = None  # (epoch, shard index, window order)
+        self._shards_order: tuple[int, np.ndarray] | None = None  # (epoch, shard order)
 
     def windows_in(self, shard: np.ndarray) -> int:
         return (len(shard) - 1) // self.seq_len
@@ -46,7 +47,9 @@ class TokenLoader:
         return sum(self.windows_in(s) for s in self.shards) * self.seq_len
 
     def _shard_order(self, epoch: int) -> np.ndarray:
-        return np.random.default_rng([self.seed, epoch]).permutation(len(self.shards))
+        if self._shards_order is None or self._shards_order[0] != epoch:
+            self._shards_order = (epoch, np.random.default_rng([self.seed, epoch]).permutation(len(self.shards)))
+        return self._shards_order[1]
 
     def _window_order(self, epoch: int, shard: int) -> np.ndarray:
         if self._order is None or self._order[:2] != (epoch, shard):
@@ -68,7 +71,8 @@ class TokenLoader:
             if s.shard == len(self.shards):
                 s.epoch, s.shard = s.epoch + 1, 0
 
-    def next_batch(self, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x, y) on the CPU; the trainer moves them (from pinned memory on a GPU)."""
         rows = []
         for _ in range(self.batch_size):
             for r in range(self.world_size):
@@ -76,10 +80,7 @@ class TokenLoader:
                 if r == self.rank:
                     rows.append(np.asarray(window, dtype=np.int64))
         batch = torch.from_numpy(np.stack(rows))
-        x, y = batch[:, :-1], batch[:, 1:]
-        if str(device).startswith("cuda"):
-            return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
-        return x.to(device), y.to(device)
+        return batch[:, :-1], batch[:, 1:]
 
     def state_dict(self) -> dict[str, int]:
         return asdict(self.state)
@@ -88,18 +89,19 @@ class TokenLoader:
         self.state = LoaderState(**state)
 
 
-def validation_batches(files: list[str], seq_len: int, batch_size: int, max_batches: int,
-                       device: torch.device | str = "cpu") -> list[tuple[torch.Tensor, torch.Tensor]]:
+def validation_batches(files: list[str], seq_len: int, batch_size: int,
+                       max_batches: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """The first windows of the validation shards, in order: the same batches at every evaluation."""
+    wanted = max_batches * batch_size
     windows = []
     for f in sorted(files):
         tokens = read_shard(f)
-        for k in range((len(tokens) - 1) // seq_len):
-            windows.append(np.asarray(tokens[k * seq_len: (k + 1) * seq_len + 1], dtype=np.int64))
-            if len(windows) >= max_batches * batch_size:
-                break
+        windows += [np.asarray(tokens[k * seq_len: (k + 1) * seq_len + 1], dtype=np.int64)
+                    for k in range(min((len(tokens) - 1) // seq_len, wanted - len(windows)))]
+        if len(windows) == wanted:
+            break
     batches = []
     for k in range(0, len(windows) - batch_size + 1, batch_size):
         batch = torch.from_numpy(np.stack(windows[k: k + batch_size]))
-        batches.append((batch[:, :-1].to(device), batch[:, 1:].to(device)))
+        batches.append((batch[:, :-1], batch[:, 1:]))
     return batches

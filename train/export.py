@@ -10,15 +10,19 @@ tokens, and, when it has role tokens, a chat template matching `template: chat`.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
-from train.checkpoint import load_model
-from train.tokenizer import BOS, END_OF_TURN, EOS, PAD, ROLES, load_vocab
+from train.checkpoint import load_model, prompt_template
+from train.tokenizer import END_OF_TURN, ROLES, load_vocab
 
-CHAT_TEMPLATE = ("{{ bos_token }}{% for m in messages %}{{ '<|' + m['role'] + '|>' + m['content'] + '" + END_OF_TURN
-                 + "' }}{% endfor %}{% if add_generation_prompt %}{{ '" + ROLES["assistant"] + "' }}{% endif %}")
+# The two SFT templates as Jinja chat templates, so `apply_chat_template` gives what training gave.
+CHAT_TEMPLATES = {
+    "chat": ("{{ bos_token }}{% for m in messages %}{{ '<|' + m['role'] + '|>' + m['content'] + '" + END_OF_TURN
+             + "' }}{% endfor %}{% if add_generation_prompt %}{{ '" + ROLES["assistant"] + "' }}{% endif %}"),
+    "alpaca": ("{{ bos_token }}### Instruction:\n{{ messages | map(attribute='content') | join('\n\n') }}"
+               "\n\n### Response:\n"),
+}
 
 
 def hf_config(cfg: Any, bos_id: int, eos_id: int) -> dict[str, Any]:
@@ -53,6 +57,7 @@ def export_hf(checkpoint: str, out_dir: str) -> Path:
 
     model, ckpt = load_model(checkpoint)
     vocab = load_vocab(ckpt["tokenizer"])
+    template = prompt_template(ckpt)
     cfg = model.cfg
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -66,13 +71,13 @@ def export_hf(checkpoint: str, out_dir: str) -> Path:
             weights[f"model.{name}"] = tensor.contiguous()
     save_file(weights, str(out / "model.safetensors"), metadata={"format": "pt"})
     (out / "config.json").write_text(json.dumps(hf_config(cfg, vocab.bos_id, vocab.eos_id), indent=1))
-    shutil.copy(ckpt["tokenizer"], out / "tokenizer.json")
+    write_tokenizer(ckpt["tokenizer"], vocab.tokenizer.id_to_token(vocab.bos_id), out / "tokenizer.json")
     names = {token_id: vocab.tokenizer.id_to_token(token_id) for token_id in (vocab.bos_id, vocab.eos_id, vocab.pad_id)}
     tok_config = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": names[vocab.bos_id],
                   "eos_token": names[vocab.eos_id], "pad_token": names[vocab.pad_id],
                   "model_max_length": cfg.max_seq_len, "clean_up_tokenization_spaces": False}
-    if set(vocab.role_ids) >= {"user", "assistant"} and names[vocab.bos_id] == BOS:
-        tok_config["chat_template"] = CHAT_TEMPLATE
+    if template == "alpaca" or (template == "chat" and {"user", "assistant"} <= set(vocab.role_ids)):
+        tok_config["chat_template"] = CHAT_TEMPLATES[template]
     (out / "tokenizer_config.json").write_text(json.dumps(tok_config, indent=1))
     (out / "generation_config.json").write_text(json.dumps(
         {"bos_token_id": vocab.bos_id, "eos_token_id": sorted({vocab.eos_id, vocab.end_of_turn_id}),
@@ -80,4 +85,11 @@ def export_hf(checkpoint: str, out_dir: str) -> Path:
     return out
 
 
-__all__ = ["export_hf", "hf_config", "BOS", "EOS", "PAD"]
+def write_tokenizer(source: str, bos: str, target: Path) -> None:
+    """The tokenizer, set to start every encoding with BOS, as every training document started."""
+    from tokenizers import Tokenizer, processors
+
+    tokenizer = Tokenizer.from_file(source)
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, tokenizer.token_to_id(bos))])
+    tokenizer.save(str(target))

@@ -69,9 +69,11 @@ def sample_step(logits: torch.Tensor, p: SamplingParams, generator: torch.Genera
 
 
 @torch.no_grad()
-def stream(model: GPT, prompts: list[list[int]], p: SamplingParams, stop_ids: set[int],
-           device: torch.device | str = "cpu") -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Yields (token ids (B,), log-probs (B,)) step by step for left-padded, batched prompts."""
+def stream(model: GPT, prompts: list[list[int]], p: SamplingParams,
+           device: torch.device | str = "cpu") -> Iterator[tuple[list[int], list[float]]]:
+    """Yields (token ids, log-probs), one of each per prompt, step by step, for left-padded, batched
+    prompts; at most as many steps as the model's context leaves after the longest prompt."""
+    steps = token_budget(model, prompts, p.max_new_tokens)
     generator = None
     if p.seed is not None:
         generator = torch.Generator(device=device).manual_seed(p.seed)
@@ -82,7 +84,7 @@ def stream(model: GPT, prompts: list[list[int]], p: SamplingParams, stop_ids: se
         idx[i, width - len(prompt):] = torch.tensor(prompt, device=device)
         valid[i, width - len(prompt):] = True
     positions = (valid.long().cumsum(-1) - 1).clamp(min=0)
-    cache = KVCache(model.cfg, batch, width + p.max_new_tokens, torch.device(device),
+    cache = KVCache(model.cfg, batch, width + steps, torch.device(device),
                     next(model.parameters()).dtype)
     causal = torch.ones(width, width, dtype=torch.bool, device=device).tril()
     diagonal = torch.eye(width, dtype=torch.bool, device=device)  # a padding row still attends to itself
@@ -91,12 +93,21 @@ def stream(model: GPT, prompts: list[list[int]], p: SamplingParams, stop_ids: se
     last = logits[:, -1]
     next_pos = positions[:, -1] + 1
     keys = valid
-    for _ in range(p.max_new_tokens):
+    for _ in range(steps):
         ids, logprobs = sample_step(last, p, generator)
-        yield ids, logprobs
+        yield ids.tolist(), logprobs.tolist()  # one transfer per step, not one per sequence
         keys = torch.cat([keys, torch.ones(batch, 1, dtype=torch.bool, device=device)], dim=1)
         logits, _ = model(ids[:, None], positions=next_pos[:, None], cache=cache, attn_mask=keys[:, None, None, :])
         last, next_pos = logits[:, -1], next_pos + 1
+
+
+def token_budget(model: GPT, prompts: list[list[int]], wanted: int) -> int:
+    """New tokens that fit in the model's context after the longest prompt (never more than asked)."""
+    room = model.cfg.max_seq_len - max(len(x) for x in prompts)
+    if room <= 0:
+        raise ValueError(f"a prompt of {max(len(x) for x in prompts)} tokens leaves no room in the model's "
+                         f"context of {model.cfg.max_seq_len}")
+    return min(wanted, room)
 
 
 def generate(model: GPT, vocab: Vocab, prompts: list[list[int]], p: SamplingParams,
@@ -109,16 +120,16 @@ def generate(model: GPT, vocab: Vocab, prompts: list[list[int]], p: SamplingPara
     logprob_sums = [0.0] * n
     finished: list[str | None] = [None] * n
     cut_texts: list[str | None] = [None] * n  # the text up to a stop string, where one appeared
-    for ids, logprobs in stream(model, expanded, p, stop_ids, device):
+    for ids, logprobs in stream(model, expanded, p, device):
         for i in range(n):
             if finished[i]:
                 continue
-            token = int(ids[i])
+            token = ids[i]
             if token in stop_ids:
                 finished[i] = "stop"
                 continue
             tokens[i].append(token)
-            logprob_sums[i] += float(logprobs[i])
+            logprob_sums[i] += logprobs[i]
             if p.stop:
                 text = vocab.decode(tokens[i])
                 hit = min((text.find(s) for s in p.stop if s in text), default=-1)

@@ -182,9 +182,10 @@ class GPT(nn.Module):
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, loss_mask: torch.Tensor | None = None,
                 positions: torch.Tensor | None = None, doc_ids: torch.Tensor | None = None,
-                cache: KVCache | None = None, attn_mask: torch.Tensor | None = None,
+                cache: KVCache | None = None, attn_mask: torch.Tensor | None = None, reduction: str = "mean",
                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Logits, and the mean cross-entropy over the target tokens where `loss_mask` is set.
+        """Logits, and the cross-entropy over the target tokens where `loss_mask` is set: their mean,
+        or with `reduction="sum"` their sum (the trainer divides by the step's token count).
 
         `doc_ids` (B, T) packs several examples in a row: attention stays inside each example, and
         `positions` restart at each example's start, so every example sees what it would alone.
@@ -213,4 +214,5 @@ class GPT(nn.Module):
         if loss_mask is None:
             loss_mask = targets.reshape(-1) != -100
         weights = loss_mask.reshape(-1).float()
-        return logits, (losses * weights).sum() / weights.sum().clamp(min=1)
+        total = (losses * weights).sum()
+        return logits, total if reduction == "sum" else total / weights.sum().clamp(min=1)

@@ -43,7 +43,8 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     if s.kind == "cosine":
         progress = (step - s.warmup_steps) / max(1, cfg.max_steps - s.warmup_steps)
         return floor + 0.5 * (peak - floor) * (1 + math.cos(math.pi * min(1.0, progress)))
-    decay_start = cfg.max_steps - int(s.decay_frac * cfg.max_steps)  # wsd: flat, then a linear decay
+    # wsd: flat, then a linear decay over the last decay_frac of the steps (never inside the warmup)
+    decay_start = max(s.warmup_steps, cfg.max_steps - int(s.decay_frac * cfg.max_steps))
     if step < decay_start:
         return peak
     return peak - (peak - floor) * (step - decay_start + 1) / max(1, cfg.max_steps - decay_start)
@@ -87,8 +88,21 @@ class Distributed:
         dist.all_reduce(t, op=dist.ReduceOp.AVG if self.device.type == "cuda" else dist.ReduceOp.SUM)
         return t.item() / (1 if self.device.type == "cuda" else self.world_size)
 
+    def sum(self, value: torch.Tensor) -> torch.Tensor:
+        if self.enabled:
+            value = value.clone()
+            dist.all_reduce(value, op=dist.ReduceOp.SUM)
+        return value
+
+    def any(self, flag: bool) -> bool:
+        """True on every rank when it is true on some rank."""
+        if not self.enabled:
+            return flag
+        return bool(self.sum(torch.tensor([float(flag)], device=self.device)).item())
+
     def close(self) -> None:
         if self.enabled:
+            dist.barrier()  # no rank tears the group down while another still waits on it (rank 0 saves last)
             dist.destroy_process_group()
 
 
@@ -106,6 +120,16 @@ class Logger:
                 self.tb = SummaryWriter(str(Path(out_dir) / "tensorboard"))
             except ImportError:
                 self.tb = None
+
+    def drop_after(self, step: int) -> None:
+        """On resume: forget records past the checkpoint's step, which the run is about to redo."""
+        if self.enabled and self.path.exists():
+            kept = [line for line in self.path.read_text().splitlines() if json.loads(line)["step"] <= step]
+            self.path.write_text("".join(line + "\n" for line in kept))
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
 
     def log(self, record: dict[str, Any], line: str) -> None:
         if not self.enabled:
@@ -158,6 +182,24 @@ class StopRequest:
             signal.signal(sig, handler)
 
 
+def build_model(cfg: TrainConfig, resume: bool, vocab_size: int, device: torch.device) -> tuple[GPT, dict | None]:
+    """The model to train: from this run's checkpoint, from `init_from`, or new; and that checkpoint."""
+    source = cfg.out_dir if resume else cfg.init_from
+    ckpt = checkpoint.load(source, map_location=device) if source else None
+    model = GPT(ModelConfig(**ckpt["model_config"])) if ckpt else GPT(model_config(cfg, vocab_size))
+    if ckpt:
+        model.load_state_dict(ckpt["model"])
+    if vocab_size > model.cfg.vocab_size:
+        raise ValueError(f"{cfg.tokenizer} has {vocab_size:,} tokens but the model {source} has "
+                         f"{model.cfg.vocab_size:,}: train with the tokenizer it was built with")
+    return model.to(device), ckpt
+
+
+def target_count(batch: tuple) -> torch.Tensor:
+    """Tokens the loss covers in a micro-batch: the loss mask's, or every target."""
+    return batch[2].sum() if len(batch) > 2 and batch[2] is not None else torch.tensor(batch[1].numel())
+
+
 def train(cfg: TrainConfig, batches: Any, val_batches: Any, stop_at: int | None = None) -> dict[str, Any]:
     """Runs (or resumes) training. `batches` gives (x, y[, loss_mask, positions, doc_ids]) per micro-step
     and has state_dict/load_state_dict; `val_batches()` lists validation batches. `stop_at` stops
@@ -169,24 +211,22 @@ def train(cfg: TrainConfig, batches: Any, val_batches: Any, stop_at: int | None 
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     resume = (out / checkpoint.LATEST).exists()
-    start_step, tokens_seen = 0, 0
-    if resume:
-        ckpt = checkpoint.load(str(out), map_location=device)
-        model = GPT(ModelConfig(**ckpt["model_config"]))
-        model.load_state_dict(ckpt["model"])
-    elif cfg.init_from:
-        ckpt = checkpoint.load(cfg.init_from, map_location=device)
-        model = GPT(ModelConfig(**ckpt["model_config"]))
-        model.load_state_dict(ckpt["model"])
-    else:
-        model = GPT(model_config(cfg, vocab.size))
-    model.to(device)
+    model, ckpt = build_model(cfg, resume, vocab.size, device)
     optimizer = build_optimizer(model, cfg, device)
+    start_step, tokens_seen = 0, 0
     if resume:
         optimizer.load_state_dict(ckpt["optimizer"])
         batches.load_state_dict(ckpt["loader"])
         start_step, tokens_seen = ckpt["step"], ckpt["tokens_seen"]
         checkpoint.set_rng_state(ckpt["rng"])
+    if start_step >= cfg.max_steps or (stop_at is not None and stop_at <= start_step):
+        env.close()
+        return {"step": start_step, "event": "nothing to do: the checkpoint is at or past the stop"}
+    logger = Logger(cfg.out_dir, env.main, cfg.tensorboard)
+    if resume:
+        logger.drop_after(start_step)  # steps logged after the checkpoint are about to be redone
+    if env.main:
+        checkpoint.keep_tokenizer(cfg.tokenizer, cfg.out_dir)
     raw_model = model
     if cfg.compile:
         model = torch.compile(model)
@@ -198,8 +238,7 @@ def train(cfg: TrainConfig, batches: Any, val_batches: Any, stop_at: int | None 
     peak = peak_flops(device, cfg.peak_tflops)
     flops_per_token = raw_model.flops_per_token(cfg.seq_len)
     tokens_per_step = cfg.micro_batch * cfg.seq_len * cfg.grad_accum * env.world_size
-    logger = Logger(cfg.out_dir, env.main, cfg.tensorboard)
-    if env.main and not resume:
+    if not resume:
         logger.log({"step": start_step, "event": "start", "params": raw_model.num_params(),
                     "tokens_per_step": tokens_per_step, "device": str(device), "bf16": bf16,
                     "world_size": env.world_size},
@@ -223,23 +262,30 @@ def train(cfg: TrainConfig, batches: Any, val_batches: Any, stop_at: int | None 
         if env.main:
             checkpoint.save(cfg.out_dir, raw_model, optimizer, step,
                             {"loader": batches.state_dict(), "tokens_seen": tokens_seen,
-                             "train_config": cfg.model_dump(), "tokenizer": str(Path(cfg.tokenizer).resolve())})
+                             "train_config": cfg.model_dump(), "tokenizer": checkpoint.TOKENIZER})
 
     model.train()
     t_start, window_t, window_tokens = time.perf_counter(), time.perf_counter(), 0
     last: dict[str, Any] = {}
-    step = start_step
+    done = saved_at = start_step
     for step in range(start_step, cfg.max_steps):
+        # Every rank stops at the same step: a rank that left alone would hang the others' all-reduce.
+        if env.any(stop.requested):
+            break
         lr = lr_at(step, cfg)
         for group in optimizer.param_groups:
             group["lr"] = lr
+        # The step's micro-batches go to the device together, and the loss is their total over the
+        # total count of target tokens on every rank: an SFT micro-batch with few answer tokens
+        # weighs what its tokens weigh, not as much as a full one.
+        micro = [batch_args(batches.next_batch(), device) for _ in range(cfg.grad_accum)]
+        count = env.sum(torch.stack([target_count(b) for b in micro]).sum().float().to(device)).clamp(min=1)
         loss_sum = torch.zeros((), device=device)
-        for micro in range(cfg.grad_accum):
-            batch = batch_args(batches.next_batch(), device)
-            sync = not env.enabled or micro == cfg.grad_accum - 1
+        for k, batch in enumerate(micro):
+            sync = not env.enabled or k == cfg.grad_accum - 1
             with (nullcontext() if sync else model.no_sync()), autocast:
-                _, loss = model(*batch)
-            (loss / cfg.grad_accum).backward()
+                _, loss = model(*batch, reduction="sum")
+            (loss * env.world_size / count).backward()  # DDP averages gradients over ranks
             loss_sum += loss.detach()  # no .item() here: it would wait for the GPU every micro-step
         norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.optimizer.grad_clip or float("inf"))
         optimizer.step()
@@ -250,7 +296,7 @@ def train(cfg: TrainConfig, batches: Any, val_batches: Any, stop_at: int | None 
         evaluate_now = done == cfg.max_steps or (cfg.eval_every and done % cfg.eval_every == 0)
         val_loss = evaluate() if evaluate_now else None
         if done % cfg.log_every == 0 or evaluate_now or done == stop_at:
-            train_loss = env.mean(loss_sum.item() / cfg.grad_accum)
+            train_loss = (env.sum(loss_sum) / count).item()
             now = time.perf_counter()
             tok_s = window_tokens / (now - window_t)
             mfu = tok_s * flops_per_token / (peak * env.world_size) if peak else None
@@ -266,17 +312,22 @@ def train(cfg: TrainConfig, batches: Any, val_batches: Any, stop_at: int | None 
                     + f" | eta {eta:.0f}s")
             logger.log(last, line)
             window_t, window_tokens = time.perf_counter(), 0
-        if (cfg.ckpt_every and done % cfg.ckpt_every == 0) or done == stop_at or stop.requested:
+        if cfg.ckpt_every and done % cfg.ckpt_every == 0:
             save(done)
-        if done == stop_at or stop.requested:
+            saved_at = done
+        if stop_at is not None and done >= stop_at:
             break
-    else:
-        save(cfg.max_steps)
+    if saved_at != done:
+        save(done)
     stop.restore()
+    logger.close()
     env.close()
     return last
 
 
 def batch_args(batch: tuple, device: torch.device) -> tuple:
-    """(x, y[, loss_mask, positions, doc_ids]) on the device, as GPT.forward takes them."""
-    return tuple(t.to(device) if isinstance(t, torch.Tensor) else t for t in batch)
+    """(x, y[, loss_mask, positions, doc_ids]) on the device, as GPT.forward takes them; from pinned
+    memory without blocking on a GPU."""
+    if device.type != "cuda":
+        return tuple(t.to(device) if isinstance(t, torch.Tensor) else t for t in batch)
+    return tuple(t.pin_memory().to(device, non_blocking=True) if isinstance(t, torch.Tensor) else t for t in batch)

@@ -90,8 +90,25 @@ def chat_prompt(messages: list[dict[str, str]], vocab: Vocab) -> list[int]:
     """Tokens of a conversation so far, ending where the assistant's answer starts."""
     tokens = [vocab.bos_id]
     for turn in messages:
+        if turn["role"] not in vocab.role_ids:
+            raise ValueError(f"unknown role {turn['role']!r}")
         tokens += [vocab.role_ids[turn["role"]], *vocab.encode(turn["content"]), vocab.end_of_turn_id]
     return tokens + [vocab.role_ids["assistant"]]
+
+
+def prompt_ids(vocab: Vocab, template: str | None, messages: list[dict[str, str]] | None = None,
+               text: str | None = None) -> list[int]:
+    """What a model sees before it answers: plain `text` (a base model continues it), or a
+    conversation in the template the model was fine-tuned with. Alpaca has no turns: earlier
+    turns become the instruction."""
+    if messages is None:
+        messages = [{"role": "user", "content": text or ""}]
+        if template is None:
+            return [vocab.bos_id, *vocab.encode(text or "")]
+    if template == "chat" or (template is None and {"user", "assistant"} <= set(vocab.role_ids)):
+        return chat_prompt(messages, vocab)
+    instruction = "\n\n".join(m["content"] for m in messages)
+    return [vocab.bos_id, *vocab.encode(alpaca_prompt(instruction))]
 
 
 @dataclass
@@ -102,6 +119,7 @@ class Rows:
     mask: np.ndarray
     positions: np.ndarray
     doc_ids: np.ndarray
+    packed: bool
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -125,7 +143,7 @@ def build_rows(examples: list[tuple[list[int], list[int]]], seq_len: int, pad_id
         rows.append(current)
     n = len(rows)
     out = Rows(np.full((n, width), pad_id, np.int64), np.zeros((n, width), np.int64),
-               np.zeros((n, width), np.int64), np.full((n, width), -1, np.int64))
+               np.zeros((n, width), np.int64), np.full((n, width), -1, np.int64), packing)
     for i, (tokens, mask, positions, ids) in enumerate(rows):
         out.tokens[i, :len(tokens)] = tokens
         out.mask[i, :len(mask)] = mask
@@ -135,11 +153,14 @@ def build_rows(examples: list[tuple[list[int], list[int]]], seq_len: int, pad_id
 
 
 def row_batch(rows: Rows, index: np.ndarray) -> tuple[torch.Tensor, ...]:
-    """(x, y, loss_mask, positions, doc_ids) for GPT.forward; no target crosses an example boundary."""
+    """(x, y, loss_mask, positions, doc_ids) for GPT.forward; no target crosses an example boundary.
+    Unpacked rows leave positions and doc_ids out, so attention keeps its fast causal kernels."""
     tokens, mask = torch.from_numpy(rows.tokens[index]), torch.from_numpy(rows.mask[index])
     positions, doc_ids = torch.from_numpy(rows.positions[index]), torch.from_numpy(rows.doc_ids[index])
     same_example = doc_ids[:, 1:] == doc_ids[:, :-1]
     loss_mask = (mask[:, 1:] == 1) & same_example
+    if not rows.packed:  # one example per row, padding after it: plain causal attention suffices
+        return tokens[:, :-1], tokens[:, 1:], loss_mask, None, None
     return tokens[:, :-1], tokens[:, 1:], loss_mask, positions[:, :-1], doc_ids[:, :-1]
 
 

@@ -3,7 +3,7 @@
 Byte-level means every string encodes, whatever its script, with no unknown token. Special tokens
 mark document boundaries (BOS, EOS), padding, and the chat roles the SFT template uses. Any other
 `tokenizer.json` works too: `Vocab` looks up its special tokens by name and falls back to what
-it has (GPT-2's `<|endoftext|>` serves as both BOS and EOS).
+it has (GPT-2's `<|endoftext|>` serves as both BOS and EOS; Llama's `<s>` and `</s>`).
 """
 
 from __future__ import annotations
@@ -19,7 +19,9 @@ BOS, EOS, PAD = "<|bos|>", "<|eos|>", "<|pad|>"
 ROLES = {"system": "<|system|>", "user": "<|user|>", "assistant": "<|assistant|>"}
 END_OF_TURN = "<|end|>"
 SPECIAL_TOKENS = [BOS, EOS, PAD, *ROLES.values(), END_OF_TURN]
-FALLBACKS = ("<|endoftext|>", "</s>", "<s>")
+# Other tokenizers' names for the same tokens: GPT-2's one token for both ends, Llama's pair.
+BOS_FALLBACKS = ("<|endoftext|>", "<s>", "<|begin_of_text|>")
+EOS_FALLBACKS = ("<|endoftext|>", "</s>", "<|end_of_text|>")
 
 
 def parquet_inputs(paths: list[str]) -> list[str]:
@@ -105,13 +107,16 @@ def load_vocab(path: str) -> Vocab:
                 return token_id
         return None
 
-    bos = find(BOS, *FALLBACKS)
+    bos = find(BOS, *BOS_FALLBACKS)
     if bos is None:
-        raise ValueError(f"{path}: no BOS token ({BOS} or one of {FALLBACKS}); add one to the tokenizer")
-    eos = find(EOS, *FALLBACKS) or bos
-    pad = find(PAD) or eos
+        raise ValueError(f"{path}: no BOS token ({BOS} or one of {BOS_FALLBACKS}); add one to the tokenizer")
+    eos = find(EOS, *EOS_FALLBACKS)
+    eos = bos if eos is None else eos
+    pad = find(PAD)
+    pad = eos if pad is None else pad
     roles = {role: find(token) for role, token in ROLES.items()}
-    end = find(END_OF_TURN) or eos
+    end = find(END_OF_TURN)
+    end = eos if end is None else end
     return Vocab(tokenizer, path, bos, eos, pad, {k: v for k, v in roles.items() if v is not None}, end)
 
 
