@@ -226,7 +226,11 @@ def fewest_digits(region: str, plus_sign: bool) -> int:
 
     def shortest(code: str) -> int:
         metadata = PhoneMetadata.metadata_for_region(code)
-        lengths = [n for n in metadata.general_desc.possible_length if n > 0] if metadata else []
+        if metadata is None:
+            return 1
+        lengths = [n for n in metadata.general_desc.possible_length if n > 0]
+        if metadata.national_prefix_transform_rule:  # parsing can add digits (Norfolk Island: 2xxxx -> 32xxxx)
+            lengths += [n for n in metadata.general_desc.possible_length_local_only if n > 0]
         return min(lengths, default=1)
 
     anywhere = min(shortest(code) for code in phonenumbers.SUPPORTED_REGIONS)

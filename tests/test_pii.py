@@ -88,6 +88,21 @@ def test_phone_shortcuts_match_presidio_on_edge_cases(pii):
         assert pii.find(text) == resolve(pii.analyze(text, stock=True), 0.4, {}), text
 
 
+def test_regions_whose_parsing_adds_digits_keep_their_short_numbers():
+    """Norfolk Island's 5-digit local numbers become valid 6-digit ones when parsed (a national-prefix
+    transform rule): the too-short shortcut must count that, for it and every region like it."""
+    import phonenumbers
+    from phonenumbers import PhoneMetadata
+
+    transforming = [r for r in phonenumbers.SUPPORTED_REGIONS
+                    if PhoneMetadata.metadata_for_region(r).national_prefix_transform_rule]
+    assert "NF" in transforming
+    pii = Pii(PiiParams(phone_regions=transforming))
+    for text in ("Call 22345 now", "Call 322345 or +672 22345.", *EDGE_CASES[:2]):
+        assert pii.find(text) == resolve(pii.analyze(text, stock=True), 0.4, {}), text
+    assert pii.find("Call 22345 now")
+
+
 def test_probing_without_tokens_keeps_every_score(pii):
     """Windows where no recognizer finds anything skip tokenization; the others get presidio's
     full analysis, so findings at every score, context included, equal the unprobed call."""
