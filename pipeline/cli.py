@@ -67,11 +67,19 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
     from pipeline.report import write_comparison, write_report
     from pipeline.report.budget import Assumptions
 
     given = {k: v for k, v in vars(args).items() if k in Assumptions.model_fields and v is not None}
-    assumptions = Assumptions(**given)
+    try:
+        assumptions = Assumptions(**given)
+    except ValidationError as exc:
+        problems = "; ".join(f"--{'-'.join(str(p) for p in e['loc']).replace('_', '-')}: {e['msg']}"
+                             for e in exc.errors())
+        print(f"winnow report: {problems}", file=sys.stderr)
+        return 2
     try:
         if args.compare:
             path = write_comparison(args.run_dir, args.compare, assumptions, out=args.out)

@@ -2,7 +2,8 @@
 
 Filters (stage, drop reason, language, a score range, a regex over the text) become one Arrow
 dataset expression, so only matching rows are read. The documents shown are a stable sample
-(the same order the report uses), so a rerun shows the same ones.
+(the report's sampler: the same ones on every rerun), or with `-n 0` all of them, streamed.
+`--grep` takes a regular expression that both Arrow (RE2) and Python understand.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import re
 import shutil
 import sys
 import textwrap
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
-from pipeline.report.collect import dataset, sample_key
+from pipeline.report.collect import dataset, read_rows, smallest_keys
 
 PLACEHOLDER = re.compile(r"<[A-Z]+_\d+>")  # what the PII step leaves in the text
 RED, YELLOW, CYAN, DIM, BOLD, RESET = "\033[31m", "\033[33m", "\033[36m", "\033[2m", "\033[1m", "\033[0m"
@@ -51,9 +53,10 @@ def source_files(path: str, query: Query) -> list[str]:
     if query.stage is None:
         pattern = "stages/*/rejected/part-*.parquet" if dropped else "output/part-*.parquet"
         return sorted(str(f) for f in p.glob(pattern))
-    stages = sorted((p / "stages").glob(f"*_{query.stage}"))
+    all_stages = sorted(d for d in (p / "stages").glob("*_*") if d.is_dir())
+    stages = [d for d in all_stages if d.name.split("_", 1)[1] == query.stage]
     if not stages:
-        known = ", ".join(d.name.split("_", 1)[1] for d in sorted((p / "stages").glob("*_*")))
+        known = ", ".join(d.name.split("_", 1)[1] for d in all_stages)
         raise FileNotFoundError(f"no stage {query.stage!r} in {path} (stages: {known})")
     folder = stages[0] / "rejected" if dropped else stages[0]
     return sorted(str(f) for f in folder.glob("part-*.parquet"))
@@ -87,37 +90,48 @@ def expression(query: Query, schema: pa.Schema) -> ds.Expression | None:
     return combined
 
 
-def find_documents(path: str, query: Query, n: int) -> tuple[int, list[dict[str, Any]], str]:
-    """(how many match, up to `n` of them in a stable order (0: all), where they were read)."""
+def find_documents(path: str, query: Query, n: int) -> tuple[int, Iterator[dict[str, Any]], str]:
+    """(how many match, the first `n` of them in the report's stable sample order, or all of them in
+    file order when n is 0, streamed; where they were read)."""
     files = source_files(path, query)
     where = str(Path(files[0]).parent) if len(files) == 1 else path
     data = dataset(files)
     if data is None:
-        return 0, [], path
+        return 0, iter([]), path
     condition = expression(query, data.schema)
-    ids = data.to_table(columns=["id"], filter=condition)["id"].to_pylist()
-    chosen = sorted(ids, key=sample_key)[: n or None]
-    if not chosen:
-        return len(ids), [], where
-    rows = data.to_table(filter=ds.field("id").isin(chosen) if condition is None else
-                         (ds.field("id").isin(chosen) & condition)).to_pylist()
+    total = data.count_rows(filter=condition)
+    if n == 0:
+        return total, all_rows(data, condition), where
+    return total, iter(read_rows(data, smallest_keys(data, n, condition).get(None, []), condition)), where
+
+
+def all_rows(data: ds.Dataset, condition: ds.Expression | None) -> Iterator[dict[str, Any]]:
     maps = [f.name for f in data.schema if pa.types.is_map(f.type)]
-    for row in rows:  # Arrow gives a map as (key, value) pairs
-        row.update({name: dict(row[name]) for name in maps if row.get(name) is not None})
-    order = {doc_id: k for k, doc_id in enumerate(chosen)}
-    return len(ids), sorted(rows, key=lambda r: order[r["id"]]), where
+    for batch in data.to_batches(filter=condition, batch_size=1024):
+        for row in batch.to_pylist():
+            row.update({name: dict(row[name]) for name in maps if row.get(name) is not None})
+            yield row
 
 
-def highlight(text: str, grep: str | None, color: bool) -> str:
+def highlight(text: str, grep: re.Pattern[str] | None, color: bool) -> str:
+    """PII placeholders and --grep matches in colour, found on the plain text in one pass."""
     if not color:
         return text
-    text = PLACEHOLDER.sub(lambda m: f"{CYAN}{m.group(0)}{RESET}", text)
-    if grep:
-        text = re.sub(grep, lambda m: f"{YELLOW}{BOLD}{m.group(0)}{RESET}", text)
-    return text
+    spans = [(m.start(), m.end(), CYAN) for m in PLACEHOLDER.finditer(text)]
+    if grep is not None:
+        spans += [(m.start(), m.end(), YELLOW + BOLD) for m in grep.finditer(text) if m.end() > m.start()]
+    out, last = [], 0
+    for start, end, code in sorted(spans):
+        if start < last:  # overlapping spans: the first one wins
+            continue
+        out += [text[last:start], code, text[start:end], RESET]
+        last = end
+    out.append(text[last:])
+    return "".join(out)
 
 
-def format_document(row: dict[str, Any], width: int, chars: int | None, grep: str | None, color: bool) -> str:
+def format_document(row: dict[str, Any], width: int, chars: int | None, grep: re.Pattern[str] | None,
+                    color: bool) -> str:
     text = row.get("text") or ""
     meta = []
     for key, value in row.items():
@@ -141,7 +155,11 @@ def inspect_documents(path: str, query: Query | None = None, n: int = 5, as_json
                       chars: int | None = 800, width: int | None = None, color: bool | None = None) -> int:
     query = query or Query()
     try:
+        grep = re.compile(query.grep) if query.grep else None
         total, rows, where = find_documents(path, query, n)
+    except re.error as exc:
+        print(f"winnow inspect: --grep {query.grep!r} is not a valid regular expression: {exc}", file=sys.stderr)
+        return 2
     except (FileNotFoundError, ValueError, pa.ArrowInvalid) as exc:
         print(f"winnow inspect: {exc}", file=sys.stderr)
         return 2
@@ -151,9 +169,10 @@ def inspect_documents(path: str, query: Query | None = None, n: int = 5, as_json
         return 0 if total else 1
     width = width or shutil.get_terminal_size((100, 40)).columns
     color = sys.stdout.isatty() if color is None else color
-    print(f"{total} documents match in {where}" + (f"; showing {len(rows)}" if len(rows) < total else "") + "\n")
+    shown = total if n == 0 else min(n, total)
+    print(f"{total} documents match in {where}" + (f"; showing {shown}" if shown < total else "") + "\n")
     for row in rows:
-        print(format_document(row, width, chars, query.grep, color))
+        print(format_document(row, width, chars, grep, color))
         print("-" * min(width, 100))
     return 0 if total else 1
 

@@ -231,6 +231,37 @@ def test_inspect_filters_return_exactly_the_documents_they_name(runs, capsys):
         assert inspect_ids(capsys, run_a, query) == expected, query
     assert inspect_documents(str(run_a), Query(stage="nope")) == 2
     assert "no stage 'nope'" in capsys.readouterr().err
+    assert inspect_documents(str(run_a), Query(stage="filters")) == 2  # a stage name is matched whole
+    assert inspect_documents(str(run_a), Query(grep="\\pL{3}")) == 2  # an invalid regex is an error, not a crash
+
+
+def test_budget_and_cost_formulas():
+    from pipeline.report.budget import Assumptions, crawl_cost, training_budget
+
+    a = Assumptions(gpu_peak_tflops=1000, mfu=0.5, gpu_hour_usd=2.0, gpus=4, cpu_hour_usd=0.1, dump_pages=1e9)
+    budget = training_budget(tokens=2_000_000, docs_in=100, a=a)
+    run = budget["this_run"]
+    assert run["params"] == 100_000 and run["flops"] == 6 * 100_000 * 2_000_000  # N = D/20, C = 6ND
+    assert run["gpu_hours"] == pytest.approx(run["flops"] / (0.5 * 1000e12) / 3600)
+    assert run["cost_usd"] == pytest.approx(2.0 * 4 * run["gpu_hours"] / 4)  # price x GPUs x wall hours
+    assert budget["full_dump"]["tokens"] == pytest.approx(2_000_000 / 100 * 1e9)
+    stages = [{"stage": "a", "docs_in": 100, "cpu_s": 10.0, "wall_s": 6.0},
+              {"stage": "b", "docs_in": 50, "cpu_s": 1.0, "wall_s": 1.0}]
+    cost = crawl_cost(stages, a)
+    assert cost["stages"][0]["docs_per_s_core"] == 10.0 and cost["stages"][1]["dump_share"] == 0.5
+    assert cost["dump_core_hours"] == pytest.approx(1e9 / 10 / 3600 + 0.5e9 / 50 / 3600)
+    assert cost["dump_cost_usd"] == pytest.approx(cost["dump_core_hours"] * 0.1)
+
+
+def test_card_header_is_yaml_a_hub_reads_whatever_the_run_and_languages(runs, tmp_path):
+    from pipeline.report.collect import collect
+    from pipeline.report.render import render_card
+
+    data = collect(str(runs[0]), samples=0, samples_per_reason=0)
+    data["run"]["name"] = 'my "best" run: no. 2'
+    data["distributions"]["language"] = [{"label": "no", "count": 3}, {"label": "en", "count": 2}]
+    header = yaml.safe_load(render_card(data).split("---")[1])
+    assert header["language"] == ["no", "en"] and header["pretty_name"] == 'my "best" run: no. 2 (Winnow)'
 
 
 def test_comparison_shows_config_funnel_and_documents_kept_in_only_one_run(runs, chromium):

@@ -9,14 +9,16 @@ from pipeline.report.budget import Assumptions
 
 def write_report(run_dir: str, assumptions: Assumptions | None = None, tokenizer: str | None = None,
                  out: str | None = None) -> Path:
-    """Writes RUN_DIR/report.html (self-contained) and refreshes the dataset card; returns the path."""
+    """Writes RUN_DIR/report.html (self-contained) and refreshes the dataset card; returns the path.
+    With `out`, only the page is written there: the run directory is left as it is."""
     from pipeline.report.collect import collect
     from pipeline.report.render import render_report
 
     data = collect(run_dir, assumptions, tokenizer=tokenizer)
     path = Path(out) if out else Path(run_dir) / "report.html"
     write_text(path, render_report(data))
-    write_card(run_dir, data)
+    if out is None:
+        write_card(run_dir, data)
     return path
 
 

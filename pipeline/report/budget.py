@@ -59,6 +59,7 @@ def crawl_cost(stages: list[dict[str, Any]], a: Assumptions) -> dict[str, Any]:
         core_hours = a.dump_pages * share / rate / 3600 if rate else 0.0
         total_core_hours += core_hours
         rows.append({"stage": stage["stage"], "wall_s": stage["wall_s"], "cpu_s": stage["cpu_s"],
+                     "reused": stage.get("reused", False),
                      "docs_in": stage["docs_in"], "docs_per_s_core": rate, "dump_share": share,
                      "dump_core_hours": core_hours, "dump_cost_usd": core_hours * a.cpu_hour_usd})
     return {"stages": rows, "wall_s": sum(s["wall_s"] for s in stages), "cpu_s": sum(s["cpu_s"] for s in stages),

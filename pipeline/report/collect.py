@@ -26,10 +26,10 @@ from pipeline.jsonfile import read_json
 from pipeline.report.budget import CHARS_PER_TOKEN, Assumptions, crawl_cost, training_budget
 
 LENGTH_EDGES = [0, 100, 200, 500, 1_000, 2_000, 5_000, 10_000, 20_000, 50_000, 100_000]
-SCORE_EDGES = [round(0.05 * k, 2) for k in range(21)]
 SAMPLE_COLUMNS = ["id", "url", "domain", "language", "language_score", "quality_score", "dup_cluster_size",
                   "pii_count", "drop_reason", "drop_stage", "duplicate_of", "text"]
 SNIPPET_CHARS = 1500
+MEDIAN_CAP = 1_000_000  # lengths are counted exactly up to here for the median
 
 
 def parquet_files(directory: Path) -> list[str]:
@@ -44,23 +44,13 @@ def dataset(files: list[str]) -> ds.Dataset | None:
     return ds.dataset(files, format="parquet", schema=schema)
 
 
-def sample_key(doc_id: str) -> str:
+def sample_key(doc_id: str) -> int:
     """A stable pseudo-random order: the same documents are sampled on every rerun."""
-    return hashlib.blake2b(doc_id.encode(), digest_size=8).hexdigest()
+    return int.from_bytes(hashlib.blake2b(doc_id.encode(), digest_size=8).digest(), "big")
 
 
 def estimated_tokens(chars: int) -> int:
     return round(chars / CHARS_PER_TOKEN)
-
-
-def histogram(values: np.ndarray, edges: list[float], open_ended: bool) -> list[dict[str, Any]]:
-    """Counts per bin [edge_k, edge_k+1); with `open_ended`, a last bin for everything above."""
-    values = values[~np.isnan(values)] if values.dtype.kind == "f" else values
-    bounds = [*edges, np.inf] if open_ended else edges
-    counts, _ = np.histogram(values, bins=np.array(bounds, dtype=float))
-    labels = [f"{_short(lo)}–{_short(hi)}" if np.isfinite(hi) else f"≥{_short(lo)}"
-              for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)]
-    return [{"label": label, "count": int(n)} for label, n in zip(labels, counts, strict=True)]
 
 
 def _short(x: float) -> str:
@@ -91,44 +81,108 @@ def document_view(row: dict[str, Any]) -> dict[str, Any]:
     return view
 
 
+def smallest_keys(data: ds.Dataset, n: int, where: pc.Expression | None = None,
+                  group: str | None = None) -> dict[Any, list[str]]:
+    """The ids of the `n` documents with the smallest sample keys, per value of `group` (or all under
+    None), in one streaming pass over the id column: memory holds n ids per group, whatever the run."""
+    import heapq
+
+    heaps: dict[Any, list[tuple[int, str]]] = {}  # per group, the n smallest keys as a max-heap (negated)
+    columns = ["id"] + ([group] if group else [])
+    for batch in data.to_batches(columns=columns, filter=where, batch_size=65536):
+        groups = batch.column(group).to_pylist() if group else [None] * batch.num_rows
+        for doc_id, key in zip(batch.column("id").to_pylist(), groups, strict=True):
+            heap = heaps.setdefault(key, [])
+            rank = -sample_key(doc_id)
+            if len(heap) < n:
+                heapq.heappush(heap, (rank, doc_id))
+            elif rank > heap[0][0]:
+                heapq.heapreplace(heap, (rank, doc_id))
+    return {key: [doc_id for _, doc_id in sorted(heap, reverse=True)] for key, heap in heaps.items()}
+
+
+def read_rows(data: ds.Dataset, ids: list[str], where: pc.Expression | None = None) -> list[dict[str, Any]]:
+    """The rows of `ids`, in that order (under `where` too: an id that repeats keeps its match)."""
+    if not ids:
+        return []
+    condition = ds.field("id").isin(ids) if where is None else ds.field("id").isin(ids) & where
+    rows = data.to_table(filter=condition).to_pylist()
+    maps = [f.name for f in data.schema if pa.types.is_map(f.type)]
+    for row in rows:  # Arrow gives a map as (key, value) pairs
+        row.update({name: dict(row[name]) for name in maps if row.get(name) is not None})
+    order = {doc_id: k for k, doc_id in enumerate(ids)}
+    return sorted(rows, key=lambda r: order[r["id"]])
+
+
 def sample_rows(data: ds.Dataset, n: int, where: pc.Expression | None = None) -> list[dict[str, Any]]:
-    """`n` documents in a stable pseudo-random order: ids are read first, then only those rows."""
+    """`n` documents in a stable pseudo-random order, as the report shows them."""
     if n <= 0:
         return []
-    ids = data.to_table(columns=["id"], filter=where)["id"].to_pylist()
-    chosen = sorted(ids, key=sample_key)[:n]
-    if not chosen:
-        return []
-    columns = [c for c in SAMPLE_COLUMNS if c in data.schema.names]
-    rows = data.to_table(columns=columns, filter=ds.field("id").isin(chosen)).to_pylist()
-    rank = {doc_id: sample_key(doc_id) for doc_id in chosen}
-    return [document_view(r) for r in sorted(rows, key=lambda r: rank[r["id"]])]
+    return [document_view(r) for r in read_rows(data, smallest_keys(data, n, where).get(None, []), where)]
+
+
+class Histogram:
+    """Counts over fixed bins, accumulated batch by batch (values above the last edge go to an
+    open last bin when `open_ended`, else into the last bin)."""
+
+    def __init__(self, edges: list[float], open_ended: bool):
+        self.edges, self.open_ended = edges, open_ended
+        self.bounds = np.array([*edges, np.inf] if open_ended else edges, dtype=float)
+        self.counts = np.zeros(len(self.bounds) - 1, dtype=np.int64)
+        self.total, self.n = 0.0, 0
+
+    def add(self, values: np.ndarray) -> None:
+        values = values[~np.isnan(values)]
+        self.counts += np.histogram(np.clip(values, self.bounds[0], self.bounds[-1]), bins=self.bounds)[0]
+        self.total += float(values.sum())
+        self.n += len(values)
+
+    def bins(self) -> list[dict[str, Any]]:
+        b = self.bounds
+        labels = [f"{_short(lo)}–{_short(hi)}" if np.isfinite(hi) else f"≥{_short(lo)}"
+                  for lo, hi in zip(b[:-1], b[1:], strict=True)]
+        return [{"label": label, "count": int(n)} for label, n in zip(labels, self.counts, strict=True)]
+
+    def mean(self) -> float | None:
+        return round(self.total / self.n, 4) if self.n else None
+
+
+def score_edges(data: ds.Dataset, column: str) -> list[float]:
+    """20 bins over [0, 1] for probabilities; over [0, ceil(max)] for ordinal ratings (FineWeb-Edu's 0-5)."""
+    top_value = pc.max(data.to_table(columns=[column])[column]).as_py() or 0.0
+    upper = 1.0 if top_value <= 1 else float(np.ceil(top_value))
+    return [round(upper * k / 20, 4) for k in range(21)]
 
 
 def output_distributions(data: ds.Dataset | None, tld_of: Any) -> dict[str, Any]:
-    """Distributions over the output documents, streamed batch by batch."""
-    languages, domains, tlds, pii = Counter(), Counter(), Counter(), Counter()
-    lengths, scores = [], {"quality_score": [], "language_score": []}
+    """Distributions over the output documents, streamed batch by batch with bounded memory:
+    counters per distinct value, fixed-bin histograms, and length counts for an exact median."""
+    languages, domains, pii = Counter(), Counter(), Counter()
+    lengths = Histogram(LENGTH_EDGES, open_ended=True)
+    length_counts = np.zeros(MEDIAN_CAP + 1, dtype=np.int64)  # lengths at or over the cap share a slot
+    scores: dict[str, Histogram] = {}
     cluster_sizes: Counter[int] = Counter()
     docs = chars = pii_total = 0
     if data is not None:
         names = data.schema.names
         columns = [c for c in ("text", "language", "domain", "quality_score", "language_score",
                                "dup_cluster_size", "pii_count", "pii_counts") if c in names]
-        for batch in data.to_batches(columns=columns, batch_size=4096):
+        scores = {key: Histogram(score_edges(data, key), open_ended=False)
+                  for key in ("quality_score", "language_score") if key in names}
+        for batch in data.to_batches(columns=columns, batch_size=8192):
             docs += batch.num_rows
             length = pc.utf8_length(batch.column("text")).fill_null(0).to_numpy(zero_copy_only=False)
-            lengths.append(length)
             chars += int(length.sum())
-            if "language" in columns:
-                languages.update(batch.column("language").fill_null("unknown").to_pylist())
-            if "domain" in columns:
-                batch_domains = batch.column("domain").fill_null("").to_pylist()
-                domains.update(d or "(none)" for d in batch_domains)
-                tlds.update(tld_of(d) for d in batch_domains)
-            for key, values in scores.items():
-                if key in columns:
-                    values.append(batch.column(key).to_numpy(zero_copy_only=False).astype(float))
+            lengths.add(length.astype(float))
+            length_counts += np.bincount(np.minimum(length, MEDIAN_CAP), minlength=MEDIAN_CAP + 1)
+            for key, column in (("language", "language"), ("domain", "domain")):
+                if column in columns:
+                    counts = pc.value_counts(batch.column(column).fill_null("(none)"))
+                    target = languages if key == "language" else domains
+                    target.update(dict(zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist(),
+                                           strict=True)))
+            for key, histogram_ in scores.items():
+                histogram_.add(batch.column(key).to_numpy(zero_copy_only=False).astype(float))
             if "dup_cluster_size" in columns:
                 cluster_sizes.update(batch.column("dup_cluster_size").fill_null(1).to_pylist())
             if "pii_count" in columns:
@@ -136,24 +190,26 @@ def output_distributions(data: ds.Dataset | None, tld_of: Any) -> dict[str, Any]
             if "pii_counts" in columns:
                 for counts in batch.column("pii_counts").to_pylist():
                     pii.update(dict(counts or []))
-    all_lengths = np.concatenate(lengths) if lengths else np.array([], dtype=np.int64)
+    tlds: Counter[str] = Counter()
+    for domain, n in domains.items():  # one suffix lookup per distinct domain, not per document
+        tlds[tld_of(domain) if domain != "(none)" else "(none)"] += n
     out: dict[str, Any] = {
         "docs": docs,
         "chars": chars,
         "language": top(languages, 15),
         "domain": top(domains, 20),
         "tld": top(tlds, 15),
-        "length": histogram(all_lengths, LENGTH_EDGES, open_ended=True),
-        "length_median": int(np.median(all_lengths)) if len(all_lengths) else 0,
+        # Wider lists for comparing two runs: a label in one run's top list is looked up in the other's.
+        "counts": {"language": dict(languages.most_common(200)), "domain": dict(domains.most_common(1000)),
+                   "tld": dict(tlds.most_common(200)), "pii": dict(pii)},
+        "length": lengths.bins(),
+        "length_median": int(np.searchsorted(np.cumsum(length_counts), (docs + 1) // 2)) if docs else 0,
         "pii": [{"label": k, "count": int(n)} for k, n in pii.most_common()],
         "pii_total": pii_total,
-        # Output documents by the size of the duplicate cluster they were kept from.
-        "kept_from_cluster_size": [{"label": str(size), "count": int(n)} for size, n in sorted(cluster_sizes.items())],
     }
-    for key, values in scores.items():
-        arr = np.concatenate(values) if values else np.array([])
-        out[key] = histogram(arr, SCORE_EDGES, open_ended=False) if len(arr) else []
-        out[f"{key}_mean"] = round(float(np.nanmean(arr)), 4) if len(arr) and not np.isnan(arr).all() else None
+    for key in ("quality_score", "language_score"):
+        out[key] = scores[key].bins() if key in scores else []
+        out[f"{key}_mean"] = scores[key].mean() if key in scores else None
     return out
 
 
@@ -184,10 +240,12 @@ def funnel(root: Path, manifest: dict[str, Any], config: dict[str, Any],
         order = step_order.get(stage["name"], [])
         steps.sort(key=lambda s: order.index(s["name"]) if s["name"] in order else len(order))
         rejected = dataset(parquet_files(root / stage["dir"] / "rejected"))
+        chosen = smallest_keys(rejected, samples_per_reason, group="drop_reason") \
+            if rejected is not None and samples_per_reason > 0 else {}
+        sampled = read_rows(rejected, [i for ids in chosen.values() for i in ids]) if chosen else []
         reasons = []
         for reason, count in sorted(stage.get("drop_reasons", {}).items(), key=lambda kv: -kv[1]):
-            samples = [] if rejected is None else sample_rows(rejected, samples_per_reason,
-                                                              ds.field("drop_reason") == reason)
+            samples = [document_view(r) for r in sampled if r["drop_reason"] == reason]
             reasons.append({"reason": reason, "count": count, "samples": samples})
         chars_out = stage.get("chars_out", 0)
         rows.append({
@@ -199,6 +257,8 @@ def funnel(root: Path, manifest: dict[str, Any], config: dict[str, Any],
             "tokens_out": estimated_tokens(chars_out),
             "steps": steps, "reasons": reasons,
             "wall_s": stage["wall_s"], "cpu_s": stage["cpu_s"], "errors": stage.get("errors", []),
+            # A stage reused from an earlier run took no time in this one; its CPU seconds are its shards'.
+            "reused": stage["shards"]["computed"] == 0 and stage["shards"]["done"] > 0,
         })
         chars_before = chars_out
     return rows
@@ -252,14 +312,11 @@ def collect(run_dir: str, assumptions: Assumptions | None = None, samples: int =
 
 
 def count_tokens(data: ds.Dataset | None, tokenizer_path: str) -> int:
-    """Tokens in the output with a Hugging Face `tokenizers` file (the project tokenizer)."""
+    """Tokens in the output with the project tokenizer (or any tokenizer.json), without special tokens."""
     if data is None:
         return 0
-    from tokenizers import Tokenizer
+    from train.tokenizer import load_vocab
 
-    tokenizer = Tokenizer.from_file(tokenizer_path)
-    total = 0
-    for batch in data.to_batches(columns=["text"], batch_size=1024):
-        encoded = tokenizer.encode_batch([t or "" for t in batch.column("text").to_pylist()])
-        total += sum(len(e.ids) for e in encoded)
-    return total
+    vocab = load_vocab(tokenizer_path)
+    return sum(len(ids) for batch in data.to_batches(columns=["text"], batch_size=1024)
+               for ids in vocab.encode_batch([t or "" for t in batch.column("text").to_pylist()]))

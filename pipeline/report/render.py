@@ -15,6 +15,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+import yaml
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 from markupsafe import Markup
 
@@ -66,22 +67,28 @@ def page_context() -> dict[str, Any]:
 
 
 def distribution_charts(dists: list[dict[str, Any]]) -> dict[str, Markup]:
-    """Charts for one run, or for two runs side by side."""
+    """Charts for one run, or for two runs side by side (each run keeps its colour and its place)."""
     bars = {"language": "Documents by language", "domain": "Documents by domain", "tld": "Documents by TLD",
             "pii": "PII found by type"}
     hists = {"length": "Documents by length", "quality_score": "Documents by quality_score",
              "language_score": "Documents by language_score", "dup_cluster_sizes": "Clusters by size"}
-    charts = {key: svg.hbars([d[key] for d in dists], title) for key, title in bars.items()}
+    if len(dists) == 1:
+        charts = {key: svg.hbars([dists[0][key]], title) for key, title in bars.items()}
+    else:  # the union of the runs' top labels, each counted in every run
+        charts = {}
+        for key, title in bars.items():
+            labels = list(dict.fromkeys(x["label"] for d in dists for x in d[key] if not x["label"].startswith("(")))
+            charts[key] = svg.hbars([[{"label": label, "count": d["counts"][key].get(label, 0)} for label in labels]
+                                     for d in dists], title)
     for key, title in hists.items():
-        series = [d[key] for d in dists if d.get(key)]
-        if key == "dup_cluster_sizes":  # documents without duplicates would dwarf the clusters
-            series = [[x for x in s if x["label"] != "1"] for s in series]
-        charts[key] = svg.columns(series, title) if series else Markup("")
-    if len(dists) > 1:  # cluster sizes differ between runs: align them on one set of sizes
-        sizes = sorted({int(x["label"]) for d in dists for x in d["dup_cluster_sizes"]} - {1})
-        aligned = [[{"label": str(k), "count": {int(x["label"]): x["count"] for x in d["dup_cluster_sizes"]}.get(k, 0)}
-                    for k in sizes] for d in dists]
-        charts["dup_cluster_sizes"] = svg.columns(aligned, "Clusters by size") if sizes else Markup("")
+        series = [[x for x in d.get(key) or [] if not (key == "dup_cluster_sizes" and x["label"] == "1")]
+                  for d in dists]  # documents without duplicates would dwarf the clusters
+        labels = list(dict.fromkeys(x["label"] for s in series for x in s))
+        if key == "dup_cluster_sizes":
+            labels.sort(key=int)
+        aligned = [[{"label": label, "count": {x["label"]: x["count"] for x in s}.get(label, 0)} for label in labels]
+                   for s in series]
+        charts[key] = svg.columns(aligned, title) if labels else Markup("")
     return charts
 
 
@@ -100,7 +107,8 @@ def render_compare(comparison: dict[str, Any]) -> str:
 
 
 SIZE_CATEGORIES = [(1e3, "n<1K"), (1e4, "1K<n<10K"), (1e5, "10K<n<100K"), (1e6, "100K<n<1M"), (1e7, "1M<n<10M"),
-                   (1e8, "10M<n<100M"), (1e9, "100M<n<1B"), (1e10, "1B<n<10B")]
+                   (1e8, "10M<n<100M"), (1e9, "100M<n<1B"), (1e10, "1B<n<10B"), (1e11, "10B<n<100B"),
+                   (1e12, "100B<n<1T")]
 
 
 def stage_description(stage: dict[str, Any]) -> str:
@@ -118,9 +126,15 @@ def render_card(data: dict[str, Any]) -> str:
     """The dataset card, Markdown with a Hugging Face YAML header (not HTML: no escaping applies)."""
     dist = data["distributions"]
     languages = [x["label"] for x in dist["language"] if x["label"] != "unknown" and not x["label"].startswith("(")]
-    size = next((label for limit, label in SIZE_CATEGORIES if data["output"]["docs"] < limit), "n>10B")
+    size = next((label for limit, label in SIZE_CATEGORIES if data["output"]["docs"] < limit), "n>1T")
     processing = [(s["name"], stage_description(s)) for s in data["run"]["config"].get("stages", [])]
+    # The header is YAML written by a YAML library: a language code such as "no" stays a string, and a
+    # run name with quotes stays valid.
+    header = {"pretty_name": f"{data['run']['name']} (Winnow)", **({"language": languages} if languages else {}),
+              "license": "other", "task_categories": ["text-generation"], "size_categories": [size],
+              "tags": ["winnow", "web-crawl"],
+              "configs": [{"config_name": "default", "data_files": [{"split": "train", "path": "part-*.parquet"}]}]}
     return environment().get_template("card.md.j2").render(
-        **data, dist=dist, languages=languages, size_category=size, processing=processing,
+        **data, dist=dist, header=yaml.safe_dump(header, sort_keys=False, allow_unicode=True), processing=processing,
         has_pii=any(s["stage"] == "pii" or any(st["name"] == "pii" for st in s["steps"]) for s in data["funnel"]),
         chars_per_token=CHARS_PER_TOKEN)

@@ -47,8 +47,8 @@ def hbars(series: list[list[dict[str, Any]]], title: str, width: int = 560) -> M
 
 def columns(series: list[list[dict[str, Any]]], title: str, width: int = 560, height: int = 200) -> Markup:
     """Vertical bars over ordered bins (a histogram); several series side by side in each bin."""
-    labels = [item["label"] for item in series[0]] if series and series[0] else []
-    values = [[item["count"] for item in items] for items in series]
+    labels = list(dict.fromkeys(item["label"] for items in series for item in items))
+    values = [[{item["label"]: item["count"] for item in items}.get(label, 0) for label in labels] for items in series]
     peak = max([v for vs in values for v in vs] + [1])
     bottom, top, left = 56, 14, 8
     plot_h = height - bottom - top
@@ -58,7 +58,7 @@ def columns(series: list[list[dict[str, Any]]], title: str, width: int = 560, he
     for i, label in enumerate(labels):
         x0 = left + i * slot + 2
         for k, vs in enumerate(values):
-            n = vs[i] if i < len(vs) else 0
+            n = vs[i]
             h = plot_h * n / peak
             x = x0 + k * bar_w
             body.append(f'<rect x="{x:.1f}" y="{top + plot_h - h:.1f}" width="{bar_w - 1:.1f}" height="{h:.1f}" '
