@@ -45,12 +45,12 @@ def iter_parquet(path: str, batch_size: int) -> Iterator[list[dict[str, Any]]]:
 ROW_OVERHEAD = 256  # bytes counted per row on top of its text, for the non-text columns
 
 
-def _table_bytes(table: pa.Table) -> int:
-    """Characters of text plus a fixed overhead per row: what row groups and files are sized by."""
-    text = 0
-    if "text" in table.column_names and table.num_rows:
-        text = pc.sum(pc.utf8_length(table.column("text"))).as_py() or 0
-    return text + ROW_OVERHEAD * table.num_rows
+def _row_sizes(table: pa.Table) -> np.ndarray:
+    """Characters of text plus a fixed overhead, per row: what row groups and files are sized by."""
+    if "text" not in table.column_names:
+        return np.full(table.num_rows, ROW_OVERHEAD, dtype=np.int64)
+    chars = pc.utf8_length(table.column("text")).fill_null(0).to_numpy(zero_copy_only=False)
+    return chars.astype(np.int64) + ROW_OVERHEAD
 
 
 class ShardWriter:
@@ -83,30 +83,19 @@ class ShardWriter:
     def write_table(self, table: pa.Table) -> None:
         """Append rows; they go out in row groups of about `row_group_mb`."""
         table = table.select(self.schema.names).cast(self.schema)
-        if "text" in table.column_names:
-            self.chars += pc.sum(pc.utf8_length(table.column("text"))).as_py() or 0
+        sizes = _row_sizes(table)  # measured once: they size the row groups and count the characters
+        self.chars += int(sizes.sum()) - ROW_OVERHEAD * table.num_rows
         offset = 0
         while offset < table.num_rows:
             # Take rows up to the row-group budget, so one big table still makes bounded groups.
-            rest = table.slice(offset)
-            take = self._rows_within(rest, self.row_group_bytes - self.buffer_bytes)
-            chunk = rest.slice(0, take)
-            self.buffer.append(chunk)
-            self.buffer_bytes += _table_bytes(chunk)
+            budget = self.row_group_bytes - self.buffer_bytes
+            within = int(np.searchsorted(np.cumsum(sizes[offset:]), budget, side="left")) + 1
+            take = max(1, min(within, table.num_rows - offset))
+            self.buffer.append(table.slice(offset, take))
+            self.buffer_bytes += int(sizes[offset:offset + take].sum())
             offset += take
             if self.buffer_bytes >= self.row_group_bytes:
                 self._flush()
-
-    @staticmethod
-    def _rows_within(table: pa.Table, budget: int) -> int:
-        """How many leading rows fit `budget` bytes (at least one)."""
-        if "text" not in table.column_names:
-            sizes = np.full(table.num_rows, ROW_OVERHEAD, dtype=np.int64)
-        else:
-            sizes = pc.utf8_length(table.column("text")).to_numpy(zero_copy_only=False)
-            sizes = np.nan_to_num(sizes.astype(np.float64)).astype(np.int64) + ROW_OVERHEAD
-        within = int(np.searchsorted(np.cumsum(sizes), budget, side="left")) + 1
-        return max(1, min(within, table.num_rows))
 
     def _flush(self) -> None:
         if not self.buffer:
