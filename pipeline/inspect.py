@@ -189,19 +189,16 @@ def cluster_members(run_dir: str, cluster: str) -> list[dict]:
         files = [str(f) for f in stage_dir.rglob("part-*.parquet")]
         if not files:
             continue
-        import pyarrow.parquet as pq
-
-        schema = pa.unify_schemas([pq.read_schema(f) for f in files])  # rejected files add columns
-        dataset = ds.dataset(files, format="parquet", schema=schema)
+        data = dataset(files)  # rejected files add columns: the schemas are unified
         if cluster == "largest":
-            sizes = dataset.to_table(columns=["dup_cluster_id", "dup_cluster_size"])
+            sizes = data.to_table(columns=["dup_cluster_id", "dup_cluster_size"])
             if not len(sizes):
                 continue
             best = pc.index(sizes["dup_cluster_size"], pc.max(sizes["dup_cluster_size"]))
             target = sizes["dup_cluster_id"][best.as_py()].as_py()
         else:
             target = cluster
-        rows = dataset.to_table(filter=ds.field("dup_cluster_id") == target).to_pylist()
+        rows = data.to_table(filter=ds.field("dup_cluster_id") == target).to_pylist()
         if rows:
             return sorted(rows, key=lambda r: (r.get("drop_reason") is not None, r["id"]))
     return []

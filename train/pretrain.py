@@ -82,11 +82,7 @@ class Distributed:
         return self.rank == 0
 
     def mean(self, value: float) -> float:
-        if not self.enabled:
-            return value
-        t = torch.tensor([value], device=self.device)
-        dist.all_reduce(t, op=dist.ReduceOp.AVG if self.device.type == "cuda" else dist.ReduceOp.SUM)
-        return t.item() / (1 if self.device.type == "cuda" else self.world_size)
+        return self.sum(torch.tensor([value], device=self.device)).item() / self.world_size
 
     def sum(self, value: torch.Tensor) -> torch.Tensor:
         if self.enabled:

@@ -228,7 +228,6 @@ def funnel(root: Path, manifest: dict[str, Any], config: dict[str, Any],
            samples_per_reason: int) -> list[dict[str, Any]]:
     """Per stage and step: documents and characters in and out, and each drop reason with samples."""
     rows = []
-    chars_before = None
     step_order = {s["name"]: [step["type"] for step in s.get("steps") or []]
                   for s in config.get("stages", [])}
     for stage in manifest.get("stages", []):
@@ -253,14 +252,13 @@ def funnel(root: Path, manifest: dict[str, Any], config: dict[str, Any],
             "fingerprint": stage["fingerprint"],
             "docs_in": stage["rows_in"], "docs_out": stage["rows_out"], "docs_dropped": stage["rows_rejected"],
             "kept_pct": round(100 * stage["rows_out"] / stage["rows_in"], 1) if stage["rows_in"] else None,
-            "chars_in": chars_before, "chars_out": chars_out, "chars_dropped": stage.get("chars_rejected", 0),
+            "chars_out": chars_out, "chars_dropped": stage.get("chars_rejected", 0),
             "tokens_out": estimated_tokens(chars_out),
             "steps": steps, "reasons": reasons,
             "wall_s": stage["wall_s"], "cpu_s": stage["cpu_s"], "errors": stage.get("errors", []),
             # A stage reused from an earlier run took no time in this one; its CPU seconds are its shards'.
             "reused": stage["shards"]["computed"] == 0 and stage["shards"]["done"] > 0,
         })
-        chars_before = chars_out
     return rows
 
 
