@@ -79,6 +79,7 @@ def keep_tokenizer(tokenizer: str, out_dir: str) -> None:
 
 
 def prompt_template(ckpt: dict[str, Any]) -> str | None:
-    """The SFT template the model was fine-tuned with ("alpaca" or "chat"), or None for a base model."""
-    sft = (ckpt.get("train_config") or {}).get("sft")
-    return sft["template"] if sft else None
+    """The template the model was fine-tuned with ("alpaca" or "chat"), or None for a base model."""
+    tuned = ckpt.get("train_config") or {}
+    section = tuned.get("sft") or tuned.get("dpo")  # a preference-tuned model keeps its SFT template
+    return section["template"] if section else None

@@ -79,10 +79,21 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"winnow train: config error: {exc}", file=sys.stderr)
         return 2
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
-    if (cfg.data if args.mode == "pretrain" else cfg.sft) is None:
-        section = "data" if args.mode == "pretrain" else "sft"
+    if {"pretrain": cfg.data, "sft": cfg.sft, "dpo": cfg.dpo}[args.mode] is None:
+        section = {"pretrain": "data"}.get(args.mode, args.mode)
         print(f"winnow train {args.mode}: the config has no `{section}:` section", file=sys.stderr)
         return 2
+    if args.mode == "dpo":
+        from train.dpo import train_dpo
+
+        try:
+            last = train_dpo(cfg, stop_at=args.stop_at)
+        except (ValueError, FileNotFoundError) as exc:
+            print(f"winnow train dpo: {exc}", file=sys.stderr)
+            return 2
+        if rank == 0:
+            print(json.dumps(last))
+        return 0
     from train.pretrain import train
     from train.sft import sft_data
 
@@ -158,8 +169,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     tok.add_argument("--val-fraction", type=float, default=0.01, help="shards: documents held out (default 0.01)")
     tok.set_defaults(func=cmd_tokenize)
 
-    tr = sub.add_parser("train", help="pretrain or fine-tune the bundled GPT")
-    tr.add_argument("mode", choices=["pretrain", "sft"])
+    tr = sub.add_parser("train", help="pretrain, fine-tune or preference-tune the bundled GPT")
+    tr.add_argument("mode", choices=["pretrain", "sft", "dpo"])
     tr.add_argument("config")
     tr.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. max_steps=50")
     tr.add_argument("--stop-at", type=int, help="stop after this step with a checkpoint (rerun to resume)")

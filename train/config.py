@@ -53,11 +53,28 @@ class SftSection(Strict):
     val_fraction: float = Field(0.05, ge=0, lt=1)
 
 
+class DpoSection(Strict):
+    data: list[str]  # Parquet, JSON or JSONL files of pairs, or of labelled answers for kto
+    template: Literal["alpaca", "chat"] = "chat"  # as the SFT checkpoint was tuned with
+    packing: bool = True  # pack whole pairs into rows (attention stays inside each answer), else pad
+    val_fraction: float = Field(0.1, ge=0, lt=1)
+    eval_batches: int = Field(8, ge=1)
+    loss: Literal["dpo", "ipo", "hinge", "simpo", "kto", "orpo"] = "dpo"
+    beta: float = Field(0.1, gt=0)
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5)  # dpo and simpo
+    simpo_gamma: float = 0.5  # simpo's target margin
+    desirable_weight: float = Field(1.0, gt=0)  # kto
+    undesirable_weight: float = Field(1.0, gt=0)  # kto
+    reference: str | None = None  # the reference checkpoint; default: init_from
+    ref_cache: str | None = None  # where reference log-probs are kept; default: ref-logps/ beside the first file
+
+
 class TrainConfig(Strict):
     out_dir: str
     tokenizer: str
     data: DataSection | None = None  # pretraining
     sft: SftSection | None = None  # supervised fine-tuning
+    dpo: DpoSection | None = None  # preference tuning, from an SFT checkpoint
     init_from: str | None = None  # a checkpoint to start from: continued pretraining, or SFT
     model: ModelSection = ModelSection()
     optimizer: OptimizerSection = OptimizerSection()
@@ -96,8 +113,11 @@ def load_train_config(path: str, overrides: list[str] | None = None) -> TrainCon
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
         raise TrainConfigError(f"{path}: {problems}") from None
-    if (cfg.data is None) == (cfg.sft is None):
-        raise TrainConfigError(f"{path}: give either `data:` (pretraining) or `sft:` (fine-tuning)")
+    if [cfg.data, cfg.sft, cfg.dpo].count(None) != 2:
+        raise TrainConfigError(f"{path}: give one of `data:` (pretraining), `sft:` (fine-tuning) or `dpo:` "
+                               "(preference tuning)")
+    if cfg.dpo is not None and not cfg.init_from:
+        raise TrainConfigError(f"{path}: init_from: preference tuning starts from a checkpoint (an SFT model)")
     if cfg.schedule.warmup_steps >= cfg.max_steps:
         raise TrainConfigError(f"{path}: schedule.warmup_steps ({cfg.schedule.warmup_steps}) must be below "
                                f"max_steps ({cfg.max_steps})")
