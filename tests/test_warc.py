@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import zlib
 from collections import Counter
 
 import pytest
@@ -86,12 +87,33 @@ def test_truncated_file_keeps_every_record_before_the_break(tmp_path):
     assert [d["id"] for d in docs] == [d["id"] for d in whole[: len(docs)]]
 
 
-def test_corrupt_middle_and_non_warc_files(tmp_path):
+def member_starts(data: bytes) -> list[int]:
+    """Compressed offsets of the gzip members of an intact file, and its length."""
+    starts, pos = [], 0
+    while pos < len(data):
+        starts.append(pos)
+        inflate = zlib.decompressobj(31)
+        inflate.decompress(data[pos:])
+        pos = len(data) - len(inflate.unused_data)
+    return [*starts, len(data)]
+
+
+def test_corrupt_middle_loses_only_the_damaged_members(tmp_path):
     data = (WARC / "aut-archiveit" / "example.warc.gz").read_bytes()
     corrupt = tmp_path / "corrupt.warc.gz"
-    corrupt.write_bytes(data[:200_000] + os.urandom(3000) + data[203_000:])
+    corrupt.write_bytes(data[:200_000] + bytes(range(256)) * 11 + data[202_816:])
+    whole, _ = read(WARC / "aut-archiveit" / "example.warc.gz")
     docs, stats = read(corrupt)
-    assert stats["read_error"] == 1 and len(docs) > 0
+    starts = member_starts(data)
+    damaged = {a for a, b in zip(starts, starts[1:], strict=False) if a < 202_816 and b > 200_000}
+    assert stats["gzip_damaged"] == 1 and stats["read_error"] == 0
+    # Skipped: from the first damaged member to the first member that starts after the damage.
+    assert stats["gzip_bytes_skipped"] == min(b for b in starts if b >= 202_816) - min(damaged)
+    assert [d["id"] for d in docs] == [d["id"] for d in whole if d["source_offset"] not in damaged]
+    assert stats["records"] == 822 - len(damaged) and len(damaged) == 6  # one record per member
+
+
+def test_non_warc_and_missing_files(tmp_path):
     docs, stats = read(SHARED / "cc-text" / "c4-demo" / "c4_demo.jsonl")
     assert docs == [] and stats["not_warc"] == 1
     docs, stats = read(tmp_path / "missing.warc.gz")
@@ -110,8 +132,9 @@ def test_charset_detection_without_declared_charset():
     assert "Grüße" in text and how.startswith("detected:")
     text, how = decode_html(gzip.decompress(gzip.compress(html.encode("utf-8"))), "utf-8")
     assert "Köln" in text and how == "utf-8"
-    text, how = decode_html(b'<meta charset="iso-8859-1"><p>caf\xe9</p>', None)
-    assert "café" in text and how == "iso-8859-1"
+    # WHATWG: the label iso-8859-1 means windows-1252, so 0x93/0x94 are curly quotes, not C1 controls.
+    text, how = decode_html(b'<meta charset="iso-8859-1"><p>caf\xe9 \x93quoted\x94</p>', None)
+    assert "café \u201cquoted\u201d" in text and how == "cp1252"
 
 
 def test_parse_warc_date():
@@ -144,5 +167,11 @@ def test_50_mb_page_binary_body_and_unknown_charset(tmp_path, caplog):
     assert stats["skipped:too_large"] == 1 and stats["skipped:binary"] == 1
     assert [d["url"] for d in docs] == ["https://odd.example.com/", "https://fine.example.com/"]
     assert "crème brûlée" in docs[0]["html"]
-    assert "huge.example.com" not in caplog.text or "max_record_bytes" in caplog.text
-    assert any("max_record_bytes" in r.getMessage() and str(path) in r.getMessage() for r in caplog.records)
+    assert "crème brûlée" in docs[0]["html"] and stats["charset_unknown"] == 1
+    messages = [r.getMessage() for r in caplog.records]
+    # Each skip names the file and the record's offset: the huge page is the first record, at 0.
+    assert any(m.startswith(f"{path}@0:") and "max_record_bytes" in m for m in messages)
+    binary_at = len(records[0])
+    assert any(m.startswith(f"{path}@{binary_at}:") and "binary" in m for m in messages)
+    assert any(m.startswith(f"{path}@{binary_at + len(records[1])}:") and "x-no-such-charset" in m
+               for m in messages)
