@@ -1,14 +1,11 @@
 """The trainer on CPU: tokenizer and shards, loader, model, overfitting, exact resume, SFT masks and
-packing, sampling, Hugging Face export, the OpenAI-compatible server, and DDP under torchrun."""
+packing, sampling, Hugging Face export, and DDP under torchrun (the server: tests/test_serve.py)."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
-import threading
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -218,45 +215,6 @@ def test_hf_export_round_trip_gives_equal_logits(corpus, tmp_path, qk_norm, tie)
     x = torch.randint(0, 1024, (2, 48))
     with torch.no_grad():
         assert torch.allclose(hf(x).logits, model.eval()(x)[0], atol=1e-4)
-
-
-def test_server_answers_openai_client_requests_on_loopback(trained):
-    from openai import OpenAI
-
-    from pipeline.llm import LLMClient
-    from train.serve import make_server
-
-    folder, tokenizer = trained
-    model, _ = load_model(folder)
-    server = make_server(model, load_vocab(tokenizer), "tiny", port=0)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    base = f"http://127.0.0.1:{server.server_address[1]}/v1"
-    try:
-        client = OpenAI(base_url=base, api_key="unused", max_retries=0)
-        assert [m.id for m in client.models.list().data] == ["tiny"]
-        reply = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "Hello"}],
-                                               max_tokens=8, temperature=0)
-        assert reply.choices[0].message.role == "assistant" and reply.usage.completion_tokens > 0
-        chunks = list(client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "Hello"}],
-                                                     max_tokens=8, temperature=0, stream=True))
-        streamed = "".join(c.choices[0].delta.content or "" for c in chunks)
-        assert streamed == reply.choices[0].message.content and chunks[-1].choices[0].finish_reason
-        text = client.completions.create(model="tiny", prompt="Anarchism is", max_tokens=6, temperature=0)
-        assert text.choices[0].text and text.choices[0].finish_reason in ("stop", "length")
-        own = LLMClient(base_url=base, model="tiny", api_key=None)  # Winnow's synthetic-data client
-        assert own.chat_many([[{"role": "user", "content": "Hi"}]], max_tokens=4, temperature=0)[0] is not None
-        long = client.completions.create(model="tiny", prompt="A", max_tokens=10**9, temperature=0)
-        assert long.usage.completion_tokens <= model.cfg.max_seq_len  # capped by the context, not allocated
-        for body in ({"prompt": "A", "stream": True, "temperature": "hot"}, {"prompt": ["a", "b"], "stream": True},
-                     {"prompt": "A" * 5000}):
-            request = urllib.request.Request(f"{base}/completions", json.dumps(body).encode(),
-                                             {"Content-Type": "application/json"})
-            with pytest.raises(urllib.error.HTTPError) as error:  # a clean 400 before any stream starts
-                urllib.request.urlopen(request, timeout=30)
-            assert error.value.code == 400 and "error" in json.loads(error.value.read())
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def test_ddp_with_two_cpu_processes_under_torchrun_equals_one_process(corpus):

@@ -1,4 +1,4 @@
-"""`winnow tokenize`, `winnow train`, `winnow generate`, `winnow export` and `winnow serve`."""
+"""`winnow tokenize`, `winnow train`, `winnow generate`, `winnow export`, `winnow serve` and `winnow eval`."""
 
 from __future__ import annotations
 
@@ -153,8 +153,10 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from train.serve import serve
+    from train.serve_requests import Limits
 
-    serve(args.checkpoint, args.host, args.port, args.name, args.device)
+    serve(args.checkpoint, args.host, args.port, args.name, args.device,
+          Limits(max_prompts=args.max_prompts, max_samples=args.max_samples))
     return 0
 
 
@@ -205,4 +207,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     srv.add_argument("--port", type=int, default=8000)
     srv.add_argument("--name", help="the model name clients send (default: the checkpoint folder's name)")
     srv.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    srv.add_argument("--max-prompts", type=int, default=32, help="prompts per completions request (default 32)")
+    srv.add_argument("--max-samples", type=int, default=8, help="`n` and `best_of` per request (default 8)")
     srv.set_defaults(func=cmd_serve)
+
+    from train.eval import add_parser as add_eval
+
+    add_eval(sub)

@@ -5,6 +5,13 @@ OpenAI sends them), and `/v1/models`. Any OpenAI client works against it, Winnow
 for synthetic data included. Chat requests are put in the template the model was fine-tuned with
 (recorded in its checkpoint). Connections are handled on threads, but the model generates for one
 request at a time (a lock): a long generation, streamed or not, makes the next request wait.
+
+Completions take `logprobs` and `echo` in OpenAI's legacy shape, so a served model can be scored
+(`lm_eval --model local-completions`): `max_tokens: 0`, `echo: true`, `logprobs: 1` returns the
+log-probability of every prompt token. Prompts are text or token ids. The model always reads a BOS
+first, as every training document began; when the prompt does not start with one it is added and
+not echoed, so the first echoed token has a log-probability (it is null only after a sent BOS).
+Every request is checked first (`train/serve_requests.py`); a bad one gets a 400 naming the field.
 """
 
 from __future__ import annotations
@@ -14,64 +21,165 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from train.generate import SamplingParams, generate, stream, token_budget
+from train.generate import Completion, SamplingParams, generate, stream, token_budget
 from train.model import GPT
+from train.score import score
+from train.serve_requests import BadRequest, ChatRequest, CompletionRequest, Limits, check_limits, parse
 from train.sft import prompt_ids
 from train.tokenizer import Vocab
 
+DEFAULT_MAX_TOKENS = 16  # OpenAI's default for legacy completions
+
+
+@dataclass
+class Prompt:
+    """What the client sent (`shown`, echoed back) and what the model reads (`ids`: a BOS, then `shown`)."""
+
+    shown: list[int]
+    ids: list[int]
+    text: str
+
+    @property
+    def hidden(self) -> int:
+        return len(self.ids) - len(self.shown)
+
 
 class ModelServer:
-    def __init__(self, model: GPT, vocab: Vocab, name: str, device: str = "cpu", template: str | None = None):
+    def __init__(self, model: GPT, vocab: Vocab, name: str, device: str = "cpu", template: str | None = None,
+                 limits: Limits | None = None):
         self.model, self.vocab, self.name, self.device = model, vocab, name, device
         self.template = template
+        self.limits = limits or Limits()
         self.lock = threading.Lock()
 
-    def prompt_ids(self, body: dict[str, Any], chat: bool) -> list[int]:
-        if chat:
-            return prompt_ids(self.vocab, self.template, messages=body["messages"])
-        return prompt_ids(self.vocab, None, text=body["prompt"])
+    # --- checking a request -------------------------------------------------------------------------
+    def parse(self, raw: bytes, chat: bool) -> CompletionRequest | ChatRequest:
+        request = parse(ChatRequest if chat else CompletionRequest, raw)
+        if request.model is not None and request.model != self.name:
+            raise LookupError(f"the model `{request.model}` is not served here; this server serves `{self.name}`")
+        check_limits(request, self.limits)
+        return request
 
-    def params(self, body: dict[str, Any], prompts: list[list[int]]) -> SamplingParams:
-        """Sampling parameters from a request; `max_tokens` is capped by what the context leaves."""
-        stop = body.get("stop") or []
-        wanted = int(body.get("max_tokens") or body.get("max_completion_tokens") or 16)
-        return SamplingParams(max_new_tokens=token_budget(self.model, prompts, wanted),
-                              temperature=float(body.get("temperature", 1.0)), top_p=float(body.get("top_p", 1.0)),
-                              top_k=int(body.get("top_k", 0)), min_p=float(body.get("min_p", 0.0)),
-                              stop=[stop] if isinstance(stop, str) else list(stop), seed=body.get("seed"),
-                              best_of=int(body.get("best_of", 1)))
+    def prompt(self, given: str | list[int]) -> Prompt:
+        if isinstance(given, str):
+            shown = self.vocab.encode(given)
+            return Prompt(shown, [self.vocab.bos_id, *shown], given)
+        bad = [t for t in given if t >= self.vocab.size]
+        if bad:
+            raise BadRequest(f"`prompt`: token id {bad[0]} is outside the vocabulary (0..{self.vocab.size - 1})",
+                             "prompt")
+        ids = given if given[0] == self.vocab.bos_id else [self.vocab.bos_id, *given]
+        return Prompt(list(given), ids, self.vocab.decode(given))
 
-    def request(self, body: dict[str, Any], chat: bool) -> tuple[list[list[int]], SamplingParams]:
-        """Prompts and parameters, checked before any answer starts (a bad stream request gets a 400)."""
-        texts = body.get("prompt")
-        if body.get("stream") and int(body.get("best_of", 1)) > 1:
-            raise ValueError("best_of cannot be streamed")
-        if not chat and isinstance(texts, list):
-            if body.get("stream") and len(texts) != 1:
-                raise ValueError("streaming takes one prompt")
-            prompts = [self.prompt_ids({"prompt": t}, False) for t in texts]
-        else:
-            prompts = [self.prompt_ids(body, chat)]
-        return prompts, self.params(body, prompts)
+    def chat_prompt(self, request: ChatRequest) -> Prompt:
+        messages = [{"role": m.role, "content": m.text} for m in request.messages]
+        try:
+            ids = prompt_ids(self.vocab, self.template, messages=messages)
+        except ValueError as exc:
+            raise BadRequest(f"`messages`: {exc}", "messages") from None
+        return Prompt(ids, ids, self.vocab.decode(ids))
 
-    def complete(self, body: dict[str, Any], chat: bool) -> dict[str, Any]:
-        ids, params = self.request(body, chat)
+    def budget(self, prompts: list[Prompt], wanted: int | None) -> int:
+        """New tokens per prompt: what was asked, capped by what the context leaves."""
+        longest = max(len(p.ids) for p in prompts)
+        if wanted == 0:
+            if longest > self.model.cfg.max_seq_len:
+                raise BadRequest(f"`prompt`: a prompt of {longest} tokens is longer than the model's context of "
+                                 f"{self.model.cfg.max_seq_len}", "prompt")
+            return 0
+        try:
+            return token_budget(self.model, [p.ids for p in prompts], wanted or self.model.cfg.max_seq_len)
+        except ValueError as exc:
+            raise BadRequest(f"`prompt`: {exc}", "prompt") from None
+
+    def params(self, request: CompletionRequest | ChatRequest, max_new: int) -> SamplingParams:
+        return SamplingParams(max_new_tokens=max_new, temperature=request.temperature, top_p=request.top_p,
+                              top_k=max(0, request.top_k), min_p=request.min_p, stop=request.stops,
+                              seed=request.seed)
+
+    # --- answering ----------------------------------------------------------------------------------
+    def sample(self, prompts: list[Prompt], params: SamplingParams, n: int, best_of: int) -> list[list[Completion]]:
+        """`n` completions per prompt: the `n` best (by mean log-prob) of `best_of` samples when it is larger."""
+        if params.max_new_tokens == 0:
+            return [[Completion("", [], 0.0, "length") for _ in range(n)] for _ in prompts]
+        expanded = [p.ids for p in prompts for _ in range(best_of)]
         with self.lock:
-            outs = generate(self.model, self.vocab, ids, params, self.device)
-        usage = {"prompt_tokens": sum(map(len, ids)), "completion_tokens": sum(len(o.tokens) for o in outs)}
-        usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
-        if chat:
-            choices = [{"index": 0, "message": {"role": "assistant", "content": outs[0].text},
-                        "finish_reason": outs[0].finish_reason}]
-        else:
-            choices = [{"index": k, "text": o.text, "logprobs": None, "finish_reason": o.finish_reason}
-                       for k, o in enumerate(outs)]
+            outs = generate(self.model, self.vocab, expanded, params, self.device)
+        groups = [outs[k * best_of:(k + 1) * best_of] for k in range(len(prompts))]
+        if best_of > n:
+            groups = [sorted(g, key=lambda c: -c.score)[:n] for g in groups]
+        return groups
+
+    def logprobs(self, prompt: Prompt, out: Completion, echo: bool, top: int) -> dict[str, Any]:
+        """OpenAI's legacy `logprobs` object for the echoed prompt (with `echo`) and the completion."""
+        sequence = prompt.ids + out.tokens
+        with self.lock:
+            scored = score(self.model, [sequence], self.device, top=top)[0]
+        logprobs: list[float | None] = [None, *scored.logprobs]
+        tops: list[list[tuple[int, float]] | None] = [None, *scored.top] if top else [None] + [[]] * len(sequence)
+        start = prompt.hidden if echo else len(prompt.ids)
+        text_end = len(prompt.text) + len(out.text)
+        result: dict[str, list[Any]] = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
+        for pos in range(start, len(sequence)):
+            offset = len(self.vocab.decode(sequence[prompt.hidden:pos]))
+            if pos >= len(prompt.ids) and offset >= text_end:
+                break  # the tokens after a stop string were cut from the text
+            result["tokens"].append(self.vocab.decode([sequence[pos]]))
+            result["token_logprobs"].append(logprobs[pos])
+            alternatives = tops[pos]
+            result["top_logprobs"].append(None if alternatives is None else
+                                          {self.vocab.decode([i]): v for i, v in alternatives})
+            result["text_offset"].append(offset)
+        return result
+
+    def complete(self, request: CompletionRequest) -> dict[str, Any]:
+        prompts = [self.prompt(p) for p in request.prompts()]
+        best_of = request.best_of or request.n
+        wanted = DEFAULT_MAX_TOKENS if request.max_tokens is None else request.max_tokens
+        params = self.params(request, self.budget(prompts, wanted))
+        groups = self.sample(prompts, params, request.n, best_of)
+        choices = []
+        for prompt, group in zip(prompts, groups, strict=True):
+            for out in group:
+                choice = {"index": len(choices), "text": (prompt.text if request.echo else "") + out.text,
+                          "logprobs": None, "finish_reason": out.finish_reason}
+                if request.logprobs is not None:
+                    choice["logprobs"] = self.logprobs(prompt, out, request.echo, request.logprobs)
+                choices.append(choice)
+        completion = sum(len(out.tokens) for group in groups for out in group)
+        return self.reply(False, choices, sum(len(p.ids) for p in prompts), completion)
+
+    def chat(self, request: ChatRequest) -> dict[str, Any]:
+        prompt = self.chat_prompt(request)
+        wanted = request.max_completion_tokens or request.max_tokens
+        params = self.params(request, self.budget([prompt], wanted))
+        group = self.sample([prompt], params, request.n, request.n)[0]
+        choices = [{"index": k, "message": {"role": "assistant", "content": out.text}, "logprobs": None,
+                    "finish_reason": out.finish_reason} for k, out in enumerate(group)]
+        return self.reply(True, choices, len(prompt.ids), sum(len(out.tokens) for out in group))
+
+    def reply(self, chat: bool, choices: list[dict[str, Any]], prompt_tokens: int, completion_tokens: int
+              ) -> dict[str, Any]:
         return {"id": f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}",
                 "object": "chat.completion" if chat else "text_completion", "created": int(time.time()),
-                "model": self.name, "choices": choices, "usage": usage}
+                "model": self.name, "choices": choices,
+                "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                          "total_tokens": prompt_tokens + completion_tokens}}
+
+    def stream_request(self, request: CompletionRequest | ChatRequest) -> Iterator[dict[str, Any]]:
+        """Checks a streamed request completely (a bad one gets a 400 before any chunk), then its chunks."""
+        chat = isinstance(request, ChatRequest)
+        if chat:
+            prompt, wanted = self.chat_prompt(request), request.max_completion_tokens or request.max_tokens
+        else:
+            prompt = self.prompt(request.prompts()[0])
+            wanted = DEFAULT_MAX_TOKENS if request.max_tokens is None else request.max_tokens
+        params = self.params(request, self.budget([prompt], wanted))
+        return self.stream_chunks(prompt.ids, params, chat)
 
     def stream_chunks(self, ids: list[int], params: SamplingParams, chat: bool) -> Iterator[dict[str, Any]]:
         """Chunks as the text grows: held back while it might be the start of a stop string or
@@ -94,7 +202,8 @@ class ModelServer:
         sent, finish, final = 0, "length", None
         hold = max((len(s) for s in params.stop), default=1) - 1
         with self.lock:
-            for step_ids, _ in stream(self.model, [ids], params, self.device):
+            steps = stream(self.model, [ids], params, self.device) if params.max_new_tokens else iter(())
+            for step_ids, _ in steps:
                 token = step_ids[0]
                 if token in stop_ids:
                     finish = "stop"
@@ -131,8 +240,8 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    def error(self, status: int, message: str) -> None:
-        self.send_json(status, {"error": {"message": message, "type": "invalid_request_error", "code": None}})
+    def error(self, status: int, message: str, param: str | None = None, kind: str = "invalid_request_error") -> None:
+        self.send_json(status, {"error": {"message": message, "type": kind, "param": param, "code": None}})
 
     def do_GET(self) -> None:
         if self.path.rstrip("/") == "/v1/models":
@@ -141,28 +250,44 @@ class Handler(BaseHTTPRequestHandler):
         else:
             self.error(404, f"no route {self.path}")
 
+    def read_body(self) -> bytes:
+        length = self.headers.get("Content-Length")
+        if length is None or not length.strip().isdigit():
+            self.close_connection = True  # the body's end is unknown: the connection cannot be reused
+            raise BadRequest("a JSON body with a Content-Length header is required")
+        if int(length) > self.backend.limits.max_body_bytes:
+            self.close_connection = True
+            raise OverflowError(f"the body has {int(length):,} bytes; this server takes at most "
+                                f"{self.backend.limits.max_body_bytes:,}")
+        return self.rfile.read(int(length))
+
     def do_POST(self) -> None:
         routes = {"/v1/completions": False, "/v1/chat/completions": True}
         if self.path not in routes:
+            self.close_connection = True
             self.error(404, f"no route {self.path}")
             return
         chat = routes[self.path]
         try:
-            body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
-            if (chat and not body.get("messages")) or (not chat and body.get("prompt") is None):
-                raise ValueError("`messages` is required" if chat else "`prompt` is required")
-            if body.get("stream"):
-                prompts, params = self.backend.request(body, chat)
+            request = self.backend.parse(self.read_body(), chat)
+            if request.stream:
+                chunks = self.backend.stream_request(request)
             else:
-                reply = self.backend.complete(body, chat)
-        except (ValueError, KeyError, TypeError) as exc:
-            self.error(400, f"bad request: {exc}")
+                reply = self.backend.complete(request) if not chat else self.backend.chat(request)
+        except BadRequest as exc:
+            self.error(400, str(exc), exc.param)
             return
-        except RuntimeError as exc:  # e.g. out of memory: an answer, not a dropped connection
-            self.send_json(500, {"error": {"message": str(exc)[:500], "type": "server_error", "code": None}})
+        except OverflowError as exc:
+            self.error(413, str(exc))
             return
-        if body.get("stream"):
-            self.send_stream(self.backend.stream_chunks(prompts[0], params, chat))
+        except LookupError as exc:
+            self.error(404, str(exc), "model", "model_not_found")
+            return
+        except Exception as exc:  # e.g. out of memory: an answer, never a dropped connection
+            self.error(500, f"{type(exc).__name__}: {str(exc)[:500]}", kind="server_error")
+            return
+        if request.stream:
+            self.send_stream(chunks)
         else:
             self.send_json(200, reply)
 
@@ -185,15 +310,17 @@ class Handler(BaseHTTPRequestHandler):
 
 
 def make_server(model: GPT, vocab: Vocab, name: str, host: str = "127.0.0.1", port: int = 8000,
-                device: str = "cpu", template: str | None = None) -> ThreadingHTTPServer:
-    backend = ModelServer(model, vocab, name, device, template)
+                device: str = "cpu", template: str | None = None, limits: Limits | None = None
+                ) -> ThreadingHTTPServer:
+    backend = ModelServer(model, vocab, name, device, template, limits)
     handler = type("BoundHandler", (Handler,), {"backend": backend})
     server = ThreadingHTTPServer((host, port), handler)
     server.daemon_threads = True
     return server
 
 
-def serve(checkpoint_path: str, host: str, port: int, name: str | None, device: str) -> None:
+def serve(checkpoint_path: str, host: str, port: int, name: str | None, device: str,
+          limits: Limits | None = None) -> None:
     from pathlib import Path
 
     from train.checkpoint import load_model, prompt_template
@@ -201,7 +328,8 @@ def serve(checkpoint_path: str, host: str, port: int, name: str | None, device: 
 
     model, ckpt = load_model(checkpoint_path, device)
     vocab = load_vocab(ckpt["tokenizer"])
-    server = make_server(model, vocab, name or Path(checkpoint_path).name, host, port, device, prompt_template(ckpt))
+    server = make_server(model, vocab, name or Path(checkpoint_path).name, host, port, device, prompt_template(ckpt),
+                         limits)
     print(f"serving {checkpoint_path} on http://{host}:{server.server_address[1]}/v1 (Ctrl-C stops)", flush=True)
     try:
         server.serve_forever()
