@@ -148,8 +148,7 @@ _WHATWG = {
 WHATWG_LABELS = {label: codec for codec, labels in _WHATWG.items() for label in labels.split()}
 # What cchardet reports that is not a WHATWG label.
 WHATWG_LABELS.update({"uhc": "cp949", "cp949": "cp949", "euc-tw": "big5hkscs", "iso-2022-kr": "cp949",
-                      "iso-2022-cn": "gb18030", "mac-cyrillic": "mac_cyrillic", "ibm855": "cp855",
-                      "utf-32": "utf-32", "utf-16": "utf-16"})
+                      "iso-2022-cn": "gb18030", "mac-cyrillic": "mac_cyrillic", "ibm855": "cp855"})
 _BOMS = ((codecs.BOM_UTF8, "utf-8"), (codecs.BOM_UTF16_BE, "utf-16-be"), (codecs.BOM_UTF16_LE, "utf-16-le"))
 
 

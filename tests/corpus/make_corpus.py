@@ -49,7 +49,8 @@ def set_header(record: bytes, name: bytes, value: bytes) -> bytes:
 def warc_record(uri: str, http: bytes) -> bytes:
     rid = uuid.uuid5(uuid.NAMESPACE_URL, uri)
     head = (f"WARC/1.0\r\nWARC-Type: response\r\nWARC-Date: 2024-01-02T03:04:05Z\r\n"
-            f"WARC-Record-ID: <urn:uuid:{rid}>\r\nWARC-Target-URI: {uri}\r\nContent-Type: application/http; msgtype=response\r\n"
+            f"WARC-Record-ID: <urn:uuid:{rid}>\r\nWARC-Target-URI: {uri}\r\n"
+            "Content-Type: application/http; msgtype=response\r\n"
             f"Content-Length: {len(http)}\r\n\r\n").encode()
     return head + http + b"\r\n\r\n"
 
