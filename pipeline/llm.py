@@ -1,22 +1,22 @@
-"""A small client for OpenAI-compatible endpoints (vLLM, TGI, llama.cpp, OpenAI, `winnow serve`).
+"""A synchronous client for OpenAI-compatible endpoints, for scripts and the quality annotator.
 
-Standard library only. Retries 429 and 5xx answers and dropped connections with exponential
-back-off, honours `Retry-After`, and runs many prompts at once on a thread pool, returning the
-answers in prompt order. A prompt that still fails after its retries gives `None` and a
-warning naming the endpoint and the error, so one bad answer does not end a batch job.
+It is a thin face over the synthetic-data stage's async client (pipeline/synth/client.py): the same
+bounded concurrency, retries with back-off and jitter on 429, 5xx and dropped connections,
+`Retry-After` in seconds or as an HTTP date, and optional request cache and rate limit.
+`chat` raises LLMError naming the endpoint when a request cannot be answered; `chat_many` answers
+many prompts at once, in order, with `None` (and a warning) where one failed, so a batch goes on.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import time
-import urllib.error
-import urllib.request
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
+
+from pipeline.synth.cache import RequestCache
+from pipeline.synth.client import AsyncLLMClient, Request, Result, run_sync
+from pipeline.synth.ratelimit import Limiter
 
 log = logging.getLogger("winnow.llm")
 
@@ -34,57 +34,45 @@ class LLMClient:
     max_retries: int = 4
     backoff_s: float = 0.5
     concurrency: int = 8
+    limiter: Limiter | None = None
+    cache: RequestCache | None = None
 
     def __post_init__(self) -> None:
         self.base_url = self.base_url.rstrip("/")
         self.api_key = self.api_key or os.environ.get("OPENAI_API_KEY")
+        self.stats: dict[str, Any] = {}
 
-    def _post(self, path: str, payload: dict[str, Any]) -> dict[str, Any]:
-        headers = {"Content-Type": "application/json"}
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
-        body = json.dumps(payload).encode()
-        delay = self.backoff_s
-        for attempt in range(self.max_retries + 1):
-            request = urllib.request.Request(f"{self.base_url}{path}", data=body, headers=headers, method="POST")
-            try:
-                with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
-                    return json.loads(response.read())
-            except urllib.error.HTTPError as exc:
-                detail = exc.read()[:300].decode(errors="replace")
-                if exc.code != 429 and exc.code < 500:
-                    raise LLMError(f"{self.base_url}{path}: HTTP {exc.code}: {detail}") from None
-                wait = float(exc.headers.get("Retry-After") or delay)
-                error = f"HTTP {exc.code}: {detail}"
-            except (urllib.error.URLError, TimeoutError, ConnectionError, json.JSONDecodeError) as exc:
-                wait, error = delay, repr(exc)
-            if attempt == self.max_retries:
-                raise LLMError(f"{self.base_url}{path}: gave up after {attempt + 1} tries: {error}")
-            time.sleep(wait)
-            delay *= 2
-        raise AssertionError("unreachable")
+    def _client(self) -> AsyncLLMClient:
+        return AsyncLLMClient(self.base_url, self.model, self.api_key, concurrency=self.concurrency,
+                              timeout_s=self.timeout_s, max_retries=self.max_retries, backoff_s=self.backoff_s,
+                              limiter=self.limiter, cache=self.cache)
+
+    def run(self, requests: list[Request]) -> list[Result]:
+        client = self._client()
+        results = run_sync(client.run(requests))
+        self.stats = client.stats.as_dict()
+        return results
+
+    def _one(self, prompt: list[dict[str, str]] | str, temperature: float, max_tokens: int, extra: Any) -> str:
+        result = self.run([Request(prompt, {"temperature": temperature, "max_tokens": max_tokens, **extra})])[0]
+        if result.status != "ok":
+            raise LLMError(result.error or "no answer")
+        return result.text or ""
 
     def chat(self, messages: list[dict[str, str]], temperature: float = 0.0, max_tokens: int = 512,
              **extra: Any) -> str:
         """One chat completion: the assistant's text."""
-        answer = self._post("/chat/completions", {"model": self.model, "messages": messages,
-                                                  "temperature": temperature, "max_tokens": max_tokens, **extra})
-        return answer["choices"][0]["message"]["content"]
+        return self._one(messages, temperature, max_tokens, extra)
 
     def complete(self, prompt: str, temperature: float = 0.0, max_tokens: int = 512, **extra: Any) -> str:
-        answer = self._post("/completions", {"model": self.model, "prompt": prompt, "temperature": temperature,
-                                             "max_tokens": max_tokens, **extra})
-        return answer["choices"][0]["text"]
+        return self._one(prompt, temperature, max_tokens, extra)
 
-    def chat_many(self, conversations: list[list[dict[str, str]]], **kwargs: Any) -> list[str | None]:
+    def chat_many(self, conversations: list[list[dict[str, str]]], temperature: float = 0.0, max_tokens: int = 512,
+                  **extra: Any) -> list[str | None]:
         """Many chats at once, answers in order; `None` where a chat failed for good."""
-
-        def one(messages: list[dict[str, str]]) -> str | None:
-            try:
-                return self.chat(messages, **kwargs)
-            except (LLMError, KeyError, IndexError) as exc:
-                log.warning("LLM request failed: %s", exc)
-                return None
-
-        with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
-            return list(pool.map(one, conversations))
+        sampling = {"temperature": temperature, "max_tokens": max_tokens, **extra}
+        results = self.run([Request(c, sampling) for c in conversations])
+        for result in results:
+            if result.status != "ok":
+                log.warning("LLM request failed: %s", result.error)
+        return [r.text if r.status == "ok" else None for r in results]

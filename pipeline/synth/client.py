@@ -1,0 +1,265 @@
+"""An async client for OpenAI-compatible endpoints (vLLM, SGLang, llama.cpp, OpenAI, `winnow serve`).
+
+httpx sends, tenacity retries, and the request cache makes every completed answer permanent:
+
+- at most `concurrency` requests in flight, and the endpoint's rate limit (ratelimit.py) before each try;
+- 429, 408, 5xx, timeouts and dropped connections are retried with exponential back-off and full
+  jitter, or after the server's `Retry-After` (seconds or an HTTP date), up to `max_retries` times;
+- any other 4xx is the request's own fault: it is recorded (and cached, so a rerun does not pay for it
+  again) and the job goes on; 401, 403 and 404 are not cached, as they are the endpoint's setup;
+- a cache hit sends nothing.
+
+`run` returns one Result per request, in request order, never raising for a request's failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import logging
+import random
+import threading
+import time
+from collections import Counter
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import httpx
+import orjson
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
+
+from pipeline.synth.cache import RequestCache, request_key
+from pipeline.synth.ratelimit import Limiter, NoLimit
+
+log = logging.getLogger("winnow.synth.client")
+T = TypeVar("T")
+
+RETRY_STATUS = {408, 409, 425, 429}  # and every 5xx
+UNCACHED_STATUS = {401, 403, 404}  # the endpoint's configuration, not the request: a rerun should ask again
+
+
+@dataclass
+class Request:
+    """One prompt: chat messages (a list) or raw text (a string), its sampling parameters, and which
+    sample of that prompt it is (best-of-N and n>1 send one request per sample)."""
+
+    prompt: list[dict[str, str]] | str
+    sampling: dict[str, Any] = field(default_factory=dict)
+    sample: int = 0
+
+    def key(self, model: str) -> str:
+        return request_key(model, self.prompt, self.sampling, self.sample)
+
+
+@dataclass
+class Result:
+    text: str | None
+    status: str  # "ok", "bad_request" (a 4xx, skipped) or "failed" (retries exhausted)
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    finish_reason: str | None = None
+    cached: bool = False
+    error: str | None = None
+
+
+@dataclass
+class ClientStats:
+    requests: int = 0  # HTTP requests sent, every try counted
+    completed: int = 0  # answers received in this run
+    cache_hits: int = 0
+    retries: int = 0
+    bad_requests: int = 0
+    failed: int = 0
+    prompt_tokens: int = 0  # tokens of the answers received in this run (what was paid for)
+    completion_tokens: int = 0
+    retry_causes: Counter = field(default_factory=Counter)
+
+    def as_dict(self) -> dict[str, Any]:
+        out = {k: v for k, v in self.__dict__.items() if k != "retry_causes"}
+        out["retry_causes"] = dict(sorted(self.retry_causes.items()))
+        return out
+
+
+class Retryable(Exception):
+    def __init__(self, cause: str, message: str, retry_after: float | None = None):
+        super().__init__(message)
+        self.cause, self.retry_after = cause, retry_after
+
+
+class BadRequest(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from a `Retry-After` header: delay-seconds or an HTTP date; None when absent
+    or unreadable (the caller then backs off on its own)."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when is None:
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+class _Wait:
+    """Full-jitter exponential back-off, or the server's Retry-After (plus a little jitter) when given."""
+
+    def __init__(self, base_s: float, max_s: float, retry_after_max_s: float):
+        self.base_s, self.max_s, self.retry_after_max_s = base_s, max_s, retry_after_max_s
+
+    def __call__(self, state: RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        if isinstance(exc, Retryable) and exc.retry_after is not None:
+            return min(exc.retry_after, self.retry_after_max_s) + random.uniform(0, self.base_s)
+        return random.uniform(0, min(self.max_s, self.base_s * 2 ** (state.attempt_number - 1)))
+
+
+def estimate_tokens(request: Request) -> int:
+    """Prompt plus completion tokens, before sending: about four characters a token."""
+    text = request.prompt if isinstance(request.prompt, str) else "".join(m.get("content", "") for m in request.prompt)
+    return len(text) // 4 + int(request.sampling.get("max_tokens", 256))
+
+
+class AsyncLLMClient:
+    def __init__(self, base_url: str, model: str, api_key: str | None = None, *, concurrency: int = 16,
+                 timeout_s: float = 120.0, connect_timeout_s: float = 10.0, max_retries: int = 6,
+                 backoff_s: float = 0.5, backoff_max_s: float = 30.0, retry_after_max_s: float = 300.0,
+                 limiter: Limiter | None = None, cache: RequestCache | None = None):
+        self.base_url, self.model, self.api_key = base_url.rstrip("/"), model, api_key
+        self.concurrency, self.max_retries = concurrency, max_retries
+        self.timeout = httpx.Timeout(timeout_s, connect=connect_timeout_s)
+        self.wait = _Wait(backoff_s, backoff_max_s, retry_after_max_s)
+        self.limiter = limiter or NoLimit()
+        self.cache = cache
+        self.stats = ClientStats()
+
+    def _headers(self) -> dict[str, str]:
+        headers = {"Content-Type": "application/json"}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        return headers
+
+    async def _send_once(self, http: httpx.AsyncClient, request: Request) -> dict[str, Any]:
+        chat = not isinstance(request.prompt, str)
+        url = f"{self.base_url}/{'chat/completions' if chat else 'completions'}"
+        payload = {"model": self.model, ("messages" if chat else "prompt"): request.prompt, **request.sampling}
+        await self.limiter.acquire(estimate_tokens(request))
+        self.stats.requests += 1
+        try:
+            response = await http.post(url, content=orjson.dumps(payload), headers=self._headers())
+        except httpx.TimeoutException as exc:
+            raise Retryable("timeout", f"{url}: timed out ({type(exc).__name__})") from None
+        except httpx.TransportError as exc:
+            raise Retryable("connection", f"{url}: {type(exc).__name__}: {exc}") from None
+        status = response.status_code
+        if status == 200:
+            try:
+                return orjson.loads(response.content)
+            except orjson.JSONDecodeError:
+                raise Retryable("bad_body", f"{url}: HTTP 200 with a body that is not JSON") from None
+        detail = response.text[:300]
+        if status in RETRY_STATUS or status >= 500:
+            raise Retryable(str(status), f"{url}: HTTP {status}: {detail}",
+                            parse_retry_after(response.headers.get("Retry-After")))
+        raise BadRequest(status, f"{url}: HTTP {status}: {detail}")
+
+    async def _send(self, http: httpx.AsyncClient, request: Request) -> dict[str, Any]:
+        def count(state: RetryCallState) -> None:
+            exc = state.outcome.exception() if state.outcome else None
+            self.stats.retries += 1
+            self.stats.retry_causes[getattr(exc, "cause", type(exc).__name__)] += 1
+
+        async for attempt in AsyncRetrying(stop=stop_after_attempt(self.max_retries + 1), wait=self.wait,
+                                           retry=retry_if_exception_type(Retryable), before_sleep=count,
+                                           reraise=True):
+            with attempt:
+                return await self._send_once(http, request)
+        raise AssertionError("unreachable")
+
+    async def _one(self, http: httpx.AsyncClient, gate: asyncio.Semaphore, request: Request) -> Result:
+        key = request.key(self.model)
+        hit = self.cache.get(key) if self.cache is not None else None
+        if hit is not None:
+            self.stats.cache_hits += 1
+            return Result(hit.get("text"), hit["status"], hit.get("prompt_tokens", 0),
+                          hit.get("completion_tokens", 0), hit.get("finish_reason"), True, hit.get("error"))
+        async with gate:
+            try:
+                body = await self._send(http, request)
+            except BadRequest as exc:
+                self.stats.bad_requests += 1
+                log.warning("skipped a bad request (key %s): %s", key[:12], exc)
+                if self.cache is not None and exc.status not in UNCACHED_STATUS:
+                    self.cache.put(key, {"status": "bad_request", "error": str(exc)})
+                return Result(None, "bad_request", error=str(exc))
+            except Retryable as exc:
+                self.stats.failed += 1
+                log.warning("gave up after %d tries (key %s): %s", self.max_retries + 1, key[:12], exc)
+                return Result(None, "failed", error=str(exc))
+        result = self._parse(body, request)
+        self.stats.completed += 1
+        self.stats.prompt_tokens += result.prompt_tokens
+        self.stats.completion_tokens += result.completion_tokens
+        if self.cache is not None:
+            self.cache.put(key, {"status": result.status, "text": result.text, "error": result.error,
+                                 "prompt_tokens": result.prompt_tokens,
+                                 "completion_tokens": result.completion_tokens,
+                                 "finish_reason": result.finish_reason})
+        return result
+
+    @staticmethod
+    def _parse(body: dict[str, Any], request: Request) -> Result:
+        try:
+            choice = body["choices"][0]
+            text = choice["message"]["content"] if "message" in choice else choice["text"]
+        except (KeyError, IndexError, TypeError):
+            return Result(None, "bad_request", error=f"answer without choices: {str(body)[:200]}")
+        usage = body.get("usage") or {}
+        prompt_tokens = usage.get("prompt_tokens")
+        completion_tokens = usage.get("completion_tokens")
+        if prompt_tokens is None:  # a server that reports no usage: estimate, so cost is not silently zero
+            prompt_tokens = estimate_tokens(request) - int(request.sampling.get("max_tokens", 256))
+        if completion_tokens is None:
+            completion_tokens = len(text or "") // 4
+        return Result(text, "ok", int(prompt_tokens), int(completion_tokens), choice.get("finish_reason"))
+
+    async def run(self, requests: list[Request]) -> list[Result]:
+        """Answers in request order; failures are Results with a status, never exceptions."""
+        gate = asyncio.Semaphore(self.concurrency)
+        limits = httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency)
+        async with httpx.AsyncClient(timeout=self.timeout, limits=limits) as http:
+            return await asyncio.gather(*(self._one(http, gate, r) for r in requests))
+
+
+def run_sync(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine to completion from synchronous code, also when the caller is inside an event
+    loop already (a notebook): then on a thread of its own."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["value"] = asyncio.run(coro)
+        except BaseException as exc:  # noqa: BLE001 - handed back to the caller below
+            box["error"] = exc
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    thread.join()
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
