@@ -239,11 +239,12 @@ def _gzip_pieces(stream: BinaryIO, path: str, stats: Counter[str],
             stats["gzip_damaged"] += 1
             log.error("%s: gzip data damaged at compressed offset %d (%s); skipping to the next gzip member",
                       path, base + pos, why)
-        at = 1
-        while (found := raw.find(_GZIP_MAGIC, pos + at)) < 0:
-            at = max(len(raw) - pos - 2, at)
+        found = raw.find(_GZIP_MAGIC, pos + 1)
+        while found < 0:
+            pos = max(len(raw) - 2, pos + 1)  # no member starts before here: let those bytes go
             if not more():
                 break
+            found = raw.find(_GZIP_MAGIC, pos)
         pos = found if found >= 0 else len(raw)
 
     def resumed(start: int) -> bool:
@@ -257,10 +258,13 @@ def _gzip_pieces(stream: BinaryIO, path: str, stats: Counter[str],
         return True
 
     while pos < len(raw) or more():
+        if len(raw) - pos < 1 << 17 and not eof:
+            more()  # whole headers, for the checks below
         if not raw.startswith(_GZIP_MAGIC, pos):
-            if len(raw) - pos < 3 and more():
-                continue
             resync("no gzip header")
+            continue
+        if lost_from is not None and not _gzip_header_ok(raw, pos):
+            resync("")  # a 1f 8b 08 inside other data
             continue
         start, inflate, out, held, fed, step = base + pos, zlib.decompressobj(31), [], 0, 0, 1 << 14
         try:
@@ -279,6 +283,9 @@ def _gzip_pieces(stream: BinaryIO, path: str, stats: Counter[str],
         except zlib.error as exc:
             resync(f"{exc} in the member at offset {start}")
             continue
+        if not inflate.eof and lost_from is not None:  # found by the scan, never ended: not a member after all
+            resync("")
+            continue
         if not inflate.eof:  # the file ends inside this member: what inflated so far is sound
             log.error("%s: gzip stream truncated in the member at compressed offset %d", path, start)
             stats["gzip_truncated"] += 1
@@ -288,6 +295,24 @@ def _gzip_pieces(stream: BinaryIO, path: str, stats: Counter[str],
         stats["gzip_bytes_skipped"] += base + pos - lost_from
         log.warning("%s: no intact gzip member after compressed offset %d; %d bytes skipped",
                     path, lost_from, base + pos - lost_from)
+
+
+def _gzip_header_ok(raw: bytes, pos: int) -> bool:
+    """Whether the gzip header at `pos` is plausible (RFC 1952): no reserved flag bits, and a file name
+    and comment that end soon. It keeps the scan after damage from trying every 1f 8b 08 at length."""
+    flags = raw[pos + 3] if pos + 3 < len(raw) else 0
+    if flags & 0xE0:
+        return False
+    at = pos + 10
+    if flags & 4:  # FEXTRA: a two-byte length, then that many bytes
+        at += 2 + int.from_bytes(raw[at:at + 2], "little")
+    for bit in (8, 16):  # FNAME, FCOMMENT: zero-terminated
+        if flags & bit:
+            end = raw.find(b"\0", at, at + 1024)
+            if end < 0:
+                return False
+            at = end + 1
+    return at < len(raw)
 
 
 def _plain_pieces(stream: BinaryIO) -> Iterator[tuple[bytes, int, bool]]:
@@ -309,10 +334,10 @@ def _parse_head(head: bytes) -> dict[str, str]:
     return fields
 
 
-def _head_end(buf: bytes | bytearray, start: int) -> tuple[int, int]:
-    """(end of the head starting at `start`, length of its blank-line separator), or (-1, 0)."""
-    crlf = buf.find(b"\r\n\r\n", start, start + _MAX_HEAD)
-    lf = buf.find(b"\n\n", start, crlf if crlf >= 0 else start + _MAX_HEAD)
+def _head_end(buf: bytes | bytearray, start: int, stop: int) -> tuple[int, int]:
+    """(where the first blank line in buf[start:stop] begins, its length), or (-1, 0)."""
+    crlf = buf.find(b"\r\n\r\n", start, stop)
+    lf = buf.find(b"\n\n", start, crlf + 2 if crlf >= 0 else stop)
     if lf >= 0:
         return lf, 2
     return (crlf, 4) if crlf >= 0 else (-1, 0)
@@ -336,6 +361,8 @@ class _Framer:
         self.starts: list[int] = []  # decompressed offset of each piece ...
         self.offsets: list[int] = []  # ... and its offset in the file (a gzip member's compressed offset)
         self.gaps: list[int] = []  # decompressed offsets right after data that was lost
+        self.blank_free = (0, 0)  # a range of decompressed offsets known to hold no blank line
+        self.bad_head_end = -1  # where the last head that did not parse ended
 
     def end(self) -> int:
         return self.base + len(self.buf)
@@ -377,12 +404,24 @@ class _Framer:
         """The fields and block start of a WARC header at `at`, if one parses there."""
         self.fill(at + _MAX_HEAD)
         rel = at - self.base
-        end, sep = _head_end(self.buf, rel)
+        # A run of would-be headers with no blank line must not be rescanned for every one of them.
+        free_from, free_to = self.blank_free
+        start = free_to if free_from <= at < free_to else at
+        end, sep = _head_end(self.buf, start - self.base, rel + _MAX_HEAD)
         if end < 0:
+            self.blank_free = (min(free_from, at) if free_from <= at < free_to else at,
+                               max(min(at + _MAX_HEAD, self.end()) - 3, at))
+            return None
+        if self.base + end == self.bad_head_end:  # the tail of a head already found wanting
+            return None
+        inner = self.buf.rfind(b"\nWARC/", rel, end)
+        if inner >= 0:  # a later line starts a header with the same blank line: that one is the record
+            self.bad_head_end = -1 if _HEADER.match(self.buf, inner + 1) else self.base + end
             return None
         fields = _parse_head(bytes(self.buf[rel:end]))
         length = fields.get("content-length", "")
         if not length.isdigit() or ("warc-type" not in fields and "warc-record-id" not in fields):
+            self.bad_head_end = self.base + end
             return None
         return fields, at + end - rel + sep
 
@@ -452,7 +491,7 @@ class _Framer:
                 continue
             header = self.header_at(pos)
             if header is None:
-                if self.eof and self.end() - pos < _MAX_HEAD and _head_end(self.buf, 0)[0] < 0:
+                if self.eof and self.end() - pos < _MAX_HEAD and _head_end(self.buf, 0, _MAX_HEAD)[0] < 0:
                     self.stats["truncated"] += 1
                     log.error("%s@%d: file ends inside a WARC header", self.path, self.source_offset(pos))
                     return
@@ -523,7 +562,7 @@ class _Framer:
 # ---------------------------------------------------------------- documents
 def _http_head(block: bytes) -> tuple[int | None, dict[str, str], bytes]:
     """(status, headers, body) of an HTTP response block; status None when the status line does not parse."""
-    end, sep = _head_end(block, 0)
+    end, sep = _head_end(block, 0, _MAX_HEAD)
     head, body = (block[:end], block[end + sep:]) if end >= 0 else (block[:_MAX_HEAD], b"")
     first = head.split(b"\n", 1)[0].split(None, 2)
     status = int(first[1]) if len(first) > 1 and first[0].upper().startswith(b"HTTP/") and first[1].isdigit() else None

@@ -183,3 +183,24 @@ def test_compressed_offsets_name_members(base):
     plain = (CORPUS / "base.warc").read_bytes()
     expected = [plain.rfind(b"WARC/1.0\r\n", 0, plain.find(f"<urn:uuid:{d['id']}>".encode())) for d in base]
     assert [d["source_offset"] for d in read(CORPUS / "base.warc")[0]] == expected and min(expected) > 0
+
+
+@pytest.mark.parametrize("junk", [b"WARC/1.0\r\n" * 50_000, b"WARC/1.0\r\nX: y\r\n" * 30_000,
+                                  b"\x1f\x8b\x08" * 100_000])
+def test_floods_of_would_be_headers_are_skipped_in_one_pass(junk, base, tmp_path):
+    """Hostile input: every line looks like the start of a record (or of a gzip member)."""
+    if junk.startswith(b"WARC"):  # (a plain file that starts 1f 8b 08 is read as gzip)
+        path = tmp_path / "flood.warc"
+        path.write_bytes(junk + (CORPUS / "base.warc").read_bytes())
+        docs, stats = read(path)
+        same_pages(docs, base)
+        assert stats["bytes_skipped"] == len(junk) - 1 and stats["bad_header"] == 1  # from its second byte
+    gz = (CORPUS / "base.warc.gz").read_bytes()
+    path = tmp_path / "flood.warc.gz"
+    path.write_bytes(gz[:9000] + junk + gz[9000:])
+    docs, stats = read(path)
+    members = make_corpus.members(gz)
+    hit = next(i for i in range(len(members)) if sum(map(len, members[:i + 1])) > 9000)
+    assert stats["gzip_damaged"] == 1 and stats["records"] == 11
+    assert stats["gzip_bytes_skipped"] == len(junk) + len(members[hit])
+    same_pages(docs, [d for d in base if d["source_offset"] != sum(map(len, members[:hit]))])
