@@ -14,6 +14,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 from filters import STEPS
+from filters.warc import READER_MODULES
 from pipeline.config import StageConfig
 
 # Modules every map stage runs through, whatever its steps.
@@ -36,8 +37,8 @@ def stage_fingerprint(stage: StageConfig, previous: str, inputs: list[str] | Non
     modules = list(RUNTIME_MODULES)
     versions: dict[str, dict[str, str]] = {"winnow": {"version": version("winnow")}}
     if stage.reader is not None:
-        modules.append("filters.warc")
-        versions["reader"] = {"fastwarc": version("fastwarc"), "resiliparse": version("resiliparse")}
+        modules += READER_MODULES
+        versions["reader"] = {"resiliparse": version("resiliparse"), "faust-cchardet": version("faust-cchardet")}
     if stage.kind == "dedup":
         modules += DEDUP_MODULES
         versions["dedup"] = {name: version(name) for name in ("datasketch", "xxhash", "numpy", "pyarrow")}
