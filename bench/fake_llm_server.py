@@ -60,7 +60,8 @@ def answer_for(prompt: str, max_tokens: int, sample: int = 0) -> str:
             return "Here are some questions, but no JSON at all."
         if kind == "fenced":
             return ('Sure! Here is the JSON:\n```json\n[{"question": "What is described in the text?", '
-                    '"answer": "It describes ' + " ".join(words[:12]) + '"},]\n```\nLet me know if you need more.')
+                    '"answer": "It describes its topic in a few careful sentences, with examples."},]\n```\n'
+                    'Let me know if you need more.')
     if "judge" in prompt.lower() and "score" in prompt.lower():
         # A judge: longer answers get higher scores, from 1 to 10.
         return json.dumps({"score": min(10, 1 + len(prompt) % 10), "reason": "length"})
