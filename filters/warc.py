@@ -34,7 +34,7 @@ import pyarrow as pa
 
 from filters.base import Doc, StepParams
 from filters.html_encoding import decode_html, whatwg_codec
-from filters.warc_framing import MAX_HEAD, Framer, gzip_pieces, head_end, parse_head, plain_pieces
+from filters.warc_framing import MAX_HEAD, Framer, gzip_pieces, head_end, plain_pieces
 
 __all__ = ["READER_COLUMNS", "READER_MODULES", "WarcReaderParams", "clean_uri", "decode_html", "parse_warc_date",
            "read_warc", "whatwg_codec"]
@@ -43,6 +43,7 @@ log = logging.getLogger("winnow.warc")
 # The modules whose source decides what the reader writes (for stage fingerprints).
 READER_MODULES = ("filters.warc", "filters.warc_framing", "filters.html_encoding")
 _DATE = re.compile(r"(\d{4})-(\d{2})-(\d{2})(?:T(\d{2}):(\d{2}):(\d{2}))?")
+_CONTENT_TYPE = re.compile(rb"\ncontent-type:[ \t]*([^\r\n]*)", re.I)
 _HTTP_CHARSET = re.compile(r"""charset\s*=\s*["']?([^"';\s]+)""", re.I)
 
 
@@ -94,13 +95,15 @@ def clean_uri(raw: str | None) -> str:
     return uri
 
 
-def _http_head(block: bytes) -> tuple[int | None, dict[str, str], bytes]:
-    """(status, headers, body) of an HTTP response block; status None when the status line does not parse."""
+def _http_head(block: bytes) -> tuple[int | None, str, bytes]:
+    """(status, Content-Type, body) of an HTTP response block; status None when the status line does not
+    parse. Only the one header the reader needs is looked up: a full parse would cost more than the rest."""
     end, sep = head_end(block, 0, MAX_HEAD)
     head, body = (block[:end], block[end + sep:]) if end >= 0 else (block[:MAX_HEAD], b"")
     first = head.split(b"\n", 1)[0].split(None, 2)
     status = int(first[1]) if len(first) > 1 and first[0].upper().startswith(b"HTTP/") and first[1].isdigit() else None
-    return status, parse_head(head), body
+    content_type = _CONTENT_TYPE.search(head)
+    return status, content_type.group(1).decode("latin-1").strip() if content_type else "", body
 
 
 def _record_id(raw_id: str | None, source_file: str, offset: int) -> str:
@@ -129,11 +132,10 @@ def _document(path: str, offset: int, fields: dict[str, str], block: bytes, comp
     if not fields.get("content-type", "").lower().startswith("application/http"):
         stats["skipped:not_http"] += 1
         return None
-    status, http, body = _http_head(block)
+    status, content_type, body = _http_head(block)
     if params.only_ok_status and (status is None or not 200 <= status < 300):
         stats["skipped:http_status"] += 1
         return None
-    content_type = http.get("content-type", "")
     if not content_type.split(";")[0].strip().lower().startswith(tuple(params.mime_types)):
         stats["skipped:mime_type"] += 1
         return None

@@ -142,8 +142,10 @@ def parse_head(head: bytes) -> dict[str, str]:
     fields: dict[str, str] = {}
     for line in head.decode("utf-8", "replace").split("\n")[1:]:
         name, colon, value = line.partition(":")
-        if colon and name[:1] not in (" ", "\t"):
-            fields.setdefault(name.strip().lower(), value.strip())
+        if colon and name[:1] not in " \t":
+            key = name.strip().lower()
+            if key not in fields:
+                fields[key] = value.strip()
     return fields
 
 
@@ -205,7 +207,8 @@ class Framer:
         i = bisect.bisect_right(self.starts, upto) - 1
         if i > 0:
             del self.starts[:i], self.offsets[:i]
-        self.gaps = [g for g in self.gaps if g > upto]
+        if self.gaps:
+            self.gaps = [g for g in self.gaps if g > upto]
 
     def source_offset(self, at: int) -> int:
         i = max(bisect.bisect_right(self.starts, at) - 1, 0)
@@ -311,7 +314,15 @@ class Framer:
                 pos = self.skip_to_next(pos + 1, "bad_header")
                 continue
             self.stats["records"] += 1
-            pos = yield from self.frame(pos, *header)
+            fields, block_start = header
+            end = block_start + int(fields["content-length"])
+            if end - block_start <= self.max_block and not self.gaps and self.fill(end + 9):
+                rel = end - self.base
+                if self.buf.startswith(b"\r\n\r\nWARC/", rel):  # the usual case, in short
+                    yield self.source_offset(pos), fields, bytes(self.buf[block_start - self.base:rel]), True
+                    pos = end
+                    continue
+            pos = yield from self.frame(pos, fields, block_start)
 
     def frame(self, pos: int, fields: dict[str, str], block_start: int):
         """Yield the record at `pos` (if any of it is usable) and return where the next one starts."""
