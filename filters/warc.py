@@ -151,7 +151,7 @@ def _document(path: str, offset: int, fields: dict[str, str], block: bytes, comp
         domain, problem = "", f"does not parse ({exc})"
     if not domain:
         log.warning("%s: WARC-Target-URI %r %s; record skipped", where, url[:200], problem)
-        stats["bad_url"] += 1
+        stats["skipped:bad_url"] += 1
         return None
     charset_m = _HTTP_CHARSET.search(content_type)
     http_charset = charset_m.group(1) if charset_m else None
@@ -200,7 +200,7 @@ def read_warc(path: str, params: WarcReaderParams, stats: Counter[str]) -> Itera
         log.error("cannot open %s: %r", path, exc)
         stats["file_open_error"] += 1
         return
-    records_before, damage_before = stats["records"], stats["gzip_damaged"]
+    records_before = stats["records"]
     with stream:
         try:
             head = stream.read(5)
@@ -212,7 +212,7 @@ def read_warc(path: str, params: WarcReaderParams, stats: Counter[str]) -> Itera
                     doc = _document(path, offset, fields, block, complete, params, stats)
                 except Exception as exc:  # noqa: BLE001 - one record that breaks a parser never ends the file
                     log.error("%s@%d: record skipped: %r", path, offset, exc)
-                    stats["record_error"] += 1
+                    stats["skipped:record_error"] += 1
                     continue
                 if doc is not None:
                     stats["documents"] += 1
@@ -221,6 +221,6 @@ def read_warc(path: str, params: WarcReaderParams, stats: Counter[str]) -> Itera
             log.error("%s: unreadable after %d records: %r", path, stats["records"] - records_before, exc)
             stats["read_error"] += 1
             return
-    if stats["records"] == records_before and stats["gzip_damaged"] == damage_before:
+    if stats["records"] == records_before:
         log.error("%s: no WARC records found; is it a WARC file?", path)
         stats["not_warc"] += 1

@@ -47,7 +47,7 @@ def test_corpus_is_what_make_corpus_writes():
 def test_unparsable_target_uris_drop_only_their_records(base, caplog):
     docs, stats = read(CORPUS / "bad-url.warc.gz")
     same_pages(docs, base[2:])
-    assert stats["bad_url"] == 2 and stats["records"] == 12
+    assert stats["skipped:bad_url"] == 2 and stats["records"] == 12
     members = make_corpus.members((CORPUS / "bad-url.warc.gz").read_bytes())
     first_page_at = sum(map(len, members[:1]))
     assert any(m.startswith(f"{CORPUS / 'bad-url.warc.gz'}@{first_page_at}:") and "http://[::1/broken" in m
@@ -146,7 +146,7 @@ def test_encodings_follow_whatwg(caplog):
     assert "café crème brûlée" in html["http://unknown.example/"]
     assert html["http://bom.example/"] == "<p>Straße</p>"  # the byte order mark outranks the HTTP charset
     assert "http://binary.example/" not in html and stats["skipped:binary"] == 1
-    assert stats["bad_url"] == 2 and stats["charset_unknown"] == 1 and stats["charset_replaced"] == 1
+    assert stats["skipped:bad_url"] == 2 and stats["charset_unknown"] == 1 and stats["charset_replaced"] == 1
     assert any("x-no-such-charset" in m and "encodings.warc@" in m for m in messages(caplog))
 
 
@@ -204,3 +204,11 @@ def test_floods_of_would_be_headers_are_skipped_in_one_pass(junk, base, tmp_path
     assert stats["gzip_damaged"] == 1 and stats["records"] == 11
     assert stats["gzip_bytes_skipped"] == len(junk) + len(members[hit])
     same_pages(docs, [d for d in base if d["source_offset"] != sum(map(len, members[:hit]))])
+
+
+def test_every_record_is_a_document_or_a_counted_skip():
+    for path in sorted(CORPUS.glob("*.warc*")):
+        docs, stats = read(path)
+        skipped = sum(v for k, v in stats.items() if k.startswith("skipped:"))
+        assert len(docs) == stats["documents"] and stats["documents"] + skipped + stats["truncated"] == stats[
+            "records"], path.name
