@@ -328,8 +328,8 @@ def serve(checkpoint_path: str, host: str, port: int, name: str | None, device: 
 
     model, ckpt = load_model(checkpoint_path, device)
     vocab = load_vocab(ckpt["tokenizer"])
-    server = make_server(model, vocab, name or Path(checkpoint_path).name, host, port, device, prompt_template(ckpt),
-                         limits)
+    folder = Path(checkpoint_path) if Path(checkpoint_path).is_dir() else Path(checkpoint_path).parent
+    server = make_server(model, vocab, name or folder.name, host, port, device, prompt_template(ckpt), limits)
     print(f"serving {checkpoint_path} on http://{host}:{server.server_address[1]}/v1 (Ctrl-C stops)", flush=True)
     try:
         server.serve_forever()
