@@ -310,3 +310,96 @@ def test_dpo_loss_and_rewards_equal_trls_on_the_first_batch(setup, tmp_path):
     assert ours["reward_rejected"] == pytest.approx(metrics["rewards/rejected"], abs=1e-5)
     assert ours["reward_accuracy"] == pytest.approx(metrics["rewards/accuracies"])
     assert abs(ours["reward_margin"]) > 1e-3  # two different models: the check is not trivially 0 == 0
+
+
+@pytest.mark.slow
+def test_ddp_with_two_cpu_processes_under_torchrun_equals_one_process(setup, tmp_path):
+    """2 ranks x 2 row groups see the same pairs per step as 1 process x 4: the weights must agree."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    root, tokenizer = setup
+    ddp = write_config(tmp_path, tokenizer, "ddp", micro_batch=2, max_steps=3, eval_every=0)
+    single = write_config(tmp_path, tokenizer, "single", micro_batch=4, max_steps=3, eval_every=0)
+    torchrun = Path(sys.executable).parent / "torchrun"
+    done = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node=2", "-m", "pipeline.cli", "train", "dpo",
+                           str(tmp_path / "ddp.yaml")], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    from train.dpo import train_dpo
+
+    train_dpo(single)
+    assert log_of(ddp)[0]["world_size"] == 2
+    a, _ = checkpoint.load_model(ddp.out_dir)
+    b, _ = checkpoint.load_model(single.out_dir)
+    for (name, p), q in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        assert torch.allclose(p, q, atol=1e-5), name
+
+
+def test_best_of_n_writes_the_judged_best_as_sft_and_best_vs_worst_as_pairs(setup, tmp_path):
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from train.bestofn import cmd_bestofn, judge_logprob
+    from train.cli import add_parsers
+
+    root, tokenizer = setup
+    prompts = tmp_path / "prompts.jsonl"
+    alpaca = json.loads((DEMO / "alpaca_en_demo.json").read_text())[:3]
+    prompts.write_text("".join(json.dumps(r) + "\n" for r in alpaca) + '{"nothing": 1}\n')
+
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    add_parsers(parser.add_subparsers())
+    base = ["bestofn", str(root / "sft"), "--prompts", str(prompts), "-n", "4", "--max-tokens", "12",
+            "--device", "cpu"]
+    args = parser.parse_args([*base, "--out", str(tmp_path / "lp"), "--judge-checkpoint", str(root / "other")])
+    assert cmd_bestofn(args) == 0
+    stats = json.loads((tmp_path / "lp" / "stats.json").read_text())
+    assert stats["prompts"] == 3 and stats["skipped_rows"] == 1 and "row 3" in stats["skipped_examples"][0]
+    samples = [json.loads(line) for line in (tmp_path / "lp" / "samples.jsonl").read_text().splitlines()]
+    sft = [json.loads(line) for line in (tmp_path / "lp" / "sft.jsonl").read_text().splitlines()]
+    pairs = [json.loads(line) for line in (tmp_path / "lp" / "pairs.jsonl").read_text().splitlines()]
+    assert len(samples) == 3 and all(len(set(s["answers"])) > 1 for s in samples)  # N different samples
+    rescored = judge_logprob(str(root / "other"), [s["prompt"] for s in samples], [s["answers"] for s in samples],
+                             "cpu")
+    for s, again in zip(samples, rescored, strict=True):
+        assert s["scores"] == pytest.approx(again, abs=1e-5)  # the score is the judge's mean answer log-prob
+    for s, best in zip(samples, sft, strict=True):
+        top = max(range(4), key=lambda i: s["scores"][i])
+        assert best["messages"][-1] == {"role": "assistant", "content": s["answers"][top]}
+    assert len(pairs) == stats["pairs"] >= 1
+    assert all(p["chosen_score"] > p["rejected_score"] for p in pairs)
+    vocab = load_vocab(tokenizer)
+    units = encode_rows([("pairs", k, p) for k, p in enumerate(pairs)], vocab, "chat", 129, unpaired=False)
+    assert units.n_units == len(pairs) and not units.skipped  # the pairs feed `winnow train dpo` as they are
+
+    class Judge(BaseHTTPRequestHandler):  # an OpenAI-compatible judge on loopback: longer answers score higher
+        def do_POST(self):
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            answer = body["messages"][-1]["content"].split("Answer:\n", 1)[1].rsplit("\n\nScore:", 1)[0]
+            reply = {"choices": [{"message": {"role": "assistant", "content": f"{min(10, 1 + len(answer) // 8)}"}}]}
+            data = json.dumps(reply).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Judge)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        args = parser.parse_args([*base, "--out", str(tmp_path / "ep"), "--judge-endpoint",
+                                  f"http://127.0.0.1:{server.server_address[1]}/v1"])
+        assert cmd_bestofn(args) == 0
+    finally:
+        server.shutdown()
+        server.server_close()
+    for line in (tmp_path / "ep" / "samples.jsonl").read_text().splitlines():
+        s = json.loads(line)
+        assert s["scores"] == [float(min(10, 1 + len(a) // 8)) for a in s["answers"]]

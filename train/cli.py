@@ -214,3 +214,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     from train.eval import add_parser as add_eval
 
     add_eval(sub)
+
+    from train.bestofn import add_parser as add_bestofn
+
+    add_bestofn(sub)
