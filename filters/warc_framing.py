@@ -319,8 +319,10 @@ class Framer:
             if end - block_start <= self.max_block and not self.gaps and self.fill(end + 9):
                 rel = end - self.base
                 if self.buf.startswith(b"\r\n\r\nWARC/", rel):  # the usual case, in short
-                    yield self.source_offset(pos), fields, bytes(self.buf[block_start - self.base:rel]), True
-                    pos = end
+                    with memoryview(self.buf) as view:
+                        block = bytes(view[block_start - self.base:rel])
+                    yield self.source_offset(pos), fields, block, True
+                    pos = end + 4
                     continue
             pos = yield from self.frame(pos, fields, block_start)
 
@@ -345,14 +347,13 @@ class Framer:
                           self.end() - block_start, declared_end - block_start)
                 return None
             rel = declared_end - self.base
-            if ((found is None or found > declared_end) and self.buf[rel:rel + 4] == b"\r\n\r\n"
-                    and re.search(rb"WARC|(?i:content-length)", self.buf[rel + 4:rel + 2048])):
-                # The length is right (its trailer is in place); the header after it is what is broken.
+            trailer = self.buf[rel:rel + 4] == b"\r\n\r\n"
+            lost_between = found is not None and any(declared_end <= g <= found for g in self.gaps)
+            if (found is None or found > declared_end) and (trailer or lost_between or found is None):
+                # The length is right (its trailer is in place, or data after it was lost): what follows
+                # is a broken header or the rest of a damaged record, not more of this one.
                 yield offset, fields, bytes(self.buf[block_start - self.base:rel]), True
-                return self.skip_to_next(declared_end + 4, "bad_header")
-            if found is None:
-                yield offset, fields, bytes(self.buf[block_start - self.base:rel]), True
-                return self.skip_to_next(declared_end, "bad_header")
+                return self.skip_to_next(declared_end + 4 if trailer else declared_end, "bad_header")
             end = self.strip(block_start, found)
             self.stats["bad_content_length"] += 1
             log.warning("%s@%d: Content-Length %d, but the next record starts after %d bytes; the record is cut "

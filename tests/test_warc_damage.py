@@ -212,3 +212,19 @@ def test_every_record_is_a_document_or_a_counted_skip():
         skipped = sum(v for k, v in stats.items() if k.startswith("skipped:"))
         assert len(docs) == stats["documents"] and stats["documents"] + skipped + stats["truncated"] == stats[
             "records"], path.name
+
+
+@pytest.mark.parametrize("damaged_half", [0, 1])
+def test_a_record_split_over_two_members_is_lost_alone(damaged_half, base, tmp_path):
+    """Some writers split a record over several gzip members; damage to either half costs that record only."""
+    records = [gzip.decompress(m) for m in make_corpus.members((CORPUS / "base.warc.gz").read_bytes())]
+    halves = [make_corpus.gz(records[4][:len(records[4]) // 2]), make_corpus.gz(records[4][len(records[4]) // 2:])]
+    hit = halves[damaged_half]
+    halves[damaged_half] = hit[:len(hit) // 2] + bytes(b ^ 0xFF for b in hit[len(hit) // 2:len(hit) // 2 + 16]) + hit[
+        len(hit) // 2 + 16:]
+    path = tmp_path / "split.warc.gz"
+    path.write_bytes(b"".join([*map(make_corpus.gz, records[:4]), *halves, *map(make_corpus.gz, records[5:])]))
+    docs, stats = read(path)
+    same_pages(docs, [base[0], *base[2:]])  # the page before it is whole, not run on into the other half
+    assert stats["gzip_damaged"] == 1 and stats["bad_content_length"] == 0
+    assert stats["damaged_record"] + stats["bad_header"] == 1
