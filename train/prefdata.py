@@ -221,12 +221,15 @@ def pref_batch(rows: PrefRows, group_index: np.ndarray, ref_logps: np.ndarray | 
     """A batch from the chosen row groups: model inputs, each target's local sequence index (-1 where
     no loss), and the sequences' units, roles and reference log-probs in local order."""
     index = np.concatenate([rows.groups[g] for g in group_index])
-    tokens = torch.from_numpy(rows.tokens[index])
     seq = rows.seq_ids[index]
+    # Columns that are padding in every row are cut: a batch of short answers costs what they cost.
+    end = max(2, int(np.nonzero((seq >= 0).any(0))[0].max()) + 1) if (seq >= 0).any() else 2
+    seq = seq[:, :end]
+    tokens = torch.from_numpy(rows.tokens[index, :end])
     present = np.unique(seq[seq >= 0])
     local = np.full(seq.shape, -1, np.int64)
     local[seq >= 0] = np.searchsorted(present, seq[seq >= 0])
-    answer = (rows.mask[index][:, 1:] == 1) & (seq[:, 1:] == seq[:, :-1])  # no target crosses a sequence
+    answer = (rows.mask[index, 1:end] == 1) & (seq[:, 1:] == seq[:, :-1])  # no target crosses a sequence
     target_seq = np.where(answer, local[:, 1:], -1)
     batch = {"x": tokens[:, :-1], "y": tokens[:, 1:], "target_seq": torch.from_numpy(target_seq),
              "positions": None, "doc_ids": None, "n_seq": len(present),
@@ -234,7 +237,7 @@ def pref_batch(rows: PrefRows, group_index: np.ndarray, ref_logps: np.ndarray | 
              "ref": torch.from_numpy(ref_logps[present]).float() if ref_logps is not None else None,
              "seq_ids": torch.from_numpy(present), "tokens": int((seq[:, :-1] >= 0).sum())}
     if rows.packed:  # several sequences share a row: block-diagonal attention, positions per sequence
-        batch["positions"] = torch.from_numpy(rows.positions[index][:, :-1])
+        batch["positions"] = torch.from_numpy(rows.positions[index, :end - 1])
         batch["doc_ids"] = torch.from_numpy(seq[:, :-1])
     return batch
 
