@@ -21,6 +21,7 @@ import asyncio
 import email.utils
 import hashlib
 import json
+import logging
 import re
 import threading
 import time
@@ -205,6 +206,7 @@ def main() -> None:
     parser.add_argument("--rate-drop", type=float, default=0.0)
     args = parser.parse_args()
     llm = FakeLLM(args.latency_s, args.per_token_s, args.rate_429, args.rate_500, args.rate_drop)
+    logging.getLogger("aiohttp.server").setLevel(logging.CRITICAL)  # dropped connections are the point
     web.run_app(llm.app(), host="127.0.0.1", port=args.port, access_log=None, print=None)
 
 
