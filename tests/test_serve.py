@@ -41,7 +41,11 @@ def post(port: int, path: str, body: bytes | dict | list | str | None, headers: 
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
     connection.request("POST", f"/v1/{path}", raw, {"Content-Type": "application/json", **(headers or {})})
     response = connection.getresponse()
-    payload = json.loads(response.read())
+    raw = response.read()
+    if response.getheader("Content-Type") == "text/event-stream":  # a stream: its events
+        payload = {"events": [line[6:] for line in raw.decode().splitlines() if line.startswith("data: ")]}
+    else:
+        payload = json.loads(raw)
     connection.close()
     return response.status, payload
 
@@ -96,6 +100,30 @@ def test_every_bad_request_gets_a_400_naming_the_field(served, path, body, field
     assert error["type"] == "invalid_request_error" and error["param"] == field
     if field:
         assert f"`{field}`" in error["message"] or field in error["message"]
+
+
+FUZZ_VALUES = [None, True, False, -1, 0, 1, 2.5, 10**20, "x", "", [], [1], ["a"], {}, {"a": 1}]
+
+
+@pytest.mark.parametrize("path,base", [("completions", {"prompt": "A", "max_tokens": 2}),
+                                       ("chat/completions", {"messages": [{"role": "user", "content": "A"}],
+                                                             "max_tokens": 2})])
+def test_any_value_of_any_type_in_any_field_gets_an_answer_or_a_400(served, path, base):
+    from train.serve_requests import ChatRequest, CompletionRequest
+
+    fields = (ChatRequest if path.startswith("chat") else CompletionRequest).model_fields
+    answered = 0
+    for name in fields:
+        for value in FUZZ_VALUES:
+            body = {**base, name: value}
+            if name == "max_tokens" and value == 10**20:
+                body["max_tokens"] = 10**6  # capped by the context all the same; keeps the test short
+            status, payload = post(served[2], path, body)
+            assert status in (200, 400, 404), (name, value, payload)
+            if status != 200:
+                assert payload["error"]["message"] and payload["error"]["param"] in (name, "model"), (name, value)
+            answered += status == 200
+    assert answered > len(fields)  # the defaults and every valid value still work
 
 
 def test_limits_unknown_models_and_routes_are_answered_not_dropped(served):
