@@ -159,7 +159,6 @@ def head_end(buf: bytes | bytearray, start: int, stop: int) -> tuple[int, int]:
 
 
 _BLANK = re.compile(rb"[\r\n]*")
-_SHORT_BLANK = re.compile(rb"[\r\n]{0,8}")
 
 
 class Framer:
@@ -266,7 +265,7 @@ class Framer:
         rel = at - self.base
         if self.buf.startswith(b"\r\n\r\nWARC/", rel):
             return True
-        nxt = _SHORT_BLANK.match(self.buf, rel).end()
+        nxt = _BLANK.match(self.buf, rel).end()
         return (nxt == len(self.buf) and self.eof) or self.buf.startswith(b"WARC/", nxt)
 
     def strip(self, block_start: int, at: int) -> int:

@@ -228,3 +228,12 @@ def test_a_record_split_over_two_members_is_lost_alone(damaged_half, base, tmp_p
     same_pages(docs, [base[0], *base[2:]])  # the page before it is whole, not run on into the other half
     assert stats["gzip_damaged"] == 1 and stats["bad_content_length"] == 0
     assert stats["damaged_record"] + stats["bad_header"] == 1
+
+
+def test_blank_lines_between_records_and_at_the_end_are_no_damage(base, tmp_path):
+    plain = (CORPUS / "base.warc").read_bytes()
+    path = tmp_path / "blank.warc"
+    path.write_bytes(plain.replace(b"\r\n\r\nWARC/1.0\r\n", b"\r\n\r\n" + b"\r\n" * 40 + b"WARC/1.0\r\n") + b"\n" * 100)
+    docs, stats = read(path)
+    same_pages(docs, base)
+    assert stats["records"] == 12 and not stats["bad_header"] and not stats["bad_content_length"]
