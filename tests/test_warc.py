@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gzip
-import os
 import zlib
 from collections import Counter
 
@@ -156,7 +155,7 @@ def test_50_mb_page_binary_body_and_unknown_charset(tmp_path, caplog):
     page = b"<html><body>" + b"<p>the same paragraph again and again</p>" * (50_000_000 // 41) + b"</body></html>"
     records = [
         _warc_record("https://huge.example.com/", page),
-        _warc_record("https://binary.example.com/", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + os.urandom(2000)),
+        _warc_record("https://binary.example.com/", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256)) * 8),
         _warc_record("https://odd.example.com/", "<p>caf\u00e9 cr\u00e8me br\u00fbl\u00e9e</p>".encode("latin-1"),
                      "text/html; charset=x-no-such-charset"),
         _warc_record("https://fine.example.com/", b"<html><body><p>An ordinary page.</p></body></html>"),
