@@ -27,7 +27,7 @@ from typing import Any
 
 from train.generate import Completion, SamplingParams, generate, stream, token_budget
 from train.model import GPT
-from train.score import score
+from train.score import Scored, score
 from train.serve_requests import BadRequest, ChatRequest, CompletionRequest, Limits, check_limits, parse
 from train.sft import prompt_ids
 from train.tokenizer import Vocab
@@ -114,11 +114,9 @@ class ModelServer:
             groups = [sorted(g, key=lambda c: -c.score)[:n] for g in groups]
         return groups
 
-    def logprobs(self, prompt: Prompt, out: Completion, echo: bool, top: int) -> dict[str, Any]:
+    def logprobs(self, prompt: Prompt, out: Completion, scored: Scored, echo: bool, top: int) -> dict[str, Any]:
         """OpenAI's legacy `logprobs` object for the echoed prompt (with `echo`) and the completion."""
         sequence = prompt.ids + out.tokens
-        with self.lock:
-            scored = score(self.model, [sequence], self.device, top=top)[0]
         logprobs: list[float | None] = [None, *scored.logprobs]
         tops: list[list[tuple[int, float]] | None] = [None, *scored.top] if top else [None] + [[]] * len(sequence)
         start = prompt.hidden if echo else len(prompt.ids)
@@ -142,14 +140,17 @@ class ModelServer:
         wanted = DEFAULT_MAX_TOKENS if request.max_tokens is None else request.max_tokens
         params = self.params(request, self.budget(prompts, wanted))
         groups = self.sample(prompts, params, request.n, best_of)
+        pairs = [(prompt, out) for prompt, group in zip(prompts, groups, strict=True) for out in group]
+        if request.logprobs is not None:  # one batched forward pass over every prompt and its completion
+            with self.lock:
+                scored = score(self.model, [p.ids + out.tokens for p, out in pairs], self.device, top=request.logprobs)
         choices = []
-        for prompt, group in zip(prompts, groups, strict=True):
-            for out in group:
-                choice = {"index": len(choices), "text": (prompt.text if request.echo else "") + out.text,
-                          "logprobs": None, "finish_reason": out.finish_reason}
-                if request.logprobs is not None:
-                    choice["logprobs"] = self.logprobs(prompt, out, request.echo, request.logprobs)
-                choices.append(choice)
+        for k, (prompt, out) in enumerate(pairs):
+            choice = {"index": k, "text": (prompt.text if request.echo else "") + out.text, "logprobs": None,
+                      "finish_reason": out.finish_reason}
+            if request.logprobs is not None:
+                choice["logprobs"] = self.logprobs(prompt, out, scored[k], request.echo, request.logprobs)
+            choices.append(choice)
         completion = sum(len(out.tokens) for group in groups for out in group)
         return self.reply(False, choices, sum(len(p.ids) for p in prompts), completion)
 
