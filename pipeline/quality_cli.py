@@ -39,16 +39,23 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_build_default(args: argparse.Namespace) -> int:
-    from pipeline.quality_data import default_rows
+    from pipeline.quality_combine import build_combiner
+    from pipeline.quality_data import default_documents, passage_rows
     from pipeline.quality_train import train
 
     data = Path(args.data)
     if not data.exists():
         print(f"winnow quality build-default: {data} not found (the real data of ../shared/data)", file=sys.stderr)
         return 2
-    rows, groups = default_rows(data)
+    docs = default_documents(data)
+    rows, groups = passage_rows(docs)
+    print(f"fastText on {len(rows)} passages of {len(docs)} documents ...", file=sys.stderr)
     report = train(rows, args.out, positive="hq", groups=groups)
     _print_report(report, args.out)
+    print(f"combiner: {args.folds} out-of-fold fastText models, then the logistic model ...", file=sys.stderr)
+    spec = build_combiner(docs, Path(args.out), folds=args.folds)
+    shown = {k: v for k, v in spec["report"].items() if k != "negative_score_percentiles"}
+    print(json.dumps(shown, indent=1))
     return 0
 
 
@@ -89,6 +96,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     bd = qsub.add_parser("build-default", help="rebuild Winnow's default model from ../shared/data")
     bd.add_argument("--data", default=str(ROOT.parent / "shared" / "data"))
     bd.add_argument("--out", default=str(ROOT / "filters" / "models" / "quality-default.ftz"))
+    bd.add_argument("--folds", type=int, default=5, help="out-of-fold fastText models for the combiner")
     bd.set_defaults(func=cmd_build_default)
 
     an = qsub.add_parser("annotate", help="rate documents 0-5 for educational value with an LLM endpoint")

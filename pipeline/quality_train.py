@@ -81,6 +81,27 @@ def _fit(fit_args: dict[str, Any], quantize: bool, out: str) -> None:
     model.save_model(out)
 
 
+def fit(rows: list[tuple[str, str]], out: str | Path, epoch: int = 20, dim: int = 32, word_ngrams: int = 2,
+        bucket: int = 200_000, lr: float = 0.1, seed: int = 0, quantize: bool = True) -> dict[str, Any]:
+    """Train fastText on (text, label) rows and save `out`; return the training parameters."""
+    out = Path(out)
+    # fastText stores its input path in the model: a name derived from `out` keeps the bytes reproducible.
+    out.parent.mkdir(parents=True, exist_ok=True)
+    train_file = str(out.parent / f".{out.name}.train.txt")
+    with open(train_file, "w") as f:
+        for text, label in rows:
+            f.write(f"__label__{label} {normalize(text)}\n")
+    fit_args = {"input": train_file, "epoch": epoch, "dim": dim, "wordNgrams": word_ngrams, "bucket": bucket,
+                "lr": lr, "minCount": 2, "thread": 1, "seed": seed, "verbose": 0}
+    try:
+        with multiprocessing.get_context("spawn").Pool(1) as pool:
+            pool.apply(_fit, (fit_args, quantize, str(out)))
+    finally:
+        Path(train_file).unlink()
+    return {"epoch": epoch, "dim": dim, "wordNgrams": word_ngrams, "bucket": bucket, "lr": lr, "seed": seed,
+            "quantize": quantize}
+
+
 def train(rows: list[tuple[str, str]], out: str | Path, positive: str = "hq", validation: float = 0.1,
           threshold: float = 0.5, epoch: int = 20, dim: int = 32, word_ngrams: int = 2, bucket: int = 200_000,
           lr: float = 0.1, seed: int = 0, quantize: bool = True, groups: list[str] | None = None) -> dict[str, Any]:
@@ -92,19 +113,10 @@ def train(rows: list[tuple[str, str]], out: str | Path, positive: str = "hq", va
     if len(labels) < 2:
         raise ValueError(f"need at least two labels, got {labels}")
     train_rows, valid_rows = split(rows, validation, groups)
-    # fastText stores its input path in the model: a name derived from `out` keeps the bytes reproducible.
-    out.parent.mkdir(parents=True, exist_ok=True)
-    train_file = str(out.parent / f".{out.name}.train.txt")
-    with open(train_file, "w") as f:
-        for text, label in train_rows:
-            f.write(f"__label__{label} {normalize(text)}\n")
-    fit_args = {"input": train_file, "epoch": epoch, "dim": dim, "wordNgrams": word_ngrams, "bucket": bucket,
-                "lr": lr, "minCount": 2, "thread": 1, "seed": seed, "verbose": 0}
-    try:
-        with multiprocessing.get_context("spawn").Pool(1) as pool:
-            pool.apply(_fit, (fit_args, quantize, str(out)))
-    finally:
-        Path(train_file).unlink()
+    if not valid_rows:
+        raise ValueError(f"validation share {validation} leaves no rows to validate on")
+    params = fit(train_rows, out, epoch=epoch, dim=dim, word_ngrams=word_ngrams, bucket=bucket, lr=lr, seed=seed,
+                 quantize=quantize)
     model = fasttext.load_model(str(out))
 
     texts = [t for t, _ in valid_rows]
@@ -113,8 +125,7 @@ def train(rows: list[tuple[str, str]], out: str | Path, positive: str = "hq", va
     predicted = np.array(labels)[probs.argmax(axis=1)]
     report: dict[str, Any] = {"labels": labels, "train_rows": len(train_rows), "validation_rows": len(valid_rows),
                               "accuracy": round(float((predicted == truth).mean()), 4),
-                              "params": {"epoch": epoch, "dim": dim, "wordNgrams": word_ngrams, "bucket": bucket,
-                                         "lr": lr, "seed": seed, "quantize": quantize}}
+                              "params": params}
     if len(labels) == 2:
         negative = next(lab for lab in labels if lab != positive)
         scores = score_from(probs, labels, positive)

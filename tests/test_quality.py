@@ -13,10 +13,20 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from filters.quality import DEFAULT_MODEL, Quality, QualityParams, top_fraction_threshold
+from filters.quality import (
+    DEFAULT_MODEL,
+    Quality,
+    QualityParams,
+    class_scores,
+    combiner_path,
+    load_model,
+    top_cut,
+    top_fraction_threshold,
+)
+from filters.quality_features import FEATURES, SIGNS, Combiner, features, fit_combiner
 from pipeline.config import load_config
 from pipeline.llm import LLMClient, LLMError
-from pipeline.quality_data import default_rows
+from pipeline.quality_data import PAGE_SOURCES, default_documents, default_rows
 from pipeline.quality_edu import annotate, parse_score
 from pipeline.quality_train import roc_auc, train
 from pipeline.runner import Runner
@@ -51,7 +61,73 @@ def test_the_classifier_trains_and_scores_deterministically(rows, tmp_path):
 def test_the_default_model_separates_reference_text_from_web_text(rows):
     report = json.loads(DEFAULT_MODEL.with_suffix(".ftz.json").read_text())
     assert report["auc"] > 0.9 and len(report["negative_score_percentiles"]) == 101
-    assert top_fraction_threshold(DEFAULT_MODEL, 0.1) == pytest.approx(report["negative_score_percentiles"][90])
+    combiner = json.loads(combiner_path(DEFAULT_MODEL).read_text())
+    assert combiner["features"] == FEATURES
+    reference = combiner["report"]["negative_score_percentiles"]
+    assert top_fraction_threshold(DEFAULT_MODEL, 0.1, combiner_path(DEFAULT_MODEL)) == pytest.approx(reference[90])
+
+
+@pytest.fixture(scope="module")
+def pages():
+    return [d for d in default_documents(SHARED) if d["source"] in PAGE_SOURCES]
+
+
+def test_the_default_score_ranks_pages_better_than_length_and_fasttext_alone(pages):
+    texts = [d["text"] for d in pages]
+    good = np.array([d["label"] == "hq" for d in pages])
+    combined, alone = [{"text": t} for t in texts], [{"text": t} for t in texts]
+    Quality(QualityParams())(combined)
+    Quality(QualityParams(features=False))(alone)
+    auc = {"combined": roc_auc(np.array([d["quality_score"] for d in combined]), good),
+           "fasttext": roc_auc(np.array([d["quality_score"] for d in alone]), good),
+           "length": roc_auc(np.array([len(t.split()) for t in texts], dtype=float), good)}
+    assert auc["combined"] > max(auc["fasttext"], auc["length"]) and auc["length"] < 0.8
+    # features: false is the fastText model's own P(hq), the score before the combiner existed.
+    model = load_model(str(DEFAULT_MODEL))
+    expected = class_scores(model, texts[:20], ["cc", "hq"])[:, 1]
+    assert [d["quality_score"] for d in alone[:20]] == [round(float(v), 6) for v in expected]
+
+
+def test_form_features_reward_prose_and_punish_boilerplate():
+    prose = ("The river rises in the hills north of the town and flows south for about forty miles. "
+             "It was used for milling in the nineteenth century, and several of the old mills still stand.\n") * 3
+    menu = "Home\nProducts\nContact\n- Shop\n- Cart\nHome\nProducts\nLogin | Register\n"
+    p = dict(zip(FEATURES[1:], features(prose), strict=True))
+    m = dict(zip(FEATURES[1:], features(menu), strict=True))
+    assert p["punct_lines"] == 1 and m["punct_lines"] == 0
+    assert p["stop_ratio"] > 0.3 > m["stop_ratio"] and m["dup_lines"] > 0.3 and m["bullet_lines"] > 0.2
+    assert p["log_line_words"] > m["log_line_words"] and m["short_lines"] == 1
+    assert all(np.isfinite(features(""))) and len(features("")) == len(FEATURES) - 1
+
+
+def test_the_combiner_keeps_each_weight_to_its_sign_and_fits_the_same_twice():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(400, len(FEATURES)))
+    y = x[:, 0] - x[:, 1] + rng.normal(scale=0.5, size=400) > 0  # log_words pushes the wrong way here
+    spec = fit_combiner(x, y)
+    assert spec == fit_combiner(x, y)
+    weights = dict(zip(FEATURES, spec["weights"], strict=True))
+    assert weights["fasttext_logit"] > 0.5 and weights["log_words"] == 0  # held at the bound, not reversed
+    assert all(w * SIGNS[f] >= 0 for f, w in weights.items())
+    assert roc_auc(Combiner(spec).predict(x), y) > 0.8
+    with pytest.raises(ValueError, match="do not match"):
+        Combiner(spec | {"features": FEATURES[:3]})
+
+
+def test_top_fraction_keeps_exactly_that_share_of_the_documents_scored(rows):
+    assert top_cut(np.arange(100.0), 0.3) == 70 and top_cut(np.array([1.0, 1.0, 0.0]), 0.5) == 1
+    assert top_cut(np.zeros(0), 0.5) is None
+    texts = [t for t, _ in rows[0][::9]]
+    docs = [{"text": t} for t in texts] + [{"text": ""}, {"text": None}]
+    Quality(QualityParams(top_fraction=0.25))(docs)
+    kept = [d for d in docs if d.get("drop_reason") is None]
+    assert len(kept) == int(np.ceil(0.25 * len(docs)))
+    assert min(d["quality_score"] for d in kept) >= max(d["quality_score"] for d in docs if d not in kept)
+    # cut: reference keeps what scores like the best quarter of the reference web pages: another share.
+    reference = [{"text": t} for t in texts]
+    step = Quality(QualityParams(top_fraction=0.25, cut="reference"))
+    step(reference)
+    assert all((d.get("drop_reason") is None) == (d["quality_score"] >= round(step.cut, 6)) for d in reference)
 
 
 def test_roc_auc_counts_ties_as_half():
@@ -72,14 +148,21 @@ def test_quality_and_pii_run_inside_winnow_run(ray_local, tmp_path):
     inputs = [str(SAMPLE / "wget-2024-dolma-000*.warc.gz"), str(SAMPLE / "cc-2020-34-resiliparse.warc.gz")]
     cfg = load_config(ROOT / "configs" / "quickstart.yaml",
                       [f"output_dir={tmp_path}", f"input={json.dumps(inputs)}",
-                       "stages.quality.steps.quality.top_fraction=null",
-                       "stages.quality.steps.quality.threshold=0.1"])
+                       "stages.quality.steps.quality.top_fraction=0.3"])
     manifest = Runner(cfg).run()
     quality = next(s for s in manifest["stages"] if s["name"] == "quality")
-    kept = pq.read_table(sorted((tmp_path / "stages" / "04_quality").glob("part-*.parquet"))).to_pylist()
-    dropped = pq.read_table(tmp_path / "stages" / "04_quality" / "rejected").to_pylist()
+    stage = tmp_path / "stages" / "04_quality"
+    kept = pq.read_table(sorted(stage.glob("part-*.parquet"))).to_pylist()
+    dropped = pq.read_table(stage / "rejected").to_pylist()
     assert kept and dropped and quality["drop_reasons"] == {"quality:below_threshold": len(dropped)}
-    assert all(r["quality_score"] >= 0.1 for r in kept) and all(r["quality_score"] < 0.1 for r in dropped)
+    # Every shard keeps exactly its best 30%: the cut comes from the shard's own scores.
+    for record in map(json.loads, map(Path.read_text, sorted((stage / "_done").glob("*.json")))):
+        assert record["rows_out"] == int(np.ceil(0.3 * record["rows_in"]))
+        assert record["steps"]["quality"]["in"] == record["rows_in"]  # the shard pass is not counted twice
+    cut = {}
+    for row in kept:
+        cut[row["source_file"]] = min(cut.get(row["source_file"], 1.0), row["quality_score"])
+    assert all(r["quality_score"] <= cut[r["source_file"]] for r in dropped if r["source_file"] in cut)
     output = pq.read_table(tmp_path / "output", ignore_prefixes=OUTPUT_EXTRAS).to_pylist()
     assert len(output) == len(kept)
     assert all(r["quality_score"] is not None and r["pii_count"] is not None for r in output)
