@@ -9,7 +9,9 @@ length was too long or too short, and both records are kept. Every byte skipped 
 
 from __future__ import annotations
 
+import base64
 import bisect
+import hashlib
 import logging
 import re
 import zlib
@@ -26,12 +28,16 @@ _CHUNK = 1 << 20
 
 
 def gzip_pieces(stream: BinaryIO, path: str, stats: Counter[str],
-                 hold: int = 32 << 20) -> Iterator[tuple[bytes, int, bool]]:
-    """Inflate concatenated gzip members; yield (data, member's compressed offset, data lost before it).
+                hold: int = 32 << 20) -> Iterator[tuple[bytes, int, bool, bool | None]]:
+    """Inflate concatenated gzip members; yield (data, member's compressed offset, data lost before it,
+    CRC: True checked, None not yet, False failed).
 
-    A member's output is held until its CRC checks out, so a damaged member never reaches the
-    framer; past `hold` bytes (one huge member) it is passed on unchecked to bound memory. After
-    damage, every later 1f 8b 08 is tried in turn until one inflates: a false match inside
+    A member's output is held until its CRC checks out, so a damaged member of one record never
+    reaches the framer. Past `hold` bytes (one huge member) output is passed on before its CRC to
+    bound memory. A damaged member that holds several records (a file gzipped whole) passes on what
+    it gave before the error, marked failed: the framer keeps only its records that match their
+    WARC-Block-Digest.
+    After damage, every later 1f 8b 08 is tried in turn until one inflates: a false match inside
     compressed data fails quickly and the scan goes on from the byte after it.
     """
     raw, base, pos, eof = b"", 0, 0, False  # raw[0] is at compressed offset `base`; a member starts at `pos`
@@ -81,6 +87,7 @@ def gzip_pieces(stream: BinaryIO, path: str, stats: Counter[str],
             resync("")  # a 1f 8b 08 inside other data
             continue
         start, inflate, out, held, fed, step = base + pos, zlib.decompressobj(31), [], 0, 0, 1 << 14
+        whole = True  # all of this member's output is still here (none passed on early)
         try:
             while not inflate.eof:
                 if pos + fed >= len(raw) and not more():
@@ -92,9 +99,12 @@ def gzip_pieces(stream: BinaryIO, path: str, stats: Counter[str],
                 out.append(data)
                 held += len(data)
                 if held > hold:  # one huge member: pass it on unchecked rather than hold it all
-                    yield b"".join(out), start, resumed(start)
-                    out, held, pos, fed = [], 0, pos + fed, 0
+                    yield b"".join(out), start, resumed(start), None
+                    out, held, pos, fed, whole = [], 0, pos + fed, 0, False
         except zlib.error as exc:
+            salvaged = _inflate_until_error(memoryview(raw)[pos:pos + fed + len(piece)]) if whole else b""
+            if b"\nWARC/" in salvaged:  # many records in one member (a file gzipped whole): keep those before it
+                yield salvaged, start, resumed(start), False
             resync(f"{exc} in the member at offset {start}")
             continue
         if not inflate.eof and lost_from is not None:  # found by the scan, never ended: not a member after all
@@ -103,12 +113,23 @@ def gzip_pieces(stream: BinaryIO, path: str, stats: Counter[str],
         if not inflate.eof:  # the file ends inside this member: what inflated so far is sound
             log.error("%s: gzip stream truncated in the member at compressed offset %d", path, start)
             stats["gzip_truncated"] += 1
-        yield b"".join(out), start, resumed(start)
+        yield b"".join(out), start, resumed(start), True
         pos += fed
     if lost_from is not None:
         stats["gzip_bytes_skipped"] += base + pos - lost_from
         log.warning("%s: no intact gzip member after compressed offset %d; %d bytes skipped",
                     path, lost_from, base + pos - lost_from)
+
+
+def _inflate_until_error(member: memoryview) -> bytes:
+    """What a damaged member inflates to before its error, in 4 KB steps (the failing step's output is lost)."""
+    inflate, out = zlib.decompressobj(31), []
+    try:
+        for at in range(0, len(member), 4096):
+            out.append(inflate.decompress(member[at:at + 4096]))
+    except zlib.error:
+        pass
+    return b"".join(out)
 
 
 def _gzip_header_ok(raw: bytes, pos: int) -> bool:
@@ -129,10 +150,10 @@ def _gzip_header_ok(raw: bytes, pos: int) -> bool:
     return at < len(raw)
 
 
-def plain_pieces(stream: BinaryIO) -> Iterator[tuple[bytes, int, bool]]:
+def plain_pieces(stream: BinaryIO) -> Iterator[tuple[bytes, int, bool, bool | None]]:
     offset = 0
     while chunk := stream.read(_CHUNK):
-        yield chunk, offset, False
+        yield chunk, offset, False, True
         offset += len(chunk)
 
 
@@ -168,13 +189,14 @@ class Framer:
     when the record is over `max_block` (`complete` False), so its HTTP head can still be read.
     """
 
-    def __init__(self, pieces: Iterator[tuple[bytes, int, bool]], path: str, stats: Counter[str],
+    def __init__(self, pieces: Iterator[tuple[bytes, int, bool, bool | None]], path: str, stats: Counter[str],
                  max_block: int, plain: bool):
         self.pieces, self.path, self.stats, self.max_block, self.plain = pieces, path, stats, max_block, plain
         self.buf, self.base, self.eof = bytearray(), 0, False  # buf[0] is at decompressed offset `base`
         self.starts: list[int] = []  # decompressed offset of each piece ...
         self.offsets: list[int] = []  # ... and its offset in the file (a gzip member's compressed offset)
         self.gaps: list[int] = []  # decompressed offsets right after data that was lost
+        self.unchecked: list[tuple[int, int, bool]] = []  # data no gzip CRC vouched for: (from, to, failed)
         self.blank_free = (0, 0)  # a range of decompressed offsets known to hold no blank line
         self.bad_head_end = -1  # where the last head that did not parse ended
 
@@ -187,12 +209,14 @@ class Framer:
             if self.eof:
                 return False
             try:
-                data, offset, gap = next(self.pieces)
+                data, offset, gap, checked = next(self.pieces)
             except StopIteration:
                 self.eof = True
                 return False
             if gap:
                 self.gaps.append(self.end())
+            if checked is not True:
+                self.unchecked.append((self.end(), self.end() + len(data), checked is False))
             self.starts.append(self.end())
             self.offsets.append(offset)
             self.buf += data
@@ -208,6 +232,8 @@ class Framer:
             del self.starts[:i], self.offsets[:i]
         if self.gaps:
             self.gaps = [g for g in self.gaps if g > upto]
+        if self.unchecked:
+            self.unchecked = [r for r in self.unchecked if r[1] > upto]
 
     def source_offset(self, at: int) -> int:
         i = max(bisect.bisect_right(self.starts, at) - 1, 0)
@@ -315,7 +341,7 @@ class Framer:
             self.stats["records"] += 1
             fields, block_start = header
             end = block_start + int(fields["content-length"])
-            if end - block_start <= self.max_block and not self.gaps and self.fill(end + 9):
+            if end - block_start <= self.max_block and not self.gaps and not self.unchecked and self.fill(end + 9):
                 rel = end - self.base
                 if self.buf.startswith(b"\r\n\r\nWARC/", rel):  # the usual case, in short
                     with memoryview(self.buf) as view:
@@ -324,6 +350,24 @@ class Framer:
                     pos = end + 4
                     continue
             pos = yield from self.frame(pos, fields, block_start)
+
+    def emit(self, offset: int, pos: int, fields: dict[str, str], block: bytes):
+        """Yield a record, unless it lies in data no CRC vouched for and fails its WARC-Block-Digest (or,
+        in data from a member whose CRC failed, has none to pass)."""
+        end = pos + len(block) + MAX_HEAD
+        overlap = [failed for a, b, failed in self.unchecked if a < end and b > pos]
+        if overlap:
+            algo, _, value = fields.get("warc-block-digest", "").partition(":")
+            if algo.strip().lower() == "sha1":
+                intact = base64.b32encode(hashlib.sha1(block).digest()).decode() == value.strip().upper()
+            else:
+                intact = not any(overlap)
+            if not intact:
+                self.stats["damaged_record"] += 1
+                log.error("%s@%d: record from damaged gzip data fails its WARC-Block-Digest (or has none); dropped",
+                          self.path, offset)
+                return
+        yield offset, fields, block, True
 
     def frame(self, pos: int, fields: dict[str, str], block_start: int):
         """Yield the record at `pos` (if any of it is usable) and return where the next one starts."""
@@ -337,7 +381,8 @@ class Framer:
             return gap
         if declared_end <= window:
             if self.boundary(declared_end):
-                yield offset, fields, bytes(self.buf[block_start - self.base:declared_end - self.base]), True
+                block = bytes(self.buf[block_start - self.base:declared_end - self.base])
+                yield from self.emit(offset, pos, fields, block)
                 return declared_end
             found = self.find_header(block_start, window)
             if declared_end > self.end() and found is None:
@@ -351,13 +396,13 @@ class Framer:
             if (found is None or found > declared_end) and (trailer or lost_between or found is None):
                 # The length is right (its trailer is in place, or data after it was lost): what follows
                 # is a broken header or the rest of a damaged record, not more of this one.
-                yield offset, fields, bytes(self.buf[block_start - self.base:rel]), True
+                yield from self.emit(offset, pos, fields, bytes(self.buf[block_start - self.base:rel]))
                 return self.skip_to_next(declared_end + 4 if trailer else declared_end, "bad_header")
             end = self.strip(block_start, found)
             self.stats["bad_content_length"] += 1
             log.warning("%s@%d: Content-Length %d, but the next record starts after %d bytes; the record is cut "
                         "there", self.path, offset, declared_end - block_start, end - block_start)
-            yield offset, fields, bytes(self.buf[block_start - self.base:end - self.base]), True
+            yield from self.emit(offset, pos, fields, bytes(self.buf[block_start - self.base:end - self.base]))
             return found
         # Over max_block: keep only the head, unless the length is wrong and a record starts inside.
         found = self.find_header(block_start, window)
@@ -366,7 +411,7 @@ class Framer:
             end = self.strip(block_start, found)
             log.warning("%s@%d: Content-Length %d, but the next record starts after %d bytes; the record is cut "
                         "there", self.path, offset, declared_end - block_start, end - block_start)
-            yield offset, fields, bytes(self.buf[block_start - self.base:end - self.base]), True
+            yield from self.emit(offset, pos, fields, bytes(self.buf[block_start - self.base:end - self.base]))
             return found
         yield offset, fields, bytes(self.buf[block_start - self.base:block_start - self.base + MAX_HEAD]), False
         found = self.find_header(window, declared_end, keep=False)

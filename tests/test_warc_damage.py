@@ -237,3 +237,17 @@ def test_blank_lines_between_records_and_at_the_end_are_no_damage(base, tmp_path
     docs, stats = read(path)
     same_pages(docs, base)
     assert stats["records"] == 12 and not stats["bad_header"] and not stats["bad_content_length"]
+
+
+def test_a_file_gzipped_whole_keeps_the_records_before_its_damage(tmp_path):
+    """One gzip member for the whole file: its CRC cannot vouch for any record, so the records inflated
+    before the damage are kept only where they match their WARC-Block-Digest."""
+    whole, _ = read(SAMPLE / "wget-2024-dolma-0000.warc.gz")
+    one = gzip.compress(gzip.decompress((SAMPLE / "wget-2024-dolma-0000.warc.gz").read_bytes()), mtime=0)
+    at = int(len(one) * 0.6)
+    path = tmp_path / "whole.warc.gz"
+    path.write_bytes(one[:at] + bytes(b ^ 0xFF for b in one[at:at + 64]) + one[at + 64:])
+    docs, stats = read(path)
+    assert stats["gzip_damaged"] == 1 and stats["damaged_record"] >= 1
+    assert len(whole) // 2 <= len(docs) < len(whole)
+    same_pages(docs, whole[:len(docs)])  # the pages before the damage, unchanged; nothing after it
