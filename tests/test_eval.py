@@ -113,6 +113,22 @@ def test_bits_per_byte_equals_a_hand_computation_across_context_windows(tiny, tm
     assert got["bits_per_byte"] == pytest.approx(-hand / math.log(2) / len(answer["output"]), rel=1e-5)
 
 
+def test_a_run_directory_is_read_from_its_curated_output(tiny, tmp_path, capsys):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    run = tmp_path / "run"
+    (run / "output").mkdir(parents=True)
+    (run / "run.yaml").write_text("name: test\n")
+    pq.write_table(pa.table({"id": ["a", "b"], "text": ["First page.", "Second page."]}),
+                   run / "output" / "part-0.parquet")
+    (run / "output" / "README.md").write_text("# card")
+    (run / "output" / "_manifest.json").write_text("{}")  # a marker, not data
+    code, result = run_eval(capsys, str(tiny[0]), "--text", f"curated={run}")
+    assert code == 0 and result["text"]["curated"]["docs"] == 2 and result["text"]["curated"]["skipped"] == 0
+    assert result["text"]["curated"]["bytes"] == len("First page.Second page.")
+
+
 def test_windows_score_every_token_once():
     ids = list(range(10))
     pieces = windows(ids, 4)

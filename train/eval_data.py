@@ -1,10 +1,11 @@
 """What `winnow eval` reads: held-out text sets and multiple-choice tasks, from files the user names.
 
-Text sets are JSONL, JSON arrays, Parquet or plain text (one document per non-empty line), or a
-folder of such files. A row gives its text in `text`; an instruction row (`instruction`/`output`,
-the alpaca shape, or `messages`) gives an answer that is scored after its prompt. Tasks are JSONL
-rows of `context`, `choices` (two or more strings) and `label` (the index of the right choice).
-A row that cannot be used is skipped, counted, and named by file and line; the rest still count.
+Text sets are JSONL, JSON arrays, Parquet or plain text (one document per non-empty line), a
+folder of such files, or a run directory (its curated `output/`). A row gives its text in `text`;
+an instruction row (`instruction`/`output`, the alpaca shape, or `messages`) gives an answer that is
+scored after its prompt. Tasks are JSONL rows of `context`, `choices` (two or more strings) and
+`label` (the index of the right choice). A row that cannot be used is skipped, counted, and named
+by file and line; the rest still count.
 """
 
 from __future__ import annotations
@@ -67,9 +68,13 @@ def default_text_sets() -> tuple[dict[str, str], list[str]]:
 
 
 def data_files(path: str) -> list[Path]:
+    """The data files of a file, a folder, or a run directory (its curated `output/`)."""
     p = Path(path)
-    if p.is_dir():
-        files = sorted(f for f in p.iterdir() if f.is_file() and f.name.endswith(SUFFIXES))
+    if (p / "run.yaml").exists():
+        p = p / "output"
+    if p.is_dir():  # markers such as `_SUCCESS` or `.done.json` are not data
+        files = sorted(f for f in p.iterdir() if f.is_file() and f.name.endswith(SUFFIXES)
+                       and not f.name.startswith(("_", ".")))
         if not files:
             raise FileNotFoundError(f"{path}: no {', '.join(SUFFIXES)} files in this folder")
         return files
