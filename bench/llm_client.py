@@ -15,7 +15,8 @@ Each tool runs in a fresh subprocess (`--worker`), three ways:
 
     python bench/llm_client.py [--n 2000] [--concurrency 64] [--tools winnow,datatrove,distilabel]
 
-Writes bench/results/llm_client.json.
+First, with no server latency, the client time of one sequential request on httpx's async client and on
+aiohttp (why Winnow's client is built on aiohttp). Writes bench/results/llm_client.json.
 """
 
 from __future__ import annotations
@@ -114,6 +115,33 @@ def work_distilabel(url: str, n: int, concurrency: int, state: str) -> dict:
 WORKERS = {"winnow": work_winnow, "datatrove": work_datatrove, "distilabel": work_distilabel}
 
 
+def transport_check(url: str, n: int = 200) -> dict:
+    """Client time per sequential request, httpx's async client against aiohttp's, on one connection."""
+    import aiohttp
+    import httpx
+
+    body = json.dumps({"model": "fake", "messages": [{"role": "user", "content": prompt(0)}], "max_tokens": 16})
+    headers = {"Content-Type": "application/json"}
+
+    async def with_httpx() -> float:
+        async with httpx.AsyncClient() as client:
+            start = time.perf_counter()
+            for _ in range(n):
+                (await client.post(f"{url}/chat/completions", content=body, headers=headers)).read()
+            return (time.perf_counter() - start) / n
+
+    async def with_aiohttp() -> float:
+        async with aiohttp.ClientSession() as session:
+            start = time.perf_counter()
+            for _ in range(n):
+                async with session.post(f"{url}/chat/completions", data=body, headers=headers) as response:
+                    await response.read()
+            return (time.perf_counter() - start) / n
+
+    return {"httpx_ms_per_request": round(asyncio.run(with_httpx()) * 1000, 2),
+            "aiohttp_ms_per_request": round(asyncio.run(with_aiohttp()) * 1000, 2), "requests": n}
+
+
 # -- the driver ------------------------------------------------------------------------------------
 
 def free_port() -> int:
@@ -189,9 +217,17 @@ def main() -> None:
         return
     # 16 completion tokens an answer: the server's latency per request.
     server_latency = args.latency_s + 16 * args.per_token_s
-    results: dict = {"setup": {"n": args.n, "concurrency": args.concurrency, "latency_s": args.latency_s,
-                               "per_token_s": args.per_token_s, "server_latency_per_request_s": server_latency,
-                               "cpus": os.cpu_count(), "python": platform.python_version()}, "tools": {}}
+    check_server = Server(0.0, 0.0, faults=False)  # no latency: what remains is client and loopback time
+    try:
+        transports = transport_check(check_server.url)
+    finally:
+        check_server.close()
+    print("transport", json.dumps(transports), flush=True)
+    results: dict = {"transport_check": transports}
+    results["setup"] = {"n": args.n, "concurrency": args.concurrency, "latency_s": args.latency_s,
+                        "per_token_s": args.per_token_s, "server_latency_per_request_s": server_latency,
+                        "cpus": os.cpu_count(), "python": platform.python_version()}
+    results["tools"] = {}
     for tool in args.tools.split(","):
         row: dict = {}
         for mode in ("throughput", "faults", "kill_resume"):

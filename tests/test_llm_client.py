@@ -171,3 +171,64 @@ def test_sync_client_names_the_endpoint_and_keeps_batches_going():
                                 + [[{"role": "user", "content": "FAKE:400"}]])
         assert answers[-1] is None and all(a for a in answers[:-1]) and llm.stats["retries"] > 0
     assert json.loads(json.dumps(llm.stats))["bad_requests"] == 1
+
+
+# -- a real model: `winnow serve` and the in-process `local` generator on a tiny checkpoint ------------
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    """An untrained tiny GPT with a tokenizer trained on real Wikipedia text: its text is nonsense by
+    design, but it is a real model behind a real server."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import torch
+
+    from tests.conftest import SHARED
+    from train.checkpoint import TOKENIZER, keep_tokenizer, save
+    from train.model import GPT, ModelConfig
+    from train.tokenizer import load_vocab, train_tokenizer
+
+    root = tmp_path_factory.mktemp("tiny")
+    text = (SHARED / "pretrain-text" / "wiki-demo" / "wiki_demo.txt").read_text()[:200_000]
+    pq.write_table(pa.table({"text": [text[i:i + 2000] for i in range(0, len(text), 2000)]}), root / "wiki.parquet")
+    tokenizer = train_tokenizer([str(root / "wiki.parquet")], 512, str(root / "tokenizer.json"))
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(vocab_size=load_vocab(str(tokenizer)).size, n_layer=1, n_head=2, n_kv_head=1,
+                            n_embd=32, max_seq_len=2048))
+    (root / "ckpt").mkdir()
+    keep_tokenizer(str(tokenizer), str(root / "ckpt"))
+    save(str(root / "ckpt"), model, None, 0, {"tokenizer": TOKENIZER, "train_config": {}})
+    return str(root / "ckpt")
+
+
+def test_winnow_serve_and_the_local_generator_give_the_same_answers(tiny_checkpoint, tmp_path):
+    import threading
+
+    from pipeline.synth.local import LocalGenerator
+    from train.checkpoint import load_model
+    from train.serve import make_server
+    from train.tokenizer import load_vocab
+
+    model, ckpt = load_model(tiny_checkpoint)
+    server = make_server(model, load_vocab(ckpt["tokenizer"]), "tiny", port=0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+    requests = [Request([{"role": "user", "content": f"Tell me about topic {i}."}], {"max_tokens": 6,
+                                                                                     "temperature": 0.0})
+                for i in range(4)]
+    requests.append(Request([{"role": "user", "content": "x " * 3000}], {"max_tokens": 6, "temperature": 0.0}))
+    try:
+        served_client = client(url, RequestCache(str(tmp_path / "served"), "s"), model="tiny", concurrency=2)
+        served = run_sync(served_client.run(requests))
+    finally:
+        server.shutdown()
+        server.server_close()
+    local = LocalGenerator(tiny_checkpoint, "tiny", cache=RequestCache(str(tmp_path / "local"), "s"))
+    inproc = run_sync(local.run(requests))
+    assert [r.status for r in served] == ["ok"] * 4 + ["bad_request"]  # a prompt longer than the context: 400
+    assert [r.status for r in inproc] == ["ok"] * 4 + ["bad_request"]
+    assert [r.text for r in served[:4]] == [r.text for r in inproc[:4]]  # greedy: the same tokens either way
+    assert all(r.completion_tokens > 0 for r in served[:4] + inproc[:4])
+    again = LocalGenerator(tiny_checkpoint, "tiny", cache=RequestCache(str(tmp_path / "local"), "s"))
+    assert [r.text for r in run_sync(again.run(requests))] == [r.text for r in inproc]
+    assert again.stats.cache_hits == 5 and again.stats.requests == 0

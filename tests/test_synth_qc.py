@@ -206,3 +206,11 @@ def test_webqa_shard_needs_no_endpoint(tmp_path):
     assert kept[0]["recipe"] == "webqa:text_question" and kept[0]["generator"] == "webqa"
     assert stats["instructions"] == 2 and stats["requests"] == 0 and stats["docs_in"] == 2
     assert pq.read_table(tmp_path / "out" / "rephrased" / "part-0-000.parquet").num_rows == 0  # written, empty
+
+
+def test_an_unreadable_shard_is_named_and_leaves_no_output(tmp_path):
+    bad = tmp_path / "part-bad.parquet"
+    bad.write_bytes(b"PAR1 this is not parquet")
+    with pytest.raises(RuntimeError, match="part-bad.parquet"):
+        run_synth_shard(SynthParams(), str(bad), str(tmp_path / "out"), "bad", str(tmp_path / "cache"))
+    assert not list((tmp_path / "out").rglob("*.parquet")) and not list((tmp_path / "out").rglob("*.tmp"))

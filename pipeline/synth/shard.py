@@ -79,7 +79,17 @@ class _Output:
         return final
 
     def abort(self) -> None:
-        self.writer.abort()
+        """Close and delete the file being written, after an error: no temporary file is left behind."""
+        w = self.writer
+        for closing in (getattr(w, "writer", None), getattr(w, "handle", None)):
+            try:
+                if closing is not None:
+                    closing.close()
+            except Exception:  # noqa: BLE001 - already failing; removing the file is what matters
+                pass
+        tmp = getattr(w, "tmp_path", "")
+        if tmp and self.fs.exists(tmp):
+            self.fs.rm(tmp)
 
 
 def _make_generator(p: SynthParams, shard: str, cache: RequestCache, limiter: Any) -> Any:
@@ -266,6 +276,10 @@ def run_synth_shard(params: SynthParams, input_path: str, out_dir: str, shard: s
             outputs["rephrased"].write(rephrased)
             log.info("synth shard %s: %d documents, %d instructions kept", shard, docs_in, sum(job.by_recipe.values()))
         paths = {name: out.close() for name, out in outputs.items()}
+    except (OSError, pa.ArrowException) as exc:  # an unreadable shard: name it, leave no partial output
+        for out in outputs.values():
+            out.abort()
+        raise RuntimeError(f"synth shard {shard}: cannot read {input_path}: {exc}") from exc
     except BaseException:
         for out in outputs.values():
             out.abort()
