@@ -1,24 +1,39 @@
-"""HTML text extraction with resiliparse or trafilatura, time-boxed per document.
+"""HTML text extraction: resiliparse with a trafilatura cascade (default), or trafilatura, hard time-boxed.
 
-The default extractor is chosen by `bench/extraction.py` (F1 on the scrapinghub article
-pages and documents per second); the README has the table. Each document gets a hard time
-limit through SIGALRM in the worker's main thread, which costs nothing per document (datatrove
-pays an inter-process round trip per page for the same guarantee), and the HTML is clipped to
-`max_html_chars` first so that C-level parsing is bounded too.
+The methods live in `filters/extract_methods.py`; `bench/extraction.py` measures them (the README has
+the table). Each page is extracted in a child process that is killed when the page overruns
+`timeout_s` (`filters/extract_sandbox.py`): resiliparse runs in C code that no signal can interrupt,
+so only a process boundary makes the limit hard. A page that overran is scanned for deep <div> nesting,
+which costs resiliparse quadratic time; beyond `max_depth` the excess levels are flattened (linear time)
+and the page is extracted again (`guarded` in the stats). With `timeout_s: 0` pages are extracted in the
+worker process itself, and every page gets that scan first.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import signal
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
 import pyarrow as pa
 
 from filters.base import Doc, Filter, StepParams, pkg_version
+from filters.extract_methods import (  # noqa: F401 - re-exported: the methods' historical home
+    SKIP_SELECTORS,
+    clean_text,
+    extract_page,
+    nesting_depth,
+    new_dedup_cache,
+    resiliparse_text,
+    trafilatura_text,
+    trim_boilerplate,
+)
+from filters.extract_sandbox import ChildCrashed, PageTimeout, Sandbox
 
 log = logging.getLogger("winnow.extract")
 
@@ -28,12 +43,17 @@ Extractor = Literal["resiliparse", "trafilatura"]
 class ExtractParams(StepParams):
     type: Literal["extract"] = "extract"
     extractor: Extractor = "resiliparse"
+    # A hard limit per page (a killed child process); 0 extracts in the worker itself, without a limit.
     timeout_s: float = 5.0
     max_html_chars: int = 2_000_000
     min_text_chars: int = 1
-    # resiliparse only: cut non-prose lines at both ends (0.934 -> 0.944 F1, see bench/).
+    # resiliparse only: cut menus and footers at both ends, keeping headings and short real lines.
     trim_boilerplate: bool = True
-    # trafilatura only: FineWeb ran it with favor_precision.
+    # resiliparse only: send the pages whose result looks wrong (too short) to trafilatura.
+    cascade: bool = True
+    # resiliparse only: <div>/<article> nesting beyond this is flattened on a page that overran its limit.
+    max_depth: int = 256
+    # trafilatura (and the cascade): FineWeb ran it with favor_precision.
     favor_precision: bool = True
 
 
@@ -60,80 +80,48 @@ def time_limit(seconds: float) -> Iterator[None]:
         signal.signal(signal.SIGALRM, previous)
 
 
-# Figures, captions, share bars and "related" boxes survive resiliparse's main-content
-# heuristic; skipping them lifts F1 on the scrapinghub pages from 0.927 to 0.934.
-SKIP_SELECTORS = ["figure", "figcaption", '[class*="caption"]', '[class*="share"]', '[class*="social"]',
-                  '[class*="related"]', '[class*="recommend"]']
-_TERMINAL = (".", "!", "?", '"', "”", "。", "！", "？", ":", ";", ")", "’", "'")
-
-
-def resiliparse_text(html: str) -> str:
-    from resiliparse.extract.html2text import extract_plain_text
-
-    return extract_plain_text(html, main_content=True, alt_texts=False, links=False, form_fields=False,
-                              noscript=False, comments=False, skip_elements=SKIP_SELECTORS)
-
-
-def trim_boilerplate(text: str, min_words: int = 8) -> str:
-    """Cut the lines before the first and after the last line that reads like prose.
-
-    Menus, bylines, "Read more" and footers cluster at the two ends of extracted text. A prose
-    line has `min_words` words and ends like a sentence, or is long (scripts without spaces).
-    """
-    lines = text.splitlines()
-    prose = [i for i, line in enumerate(lines)
-             if len(line) >= 200 or (len(line.split()) >= min_words and line.rstrip().endswith(_TERMINAL))]
-    if not prose:
-        return text
-    return "\n".join(lines[prose[0] : prose[-1] + 1])
-
-
-def trafilatura_text(html: str, favor_precision: bool = True, seen: object = True) -> str:
-    """trafilatura as FineWeb ran it. `seen` is its dedup cache of recent text segments."""
-    import trafilatura
-
-    return trafilatura.extract(html, favor_precision=favor_precision, include_comments=False,
-                               deduplicate=seen) or ""
-
-
-def new_dedup_cache() -> object:
-    from trafilatura.deduplication import LRUCache
-
-    return LRUCache(maxsize=4096)
-
-
-def clean_text(text: str) -> str:
-    """Trim trailing spaces and collapse runs of blank lines, which both extractors leave."""
-    lines = [line.rstrip() for line in text.strip().splitlines()]
-    out: list[str] = []
-    for line in lines:
-        if line or (out and out[-1]):
-            out.append(line)
-    return "\n".join(out)
-
-
 class Extract(Filter):
     type_name = "extract"
     Params = ExtractParams
     output_columns = {"text": pa.string()}
 
     def __init__(self, params: ExtractParams):
+        self.sandbox: Sandbox | None = None
         super().__init__(params)
-        self.fn = self._trafilatura if params.extractor == "trafilatura" else resiliparse_text
-        self.trim = params.extractor == "resiliparse" and params.trim_boilerplate
+        self.options: dict[str, Any] = {
+            "extractor": params.extractor, "trim_boilerplate": params.trim_boilerplate, "cascade": params.cascade,
+            "favor_precision": params.favor_precision, "max_depth": params.max_depth, "check_depth": False}
+        uses_trafilatura = params.extractor == "trafilatura" or params.cascade
+        if params.timeout_s > 0:
+            self.sandbox = Sandbox(preload=("trafilatura",) if uses_trafilatura else ())
 
     def start_shard(self) -> None:
         super().start_shard()
         # trafilatura's deduplicate option remembers text across calls. A cache per shard keeps
         # a shard's output independent of what its worker processed before (resume, retries).
-        self.seen = new_dedup_cache()
-
-    def _trafilatura(self, html: str) -> str:
-        return trafilatura_text(html, self.params.favor_precision, self.seen)
+        self.seen = new_dedup_cache() if self.params.extractor == "trafilatura" else False
+        if self.sandbox is not None and self.sandbox.proc is not None:
+            try:
+                self.sandbox.call(("reset",), 60)
+            except (PageTimeout, ChildCrashed):
+                self.sandbox.close()  # a fresh child starts with an empty cache too
 
     @classmethod
     def versions(cls, params: StepParams) -> dict[str, str]:
-        return {params.extractor: pkg_version(params.extractor)}
+        versions = {params.extractor: pkg_version(params.extractor)}
+        if params.extractor == "resiliparse" and params.cascade:
+            versions["trafilatura"] = pkg_version("trafilatura")
+        # The step's module is in the stage fingerprint already; its helpers are not.
+        helpers = hashlib.sha256()
+        for name in ("extract_methods.py", "extract_sandbox.py"):
+            helpers.update(Path(__file__).with_name(name).read_bytes())
+        return versions | {"helpers": helpers.hexdigest()[:16]}
+
+    def _extract(self, html: str, check_depth: bool) -> tuple[str, list[str]]:
+        options = self.options | {"check_depth": check_depth}
+        if self.sandbox is None:
+            return extract_page(html, options, self.seen)
+        return self.sandbox.call(("page", html, options), self.params.timeout_s)
 
     def filter(self, doc: Doc) -> str | None:
         # Read, don't pop, until the end: a failed batch is retried document by document.
@@ -142,20 +130,25 @@ class Extract(Filter):
             self.stats["html_clipped"] += 1
             html = html[: self.params.max_html_chars]
         try:
-            with time_limit(self.params.timeout_s):
-                text = self.fn(html)
-        except ExtractTimeout:
-            log.warning("extraction timed out after %.1fs on %s (%s)", self.params.timeout_s,
+            try:
+                text, events = self._extract(html, check_depth=self.sandbox is None)
+            except PageTimeout:
+                self.stats["overran"] += 1
+                # Deep nesting is the known way to make resiliparse slow: flatten it and try once more.
+                if self.params.extractor != "resiliparse" or nesting_depth(html) <= self.params.max_depth:
+                    raise
+                text, events = self._extract(html, check_depth=True)
+        except PageTimeout:
+            log.warning("extraction overran its %.1fs limit on %s (%s); the page is dropped", self.params.timeout_s,
                         doc.get("id"), doc.get("url"))
-            text, reason = "", "timeout"
-        except Exception as exc:  # noqa: BLE001 - a page that breaks the parser costs one document
-            log.warning("extraction failed on %s (%s): %r", doc.get("id"), doc.get("url"), exc)
-            text, reason = "", "error"
+            text, reason, events = "", "timeout", []
+        except Exception as exc:  # noqa: BLE001 - a page that breaks the parser (or its process) costs one document
+            log.warning("extraction failed on %s (%s): %s", doc.get("id"), doc.get("url"), exc)
+            text, reason, events = "", "error", []
         else:
-            text = clean_text(text)
-            if self.trim:
-                text = trim_boilerplate(text)
             reason = None if len(text) >= self.params.min_text_chars else "empty"
+        for event in events:
+            self.stats[event] += 1
         doc["text"] = text
         doc.pop("html", None)
         return reason

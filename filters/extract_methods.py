@@ -1,0 +1,213 @@
+"""The extraction methods: resiliparse with its guards, the edge trim, trafilatura, and the cascade.
+
+`extract_page` is what the `extract` step runs for each page, inside the child process of
+`filters/extract_sandbox.py`. This module imports only the standard library and resiliparse at the top
+(trafilatura on first use), so that the child starts fast; it is also the child's entry point.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+# Share bars, "related" boxes, captions and cookie notices survive resiliparse's main-content heuristic.
+# They are matched as whole class tokens: `class="docked-sharebar-content-container"`,
+# `"has-recommendations"` or `"no-share"` name the article itself, not a share bar. lexbor finds the
+# candidates by substring (a few selectors: each costs a pass over the tree) and the tokens decide.
+SKIP_CLASS_TOKENS = frozenset({
+    "share", "shares", "sharing", "sharebar", "share-bar", "share-buttons", "share-links", "share-tools",
+    "sharedaddy", "social", "social-share", "social-links", "social-icons", "social-media", "social-buttons",
+    "related", "related-posts", "related-articles", "related-content", "related-links", "relatedposts",
+    "jp-relatedposts", "yarpp-related", "recommended", "recommendations",
+    "caption", "wp-caption-text", "image-caption", "caption-text", "figure-caption", "photo-caption",
+    "cookie", "cookies", "cookie-notice", "cookie-banner", "cookie-bar", "cookie-consent", "cookie-law-info-bar",
+})
+SKIP_TAGS = ("figure", "figcaption")
+_SKIP_CSS = ", ".join([*SKIP_TAGS, *(f'[class*="{stem}"]' for stem in ("shar", "social", "related", "recommend",
+                                                                         "caption", "cookie"))])
+SKIP_SELECTORS = [*SKIP_TAGS, *(f'[class~="{token}"]' for token in sorted(SKIP_CLASS_TOKENS))]
+# A skipped element never holds this share of the body's text: then it is the article, whatever its class.
+MAX_SKIP_SHARE = 0.5
+
+# resiliparse's main-content pass costs time quadratic in the nesting depth of <div>/<article>
+# (10,000 levels: 2.6 s; 40,000: 40 s), in C code no signal can interrupt. Real pages stay under 60.
+_NEST_TAG = re.compile(r"<(/?)(?:div|article)(?=[\s/>])", re.I)
+_WHOLE_NEST_TAG = re.compile(r"<(/?)(?:div|article)(?=[\s/>])[^>]*>?", re.I)
+MAX_DEPTH = 256
+
+# Shorter results go to trafilatura, when the cascade is on (bench/extraction.py measures the choice).
+CASCADE_MIN_CHARS = 300
+_TERMINAL = (".", "!", "?", '"', "”", "“", "»", "«", "。", "！", "？", ":", ";", ")", "’", "'", "…")
+
+
+def nesting_depth(html: str) -> int:
+    """Deepest nesting of <div>/<article> tags, counting stray closing tags as no-ops (one regex pass)."""
+    depth = deepest = 0
+    for closing in _NEST_TAG.findall(html):
+        if closing:
+            depth = depth - 1 if depth else 0
+        else:
+            depth += 1
+            deepest = max(deepest, depth)
+    return deepest
+
+
+def flatten_deep(html: str, max_depth: int = MAX_DEPTH) -> str:
+    """Drop the <div>/<article> tags nested deeper than `max_depth`, keeping their content (linear time).
+
+    The content of a dropped level joins its parent block. The tags go whole: a `<br>` in their place
+    would be no better, as thousands of line breaks in one block are slow in resiliparse too."""
+    depth = 0
+
+    def keep_shallow(match: re.Match[str]) -> str:
+        nonlocal depth
+        if match.group(1):
+            depth = depth - 1 if depth else 0
+            return match.group(0) if depth < max_depth else ""
+        depth += 1
+        return match.group(0) if depth <= max_depth else ""
+
+    return _WHOLE_NEST_TAG.sub(keep_shallow, html)
+
+
+def resiliparse_text(html: str) -> str:
+    """Main content by resiliparse, without figures, captions, share bars and "related" boxes."""
+    return resiliparse_main(html)[0]
+
+
+def resiliparse_main(html: str) -> tuple[str, frozenset[str]]:
+    """resiliparse's main content and the page's heading texts."""
+    from resiliparse.extract.html2text import extract_plain_text
+    from resiliparse.parse.html import HTMLTree
+
+    tree = HTMLTree.parse(html)
+    body = tree.body
+    if body is None:
+        return "", frozenset()
+    headings = frozenset(t for t in (n.text.strip() for n in body.query_selector_all("h1, h2, h3, h4, h5, h6")) if t)
+    total = -1
+    for node in body.query_selector_all(_SKIP_CSS):
+        if node.parent is None or (node.tag not in SKIP_TAGS and SKIP_CLASS_TOKENS.isdisjoint(node.class_list)):
+            continue
+        size = len(node.text)
+        if size > 200:  # only a sizeable element can hold most of the page: measure the page once
+            total = len(body.text) if total < 0 else total
+            if size > MAX_SKIP_SHARE * total:
+                continue  # it is the article, whatever its class says
+        node.parent.remove_child(node)
+    text = extract_plain_text(tree, main_content=True, alt_texts=False, links=False, form_fields=False,
+                              noscript=False, comments=False)
+    return text, headings
+
+
+def clean_text(text: str) -> str:
+    """Trim trailing spaces and collapse runs of blank lines, which both extractors leave."""
+    lines = [line.rstrip() for line in text.strip().splitlines()]
+    out: list[str] = []
+    for line in lines:
+        if line or (out and out[-1]):
+            out.append(line)
+    return "\n".join(out)
+
+
+def _is_prose(line: str, min_words: int) -> bool:
+    return len(line) >= 200 or (len(line.split()) >= min_words and line.rstrip().endswith(_TERMINAL))
+
+
+def trim_boilerplate(text: str, min_words: int = 8, keep: frozenset[str] = frozenset()) -> str:
+    """Cut menus, share bars and footers at both ends of extracted text, keeping short real lines.
+
+    The prose span runs from the first to the last line that reads like prose (`min_words` words ending
+    like a sentence, or 200 characters for scripts without spaces). It then grows over the lines next to
+    it while they look like content (headings, list items, dialogue: two words or more, a sentence end,
+    or a line in `keep`, the page's own headings); the first other one-word line ("Home", "Share",
+    "Menu") stops it, and what lies beyond is cut.
+    """
+    lines = text.splitlines()
+    prose = [i for i, line in enumerate(lines) if _is_prose(line, min_words)]
+    if not prose:
+        return text
+    start, end = prose[0], prose[-1]
+    while start > 0 and _content_like(lines[start - 1], keep):
+        start -= 1
+    while end + 1 < len(lines) and _content_like(lines[end + 1], keep):
+        end += 1
+    return "\n".join(lines[start : end + 1]).strip("\n")
+
+
+def _content_like(line: str, keep: frozenset[str]) -> bool:
+    """Blank lines, headings of the page, and lines of two words or more or that end like a sentence."""
+    words = line.split()
+    return (not words or len(words) >= 2 or line.strip() in keep
+            or (line.rstrip().endswith(_TERMINAL) and len(line.strip()) > 3))
+
+
+def trafilatura_text(html: str, favor_precision: bool = True, seen: object = True) -> str:
+    """trafilatura as FineWeb ran it. `seen` is its dedup cache of recent text segments."""
+    import trafilatura
+
+    return trafilatura.extract(html, favor_precision=favor_precision, include_comments=False,
+                               deduplicate=seen) or ""
+
+
+def new_dedup_cache() -> object:
+    from trafilatura.deduplication import LRUCache
+
+    return LRUCache(maxsize=4096)
+
+
+def looks_wrong(text: str) -> bool:
+    """Whether resiliparse's result is worth a second opinion from trafilatura (see bench/extraction.py)."""
+    return len(text) < CASCADE_MIN_CHARS
+
+
+def extract_page(html: str, options: dict[str, Any], seen: object = True) -> tuple[str, list[str]]:
+    """Text of one page and the events worth counting (`guarded`, `cascade`), as the step's options say.
+
+    `seen` is trafilatura's dedup cache of recent text segments, for the trafilatura extractor.
+
+    options: extractor, trim_boilerplate, favor_precision, cascade, max_depth, check_depth (scan the
+    nesting depth first; the step asks for it after a page overran its time limit, or with no limit)."""
+    events: list[str] = []
+    if options["extractor"] == "trafilatura":
+        return clean_text(trafilatura_text(html, options["favor_precision"], seen)), events
+    if options.get("check_depth") and nesting_depth(html) > options["max_depth"]:
+        html = flatten_deep(html, options["max_depth"])
+        events.append("guarded")
+    raw, headings = resiliparse_main(html)
+    text = clean_text(raw)
+    if options["trim_boilerplate"]:
+        text = trim_boilerplate(text, keep=headings)
+    if options.get("cascade") and looks_wrong(text):
+        events.append("cascade")
+        # Without trafilatura's cross-page dedup: a page's text must not depend on which pages went before.
+        second = clean_text(trafilatura_text(html, options["favor_precision"], False))
+        if len(second) > len(text):
+            events.append("cascade_used")
+            text = second
+    return text, events
+
+
+_child_seen: object = None
+
+
+def _handle(kind: str, *args: Any) -> Any:
+    """The child process's requests: ("page", html, options), and ("reset",) at each new shard."""
+    global _child_seen
+    if kind == "reset":
+        _child_seen = None
+        return None
+    html, options = args
+    if options["extractor"] == "trafilatura" and _child_seen is None:
+        _child_seen = new_dedup_cache()
+    return extract_page(html, options, _child_seen)
+
+
+if __name__ == "__main__":
+    # Started by filters/extract_sandbox.py as a script: this directory is on sys.path, and the `filters`
+    # package, with every step it imports, is not loaded.
+    import sys
+
+    from extract_sandbox import serve
+
+    serve(int(sys.argv[1]), int(sys.argv[2]), _handle, ["resiliparse.extract.html2text", *sys.argv[3:]])
