@@ -7,16 +7,12 @@ import logging
 import os
 import sys
 import time
-from pathlib import Path
 
 
-def _setup_logging(run_dir: str | None) -> None:
-    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
-    if run_dir and "://" not in run_dir:
-        Path(run_dir, "logs").mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.FileHandler(Path(run_dir, "logs", "run.log")))
+def _setup_logging() -> None:
+    """The terminal gets the log; the runner adds RUN_DIR/logs/run.log once it owns the directory."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        handlers=handlers, force=True)
+                        handlers=[logging.StreamHandler(sys.stderr)], force=True)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -27,7 +23,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"winnow: config error: {exc}", file=sys.stderr)
         return 2
-    _setup_logging(cfg.output_dir)
+    _setup_logging()
+    from pipeline.rundir import RunDirError, describe_os_error
     from pipeline.runner import Runner
     from pipeline.status import format_table, stage_rows
 
@@ -37,6 +34,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"winnow: config error: {exc}", file=sys.stderr)
         return 2
+    except RunDirError as exc:
+        print(f"winnow: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"winnow: cannot write the run: {describe_os_error(exc)}; nothing half-written was kept: fix the "
+              "cause (free space, permissions) and run the same command again to resume", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"\nwinnow: interrupted; finished shards are kept in {cfg.output_dir}: run the same command again to "
+              "resume", file=sys.stderr)
+        return 130
     print(format_table(stage_rows(cfg.output_dir)))
     print(f"\n{manifest['status']} in {time.perf_counter() - start:.1f}s; "
           f"output: {cfg.output_dir}/output ({len(manifest['output']['files'])} files)")
@@ -44,10 +52,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from pipeline.status import format_table, stage_rows
+    from pipeline.status import format_errors, format_table, run_status, stage_rows
 
     try:
-        print(format_table(stage_rows(args.run_dir)))
+        rows = stage_rows(args.run_dir)
+        print(format_table(rows))
+        print(f"\nrun: {run_status(args.run_dir)}")
+        if errors := format_errors(rows):
+            print(f"\nfailed shards:\n{errors}")
     except FileNotFoundError as exc:
         print(f"winnow: {exc}", file=sys.stderr)
         return 2

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from filters import STEPS
 from filters.warc import WarcReaderParams
@@ -28,33 +28,49 @@ class Strict(BaseModel):
 
 class RayConfig(Strict):
     address: str | None = None  # None: start a local Ray; "auto" or host:port: join a cluster
-    num_cpus: int | None = None  # local Ray only; None uses every core
+    num_cpus: int | None = Field(None, ge=1)  # local Ray only; None uses every core
 
 
 class Resources(Strict):
-    num_cpus: float = 1
-    num_gpus: float = 0
-    memory_mb: int | None = 2048  # what Ray reserves per task; the task itself stays within it
+    num_cpus: float = Field(1, gt=0)
+    num_gpus: float = Field(0, ge=0)
+    memory_mb: int | None = Field(2048, ge=1)  # what Ray reserves per task; the task itself stays within it
+
+
+# Codecs pyarrow's Parquet writer takes, with the compression levels each accepts (None: no level).
+COMPRESSION_LEVELS: dict[str, tuple[int, int] | None] = {
+    "zstd": (1, 22), "gzip": (1, 9), "brotli": (0, 11), "lz4": None, "snappy": None, "none": None}
 
 
 class WriterConfig(Strict):
-    target_shard_mb: int = 256  # a stage output file rolls over at this much uncompressed text
-    row_group_mb: int = 32  # readers fetch row groups; ~32 MB keeps them few and small
-    compression: str = "zstd"
-    compression_level: int = 3
+    target_shard_mb: int = Field(256, ge=1)  # a stage output file rolls over at this much uncompressed text
+    row_group_mb: int = Field(32, ge=1)  # readers fetch row groups; ~32 MB keeps them few and small
+    compression: Literal["zstd", "gzip", "brotli", "lz4", "snappy", "none"] = "zstd"
+    compression_level: int | None = 3
+
+    @model_validator(mode="after")
+    def _level_fits_codec(self) -> WriterConfig:
+        levels = COMPRESSION_LEVELS[self.compression]
+        if levels is None:
+            self.compression_level = None  # these codecs take no level
+        elif self.compression_level is not None and not levels[0] <= self.compression_level <= levels[1]:
+            raise ValueError(f"compression_level: {self.compression} takes {levels[0]} to {levels[1]}, "
+                             f"got {self.compression_level}")
+        return self
 
 
 class StageConfig(Strict):
-    name: str
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100)  # also a directory name
     # map: a chain of document steps per shard. dedup: near-duplicate removal across all shards.
-    kind: Literal["map", "dedup"] = "map"
+    # (pipeline/kinds/ registers the kinds; the stages validator checks the name.)
+    kind: str = "map"
     reader: WarcReaderParams | None = None  # first stage only: how to read the input files
     steps: list[dict[str, Any]] = Field(default_factory=list)
     dedup: DedupParams | None = None  # dedup stages only
-    batch_size: int = 256
+    batch_size: int = Field(256, ge=1, le=1_000_000)
     resources: Resources = Field(default_factory=Resources)
     writer: WriterConfig = Field(default_factory=WriterConfig)
-    max_retries: int = 3  # Ray retries a task whose worker died
+    max_retries: int = Field(3, ge=0)  # Ray retries a task whose worker died
 
     @field_validator("steps")
     @classmethod
@@ -83,6 +99,20 @@ class RunConfig(Strict):
     def _one_or_many(cls, value: Any) -> Any:
         return [value] if isinstance(value, str) else value
 
+    @field_validator("input")
+    @classmethod
+    def _some_input(cls, value: list[str]) -> list[str]:
+        if not value or not all(v.strip() for v in value):
+            raise ValueError("no input files given: set `input` to paths, globs or URLs of WARC files")
+        return value
+
+    @field_validator("output_dir")
+    @classmethod
+    def _some_output(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("empty: set `output_dir` to a new or empty directory, or an earlier run's")
+        return value
+
     @field_validator("stages")
     @classmethod
     def _check_stages(cls, stages: list[StageConfig]) -> list[StageConfig]:
@@ -96,15 +126,12 @@ class RunConfig(Strict):
         for s in stages[1:]:
             if s.reader is not None:
                 raise ValueError(f"stage {s.name!r}: only the first stage reads input files")
-        for s in stages:
-            if s.kind == "dedup":
-                if s is stages[0]:
-                    raise ValueError(f"stage {s.name!r}: a dedup stage needs a stage before it that extracts text")
-                if s.steps:
-                    raise ValueError(f"stage {s.name!r}: a dedup stage takes a `dedup:` section, not steps")
-                s.dedup = s.dedup or DedupParams()
-            elif s.dedup is not None:
-                raise ValueError(f"stage {s.name!r}: `dedup:` needs `kind: dedup`")
+        from pipeline.kinds import KINDS
+
+        for index, s in enumerate(stages):
+            if s.kind not in KINDS:
+                raise ValueError(f"stage {s.name!r}: unknown kind {s.kind!r}{_suggest(s.kind, KINDS)}")
+            KINDS[s.kind].validate(s, index)
         return stages
 
 

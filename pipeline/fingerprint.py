@@ -13,14 +13,7 @@ import json
 from importlib.metadata import version
 from pathlib import Path
 
-from filters import STEPS
-from filters.warc import READER_MODULES
 from pipeline.config import StageConfig
-
-# Modules every map stage runs through, whatever its steps.
-RUNTIME_MODULES = ("filters.base", "pipeline.stage", "pipeline.parquet_io", "pipeline.schema")
-DEDUP_MODULES = ["pipeline.dedup.minhash", "pipeline.dedup.shuffle", "pipeline.dedup.components",
-                 "pipeline.dedup.phases", "pipeline.dedup.params", "pipeline.dedup.stage"]
 
 
 def _source_digest(module_names: list[str]) -> str:
@@ -34,18 +27,16 @@ def _source_digest(module_names: list[str]) -> str:
 
 
 def stage_fingerprint(stage: StageConfig, previous: str, inputs: list[str] | None = None) -> str:
-    modules = list(RUNTIME_MODULES)
+    from pipeline.kinds import KINDS
+
+    modules, kind_versions = KINDS[stage.kind].fingerprint_parts(stage)
     versions: dict[str, dict[str, str]] = {"winnow": {"version": version("winnow")}}
     if stage.reader is not None:
+        from filters.warc import READER_MODULES
+
         modules += READER_MODULES
         versions["reader"] = {"resiliparse": version("resiliparse"), "faust-cchardet": version("faust-cchardet")}
-    if stage.kind == "dedup":
-        modules += DEDUP_MODULES
-        versions["dedup"] = {name: version(name) for name in ("datasketch", "xxhash", "numpy", "pyarrow")}
-    for i, step in enumerate(stage.steps):
-        cls = STEPS[step["type"]]
-        modules.append(cls.__module__)
-        versions[f"{i}:{cls.type_name}"] = cls.versions(cls.Params(**step))
+    versions |= kind_versions
     payload = {
         # Resources and retries change how a stage runs, not what it writes.
         "stage": stage.model_dump(mode="json", exclude={"resources", "max_retries"}),
@@ -55,3 +46,16 @@ def stage_fingerprint(stage: StageConfig, previous: str, inputs: list[str] | Non
         "versions": versions,
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def record_digest(record: dict) -> str:
+    """What a completion record says about the bytes its shard wrote: a downstream shard records this
+    as its input's identity, so a recomputed upstream shard with other content is noticed."""
+    keys = ("fingerprint", "input", "input_id", "outputs", "rejected", "rows_in", "rows_out", "chars_out")
+    payload = json.dumps({k: record.get(k) for k in keys}, sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def set_digest(input_ids: dict[str, str]) -> str:
+    """One identity for a whole set of inputs, for stages whose every shard depends on all of them."""
+    return hashlib.sha256(json.dumps(sorted(input_ids.items())).encode()).hexdigest()[:16]

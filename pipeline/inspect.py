@@ -113,6 +113,17 @@ def all_rows(data: ds.Dataset, condition: ds.Expression | None) -> Iterator[dict
             yield row
 
 
+# Control characters (C0 but newline and tab, DEL, C1) and bidirectional overrides: page text and URLs
+# are untrusted, and a terminal would act on them (clear the screen, set the title, write the clipboard).
+UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def visible(text: str) -> str:
+    """Text with every character a terminal would act on written out as an escape (ESC -> \\x1b)."""
+    return UNSAFE.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100 else
+                      f"\\u{ord(m.group()):04x}", text)
+
+
 def highlight(text: str, grep: re.Pattern[str] | None, color: bool) -> str:
     """PII placeholders and --grep matches in colour, found on the plain text in one pass."""
     if not color:
@@ -132,13 +143,14 @@ def highlight(text: str, grep: re.Pattern[str] | None, color: bool) -> str:
 
 def format_document(row: dict[str, Any], width: int, chars: int | None, grep: re.Pattern[str] | None,
                     color: bool) -> str:
-    text = row.get("text") or ""
+    text = visible(row.get("text") or "")
     meta = []
     for key, value in row.items():
         if key == "text" or value is None or value == {} or value == []:
             continue
         if isinstance(value, float):
             value = round(value, 4)
+        value = visible(str(value))
         shown = f"{key}={value}"
         if color and key == "drop_reason":
             shown = f"{RED}{BOLD}{shown}{RESET}"
@@ -170,7 +182,7 @@ def inspect_documents(path: str, query: Query | None = None, n: int = 5, as_json
     width = width or shutil.get_terminal_size((100, 40)).columns
     color = sys.stdout.isatty() if color is None else color
     shown = total if n == 0 else min(n, total)
-    print(f"{total} documents match in {where}" + (f"; showing {shown}" if shown < total else "") + "\n")
+    print(f"{total} documents match in {visible(str(where))}" + (f"; showing {shown}" if shown < total else "") + "\n")
     for row in rows:
         print(format_document(row, width, chars, grep, color))
         print("-" * min(width, 100))
@@ -217,8 +229,9 @@ def inspect_cluster(run_dir: str, cluster: str, width: int | None = None, column
         blocks = []
         for row in group:
             status = row.get("drop_reason") or "kept"
-            head = [status, row.get("url") or "", str(row.get("crawl_date") or ""), f"{len(row['text'] or '')} chars"]
-            body = textwrap.wrap(row["text"] or "", col)[:30]
+            head = [visible(str(status)), visible(row.get("url") or ""), str(row.get("crawl_date") or ""),
+                    f"{len(row['text'] or '')} chars"]
+            body = textwrap.wrap(visible(row["text"] or ""), col)[:30]
             blocks.append([h[:col] for h in head] + ["-" * col] + body)
         for line in itertools.zip_longest(*blocks, fillvalue=""):
             print(" | ".join(cell.ljust(col) for cell in line).rstrip())

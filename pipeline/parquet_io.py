@@ -122,6 +122,21 @@ class ShardWriter:
         self.paths.append(final)
         self.writer, self.handle, self.file_bytes = None, None, 0
 
+    def abort(self) -> None:
+        """Drop the file being written (after an error): no temporary file is left behind."""
+        for closing in (self.writer, self.handle):
+            try:
+                if closing is not None:
+                    closing.close()
+            except Exception:  # noqa: BLE001 - already failing; the rm below is what matters
+                pass
+        self.writer, self.handle, self.buffer = None, None, []
+        if self.tmp_path:
+            try:
+                self.fs.rm(self.tmp_path)
+            except (OSError, FileNotFoundError):
+                pass
+
     def close(self) -> list[str]:
         self._flush()
         if self.writer is not None:

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
+from typing import Any
 
 from tqdm import tqdm
+
+log = logging.getLogger("winnow.progress")
 
 
 class ProgressCounter:
@@ -19,6 +23,47 @@ class ProgressCounter:
 
     def total(self) -> int:
         return self.docs
+
+
+class LiveCount:
+    """The driver's handle on a ProgressCounter actor. Progress is best effort: if the actor cannot
+    start or dies, the bar falls back to finished shards and the run goes on."""
+
+    def __init__(self, actor: Any) -> None:
+        self.actor = actor
+        self.last = 0
+
+    @classmethod
+    def start(cls) -> LiveCount:
+        import ray
+
+        try:
+            return cls(ray.remote(ProgressCounter).options(num_cpus=0, max_restarts=0).remote())
+        except Exception as exc:  # noqa: BLE001 - progress must never stop a run
+            log.warning("live progress unavailable (%s); counting finished shards only", exc)
+            return cls(None)
+
+    def total(self) -> int:
+        if self.actor is None:
+            return self.last
+        import ray
+
+        try:
+            self.last = ray.get(self.actor.total.remote(), timeout=10)
+        except Exception as exc:  # noqa: BLE001 - a lost actor only costs the live count
+            log.warning("live progress lost (%s); counting finished shards only", type(exc).__name__)
+            self.actor = None
+        return self.last
+
+    def stop(self) -> None:
+        if self.actor is not None:
+            import ray
+
+            try:
+                ray.kill(self.actor)
+            except Exception:  # noqa: BLE001, S110 - already gone
+                pass
+            self.actor = None
 
 
 class StageProgress:

@@ -1,13 +1,18 @@
-"""The driver: resolve stages, skip what is done, run the rest as Ray tasks, write the manifest.
+"""The driver: resolve stages, skip what is done, run the rest through their kinds, write the manifest.
 
 Ray is started (or joined) only when some shard has work to do, so a rerun of a finished run
 only reads completion records and returns in well under a second.
+
+Every completion record names the identity of its input (`input_id`): for the first stage the
+input file's size and modification time (or its ETag on object storage), for later stages a
+digest of the upstream shard's record, and for a stage whose every shard reads the whole input
+(dedup) a digest of the whole input set. A shard is reused only when that identity still holds,
+so a changed input file, a recomputed upstream shard or a changed set of shards is noticed.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import subprocess
 import time
 from datetime import UTC, datetime
@@ -20,203 +25,218 @@ import fsspec
 import yaml
 
 from pipeline.config import ConfigError, RunConfig, StageConfig
-from pipeline.fingerprint import stage_fingerprint
+from pipeline.fingerprint import record_digest, set_digest, stage_fingerprint
 from pipeline.jsonfile import read_json, write_json
-from pipeline.progress import ProgressCounter, StageProgress
-from pipeline.stage import ShardJob, clear_shard, run_shard
+from pipeline.kinds import KINDS, StageContext
+from pipeline.raycluster import RayConnection
+from pipeline.rundir import RunDir, url_prefix
+from pipeline.stage import clear_shard
 
 log = logging.getLogger("winnow.run")
 
-# Set in every Ray worker before it imports pyarrow (see parquet_io._use_a_returning_memory_pool).
-WORKER_ENV = {"ARROW_DEFAULT_MEMORY_POOL": "jemalloc"}
+
+def input_identity(info: dict[str, Any]) -> str:
+    """What says that an input file is the one a shard was computed from."""
+    for key in ("VersionId", "ETag", "etag", "md5Hash", "generation"):
+        if info.get(key):
+            return f"{key}:{str(info[key]).strip(chr(34))}:{info.get('size')}"
+    mtime = info.get("mtime") or info.get("LastModified") or info.get("last_modified") or info.get("created")
+    if isinstance(mtime, datetime):
+        mtime = mtime.timestamp()
+    return f"size:{info.get('size')}:mtime:{mtime}"
 
 
-def url_prefix(fs: fsspec.AbstractFileSystem) -> str:
-    """'' for local disk, else 'proto://', to turn an fs path back into a URL for workers."""
-    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    return "" if protocol in ("file", "local") else f"{protocol}://"
-
-
-def expand_inputs(patterns: list[str]) -> list[str]:
-    paths: list[str] = []
+def expand_inputs(patterns: list[str]) -> dict[str, str]:
+    """Input URL -> identity, for every file the patterns match, in sorted order."""
+    found: dict[str, str] = {}
     for pattern in patterns:
         fs, path = fsspec.core.url_to_fs(pattern)
-        matches = sorted(fs.glob(path)) if any(c in path for c in "*?[") else [path]
-        found = [url_prefix(fs) + m for m in matches if fs.isfile(m)]
-        if not found:
+        try:
+            matches = sorted(fs.glob(path)) if any(c in path for c in "*?[") else [path]
+            infos = [(m, fs.info(m)) for m in matches if fs.exists(m)]
+        except OSError as exc:
+            raise ConfigError(f"input: {pattern!r} cannot be listed: {exc}") from None
+        files = [(m, info) for m, info in infos if info.get("type") != "directory"]
+        if not files:
             raise ConfigError(f"input: {pattern!r} matches no file")
-        paths.extend(found)
-    return sorted(dict.fromkeys(paths))
+        for m, info in files:
+            found[url_prefix(fs) + m] = input_identity(info)
+    return dict(sorted(found.items()))
 
 
 class Runner:
     def __init__(self, cfg: RunConfig, ray_address: str | None = None):
         self.cfg = cfg
-        self.ray_address = ray_address or cfg.ray.address
-        self.fs, self.root = fsspec.core.url_to_fs(cfg.output_dir)
-        self.root = self.root.rstrip("/")
-        self.protocol_prefix = url_prefix(self.fs)
-        self._ray_started = False
+        self.rundir = RunDir(cfg.output_dir)
+        self.fs, self.root = self.rundir.fs, self.rundir.root
+        self.ray = RayConnection(ray_address or cfg.ray.address, cfg.ray.num_cpus)
 
     def url(self, path: str) -> str:
-        return self.protocol_prefix + path
+        return self.rundir.url(path)
 
     # -- the run ---------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
-        started = datetime.now(UTC)
         inputs = expand_inputs(self.cfg.input)
-        self.fs.makedirs(f"{self.root}/logs", exist_ok=True)
-        with self.fs.open(f"{self.root}/run.yaml", "w") as f:
-            yaml.safe_dump(self.cfg.model_dump(mode="json"), f, sort_keys=False)
-        self._remove_unknown_stage_dirs()
-
-        stages, previous, shard_inputs = [], "", inputs
+        self.rundir.claim()
+        self.rundir.lock()
+        log_handler = self._log_to_run_dir()
+        started = datetime.now(UTC)
+        stages: list[dict[str, Any]] = []
         try:
+            self.fs.makedirs(self.rundir.logs, exist_ok=True)
+            with self.fs.open(self.rundir.run_yaml, "w") as f:
+                yaml.safe_dump(self.cfg.model_dump(mode="json"), f, sort_keys=False)
+            self._remove_unknown_stage_dirs()
+            previous = ""
+            shard_inputs = {f"{k:05d}": url for k, url in enumerate(inputs)}
+            input_ids = {f"{k:05d}": identity for k, identity in enumerate(inputs.values())}
             for index, stage in enumerate(self.cfg.stages):
-                fingerprint = stage_fingerprint(stage, previous, inputs if index == 0 else None)
-                summary = self.run_stage(index, stage, fingerprint, shard_inputs)
+                fingerprint = stage_fingerprint(stage, previous, list(inputs) if index == 0 else None)
+                summary, ctx = self.run_stage(index, stage, fingerprint, shard_inputs, input_ids)
                 stages.append(summary)
-                shard_inputs, previous = summary.pop("_outputs"), fingerprint
-                self._write_manifest(started, inputs, stages, None)
-            output = self._publish_output(shard_inputs, previous)
+                shard_inputs, input_ids = self._next_inputs(ctx)
+                previous = summary["fingerprint"]
+                self._write_manifest(started, list(inputs), stages, None)
+            output = self._publish_output(list(shard_inputs.values()), previous)
             changed = output.pop("changed")
-            manifest = self._write_manifest(started, inputs, stages, output)
+            manifest = self._write_manifest(started, list(inputs), stages, output)
             self._write_card(changed)
             return manifest
+        except KeyboardInterrupt:
+            self._write_manifest(started, list(inputs), stages, None, status="interrupted")
+            log.warning("interrupted: finished shards are kept; run the same command again to resume")
+            raise
         finally:
-            self._shutdown_ray()
+            self.ray.shutdown()
+            self.rundir.unlock()
+            if log_handler is not None:
+                logging.getLogger("winnow").removeHandler(log_handler)
+                log_handler.close()
 
     def stage_dir(self, index: int, stage: StageConfig) -> str:
-        return f"{self.root}/stages/{index:02d}_{stage.name}"
+        return self.rundir.stage_dir(index, stage.name)
 
-    def run_stage(self, index: int, stage: StageConfig, fingerprint: str, inputs: list[str]) -> dict[str, Any]:
+    def run_stage(self, index: int, stage: StageConfig, fingerprint: str, inputs: dict[str, str],
+                  input_ids: dict[str, str]) -> tuple[dict[str, Any], StageContext]:
         wall0 = time.perf_counter()
+        kind = KINDS[stage.kind]
+        if kind.global_input:
+            # Every shard's decisions depend on the whole input: one identity for the whole set, in the
+            # fingerprint too, so a changed set recomputes the stage and everything after it.
+            whole = set_digest(input_ids)
+            fingerprint = stage_fingerprint(stage, fingerprint, [whole])
+            input_ids = dict.fromkeys(input_ids, whole)
         stage_dir = self.stage_dir(index, stage)
+        ctx = StageContext(self.rundir, index, stage, stage_dir, fingerprint, inputs, input_ids,
+                           ensure_ray=self.ray.ensure)
         self._reset_if_changed(stage_dir, stage, fingerprint)
-        shards = {f"{k:05d}": path for k, path in enumerate(inputs)}
-        done = load_done(self.fs, stage_dir, fingerprint, shards)
-        self._remove_stale_shards(stage_dir, shards)
-        pending = [s for s in shards if s not in done]
-        reused = len(done)
+        ctx.done = load_done(self.fs, stage_dir, fingerprint, inputs, input_ids)
+        self._remove_stale_shards(stage_dir, inputs)
+        pending = [s for s in inputs if s not in ctx.done]
+        reused = len(ctx.done)
         failures: list[dict[str, str]] = []
         if pending:
             log.info("stage %s: %d shards to run, %d reused", stage.name, len(pending), reused)
-            if stage.kind == "dedup":
-                from pipeline.dedup.stage import run_dedup  # datasketch and scipy load only when needed
-
-                self._ensure_ray()
-                failures = run_dedup(stage, self.url(stage_dir), fingerprint, shards, pending, done)
-            else:
-                failures = self._run_tasks(index, stage, stage_dir, fingerprint, shards, pending, done)
-        summary = summarize(stage, stage_dir, fingerprint, shards, done, reused, failures)
-        if stage.kind == "dedup":
-            summary["dedup"] = read_json(self.fs, f"{stage_dir}/_dedup.json") or {}
-            # The shuffle phases' CPU belongs to the stage too, not only the final writes.
-            summary["cpu_s"] = round(summary["cpu_s"] + summary["dedup"].get("phase_cpu_s", 0), 3)
+            self.ray.ensure()
+            self.ray.check_schedulable(stage)
+            failures = kind.run(ctx, pending)
+        summary = summarize(stage, stage_dir, fingerprint, inputs, ctx.done, reused, failures)
+        kind.summarize(ctx, summary)
         summary["wall_s"] = round(time.perf_counter() - wall0, 3)
-        summary["_outputs"] = [self.url(f"{stage_dir}/{name}") for s in sorted(done) for name in done[s]["outputs"]]
-        return summary
+        return summary, ctx
 
-    def _run_tasks(self, index: int, stage: StageConfig, stage_dir: str, fingerprint: str,
-                   shards: dict[str, str], pending: list[str], done: dict[str, dict]) -> list[dict[str, str]]:
-        import ray
-
-        self._ensure_ray()
-        task = ray.remote(run_shard).options(
-            num_cpus=stage.resources.num_cpus,
-            num_gpus=stage.resources.num_gpus,
-            memory=(stage.resources.memory_mb << 20) if stage.resources.memory_mb else None,
-            max_retries=stage.max_retries,
-            retry_exceptions=False,
-        )
-        stage_json = stage.model_dump_json()
-        counter = ray.remote(ProgressCounter).options(num_cpus=0).remote()
-        futures = {}
-        for shard in pending:
-            job = ShardJob(stage.name, stage_json, self.url(stage_dir), shard, shards[shard], index == 0, fingerprint,
-                           progress=counter)
-            futures[task.remote(job)] = shard
-        failures = []
-        finished_docs = 0
-        with StageProgress(f"{index:02d}_{stage.name}", total=len(pending)) as progress:
-            remaining = list(futures)
-            while remaining:
-                ready, remaining = ray.wait(remaining, num_returns=len(remaining), timeout=0.5)
-                live_docs = ray.get(counter.total.remote())
-                for ref in ready:
-                    shard = futures[ref]
-                    try:
-                        record = ray.get(ref)
-                    except Exception as exc:  # noqa: BLE001 - one bad shard must not stop the run
-                        message = str(exc).strip().splitlines()[-1][:500]
-                        log.error("stage %s shard %s (%s) failed: %s", stage.name, shard, shards[shard], message)
-                        failures.append({"shard": shard, "input": shards[shard], "error": message})
-                        progress.update(live_docs, failed=1)
-                        continue
-                    done[shard] = record
-                    finished_docs += record["rows_in"]
-                    for message in record.get("messages", []):
-                        log.warning("%s/%s: %s", stage.name, shard, message)
-                    progress.update(max(live_docs, finished_docs), shards_done=1)
-                if not ready:
-                    progress.update(live_docs)
-        ray.kill(counter)
-        return failures
+    def _next_inputs(self, ctx: StageContext) -> tuple[dict[str, str], dict[str, str]]:
+        """The next stage's shards: this stage's output files, each named by its record's digest."""
+        urls, ids = {}, {}
+        files = [(s, name) for s in sorted(ctx.done) for name in ctx.done[s]["outputs"]]
+        for k, (shard, name) in enumerate(files):
+            urls[f"{k:05d}"] = self.url(f"{ctx.stage_dir}/{name}")
+            ids[f"{k:05d}"] = f"{record_digest(ctx.done[shard])}:{name}"
+        return urls, ids
 
     # -- housekeeping ----------------------------------------------------------------------------
+    def _log_to_run_dir(self) -> logging.Handler | None:
+        """The run's log goes to RUN_DIR/logs/run.log as well as the terminal (local run directories)."""
+        if not self.rundir.local:
+            return None
+        Path(self.rundir.logs).mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(Path(self.rundir.logs, "run.log"))
+        handler.setLevel(logging.INFO)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        logger = logging.getLogger("winnow")
+        logger.addHandler(handler)
+        if logger.getEffectiveLevel() > logging.INFO:
+            logger.setLevel(logging.INFO)
+        return handler
+
     def _reset_if_changed(self, stage_dir: str, stage: StageConfig, fingerprint: str) -> None:
-        marker = f"{stage_dir}/_stage.json"
+        marker = self.rundir.stage_marker(stage_dir)
         if self.fs.exists(marker):
             if (read_json(self.fs, marker) or {}).get("fingerprint") == fingerprint:
                 return
             log.info("stage %s changed: recomputing it", stage.name)
             self.fs.rm(stage_dir, recursive=True)
-        self.fs.makedirs(f"{stage_dir}/_done", exist_ok=True)
+        self.fs.makedirs(self.rundir.done_dir(stage_dir), exist_ok=True)
         write_json(self.fs, marker, {"name": stage.name, "fingerprint": fingerprint,
                                      "config": stage.model_dump(mode="json")})
 
     def _remove_stale_shards(self, stage_dir: str, shards: dict[str, str]) -> None:
-        for record in self.fs.glob(f"{stage_dir}/_done/*.json"):
+        for record in self.fs.glob(f"{self.rundir.done_dir(stage_dir)}/*.json"):
             shard = record.rsplit("/", 1)[-1].removesuffix(".json")
             if shard not in shards:
                 clear_shard(self.fs, stage_dir, shard)
 
     def _remove_unknown_stage_dirs(self) -> None:
-        wanted = {self.stage_dir(i, s).rsplit("/", 1)[-1] for i, s in enumerate(self.cfg.stages)}
-        for path in self.fs.glob(f"{self.root}/stages/*"):
-            if path.rsplit("/", 1)[-1] not in wanted:
+        """Stage directories of stages no longer in the config; only Winnow's own (with `_stage.json`)."""
+        wanted = {self.stage_dir(i, s) for i, s in enumerate(self.cfg.stages)}
+        for path in self.rundir.owned_stage_dirs():
+            if path not in wanted:
                 self.fs.rm(path, recursive=True)
 
     def _publish_output(self, files: list[str], fingerprint: str) -> dict[str, Any]:
-        """Copy the last stage's shards to output/, unless they are already there."""
-        out = f"{self.root}/output"
+        """Copy the last stage's shards to output/, unless they are already there. Only files that an
+        earlier publish wrote (listed in `_source.json`) are ever removed."""
+        out = self.rundir.output
         names = [f.rsplit("/", 1)[-1] for f in files]
         marker = f"{out}/_source.json"
         state = {"fingerprint": fingerprint, "files": names}
-        if read_json(self.fs, marker) == state:
+        previous = read_json(self.fs, marker)
+        if previous == state and all(self.fs.exists(f"{out}/{n}") for n in names):
             return {"files": names, "changed": False}
-        if self.fs.exists(out):
-            self.fs.rm(out, recursive=True)
         self.fs.makedirs(out, exist_ok=True)
+        if self.fs.exists(marker):
+            self.fs.rm(marker)
+        for name in (previous or {}).get("files", []):
+            if self.fs.exists(f"{out}/{name}"):
+                self.fs.rm(f"{out}/{name}")
         for src, name in zip(files, names, strict=True):
-            self.fs.copy(fsspec.core.url_to_fs(src)[1], f"{out}/{name}.tmp")
-            self.fs.mv(f"{out}/{name}.tmp", f"{out}/{name}")
+            try:
+                self.fs.copy(fsspec.core.url_to_fs(src)[1], f"{out}/{name}.tmp")
+                self.fs.mv(f"{out}/{name}.tmp", f"{out}/{name}")
+            except BaseException:
+                if self.fs.exists(f"{out}/{name}.tmp"):
+                    self.fs.rm(f"{out}/{name}.tmp")
+                raise
         write_json(self.fs, marker, state)
         return {"files": names, "changed": True}
 
     def _write_card(self, output_changed: bool) -> None:
         """output/README.md, the dataset card, for a new output (local run directories only)."""
-        if self.protocol_prefix or not (output_changed or not self.fs.exists(f"{self.root}/output/README.md")):
+        card = f"{self.rundir.output}/README.md"
+        if not self.rundir.local or not (output_changed or not self.fs.exists(card)):
             return
         from pipeline.report import write_card
 
         try:
             write_card(self.root)
         except Exception as exc:  # noqa: BLE001 - the data is written; a card failure must not fail the run
-            log.warning("could not write the dataset card %s/output/README.md: %r", self.root, exc)
+            log.warning("could not write the dataset card %s: %r", card, exc)
 
     def _write_manifest(self, started: datetime, inputs: list[str], stages: list[dict[str, Any]],
-                        output: dict[str, Any] | None) -> dict[str, Any]:
+                        output: dict[str, Any] | None, status: str | None = None) -> dict[str, Any]:
+        if status is None:
+            status = ("done" if output and all(s["status"] == "done" for s in stages) else
+                      ("partial" if output else "running"))
         manifest = {
             "winnow_version": version("winnow"),
             "code_version": code_version(),
@@ -226,33 +246,10 @@ class Runner:
             "inputs": inputs,
             "stages": stages,
             "output": output,
-            "status": "done" if output and all(s["status"] == "done" for s in stages) else
-                      ("partial" if output else "running"),
+            "status": status,
         }
-        write_json(self.fs, f"{self.root}/manifest.json", manifest)
+        write_json(self.fs, self.rundir.manifest, manifest)
         return manifest
-
-    def _ensure_ray(self) -> None:
-        import ray
-
-        if ray.is_initialized():
-            return
-        kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.WARNING}
-        if self.ray_address:
-            ray.init(address=self.ray_address, runtime_env={"env_vars": WORKER_ENV}, **kwargs)
-        else:
-            for key, value in WORKER_ENV.items():  # a local Ray's workers inherit the driver's environment
-                os.environ.setdefault(key, value)
-            # "local" starts a private Ray even when another one runs on this machine.
-            ray.init(address="local", num_cpus=self.cfg.ray.num_cpus, **kwargs)
-        self._ray_started = True
-
-    def _shutdown_ray(self) -> None:
-        if self._ray_started:
-            import ray
-
-            ray.shutdown()
-            self._ray_started = False
 
 
 @cache
@@ -270,8 +267,8 @@ def code_version() -> str:
     return commit + ("+dirty" if dirty else "")
 
 
-def load_done(fs: fsspec.AbstractFileSystem, stage_dir: str, fingerprint: str,
-              shards: dict[str, str]) -> dict[str, dict[str, Any]]:
+def load_done(fs: fsspec.AbstractFileSystem, stage_dir: str, fingerprint: str, shards: dict[str, str],
+              input_ids: dict[str, str] | None = None) -> dict[str, dict[str, Any]]:
     """Completion records that match this fingerprint and input, with their outputs present."""
     done = {}
     paths = fs.glob(f"{stage_dir}/_done/*.json")
@@ -282,6 +279,8 @@ def load_done(fs: fsspec.AbstractFileSystem, stage_dir: str, fingerprint: str,
         if record is None:
             continue
         if record.get("fingerprint") != fingerprint or shards.get(shard) != record.get("input"):
+            continue
+        if input_ids is not None and record.get("input_id") != input_ids.get(shard):
             continue
         files = [f"{stage_dir}/{n}" for n in record["outputs"]] + [f"{stage_dir}/rejected/{n}" for n in
                                                                    record["rejected"]]
@@ -310,6 +309,7 @@ def summarize(stage: StageConfig, stage_dir: str, fingerprint: str, shards: dict
     status = "done" if len(done) == len(shards) else ("failed" if failures else "pending")
     return {
         "name": stage.name,
+        "kind": stage.kind,
         "dir": stage_dir.rsplit("/", 2)[-2] + "/" + stage_dir.rsplit("/", 1)[-1],
         "fingerprint": fingerprint,
         "status": status,

@@ -13,7 +13,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from itertools import islice
 from typing import Any
@@ -26,7 +26,7 @@ from filters import STEPS, Doc, Step
 from filters.warc import READER_COLUMNS, WarcReaderParams, read_warc
 from pipeline.config import WriterConfig
 from pipeline.jsonfile import write_json
-from pipeline.parquet_io import iter_parquet, writer_for
+from pipeline.parquet_io import ShardWriter, iter_parquet, writer_for
 from pipeline.schema import DOC_COLUMNS
 
 log = logging.getLogger("winnow.stage")
@@ -41,6 +41,7 @@ class ShardJob:
     input_path: str
     first_stage: bool
     fingerprint: str
+    input_id: str = ""  # the identity of the input (runner.input_identity); recorded for reruns
     progress: Any = None  # a ProgressCounter actor: live document counts for the driver's bar
 
 
@@ -80,6 +81,29 @@ def _batched(docs: Iterator[Doc], size: int) -> Iterator[list[Doc]]:
         yield batch
 
 
+def _shard_pass(job: ShardJob, stage: dict[str, Any], steps: list[Step]) -> None:
+    """A step that cuts at a share of its own shard (quality's `top_fraction`) sees the shard once before the
+    real pass: the steps before it run on the way, and their counts start again afterwards."""
+    for i, step in enumerate(steps):
+        if not getattr(step, "needs_shard_pass", False):
+            continue
+        if job.first_stage:
+            docs = read_warc(job.input_path, WarcReaderParams(**stage["reader"]), Counter())
+            batches = _batched(docs, stage["batch_size"])
+        else:
+            batches = iter_parquet(job.input_path, stage["batch_size"])
+        step.prepare_shard(_live_after(batches, steps[:i]))
+        for before in steps[:i]:
+            before.start_shard()
+
+
+def _live_after(batches: Iterator[list[Doc]], steps: list[Step]) -> Iterator[list[Doc]]:
+    for batch in batches:
+        for step in steps:
+            step(batch)
+        yield [d for d in batch if d.get("drop_reason") is None]
+
+
 def clear_shard(fs: fsspec.AbstractFileSystem, stage_dir: str, shard: str) -> None:
     for pattern in (f"{stage_dir}/part-{shard}-*", f"{stage_dir}/rejected/part-{shard}-*",
                     f"{stage_dir}/_done/{shard}.json"):
@@ -112,11 +136,33 @@ def _run_shard(job: ShardJob, collector: MessageCollector) -> dict[str, Any]:
         batches = _batched(docs, stage["batch_size"])
     else:
         batches = iter_parquet(job.input_path, stage["batch_size"])
+    _shard_pass(job, stage, steps)
 
     columns = stage_columns(job, steps)
     writer_cfg = WriterConfig(**stage["writer"])
     kept_writer = writer_for(fs, f"{stage_dir}/part-{job.shard}", columns, False, writer_cfg)
     rejected_writer = writer_for(fs, f"{stage_dir}/rejected/part-{job.shard}", columns, True, writer_cfg)
+    try:
+        return _stream(job, batches, steps, (kept_writer, rejected_writer), reader_stats, collector, (wall0, cpu0))
+    except BaseException as exc:
+        # Leave nothing half-written behind (a full disk, a killed task): the shard is simply not done.
+        kept_writer.abort()
+        rejected_writer.abort()
+        try:
+            clear_shard(fs, stage_dir, job.shard)
+        except OSError:
+            pass
+        if isinstance(exc, OSError):
+            raise OSError(exc.errno, f"shard {job.shard} of stage {job.stage_name} (input {job.input_path}, "
+                                     f"output {stage_dir}): {exc.strerror or exc}", exc.filename) from exc
+        raise
+
+
+def _stream(job: ShardJob, batches: Iterator[list[Doc]], steps: list[Step],
+            writers: tuple[ShardWriter, ShardWriter], reader_stats: Counter[str], collector: MessageCollector,
+            started: tuple[float, float]) -> dict[str, Any]:
+    fs, stage_dir = fsspec.core.url_to_fs(job.stage_dir)
+    kept_writer, rejected_writer = writers
     rows_in = rows_out = 0
     drop_reasons: Counter[str] = Counter()
     for batch in batches:
@@ -132,14 +178,17 @@ def _run_shard(job: ShardJob, collector: MessageCollector) -> dict[str, Any]:
         kept_writer.write(kept)
         rejected_writer.write(rejected)
         if job.progress is not None:
-            job.progress.add.remote(len(batch))
+            try:
+                job.progress.add.remote(len(batch))
+            except Exception:  # noqa: BLE001 - live progress is best effort
+                job = replace(job, progress=None)
     outputs, rejected_outputs = kept_writer.close(), rejected_writer.close()
 
     record = completion_record(job.shard, job.fingerprint, job.input_path, outputs, rejected_outputs, rows_in,
-                               rows_out, drop_reasons, (wall0, cpu0), chars_out=kept_writer.chars,
+                               rows_out, drop_reasons, started, chars_out=kept_writer.chars,
                                chars_rejected=rejected_writer.chars, reader=dict(sorted(reader_stats.items())),
                                steps={s.name: dict(sorted(s.stats.items())) for s in steps},
-                               warnings=collector.count, messages=collector.messages)
+                               warnings=collector.count, messages=collector.messages, input_id=job.input_id)
     write_json(fs, f"{stage_dir}/_done/{job.shard}.json", record)
     return record
 

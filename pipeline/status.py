@@ -21,19 +21,25 @@ def stage_rows(run_dir: str) -> list[dict[str, Any]]:
     recorded = {s["name"]: s for s in manifest.get("stages", [])}
     rows = []
     for index, stage in enumerate(config["stages"]):
-        entry = recorded.get(stage["name"])
-        stage_dir = f"{root}/stages/{index:02d}_{stage['name']}"
-        if entry is None:
-            rows.append({"stage": f"{index:02d}_{stage['name']}", "status": "pending"})
-            continue
-        # Count completion records now: a run in progress or killed is ahead of its manifest.
+        name = f"{index:02d}_{stage['name']}"
+        stage_dir = f"{root}/stages/{name}"
+        # The stage's own marker says which fingerprint its shards on disk belong to; count them now,
+        # since a run in progress, killed or interrupted is ahead of its manifest.
+        marker = read_json(fs, f"{stage_dir}/_stage.json") or {}
+        fingerprint = marker.get("fingerprint")
         done_now = 0
-        for path in fs.glob(f"{stage_dir}/_done/*.json"):
-            done_now += (read_json(fs, path) or {}).get("fingerprint") == entry["fingerprint"]
+        if fingerprint:
+            for path in fs.glob(f"{stage_dir}/_done/*.json"):
+                done_now += (read_json(fs, path) or {}).get("fingerprint") == fingerprint
+        entry = recorded.get(stage["name"])
+        if entry is None or entry["fingerprint"] != fingerprint:
+            rows.append({"stage": name, "status": "pending" if not done_now else "started",
+                         "shards": f"{done_now}/?" if done_now else "", "fingerprint": (fingerprint or "")[:10]})
+            continue
         shards = entry["shards"]
         rows.append({
-            "stage": f"{index:02d}_{stage['name']}",
-            "status": entry["status"] if done_now == shards["done"] else "running",
+            "stage": name,
+            "status": entry["status"] if done_now == shards["done"] else "started",
             "shards": f"{done_now}/{shards['total']}",
             "reused": shards["reused"],
             "computed": shards["computed"],
@@ -44,8 +50,32 @@ def stage_rows(run_dir: str) -> list[dict[str, Any]]:
             "wall_s": entry["wall_s"],
             "cpu_s": entry["cpu_s"],
             "fingerprint": entry["fingerprint"][:10],
+            "errors": entry.get("errors", []),
         })
     return rows
+
+
+def run_status(run_dir: str) -> str:
+    """The run's state: the manifest's, except that a run recorded as running whose process no longer
+    holds the directory's lock was killed or crashed."""
+    from pipeline.rundir import RunDir
+
+    rundir = RunDir(run_dir)
+    status = (read_json(rundir.fs, rundir.manifest) or {}).get("status", "not started")
+    if rundir.in_use():
+        return "running"
+    if status == "running":
+        return "stopped (the run was killed or crashed; run it again to resume)"
+    return status
+
+
+def format_errors(rows: list[dict[str, Any]]) -> str:
+    """Failed shards with their errors, one line each."""
+    lines = []
+    for row in rows:
+        for err in row.get("errors", []):
+            lines.append(f"{row['stage']} shard {err['shard']} ({err['input']}): {err['error']}")
+    return "\n".join(lines)
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:

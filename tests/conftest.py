@@ -19,6 +19,8 @@ os.environ.setdefault("WINNOW_CACHE", str(ROOT / ".pytest_cache" / "winnow"))
 
 
 def pytest_collection_modifyitems(config, items):
+    if not SHARED.exists() and os.environ.get("WINNOW_REQUIRE_SHARED_DATA"):
+        raise pytest.UsageError(f"real test data not found at {SHARED}, and WINNOW_REQUIRE_SHARED_DATA is set")
     if not SHARED.exists():
         skip = pytest.mark.skip(reason=f"real test data not found at {SHARED}")
         for item in items:

@@ -55,6 +55,7 @@ class WriteJob:
     fingerprint: str
     writer_json: str
     batch_size: int
+    input_id: str = ""
 
 
 def write_task(job: WriteJob, *tables: pa.Table) -> dict[str, Any]:
@@ -102,7 +103,7 @@ def write_task(job: WriteJob, *tables: pa.Table) -> dict[str, Any]:
     record = completion_record(job.shard, job.fingerprint, job.input_path, outputs, rejected_outputs, row, rows_out,
                                drop_reasons, (wall0, cpu0), chars_out=kept_writer.chars,
                                chars_rejected=rejected_writer.chars, steps={"dedup": step_stats},
-                               peak_rss_mb=peak_rss_mb())
+                               peak_rss_mb=peak_rss_mb(), input_id=job.input_id)
     fs.makedirs(f"{stage_dir}/_done", exist_ok=True)
     write_json(fs, f"{stage_dir}/_done/{job.shard}.json", record)
     return record
@@ -170,8 +171,11 @@ def _gather(refs: list[Any], label: str, docs_of: Any) -> list[tuple[dict[str, A
 
 
 def run_dedup(stage: StageConfig, stage_dir: str, fingerprint: str, shards: dict[str, str], pending: list[str],
-              done: dict[str, dict[str, Any]]) -> list[dict[str, str]]:
-    """Run every phase over all shards, write the pending ones; returns the shards that failed."""
+              done: dict[str, dict[str, Any]], input_id: dict[str, str] | None = None) -> list[dict[str, str]]:
+    """Run every phase over all shards, write the pending ones; returns the shards that failed.
+
+    `input_id` names each shard's input; every record written names it, so a rerun can tell
+    decisions made on another set of inputs."""
     import ray
 
     params = stage.dedup or DedupParams()
@@ -235,7 +239,7 @@ def run_dedup(stage: StageConfig, stage_dir: str, fingerprint: str, shards: dict
     futures = {}
     for s in to_write:
         job = WriteJob(stage.name, stage_dir, s, shards[s], fingerprint, stage.writer.model_dump_json(),
-                       stage.batch_size)
+                       stage.batch_size, (input_id or {}).get(s, ""))
         futures[write.remote(job, *decisions[int(s) % parts])] = s
     write_stats = []
     refs = list(futures)

@@ -24,6 +24,7 @@ import yaml
 
 from pipeline.jsonfile import read_json
 from pipeline.report.budget import CHARS_PER_TOKEN, Assumptions, crawl_cost, training_budget
+from pipeline.status import run_status
 
 LENGTH_EDGES = [0, 100, 200, 500, 1_000, 2_000, 5_000, 10_000, 20_000, 50_000, 100_000]
 SAMPLE_COLUMNS = ["id", "url", "domain", "language", "language_score", "quality_score", "dup_cluster_size",
@@ -290,7 +291,7 @@ def collect(run_dir: str, assumptions: Assumptions | None = None, samples: int =
     first_in = stages[0]["docs_in"] if stages else 0
     return {
         "run": {
-            "dir": str(root), "name": root.name, "status": manifest.get("status"),
+            "dir": str(root), "name": root.name, "status": run_status(str(root)),
             "started_at": manifest.get("started_at"), "updated_at": manifest.get("updated_at"),
             "winnow_version": manifest.get("winnow_version"), "code_version": manifest.get("code_version"),
             "inputs": manifest.get("inputs", []), "config_yaml": config_text,

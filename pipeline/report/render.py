@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import re
 from datetime import UTC, datetime
 from functools import cache
 from pathlib import Path
@@ -48,8 +49,22 @@ def usd(value: float) -> str:
 def environment() -> Environment:
     env = Environment(loader=PackageLoader("pipeline.report", "templates"), undefined=StrictUndefined,
                       autoescape=select_autoescape(["html", "html.j2"]), trim_blocks=True, lstrip_blocks=True)
-    env.filters.update(num=num, si=si, usd=usd)
+    env.filters.update(num=num, si=si, usd=usd, md=markdown_text, code=markdown_code)
     return env
+
+
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]<>()#+!|~-])")
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def markdown_text(value: Any) -> str:
+    """Crawled strings (hostnames, labels) as literal Markdown text: no links, markup or HTML."""
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", _CONTROL.sub("\ufffd", str(value)))
+
+
+def markdown_code(value: Any) -> str:
+    """A string for inside `inline code`: backticks and control characters cannot end or break it."""
+    return _CONTROL.sub("\ufffd", str(value)).replace("`", "'")
 
 
 def json_for_html(data: Any) -> Markup:
@@ -112,14 +127,10 @@ SIZE_CATEGORIES = [(1e3, "n<1K"), (1e4, "1K<n<10K"), (1e5, "10K<n<100K"), (1e6, 
 
 
 def stage_description(stage: dict[str, Any]) -> str:
-    """One line per stage for the card: each step with the parameters the config set."""
-    if stage.get("kind") == "dedup":
-        return f"near-duplicate removal (MinHash LSH, exact hashes) with {json.dumps(stage.get('dedup', {}))}"
-    steps = []
-    for step in stage.get("steps") or []:
-        params = {k: v for k, v in step.items() if k != "type"}
-        steps.append(f"`{step['type']}` {json.dumps(params)}" if params else f"`{step['type']}`")
-    return "; ".join(steps)
+    """One line per stage for the card: what it did, with the parameters the config set."""
+    from pipeline.kinds import KINDS
+
+    return KINDS[stage.get("kind", "map")].describe(stage)
 
 
 def render_card(data: dict[str, Any]) -> str:

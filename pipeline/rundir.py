@@ -1,0 +1,183 @@
+"""The run directory: every path Winnow writes, who owns it, and the lock that keeps one run in it.
+
+Winnow deletes only what it wrote. A directory becomes a run directory when `winnow run` claims
+it: it must be new, empty, or already a run (it holds `_winnow.json`, or the `run.yaml` and
+`manifest.json` of a run made before the marker existed). Inside it, stage directories carry
+`_stage.json` and the published output is listed in `output/_source.json`; nothing else is
+touched, so a user's notes beside them survive.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from datetime import UTC, datetime
+from importlib.metadata import version
+from typing import Any
+
+import fsspec
+
+from pipeline.jsonfile import read_json, write_json
+
+MARKER = "_winnow.json"
+LOCK = ".winnow.lock"
+
+
+class RunDirError(RuntimeError):
+    """A run directory that cannot be used as asked: the message says which path and why."""
+
+
+def url_prefix(fs: fsspec.AbstractFileSystem) -> str:
+    """'' for local disk, else 'proto://', to turn an fs path back into a URL for workers."""
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    return "" if protocol in ("file", "local") else f"{protocol}://"
+
+
+class RunDir:
+    def __init__(self, url: str):
+        self.given = url
+        self.fs, root = fsspec.core.url_to_fs(url)
+        self.root = root.rstrip("/") or "/"
+        self.prefix = url_prefix(self.fs)
+        self.local = not self.prefix
+        self._lock_handle: Any = None
+
+    # -- paths -----------------------------------------------------------------------------------
+    def path(self, *parts: str) -> str:
+        return "/".join([self.root, *parts])
+
+    def url(self, path: str) -> str:
+        """An fs path as a URL that any worker can open."""
+        return self.prefix + path
+
+    @property
+    def run_yaml(self) -> str:
+        return self.path("run.yaml")
+
+    @property
+    def manifest(self) -> str:
+        return self.path("manifest.json")
+
+    @property
+    def output(self) -> str:
+        return self.path("output")
+
+    @property
+    def logs(self) -> str:
+        return self.path("logs")
+
+    def stage_dir(self, index: int, name: str) -> str:
+        return self.path("stages", f"{index:02d}_{name}")
+
+    @staticmethod
+    def done_dir(stage_dir: str) -> str:
+        return f"{stage_dir}/_done"
+
+    @staticmethod
+    def stage_marker(stage_dir: str) -> str:
+        return f"{stage_dir}/_stage.json"
+
+    # -- ownership -------------------------------------------------------------------------------
+    def is_run(self) -> bool:
+        if self.fs.exists(self.path(MARKER)):
+            return True
+        return self.fs.exists(self.run_yaml) and self.fs.exists(self.manifest)
+
+    def claim(self) -> None:
+        """Make sure the directory may be written by a run, and mark it as Winnow's."""
+        try:
+            if self.fs.exists(self.root):
+                if not self.fs.isdir(self.root):
+                    raise RunDirError(f"output_dir {self.given}: is a file, not a directory; choose another path")
+                if not self.is_run():
+                    entries = [p.rsplit("/", 1)[-1] for p in self.fs.ls(self.root, detail=False)]
+                    if entries:
+                        shown = ", ".join(sorted(entries)[:5]) + (", ..." if len(entries) > 5 else "")
+                        raise RunDirError(
+                            f"output_dir {self.given}: not empty and not a Winnow run directory (it holds {shown}); "
+                            "Winnow writes only to a new or empty directory, or to one of its own runs")
+            self.fs.makedirs(self.root, exist_ok=True)
+            if not self.fs.exists(self.path(MARKER)):
+                write_json(self.fs, self.path(MARKER), {"created_by": "winnow", "version": version("winnow"),
+                                                       "created_at": _now()})
+        except OSError as exc:
+            raise RunDirError(f"output_dir {self.given}: cannot be used: {describe_os_error(exc)}") from None
+
+    def owned_stage_dirs(self) -> list[str]:
+        """Stage directories Winnow made (they hold `_stage.json`); anything else in stages/ is left alone."""
+        return [p for p in self.fs.glob(self.path("stages", "*")) if self.fs.exists(self.stage_marker(p))]
+
+    # -- the lock --------------------------------------------------------------------------------
+    def lock(self) -> None:
+        """One `winnow run` per run directory. On local disk an flock, which the kernel releases when
+        the process dies, so a crash never leaves the directory locked."""
+        info = {"pid": os.getpid(), "host": socket.gethostname(), "started_at": _now()}
+        if not self.local:
+            # Object stores have no flock: an advisory record; a fresh one from another process refuses.
+            holder = read_json(self.fs, self.path(LOCK))
+            if holder and holder.get("host") != info["host"] and time.time() - holder.get("heartbeat", 0) < 600:
+                raise RunDirError(self._busy_message(holder))
+            write_json(self.fs, self.path(LOCK), info | {"heartbeat": time.time()})
+            return
+        import fcntl
+
+        handle = open(self.path(LOCK), "a+")  # noqa: SIM115 - held open for the whole run
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            try:
+                holder = json.loads(handle.read() or "{}")
+            except json.JSONDecodeError:
+                holder = {}
+            handle.close()
+            raise RunDirError(self._busy_message(holder)) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(json.dumps(info))
+        handle.flush()
+        self._lock_handle = handle
+
+    def unlock(self) -> None:
+        if self._lock_handle is not None:
+            self._lock_handle.close()
+            self._lock_handle = None
+        elif not self.local:
+            try:
+                self.fs.rm(self.path(LOCK))
+            except OSError:
+                pass
+
+    def in_use(self) -> bool:
+        """Whether a live `winnow run` holds this directory now (local disk only; else False)."""
+        if not self.local or not os.path.exists(self.path(LOCK)):
+            return False
+        import fcntl
+
+        with open(self.path(LOCK)) as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+        return False
+
+    def _busy_message(self, holder: dict[str, Any]) -> str:
+        who = f"pid {holder.get('pid', '?')} on {holder.get('host', '?')} since {holder.get('started_at', '?')}"
+        return (f"output_dir {self.given}: another `winnow run` is using it ({who}); wait for it to finish, "
+                "or stop it, then run again")
+
+    # -- writes that name their path when they fail ----------------------------------------------
+    def write_json(self, path: str, data: Any) -> None:
+        write_json(self.fs, path, data)
+
+
+def describe_os_error(exc: OSError) -> str:
+    """'PATH: cause' for an OSError, whatever layer raised it."""
+    cause = exc.strerror or str(exc) or type(exc).__name__
+    return f"{exc.filename}: {cause}" if exc.filename else cause
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
