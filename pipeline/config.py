@@ -77,8 +77,10 @@ class StageConfig(Strict):
     def _check_steps(cls, steps: list[dict[str, Any]]) -> list[dict[str, Any]]:
         checked = []
         for i, step in enumerate(steps):
+            if not isinstance(step, dict):
+                raise ValueError(f"steps.{i}: expected a mapping with a `type`, got {step!r}")
             kind = step.get("type")
-            if kind not in STEPS:
+            if not isinstance(kind, str) or kind not in STEPS:
                 raise ValueError(f"steps.{i}.type: unknown step {kind!r}{_suggest(str(kind), STEPS)}")
             try:
                 params = STEPS[kind].Params(**step)

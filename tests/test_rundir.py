@@ -161,3 +161,16 @@ def test_status_of_a_killed_run_says_so(tmp_path):
     assert run_status(str(out)).startswith("stopped")
     assert stage_rows(str(out))[0] == {"stage": "00_extract", "status": "started", "shards": "1/?",
                                        "fingerprint": "f1"}
+
+
+def test_losing_the_progress_actor_does_not_stop_the_run(ray_local):
+    import ray
+
+    from pipeline.progress import LiveCount
+
+    live = LiveCount.start()
+    live.actor.add.remote(5)
+    assert live.total() == 5
+    ray.kill(live.actor)
+    assert live.total() == 5 and live.actor is None  # the last count stays; the bar goes on without it
+    live.stop()
