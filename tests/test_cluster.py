@@ -40,6 +40,9 @@ def test_run_joins_a_cluster_and_spreads_shards(two_node_cluster, tmp_path):
     assert len(nodes) == 2
     records = [json.loads(p.read_text()) for p in tmp_path.glob("stages/*/_done/*.json")]
     assert len(records) == 14 and {r["node"] for r in records} <= nodes
+    # One CPU per node and three extraction shards at once: both nodes must have run some.
+    extract_nodes = {json.loads(p.read_text())["node"] for p in tmp_path.glob("stages/00_extract/_done/*.json")}
+    assert extract_nodes == nodes
     output = pq.read_table(tmp_path / "output", ignore_prefixes=OUTPUT_EXTRAS)
     assert output.num_rows == manifest["stages"][-1]["rows_out"] > 0
 
