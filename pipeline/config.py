@@ -67,6 +67,9 @@ class StageConfig(Strict):
     reader: WarcReaderParams | None = None  # first stage only: how to read the input files
     steps: list[dict[str, Any]] = Field(default_factory=list)
     dedup: DedupParams | None = None  # dedup stages only
+    # synth stages only; checked against pipeline.synth.params.SynthParams by the synth kind (imported
+    # only for configs that have one, since it pulls in datasketch and the LLM client).
+    synth: dict[str, Any] | None = None
     batch_size: int = Field(256, ge=1, le=1_000_000)
     resources: Resources = Field(default_factory=Resources)
     writer: WriterConfig = Field(default_factory=WriterConfig)

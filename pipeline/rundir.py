@@ -68,6 +68,18 @@ class RunDir:
     def logs(self) -> str:
         return self.path("logs")
 
+    @property
+    def instructions(self) -> str:
+        return self.path("instructions")
+
+    @property
+    def rephrased(self) -> str:
+        return self.path("rephrased")
+
+    def llm_cache(self, stage_name: str) -> str:
+        """Every completed LLM request of a stage; kept across changes of the stage's config."""
+        return self.path("cache", "llm", stage_name)
+
     def stage_dir(self, index: int, name: str) -> str:
         return self.path("stages", f"{index:02d}_{name}")
 
@@ -168,9 +180,33 @@ class RunDir:
         return (f"output_dir {self.given}: another `winnow run` is using it ({who}); wait for it to finish, "
                 "or stop it, then run again")
 
-    # -- writes that name their path when they fail ----------------------------------------------
-    def write_json(self, path: str, data: Any) -> None:
-        write_json(self.fs, path, data)
+    # -- published folders (output/, instructions/, rephrased/) -----------------------------------
+    def replace_published(self, target: str, files: dict[str, str], state: dict[str, Any] | None = None) -> bool:
+        """Make `target` hold exactly `files` (name -> source fs path), listed in `target/_source.json`.
+
+        Only files an earlier publish listed are ever removed, so a user's file beside them stays.
+        Returns False when the target already held this state."""
+        fs, marker = self.fs, f"{target}/_source.json"
+        state = {**(state or {}), "files": list(files)}
+        previous = read_json(fs, marker)
+        if previous == state and all(fs.exists(f"{target}/{n}") for n in files):
+            return False
+        fs.makedirs(target, exist_ok=True)
+        if fs.exists(marker):
+            fs.rm(marker)
+        for name in (previous or {}).get("files", []):
+            if fs.exists(f"{target}/{name}"):
+                fs.rm(f"{target}/{name}")
+        for name, source in files.items():
+            try:
+                fs.copy(source, f"{target}/{name}.tmp")
+                fs.mv(f"{target}/{name}.tmp", f"{target}/{name}")
+            except BaseException:
+                if fs.exists(f"{target}/{name}.tmp"):
+                    fs.rm(f"{target}/{name}.tmp")
+                raise
+        write_json(fs, marker, state)
+        return True
 
 
 def describe_os_error(exc: OSError) -> str:

@@ -147,6 +147,9 @@ class Runner:
 
     def _next_inputs(self, ctx: StageContext) -> tuple[dict[str, str], dict[str, str]]:
         """The next stage's shards: this stage's output files, each named by its record's digest."""
+        through = KINDS[ctx.stage.kind].next_inputs(ctx)
+        if through is not None:
+            return through
         urls, ids = {}, {}
         files = [(s, name) for s in sorted(ctx.done) for name in ctx.done[s]["outputs"]]
         for k, (shard, name) in enumerate(files):
@@ -194,31 +197,10 @@ class Runner:
                 self.fs.rm(path, recursive=True)
 
     def _publish_output(self, files: list[str], fingerprint: str) -> dict[str, Any]:
-        """Copy the last stage's shards to output/, unless they are already there. Only files that an
-        earlier publish wrote (listed in `_source.json`) are ever removed."""
-        out = self.rundir.output
-        names = [f.rsplit("/", 1)[-1] for f in files]
-        marker = f"{out}/_source.json"
-        state = {"fingerprint": fingerprint, "files": names}
-        previous = read_json(self.fs, marker)
-        if previous == state and all(self.fs.exists(f"{out}/{n}") for n in names):
-            return {"files": names, "changed": False}
-        self.fs.makedirs(out, exist_ok=True)
-        if self.fs.exists(marker):
-            self.fs.rm(marker)
-        for name in (previous or {}).get("files", []):
-            if self.fs.exists(f"{out}/{name}"):
-                self.fs.rm(f"{out}/{name}")
-        for src, name in zip(files, names, strict=True):
-            try:
-                self.fs.copy(fsspec.core.url_to_fs(src)[1], f"{out}/{name}.tmp")
-                self.fs.mv(f"{out}/{name}.tmp", f"{out}/{name}")
-            except BaseException:
-                if self.fs.exists(f"{out}/{name}.tmp"):
-                    self.fs.rm(f"{out}/{name}.tmp")
-                raise
-        write_json(self.fs, marker, state)
-        return {"files": names, "changed": True}
+        """Copy the last stage's shards to output/, unless they are already there."""
+        sources = {f.rsplit("/", 1)[-1]: fsspec.core.url_to_fs(f)[1] for f in files}
+        changed = self.rundir.replace_published(self.rundir.output, sources, {"fingerprint": fingerprint})
+        return {"files": list(sources), "changed": changed}
 
     def _write_card(self, output_changed: bool) -> None:
         """output/README.md, the dataset card, for a new output (local run directories only)."""
@@ -272,7 +254,7 @@ def load_done(fs: fsspec.AbstractFileSystem, stage_dir: str, fingerprint: str, s
     """Completion records that match this fingerprint and input, with their outputs present."""
     done = {}
     paths = fs.glob(f"{stage_dir}/_done/*.json")
-    existing = set(fs.glob(f"{stage_dir}/part-*.parquet")) | set(fs.glob(f"{stage_dir}/rejected/part-*.parquet"))
+    existing = {p for sub in ("", "rejected/", "rephrased/") for p in fs.glob(f"{stage_dir}/{sub}part-*.parquet")}
     for path in paths:
         shard = path.rsplit("/", 1)[-1].removesuffix(".json")
         record = read_json(fs, path)
@@ -282,8 +264,10 @@ def load_done(fs: fsspec.AbstractFileSystem, stage_dir: str, fingerprint: str, s
             continue
         if input_ids is not None and record.get("input_id") != input_ids.get(shard):
             continue
-        files = [f"{stage_dir}/{n}" for n in record["outputs"]] + [f"{stage_dir}/rejected/{n}" for n in
-                                                                   record["rejected"]]
+        files = ([f"{stage_dir}/{n}" for n in record["outputs"]] +
+                 [f"{stage_dir}/rejected/{n}" for n in record["rejected"]] +
+                 [f"{stage_dir}/{n}" for n in record.get("instructions", [])] +
+                 [f"{stage_dir}/rephrased/{n}" for n in record.get("rephrased", [])])
         if all(p in existing for p in files):
             done[shard] = record
     return done

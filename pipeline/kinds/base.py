@@ -43,6 +43,8 @@ class StageKind:
     global_input: ClassVar[bool] = False
     # The config section (a key of StageConfig) this kind takes instead of `steps`, if any.
     section: ClassVar[str | None] = None
+    # True when the stage's documents are its input, unchanged (it makes something else beside them).
+    passes_documents_through: ClassVar[bool] = False
 
     def validate(self, stage: StageConfig, index: int) -> None:
         """Raise ValueError, phrased for the user, when the stage cannot be of this kind."""
@@ -54,6 +56,10 @@ class StageKind:
     def run(self, ctx: StageContext, pending: list[str]) -> list[dict[str, str]]:
         """Compute the pending shards, adding their records to ctx.done; return the failures."""
         raise NotImplementedError
+
+    def next_inputs(self, ctx: StageContext) -> tuple[dict[str, str], dict[str, str]] | None:
+        """The next stage's shards and their identities; None: this stage's output files."""
+        return None
 
     def summarize(self, ctx: StageContext, summary: dict[str, Any]) -> None:
         """Add what this kind reports beyond the common counts to the stage's manifest entry."""

@@ -26,6 +26,8 @@ class DedupKind(StageKind):
             raise ValueError(f"stage {stage.name!r}: a dedup stage needs a stage before it that extracts text")
         if stage.steps:
             raise ValueError(f"stage {stage.name!r}: a dedup stage takes a `dedup:` section, not steps")
+        if stage.synth is not None:
+            raise ValueError(f"stage {stage.name!r}: `synth:` needs `kind: synth`")
         stage.dedup = stage.dedup or DedupParams()
 
     def fingerprint_parts(self, stage) -> tuple[list[str], dict[str, dict[str, str]]]:

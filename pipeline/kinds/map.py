@@ -19,7 +19,7 @@ class MapKind(StageKind):
     name = "map"
 
     def validate(self, stage, index: int) -> None:
-        for section in ("dedup",):
+        for section in ("dedup", "synth"):
             if getattr(stage, section) is not None:
                 raise ValueError(f"stage {stage.name!r}: `{section}:` needs `kind: {section}`")
 

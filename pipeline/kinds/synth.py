@@ -1,0 +1,164 @@
+"""The synth kind: instruction data (and rephrased documents) generated from curated documents.
+
+A synth stage reads the documents of the stage before it and passes them on unchanged, so the
+stages after it and `output/` see the same documents; what it makes goes beside them. Each shard
+writes `part-*.parquet` instruction rows, `rejected/` rows with their `drop_reason`, and
+`rephrased/` documents in its stage directory; once every shard is done the run publishes them to
+`RUN_DIR/instructions/` and `RUN_DIR/rephrased/`. Every answer an LLM gave is kept in
+`RUN_DIR/cache/llm/`, outside the stage directory, so a changed check or recipe list never pays
+again for a request that already completed.
+"""
+
+from __future__ import annotations
+
+import logging
+from importlib.metadata import version
+from typing import Any
+
+from pipeline.kinds.base import StageContext, StageKind
+from pipeline.kinds.map import shard_failure
+
+log = logging.getLogger("winnow.run")
+
+MODULES = ["pipeline.synth.shard", "pipeline.synth.params", "pipeline.synth.recipes", "pipeline.synth.qc",
+           "pipeline.synth.webqa", "pipeline.synth.jsonrepair", "pipeline.synth.client", "pipeline.synth.cache",
+           "pipeline.synth.local", "pipeline.kinds.synth", "pipeline.stage", "pipeline.parquet_io"]
+# Summed from the shards' records into the manifest's `synth` entry, then shown by status and the report.
+COUNTS = ("instructions", "rejected", "rephrased", "json_repaired", "judged", "requests", "completed",
+          "cache_hits", "retries", "bad_requests", "failed_requests", "prompt_tokens", "completion_tokens")
+
+
+class SynthKind(StageKind):
+    name = "synth"
+    section = "synth"
+    passes_documents_through = True
+
+    def validate(self, stage, index: int) -> None:
+        from pydantic import ValidationError
+
+        from pipeline.config import _describe
+        from pipeline.synth.params import SynthParams
+
+        if index == 0:
+            raise ValueError(f"stage {stage.name!r}: a synth stage needs a stage before it that extracts text")
+        if stage.steps:
+            raise ValueError(f"stage {stage.name!r}: a synth stage takes a `synth:` section, not steps")
+        if stage.dedup is not None:
+            raise ValueError(f"stage {stage.name!r}: `dedup:` needs `kind: dedup`")
+        try:
+            stage.synth = SynthParams(**(stage.synth or {})).model_dump(mode="json")
+        except ValidationError as exc:
+            raise ValueError(f"stage {stage.name!r}: synth: {_describe(exc, SynthParams)}") from None
+
+    def fingerprint_parts(self, stage) -> tuple[list[str], dict[str, dict[str, str]]]:
+        versions = {name: version(name) for name in ("jinja2", "httpx", "lxml", "datasketch")}
+        return list(MODULES), {"synth": versions}
+
+    def run(self, ctx: StageContext, pending: list[str]) -> list[dict[str, str]]:
+        import ray
+
+        from pipeline.progress import StageProgress
+        from pipeline.synth.params import SynthParams
+        from pipeline.synth.ratelimit import make_limiter
+
+        ctx.ensure_ray()
+        stage, params = ctx.stage, SynthParams(**ctx.stage.synth)
+        # One limiter for the whole cluster: a named actor every shard task finds by the endpoint.
+        limiter = None
+        if params.generator == "llm":
+            mode = "ray" if params.rate_limiter == "auto" else params.rate_limiter
+            limiter = make_limiter(params.endpoint, params.requests_per_s, params.tokens_per_min, mode)
+        options: dict[str, Any] = {"num_cpus": stage.resources.num_cpus, "num_gpus": stage.resources.num_gpus,
+                                   "max_retries": stage.max_retries, "retry_exceptions": False}
+        if stage.resources.memory_mb:
+            options["memory"] = stage.resources.memory_mb << 20
+        task = ray.remote(synth_shard_task).options(**options)
+        cache_dir = ctx.rundir.url(ctx.rundir.llm_cache(stage.name))
+        futures = {task.remote(stage.name, params.model_dump_json(), ctx.stage_url, shard, ctx.shards[shard],
+                               ctx.input_ids[shard], ctx.fingerprint, cache_dir, limiter): shard
+                   for shard in pending}
+        failures: list[dict[str, str]] = []
+        with StageProgress(f"{ctx.index:02d}_{stage.name}", total=len(pending)) as progress:
+            remaining = list(futures)
+            while remaining:
+                ready, remaining = ray.wait(remaining, num_returns=1, timeout=1.0)
+                for ref in ready:
+                    shard = futures[ref]
+                    try:
+                        record = ray.get(ref)
+                    except Exception as exc:  # noqa: BLE001 - one bad shard must not stop the run
+                        failures.append(shard_failure(stage.name, shard, ctx.shards[shard], exc))
+                        progress.update(progress.docs, failed=1)
+                        continue
+                    ctx.done[shard] = record
+                    progress.update(progress.docs + record["rows_in"], shards_done=1)
+        return failures
+
+    def next_inputs(self, ctx: StageContext) -> tuple[dict[str, str], dict[str, str]] | None:
+        return dict(ctx.shards), dict(ctx.input_ids)
+
+    def summarize(self, ctx: StageContext, summary: dict[str, Any]) -> None:
+        synth: dict[str, Any] = {key: sum(r["synth"].get(key, 0) for r in ctx.done.values()) for key in COUNTS}
+        for key in ("drop_reasons", "by_recipe", "retry_causes"):
+            merged: dict[str, int] = {}
+            for record in ctx.done.values():
+                for name, n in record["synth"].get(key, {}).items():
+                    merged[name] = merged.get(name, 0) + n
+            synth[key] = dict(sorted(merged.items()))
+        synth["cost_usd"] = round(sum(r["synth"].get("cost_usd", 0) for r in ctx.done.values()), 6)
+        params = ctx.stage.synth
+        synth |= {"generator": params["generator"], "model": params.get("model") or params.get("checkpoint"),
+                  "recipes": [r["name"] for r in params["recipes"]]}
+        summary["synth"] = synth
+        if len(ctx.done) == len(ctx.shards):
+            summary["published"] = publish(ctx)
+
+    def describe(self, stage: dict[str, Any]) -> str:
+        synth = stage.get("synth") or {}
+        recipes = ", ".join(r.get("name", "?") for r in synth.get("recipes", []))
+        return (f"synthetic instruction data (`{synth.get('generator')}` generator, recipes: {recipes}); "
+                "documents pass through unchanged")
+
+
+def synth_shard_task(stage_name: str, params_json: str, stage_url: str, shard: str, input_path: str, input_id: str,
+                     fingerprint: str, cache_dir: str, limiter: Any) -> dict[str, Any]:
+    """One Ray task: generate a shard's instructions and write its completion record last."""
+    import time
+    from collections import Counter
+
+    import fsspec
+
+    from pipeline.jsonfile import write_json
+    from pipeline.stage import clear_shard, completion_record
+    from pipeline.synth.params import SynthParams
+    from pipeline.synth.shard import run_synth_shard
+
+    wall0, cpu0 = time.perf_counter(), time.process_time()
+    fs, stage_dir = fsspec.core.url_to_fs(stage_url)
+    clear_shard(fs, stage_dir, shard)
+    for path in fs.glob(f"{stage_dir}/rephrased/part-{shard}-*"):
+        fs.rm(path)
+    params = SynthParams.model_validate_json(params_json)
+    result = run_synth_shard(params, input_path, stage_url, shard, cache_dir,
+                             rephrased_dir=f"{stage_url}/rephrased", limiter=limiter)
+    outputs = result.pop("outputs")
+    names = {k: [v.rsplit("/", 1)[-1]] if v else [] for k, v in outputs.items()}
+    docs = result["docs_in"]
+    record = completion_record(shard, fingerprint, input_path, [], names["rejected"], docs, docs, Counter(),
+                               (wall0, cpu0), input_id=input_id, synth=result,
+                               instructions=names["instructions"], rephrased=names["rephrased"])
+    record["rows_rejected"] = 0  # documents pass through; rejected/ holds instruction rows
+    write_json(fs, f"{stage_dir}/_done/{shard}.json", record)
+    return record
+
+
+def publish(ctx: StageContext) -> dict[str, list[str]]:
+    """Copy every shard's instructions and rephrased documents to RUN_DIR/instructions/ and rephrased/."""
+    rundir = ctx.rundir
+    published = {}
+    for kind, target, source in (("instructions", rundir.instructions, ctx.stage_dir),
+                                 ("rephrased", rundir.rephrased, f"{ctx.stage_dir}/rephrased")):
+        names = [n for s in sorted(ctx.done) for n in ctx.done[s].get(kind, [])]
+        rundir.replace_published(target, {n: f"{source}/{n}" for n in names})
+        published[kind] = names
+    return published
