@@ -52,11 +52,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from pipeline.status import format_errors, format_table, run_status, stage_rows
+    from pipeline.status import format_errors, format_table, run_status, stage_rows, synth_lines
 
     try:
         rows = stage_rows(args.run_dir)
         print(format_table(rows))
+        if synth := synth_lines(args.run_dir):
+            print(f"\n{synth}")
         print(f"\nrun: {run_status(args.run_dir)}")
         if errors := format_errors(rows):
             print(f"\nfailed shards:\n{errors}")

@@ -254,7 +254,7 @@ def load_done(fs: fsspec.AbstractFileSystem, stage_dir: str, fingerprint: str, s
     """Completion records that match this fingerprint and input, with their outputs present."""
     done = {}
     paths = fs.glob(f"{stage_dir}/_done/*.json")
-    existing = {p for sub in ("", "rejected/", "rephrased/") for p in fs.glob(f"{stage_dir}/{sub}part-*.parquet")}
+    existing = set(fs.glob(f"{stage_dir}/part-*.parquet")) | set(fs.glob(f"{stage_dir}/rejected/part-*.parquet"))
     for path in paths:
         shard = path.rsplit("/", 1)[-1].removesuffix(".json")
         record = read_json(fs, path)
@@ -265,10 +265,8 @@ def load_done(fs: fsspec.AbstractFileSystem, stage_dir: str, fingerprint: str, s
         if input_ids is not None and record.get("input_id") != input_ids.get(shard):
             continue
         files = ([f"{stage_dir}/{n}" for n in record["outputs"]] +
-                 [f"{stage_dir}/rejected/{n}" for n in record["rejected"]] +
-                 [f"{stage_dir}/{n}" for n in record.get("instructions", [])] +
-                 [f"{stage_dir}/rephrased/{n}" for n in record.get("rephrased", [])])
-        if all(p in existing for p in files):
+                 [f"{stage_dir}/rejected/{n}" for n in record["rejected"]])
+        if all(p in existing for p in files) and all(fs.exists(f"{stage_dir}/{f}") for f in record.get("files", [])):
             done[shard] = record
     return done
 

@@ -69,6 +69,23 @@ def run_status(run_dir: str) -> str:
     return status
 
 
+def synth_lines(run_dir: str) -> str:
+    """What each synth stage made and what it cost, from the manifest."""
+    fs, root = fsspec.core.url_to_fs(run_dir)
+    manifest = read_json(fs, f"{root.rstrip('/')}/manifest.json") or {}
+    lines = []
+    for stage in manifest.get("stages", []):
+        synth = stage.get("synth")
+        if not synth:
+            continue
+        recipes = ", ".join(f"{k} {v}" for k, v in synth.get("by_recipe", {}).items()) or "none"
+        lines.append(f"{stage['name']}: {synth['instructions']} instructions ({recipes}), {synth['rejected']} dropped, "
+                     f"{synth['rephrased']} rephrased; {synth['requests']} requests, {synth['cache_hits']} from the "
+                     f"cache, {synth['retries']} retries; {synth['prompt_tokens']} prompt + "
+                     f"{synth['completion_tokens']} completion tokens, ${synth.get('cost_usd', 0):.4f}")
+    return "\n".join(lines)
+
+
 def format_errors(rows: list[dict[str, Any]]) -> str:
     """Failed shards with their errors, one line each."""
     lines = []

@@ -34,12 +34,13 @@ def test_run_joins_a_cluster_and_spreads_shards(two_node_cluster, tmp_path):
                       [f"output_dir={tmp_path}", f"input={json.dumps(inputs)}"])
     manifest = Runner(cfg, ray_address=two_node_cluster.address).run()
     assert manifest["status"] == "done"
-    # extract, heuristics, dedup (across both nodes), line filters, quality, pii; one heuristics shard is empty.
-    assert [s["shards"]["done"] for s in manifest["stages"]] == [3, 3, 2, 2, 2, 2]
+    # extract, heuristics, dedup (across both nodes), line filters, quality, pii, synth; one heuristics shard is
+    # empty.
+    assert [s["shards"]["done"] for s in manifest["stages"]] == [3, 3, 2, 2, 2, 2, 2]
     nodes = {n.node_id for n in two_node_cluster.list_all_nodes()}
     assert len(nodes) == 2
     records = [json.loads(p.read_text()) for p in tmp_path.glob("stages/*/_done/*.json")]
-    assert len(records) == 14 and {r["node"] for r in records} <= nodes
+    assert len(records) == 16 and {r["node"] for r in records} <= nodes
     # One CPU per node and three extraction shards at once: both nodes must have run some.
     extract_nodes = {json.loads(p.read_text())["node"] for p in tmp_path.glob("stages/00_extract/_done/*.json")}
     assert extract_nodes == nodes

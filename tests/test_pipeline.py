@@ -53,9 +53,10 @@ def test_run_directory_manifest_columns_and_counts(first_run):
     assert yaml.safe_load((out / "run.yaml").read_text())["output_dir"] == str(out)
     assert manifest == json.loads((out / "manifest.json").read_text())
     assert manifest["status"] == "done"
-    extract, heuristics, dedup, lines, quality, pii = manifest["stages"]
+    extract, heuristics, dedup, lines, quality, pii, synth = manifest["stages"]
     assert [s["dir"] for s in manifest["stages"]] == ["stages/00_extract", "stages/01_heuristics", "stages/02_dedup",
-                                                      "stages/03_line_filters", "stages/04_quality", "stages/05_pii"]
+                                                      "stages/03_line_filters", "stages/04_quality", "stages/05_pii",
+                                                      "stages/06_synth"]
     # Every WARC record is accounted for: a document, or a counted skip.
     reader = extract["reader"]
     skipped = sum(v for k, v in reader.items() if k.startswith("skipped:"))
@@ -80,7 +81,12 @@ def test_run_directory_manifest_columns_and_counts(first_run):
         assert all(r["drop_stage"] == stage["name"] and ":" in r["drop_reason"] for r in rejected)
         assert len(list((stage_dir / "_done").glob("*.json"))) == stage["shards"]["total"]
     table = pq.read_table(out / "output", ignore_prefixes=OUTPUT_EXTRAS)
-    assert table.num_rows == pii["rows_out"] > 0
+    assert table.num_rows == pii["rows_out"] == synth["rows_out"] > 0
+    # The synth stage passes documents through and publishes what it mined beside them.
+    instructions = pq.read_table(out / "instructions", ignore_prefixes=OUTPUT_EXTRAS)
+    assert instructions.num_rows == synth["synth"]["instructions"] > 0
+    assert set(instructions["source_id"].to_pylist()) <= set(table["id"].to_pylist())
+    assert set(instructions["generator"].to_pylist()) == {"webqa"}
     assert dedup["dedup"]["phases"]["sign"]["docs"] == dedup["rows_in"]
     for column in ("id", "url", "domain", "crawl_date", "text", "language", "language_score", "dup_cluster_id",
                    "quality_score", "pii_count", "source_file", "source_offset"):
@@ -98,11 +104,11 @@ def test_rerun_reuses_everything_and_status_shows_it(first_run):
     runner = Runner(config(out))
     again = runner.run()
     assert [s["shards"]["reused"] for s in again["stages"]] == [s["shards"]["total"] for s in manifest["stages"]]
-    assert [s["shards"]["computed"] for s in again["stages"]] == [0] * 6
+    assert [s["shards"]["computed"] for s in again["stages"]] == [0] * 7
     assert file_digests(out) == before
     assert not runner.ray.asked  # only completion records were read: Ray was not even joined
     rows = stage_rows(str(out))
-    assert [r["status"] for r in rows] == ["done"] * 6 and rows[0]["shards"] == "4/4"
+    assert [r["status"] for r in rows] == ["done"] * 7 and rows[0]["shards"] == "4/4"
     assert "00_extract" in format_table(rows)
 
 
@@ -119,7 +125,7 @@ def test_changing_gopher_parameters_recomputes_only_that_stage(ray_local, tmp_pa
     # Changing a stage's resources is not a change of what it computes.
     same = run(tmp_path, extra=["stages.heuristics.steps.gopher_quality.min_doc_words=150",
                                 "stages.heuristics.resources.num_cpus=2"])
-    assert [s["shards"]["computed"] for s in same["stages"]] == [0] * 6
+    assert [s["shards"]["computed"] for s in same["stages"]] == [0] * 7
 
 
 @pytest.mark.slow

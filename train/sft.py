@@ -28,11 +28,23 @@ from train.tokenizer import Vocab, load_vocab
 VAL_BATCHES = 8  # the first rows of the held-out split, the same at every evaluation
 
 
+def example_files(path: str) -> list[Path]:
+    """A file as is; a folder's Parquet parts; a Winnow run directory's `instructions/`."""
+    p = Path(path)
+    if not p.is_dir():
+        return [p]
+    if (p / "instructions").is_dir():
+        p = p / "instructions"
+    files = sorted(p.glob("part-*.parquet")) or sorted(p.glob("*.parquet")) + sorted(p.glob("*.jsonl"))
+    if not files:
+        raise ValueError(f"sft.data: {path} holds no part-*.parquet, *.parquet or *.jsonl files")
+    return files
+
+
 def read_examples(paths: list[str]) -> list[dict[str, Any]]:
-    """Rows from JSON arrays, JSONL or Parquet files, in file order."""
+    """Rows from JSON arrays, JSONL or Parquet files (or folders of them), in file order."""
     rows: list[dict[str, Any]] = []
-    for path in paths:
-        p = Path(path)
+    for p in [f for path in paths for f in example_files(path)]:
         if p.suffix == ".parquet":
             import pyarrow.parquet as pq
 

@@ -2,8 +2,8 @@
 
 A synth stage reads the documents of the stage before it and passes them on unchanged, so the
 stages after it and `output/` see the same documents; what it makes goes beside them. Each shard
-writes `part-*.parquet` instruction rows, `rejected/` rows with their `drop_reason`, and
-`rephrased/` documents in its stage directory; once every shard is done the run publishes them to
+writes, in its stage directory, `instructions/part-*.parquet`, `instructions/rejected/` (rows with
+their `drop_reason`) and `rephrased/` documents; once every shard is done the run publishes them to
 `RUN_DIR/instructions/` and `RUN_DIR/rephrased/`. Every answer an LLM gave is kept in
 `RUN_DIR/cache/llm/`, outside the stage directory, so a changed check or recipe list never pays
 again for a request that already completed.
@@ -136,18 +136,22 @@ def synth_shard_task(stage_name: str, params_json: str, stage_url: str, shard: s
     wall0, cpu0 = time.perf_counter(), time.process_time()
     fs, stage_dir = fsspec.core.url_to_fs(stage_url)
     clear_shard(fs, stage_dir, shard)
-    for path in fs.glob(f"{stage_dir}/rephrased/part-{shard}-*"):
-        fs.rm(path)
+    for sub in ("instructions", "instructions/rejected", "rephrased"):
+        for path in fs.glob(f"{stage_dir}/{sub}/part-{shard}-*"):
+            fs.rm(path)
     params = SynthParams.model_validate_json(params_json)
-    result = run_synth_shard(params, input_path, stage_url, shard, cache_dir,
+    result = run_synth_shard(params, input_path, f"{stage_url}/instructions", shard, cache_dir,
                              rephrased_dir=f"{stage_url}/rephrased", limiter=limiter)
     outputs = result.pop("outputs")
     names = {k: [v.rsplit("/", 1)[-1]] if v else [] for k, v in outputs.items()}
     docs = result["docs_in"]
-    record = completion_record(shard, fingerprint, input_path, [], names["rejected"], docs, docs, Counter(),
-                               (wall0, cpu0), input_id=input_id, synth=result,
-                               instructions=names["instructions"], rephrased=names["rephrased"])
-    record["rows_rejected"] = 0  # documents pass through; rejected/ holds instruction rows
+    # Documents pass through: none is dropped here. The files this shard made are listed so that a
+    # rerun reuses the shard only while they are all there.
+    record = completion_record(shard, fingerprint, input_path, [], [], docs, docs, Counter(), (wall0, cpu0),
+                               input_id=input_id, synth=result,
+                               files=[f"instructions/{n}" for n in names["instructions"]] +
+                                     [f"instructions/rejected/{n}" for n in names["rejected"]] +
+                                     [f"rephrased/{n}" for n in names["rephrased"]])
     write_json(fs, f"{stage_dir}/_done/{shard}.json", record)
     return record
 
@@ -156,9 +160,9 @@ def publish(ctx: StageContext) -> dict[str, list[str]]:
     """Copy every shard's instructions and rephrased documents to RUN_DIR/instructions/ and rephrased/."""
     rundir = ctx.rundir
     published = {}
-    for kind, target, source in (("instructions", rundir.instructions, ctx.stage_dir),
-                                 ("rephrased", rundir.rephrased, f"{ctx.stage_dir}/rephrased")):
-        names = [n for s in sorted(ctx.done) for n in ctx.done[s].get(kind, [])]
-        rundir.replace_published(target, {n: f"{source}/{n}" for n in names})
-        published[kind] = names
+    for kind, target in (("instructions", rundir.instructions), ("rephrased", rundir.rephrased)):
+        files = [f for s in sorted(ctx.done) for f in ctx.done[s].get("files", [])
+                 if f.startswith(f"{kind}/part-")]
+        rundir.replace_published(target, {f.rsplit("/", 1)[-1]: f"{ctx.stage_dir}/{f}" for f in files})
+        published[kind] = [f.rsplit("/", 1)[-1] for f in files]
     return published

@@ -24,6 +24,7 @@ import yaml
 
 from pipeline.jsonfile import read_json
 from pipeline.report.budget import CHARS_PER_TOKEN, Assumptions, crawl_cost, training_budget
+from pipeline.report.instructions import collect_instructions
 from pipeline.status import run_status
 
 LENGTH_EDGES = [0, 100, 200, 500, 1_000, 2_000, 5_000, 10_000, 20_000, 50_000, 100_000]
@@ -304,6 +305,7 @@ def collect(run_dir: str, assumptions: Assumptions | None = None, samples: int =
         "distributions": dist,
         "samples": {"kept": sample_rows(output, samples) if output else [],
                     "dropped": sample_rows(rejected, samples) if rejected else []},
+        "instructions": collect_instructions(root, manifest, samples),
         "cost": crawl_cost(stages, assumptions),
         "budget": training_budget(tokens, first_in, assumptions),
         "assumptions": assumptions.model_dump(),
