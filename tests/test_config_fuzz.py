@@ -167,7 +167,7 @@ def test_unreachable_ray_address_and_unschedulable_resources_fail_fast(ray_local
         err = capsys.readouterr().err
         assert f"ray.address {address!r}: cannot reach a Ray head there" in err and "Traceback" not in err
     finally:
-        ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+        ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
     assert main(["run", str(config), "--set", "stages.0.resources.memory_mb=20000000"]) == 2
     err = capsys.readouterr().err
     assert "stage 'extract': no node of the Ray cluster can run its tasks: resources.memory_mb=20000000" in err
