@@ -305,6 +305,7 @@ def evaluate_checkpoint(cfg: TrainConfig, path: str) -> dict[str, float]:
         refs, _ = reference_logps(cfg, [batches.rows, val_rows], env, nullcontext())
     model, _ = load_model(path, env.device)
     total = torch.zeros(len(STATS))
+    prefers = []  # pairs: does the model itself give the chosen answer the higher log-prob?
     with torch.no_grad():
         for k in range(0, len(val_rows.groups), cfg.micro_batch):
             batch = to_device(pref_batch(val_rows, np.arange(k, min(k + cfg.micro_batch, len(val_rows.groups))),
@@ -312,4 +313,9 @@ def evaluate_checkpoint(cfg: TrainConfig, path: str) -> dict[str, float]:
             logits, _ = model(batch["x"], positions=batch["positions"], doc_ids=batch["doc_ids"])
             sums, counts = sequence_logps(logits, batch["y"], batch["target_seq"], batch["n_seq"])
             total += objective(cfg, batch, sums, counts)[1].cpu()
-    return {**summary(total, "val_"), "val_items": int(total[1].item())}
+            if cfg.dpo.loss != "kto":
+                prefers += (sums[batch["role"] == CHOSEN] > sums[batch["role"] == REJECTED]).tolist()
+    found = {**summary(total, "val_"), "val_items": int(total[1].item())}
+    if prefers:
+        found["val_logp_accuracy"] = round(sum(prefers) / len(prefers), 4)
+    return found
