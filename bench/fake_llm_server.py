@@ -140,8 +140,7 @@ class FakeLLM:
             "created": 0, "model": payload.get("model"), "choices": [choice],
             "usage": {"prompt_tokens": len(prompt) // 4, "completion_tokens": completion_tokens,
                       "total_tokens": len(prompt) // 4 + completion_tokens}})
-        await response.prepare(request)
-        await response.write_eof()
+        # Counted as the answer goes out, not after: a client may read it before this coroutine resumes.
         self.answered[key] += 1
         self.answered_prompts[prompt] += 1
         return response
