@@ -149,7 +149,14 @@ def test_token_buckets_reserve_in_order():
     assert waits[:9] == [0.0] * 9 and 0 < waits[10] < waits[14] <= 0.6  # a 10-request burst, then 10/s
     heavy = BucketPair(requests_per_s=None, tokens_per_min=600)
     assert heavy.reserve(600) == 0.0 and heavy.reserve(60) == pytest.approx(6.0, abs=0.1)  # 10 tokens a second
-    assert isinstance(make_limiter("http://x", 5, None, mode="local"), LocalLimiter)
+    local = make_limiter("http://x", 0.2, 600, mode="local")  # one request per 5 s, 10 tokens per second
+    assert isinstance(local, LocalLimiter)
+
+    async def one_request() -> tuple[bool, bool, bool]:
+        await local.acquire(100)
+        return local.requests.has_capacity(), local.tokens.has_capacity(400), local.tokens.has_capacity(600)
+
+    assert run_sync(one_request()) == (False, True, False)  # the request budget is spent, 100 tokens taken
 
 
 @pytest.mark.slow
