@@ -51,7 +51,7 @@ class SynthKind(StageKind):
             raise ValueError(f"stage {stage.name!r}: synth: {_describe(exc, SynthParams)}") from None
 
     def fingerprint_parts(self, stage) -> tuple[list[str], dict[str, dict[str, str]]]:
-        versions = {name: version(name) for name in ("jinja2", "httpx", "lxml", "datasketch")}
+        versions = {name: version(name) for name in ("jinja2", "aiohttp", "lxml", "datasketch")}
         return list(MODULES), {"synth": versions}
 
     def run(self, ctx: StageContext, pending: list[str]) -> list[dict[str, str]]:
