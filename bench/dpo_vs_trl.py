@@ -1,6 +1,7 @@
 """Winnow's DPO side by side with TRL's DPOTrainer, and what DPO does to held-out reward accuracy.
 
 Run: `.venv/bin/python bench/dpo_vs_trl.py` (CPU; `--device cuda` on a GPU). Needs `trl` (the bench extra).
+`--skip agreement|speed|accuracy` leaves a part out; `--work` and `--results` let two parts run side by side.
 
 1. Agreement. The same weights (Winnow checkpoints exported to Hugging Face Llama through
    train/export.py), the same pairs and the same batch of 8: Winnow's loss and chosen/rejected
@@ -42,7 +43,7 @@ from train.model import GPT, ModelConfig  # noqa: E402
 
 SHARED = HERE.parent.parent / "shared" / "data"
 DEMO = SHARED / "sft" / "llamafactory-demo"
-WORK = HERE / "work" / "dpo_vs_trl"
+WORK = HERE / "work" / "dpo_vs_trl"  # --work changes it (two parts can run side by side)
 
 
 def prepare(args: argparse.Namespace) -> dict:
@@ -260,6 +261,7 @@ CASES = {"winnow-packed-precomputed": (winnow_case, True, True),
 
 
 def main() -> None:
+    global WORK
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--layers", type=int, default=4)
@@ -271,8 +273,11 @@ def main() -> None:
     parser.add_argument("--sft-steps", type=int, default=150)
     parser.add_argument("--dpo-steps", type=int, default=100)
     parser.add_argument("--case", choices=sorted(CASES), help="(internal) run one speed case in this process")
-    parser.add_argument("--skip", action="append", default=[], choices=["speed", "accuracy"])
+    parser.add_argument("--skip", action="append", default=[], choices=["agreement", "speed", "accuracy"])
+    parser.add_argument("--work", default=str(WORK), help="scratch folder for models, data and runs")
+    parser.add_argument("--results", help="the JSON to write (default bench/results/dpo_vs_trl_<device>.json)")
     args = parser.parse_args()
+    WORK = Path(args.work).resolve()
     if args.case:
         fn, packing, precomputed = CASES[args.case]
         result = fn(args, packing, precomputed) if fn is winnow_case else fn(args, precomputed)
@@ -284,11 +289,12 @@ def main() -> None:
     result = {"device": args.device, "torch_threads": torch.get_num_threads(), "config": vars(args),
               "note": "CPU figures (float32)" if args.device == "cpu" else "GPU figures (bf16 autocast)"}
     result["data"] = prepare(args)
-    result["agreement"] = agreement(args)
-    print(json.dumps(result["agreement"], indent=1), flush=True)
+    if "agreement" not in args.skip:
+        result["agreement"] = agreement(args)
+        print(json.dumps(result["agreement"], indent=1), flush=True)
     if "speed" not in args.skip:
         result["speed"] = {}
-        forward = [a for a in sys.argv[1:] if not a.startswith("--skip") and a not in ("speed", "accuracy")]
+        forward = [a for a in sys.argv[1:] if a not in ("--skip", "agreement", "speed", "accuracy")]
         for case in CASES:
             done = subprocess.run([sys.executable, __file__, "--case", case, *forward], capture_output=True, text=True)
             if done.returncode:
@@ -298,8 +304,9 @@ def main() -> None:
     if "accuracy" not in args.skip:
         result["accuracy"] = accuracy(args)
         print(json.dumps({k: v for k, v in result["accuracy"].items() if k != "last_train_log"}, indent=1))
-    (HERE / "results").mkdir(exist_ok=True)
-    (HERE / "results" / f"dpo_vs_trl_{args.device}.json").write_text(json.dumps(result, indent=1))
+    out = Path(args.results) if args.results else HERE / "results" / f"dpo_vs_trl_{args.device}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1))
 
 
 if __name__ == "__main__":
