@@ -15,18 +15,25 @@ tldextract on its bundled suffix list, never the network.
 
 from __future__ import annotations
 
-import copy
-import itertools
 import random
 import re
 from collections import Counter
-from functools import cache, lru_cache
+from functools import lru_cache
 from typing import Any, ClassVar, Literal
 
 import pyarrow as pa
 from pydantic import Field, model_validator
 
 from filters.base import Doc, Step, StepParams, pkg_version
+from filters.pii_ner import check_installed, entity_spans
+from filters.pii_phone import (  # noqa: F401 - WORD, verified_number and word_window are used by tests and bench
+    DIGIT_RUN_PATTERN,
+    WORD,
+    phone_recognizer_class,
+    shaped_phones,
+    verified_number,
+    word_window,
+)
 
 PATTERN_ENTITIES = ("EMAIL_ADDRESS", "PHONE_NUMBER", "IP_ADDRESS", "CREDIT_CARD", "IBAN_CODE", "US_SSN", "CRYPTO")
 NER_ENTITIES = ("PERSON", "LOCATION")
@@ -41,25 +48,18 @@ FINEWEB_IPS = ("22.214.171.124", "126.96.36.199", "188.8.131.52", "184.108.40.20
 # (presidio matches case-insensitively), each with the entities it can lead to. A window of text
 # around a match is analysed for those entities only: a window found by an `@` never runs the
 # phone recognizer, which is presidio's costliest (it parses every digit run for 8 regions).
-# Separators phonenumbers accepts between digits (its VALID_PUNCTUATION, plus whitespace).
-_SEPARATORS = (r"[\s().+/\[\]~\-\u00ad\u200b\u2010-\u2015\u2060\u2212\u2053\u223c\u3000\u30fc"
-               r"\uff08\uff09\uff0d\uff0f\uff3b\uff3d\uff5e]")
-# presidio's phone recognizer reports numbers of 4 digits (years such as "1648", at score 0.4);
-# a shorter run than this is never a finding.
-_MIN_DIGITS = 4
 PRECHECK: dict[str, tuple[str, tuple[str, ...]]] = {
     "at_sign": (r"\S@\S", ("EMAIL_ADDRESS",)),
-    "digit_run": (rf"\d(?:{_SEPARATORS}{{0,3}}\d){{{_MIN_DIGITS - 1},}}",
-                  ("PHONE_NUMBER", "CREDIT_CARD", "US_SSN", "IBAN_CODE")),
+    "digit_run": (DIGIT_RUN_PATTERN, ("PHONE_NUMBER", "CREDIT_CARD", "US_SSN", "IBAN_CODE")),
     # Written to start at a rare character (a colon, a digit): a pattern that may start at any
     # letter is tried at every letter of the page.
     "ip": (r"\d{1,3}(?:\.\d{1,3}){3}|:[0-9a-f]{0,4}:", ("IP_ADDRESS",)),
     "iban": (r"(?<=[a-z][a-z])\d\d", ("IBAN_CODE",)),
     "wallet": (r"(?:bc1|[13])[a-z0-9]{25,}", ("CRYPTO",)),
 }
-WORD = re.compile(r"\S+")
-DIGIT_RUN = re.compile(PRECHECK["digit_run"][0])
-DIGIT_OR_X = re.compile(r"[\dxX]")
+# Phone-shaped numbers in context: over the default min_score, under what presidio gives a valid
+# number in context (0.75) and an SSN (0.5), which win where spans overlap.
+SHAPED_PHONE_SCORE = 0.45
 # The flags of presidio's default registry: its recognizers match case-insensitively.
 REGISTRY_FLAGS = re.DOTALL | re.MULTILINE | re.IGNORECASE
 
@@ -71,7 +71,11 @@ class PiiParams(StepParams):
     score_thresholds: dict[str, float] = Field(default_factory=dict)  # per entity, overrides min_score
     context: dict[str, list[str]] = Field(default_factory=dict)  # context words per entity (presidio's if unset)
     replacement: Literal["placeholder", "fineweb"] = "placeholder"
-    spacy_model: str | None = None  # an installed spaCy model: adds PERSON and LOCATION
+    spacy_model: str | None = None  # an installed spaCy pipeline with NER: adds PERSON and LOCATION
+    # "valid": numbers phonenumbers calls valid in one of `phone_regions` (presidio's rule).
+    # "in_context": also phone-shaped numbers next to a phone word, valid or not (unassigned area
+    # codes, odd separators): for removal, where a missed number costs more than a removed one.
+    phone_numbers: Literal["valid", "in_context"] = "valid"
     # Regions whose numbering plans phone numbers are parsed with (presidio's default: 8 regions).
     # Each region is one more pass of phonenumbers over every digit run.
     phone_regions: list[str] = Field(default_factory=lambda: ["US", "GB", "DE", "FR", "IL", "IN", "CA", "BR"])
@@ -89,11 +93,7 @@ class PiiParams(StepParams):
             hint = "" if self.spacy_model else " (PERSON and LOCATION need spacy_model)"
             raise ValueError(f"unknown entities {unknown}; known: {list(known)}{hint}")
         if self.spacy_model is not None:
-            import spacy
-
-            if not spacy.util.is_package(self.spacy_model):
-                raise ValueError(f"spacy_model: {self.spacy_model!r} is not installed "
-                                 "(`pip install` it; Winnow never downloads)")
+            check_installed(self.spacy_model)
         return self
 
 
@@ -111,8 +111,8 @@ def _nlp_engine(language: str, model: str | None) -> Any:
     import spacy
     from presidio_analyzer.nlp_engine import NlpArtifacts, SpacyNlpEngine
 
-    if model is not None and not spacy.util.is_package(model):
-        raise ValueError(f"pii.spacy_model: {model!r} is not installed (`pip install` it; Winnow never downloads)")
+    if model is not None:
+        check_installed(model)
 
     class OfflineSpacyEngine(SpacyNlpEngine):
         def load(self) -> None:
@@ -130,168 +130,46 @@ def _nlp_engine(language: str, model: str | None) -> Any:
     return engine
 
 
-def phone_recognizer_class() -> type:
-    import phonenumbers
-    from presidio_analyzer import EntityRecognizer
-    from presidio_analyzer.predefined_recognizers import PhoneRecognizer
-
-    class ShortCandidateSkippingMatcher(phonenumbers.PhoneNumberMatcher):
-        """phonenumbers' matcher, minus the parses that cannot succeed or were done before.
-
-        The matcher parses every candidate and every group inside it ("2019-07-17" is tried whole,
-        then as "2019", "07" and "17"), once per region.
-        - A candidate whose letters and digits (letters become digits in vanity numbers) are fewer
-          than the region's shortest valid number can never be valid: it is rejected before
-          parsing, the same None the parse would have given.
-        - Otherwise the outcome depends only on the candidate, the region, the leniency and the
-          characters on either side of it, so it is computed once per process for each."""
-
-        def _parse_and_verify(self, candidate: str, offset: int) -> Any:
-            if self.leniency >= phonenumbers.Leniency.VALID:
-                fewest = fewest_digits(self.preferred_region, "+" in candidate or "\uff0b" in candidate)
-                if len(candidate) < fewest or sum(c.isalnum() for c in candidate) < fewest:
-                    return None
-            end = offset + len(candidate)
-            number = verified_number(candidate, self.preferred_region, self.leniency,
-                                     self.text[max(0, offset - 1):offset], self.text[end:end + 1])
-            return None if number is None else phonenumbers.PhoneNumberMatch(offset, candidate, number)
-
-    class DigitRunPhoneRecognizer(PhoneRecognizer):
-        """presidio's PhoneRecognizer, run on the digit runs of a text rather than on all of it.
-
-        phonenumbers' matcher parses every candidate it finds in every region's numbering plan, so
-        its cost follows the length of the text it scans. A phone number lies inside a digit run;
-        each run is scanned with one word before it and two after (a `+44` prefix, an `ext. 12`),
-        cut at whitespace, so the matcher sees the same neighbouring characters it would in the
-        whole text. The loop is presidio's, with the matcher above; tests compare the results."""
-
-        last: tuple[str, list[Any]] = ("", [])
-
-        def analyze(self, text: str, entities: list[str], nlp_artifacts: Any = None) -> list[Any]:
-            # `Pii.analyze` probes a window with the recognizers alone, then runs presidio's full
-            # analysis on it when something was found: the second call reuses the first's work.
-            if text != self.last[0]:
-                self.last = (text, self.find_numbers(text))
-            return copy.deepcopy(self.last[1])  # presidio's context step changes scores in place
-
-        def find_numbers(self, text: str) -> list[Any]:
-            results = []
-            for start, end in digit_run_spans(text):
-                window = text[start:end]
-                # No candidate in the window can hold more digits than the window does (an "x" may
-                # become a 9 in a vanity number): regions whose numbers are longer are not scanned.
-                digits, plus = len(DIGIT_OR_X.findall(window)), "+" in window or "\uff0b" in window
-                for region in self.supported_regions:
-                    if digits < fewest_digits(region, plus):
-                        continue
-                    for match in ShortCandidateSkippingMatcher(window, region, leniency=self.leniency):
-                        try:  # presidio explains a finding by the region the number belongs to
-                            found_in = phonenumbers.region_code_for_number(
-                                phonenumbers.parse(window[match.start:match.end]))
-                        except phonenumbers.NumberParseException:
-                            found_in = region
-                        result = self._get_recognizer_result(match, window, found_in, None)
-                        result.start += start
-                        result.end += start
-                        results.append(result)
-            return EntityRecognizer.remove_duplicates(results)
-
-    return DigitRunPhoneRecognizer
+def degenerate_ipv6(text: str) -> bool:
+    """True for what presidio's IPv6 patterns match in prose and code but no one writes as an
+    address: `::` alone ("See the script :: output", "Chapter 3 :: Shipping"), a single group
+    (`::1`, `a::`), groups of letters only (`a::b`, `dead::beef`), or two short groups (`1::2`)."""
+    if "." in text:  # IPv4-mapped or embedded: the IPv4 part makes it an address
+        return False
+    core = text.split("/")[0].split("%")[0]
+    groups = [g for g in core.split(":") if g]
+    return (len(groups) < 2 or not any(c.isdigit() for c in core)
+            or (len(groups) == 2 and max(len(g) for g in groups) < 3))
 
 
-@lru_cache(maxsize=1 << 16)
-def verified_number(candidate: str, region: str, leniency: int, before: str, after: str) -> Any:
-    """phonenumbers' own parse-and-verify of `candidate` between the characters `before` and
-    `after` (empty at the edges of the text): the parsed number, or None."""
-    import phonenumbers
+def ip_recognizer_class() -> type:
+    from presidio_analyzer.predefined_recognizers import IpRecognizer
 
-    matcher = phonenumbers.PhoneNumberMatcher(before + candidate + after, region, leniency=leniency)
-    match = phonenumbers.PhoneNumberMatcher._parse_and_verify(matcher, candidate, len(before))
-    return None if match is None else match.number
+    class AddressIpRecognizer(IpRecognizer):
+        """presidio's IP recognizer, minus the degenerate IPv6 matches."""
 
+        def invalidate_result(self, pattern_text: str) -> bool:
+            return bool(super().invalidate_result(pattern_text)) or degenerate_ipv6(pattern_text)
 
-@cache
-def fewest_digits(region: str, plus_sign: bool) -> int:
-    """The fewest digits a candidate must hold for phonenumbers to parse a valid number from it
-    with `region` as the default (presidio uses leniency VALID: a match must be a valid number):
-
-    - a national number: the shortest valid length among the regions sharing `region`'s country
-      code (a number parsed for CA may be valid in the US, one parsed for GB in Jersey);
-    - another country's number, written "+<country code><number>": 1 + the shortest valid number
-      anywhere (only when the candidate has a plus sign);
-    - written with `region`'s international call prefix instead: the prefix's digits, plus those.
-    """
-    import phonenumbers
-    from phonenumbers import PhoneMetadata
-
-    def shortest(code: str) -> int:
-        metadata = PhoneMetadata.metadata_for_region(code)
-        if metadata is None:
-            return 1
-        lengths = [n for n in metadata.general_desc.possible_length if n > 0]
-        if metadata.national_prefix_transform_rule:  # parsing can add digits (Norfolk Island: 2xxxx -> 32xxxx)
-            lengths += [n for n in metadata.general_desc.possible_length_local_only if n > 0]
-        return min(lengths, default=1)
-
-    anywhere = min(shortest(code) for code in phonenumbers.SUPPORTED_REGIONS)
-    same_code = phonenumbers.region_codes_for_country_code(phonenumbers.country_code_for_region(region))
-    national = min(shortest(code) for code in same_code)
-    idd = re.compile(PhoneMetadata.metadata_for_region(region).international_prefix or "(?!)")
-    idd_digits = next((n for n in range(1, 5) if any(idd.fullmatch(str(k).zfill(n)) for k in range(10 ** n))), 4)
-    other_region = (1 if plus_sign else idd_digits) + anywhere
-    return min(national, other_region)
-
-
-def word_window(text: str, start: int, end: int, before: int, after: int) -> tuple[int, int]:
-    """[start, end) widened to whole words, plus `before` words before it and `after` after it
-    (fewer at the edges of the text). Only the text near the span is scanned: splitting a whole
-    page into words cost more than everything else the pre-check does."""
-    reach = 32 * (before + 1)
-    while True:  # back from `start`, over a stretch that grows until it holds enough word starts
-        low = max(0, start - reach)
-        starts = [m.start() for m in WORD.finditer(text, low, start + 1)]
-        if low > 0 and not text[low - 1].isspace():
-            starts = starts[1:]  # the first word found is cut at `low`
-        if len(starts) > before or low == 0:
-            break
-        reach *= 4
-    first = starts[max(0, len(starts) - 1 - before)] if starts else start
-    last = end
-    ends = (m.end() for m in WORD.finditer(text, start))
-    for word_end in ends:  # forward: the word holding `end`, then `after` more
-        if word_end >= end:
-            last = word_end
-            for later_end in itertools.islice(ends, after):
-                last = later_end
-            break
-    return min(first, start), max(last, end)
-
-
-def digit_run_spans(text: str) -> list[tuple[int, int]]:
-    """Merged spans of whole words around each digit run: one word before, two after."""
-    spans: list[tuple[int, int]] = []
-    for match in DIGIT_RUN.finditer(text):
-        start, end = word_window(text, match.start(), match.end(), before=1, after=2)
-        if spans and start <= spans[-1][1]:
-            spans[-1] = (spans[-1][0], max(spans[-1][1], end))
-        else:
-            spans.append((start, end))
-    return spans
+    return AddressIpRecognizer
 
 
 @lru_cache(maxsize=4)
 def build_analyzer(params_json: str, stock: bool = False) -> Any:
     """presidio AnalyzerEngine with only the configured recognizers; built once per process.
-    `stock=True` uses presidio's own PhoneRecognizer (the reference the tests compare with)."""
+    `stock=True` uses presidio's own PhoneRecognizer (the reference the tests compare with).
+
+    Context words count only as whole words: presidio's default matches them inside longer
+    words, so "script" holds "ip" and lifts a `::` over the threshold. Names and places come from
+    `pii_ner`, not from here: pattern findings are the same with or without a spaCy model."""
     from presidio_analyzer import AnalyzerEngine, RecognizerRegistry
+    from presidio_analyzer.context_aware_enhancers import LemmaContextAwareEnhancer
     from presidio_analyzer.predefined_recognizers import (
         CreditCardRecognizer,
         CryptoRecognizer,
         EmailRecognizer,
         IbanRecognizer,
-        IpRecognizer,
         PhoneRecognizer,
-        SpacyRecognizer,
         UsSsnRecognizer,
     )
 
@@ -299,7 +177,7 @@ def build_analyzer(params_json: str, stock: bool = False) -> Any:
     _offline_tldextract()
 
     phone = PhoneRecognizer if stock else phone_recognizer_class()
-    classes = {"EMAIL_ADDRESS": EmailRecognizer, "PHONE_NUMBER": phone, "IP_ADDRESS": IpRecognizer,
+    classes = {"EMAIL_ADDRESS": EmailRecognizer, "PHONE_NUMBER": phone, "IP_ADDRESS": ip_recognizer_class(),
                "CREDIT_CARD": CreditCardRecognizer, "IBAN_CODE": IbanRecognizer, "US_SSN": UsSsnRecognizer,
                "CRYPTO": CryptoRecognizer}
     registry = RecognizerRegistry(supported_languages=[params.language])
@@ -314,11 +192,9 @@ def build_analyzer(params_json: str, stock: bool = False) -> Any:
             if hasattr(recognizer, "global_regex_flags"):
                 recognizer.global_regex_flags = REGISTRY_FLAGS
             registry.add_recognizer(recognizer)
-    ner = [e for e in params.entities if e in NER_ENTITIES]
-    if ner:
-        registry.add_recognizer(SpacyRecognizer(supported_language=params.language, supported_entities=ner))
-    return AnalyzerEngine(registry=registry, nlp_engine=_nlp_engine(params.language, params.spacy_model),
-                          supported_languages=[params.language])
+    return AnalyzerEngine(registry=registry, nlp_engine=_nlp_engine(params.language, None),
+                          supported_languages=[params.language],
+                          context_aware_enhancer=LemmaContextAwareEnhancer(context_matching_mode="whole_word"))
 
 
 class Pii(Step):
@@ -336,7 +212,9 @@ class Pii(Step):
         prechecks = [(re.compile(pattern, re.IGNORECASE), tuple(e for e in entities if e in params.entities))
                           for pattern, entities in PRECHECK.values()]
         self.prechecks = [(rx, entities) for rx, entities in prechecks if entities]
-        self.needs_whole_text = any(e in NER_ENTITIES for e in params.entities)
+        self.pattern_entities = tuple(e for e in params.entities if e in PATTERN_ENTITIES)
+        self.ner_entities = tuple(e for e in params.entities if e in NER_ENTITIES)
+        self.shaped_phones = params.phone_numbers == "in_context" and "PHONE_NUMBER" in params.entities
 
     @classmethod
     def versions(cls, params: PiiParams) -> dict[str, str]:
@@ -348,7 +226,12 @@ class Pii(Step):
     def process(self, docs: list[Doc]) -> None:
         # Find everything first, then change the documents: if a page makes presidio fail, the
         # batch is retried page by page, and no page may be anonymized twice.
-        all_findings = [self.find(doc["text"] or "") for doc in docs]
+        texts = [doc["text"] or "" for doc in docs]
+        if self.ner_entities:  # one spaCy pass over the batch
+            named = entity_spans(self.params.spacy_model, texts, self.ner_entities)
+        else:
+            named = [[] for _ in texts]
+        all_findings = [self.find(text, extra) for text, extra in zip(texts, named, strict=True)]
         for doc, findings in zip(docs, all_findings, strict=True):
             counts = Counter(f[0] for f in findings)
             doc["pii_count"] = len(findings)
@@ -387,17 +270,20 @@ class Pii(Step):
         so they run first on their own; only a window where one finds something pays for the
         tokens and the full analysis (the same call, so scores include context as presidio's do)."""
         analyzer = build_analyzer(self.params_json, stock)
-        wanted = list(entities or self.params.entities)
-        if not stock and not self.needs_whole_text:
+        wanted = list(entities or self.pattern_entities)
+        if not wanted:
+            return []
+        if not stock:
             recognizers = analyzer.registry.get_recognizers(language=self.params.language, entities=wanted)
             if not any(r.analyze(text=text, entities=wanted, nlp_artifacts=None) for r in recognizers):
                 return []
         results = analyzer.analyze(text=text, language=self.params.language, entities=wanted)
         return [(r.entity_type, r.start, r.end, r.score) for r in results]
 
-    def find(self, text: str) -> list[tuple[str, int, int, float]]:
-        """Non-overlapping findings above their thresholds, in text order."""
-        if not self.params.precheck or self.needs_whole_text:
+    def find(self, text: str, extra: list[tuple[str, int, int, float]] = ()) -> list[tuple[str, int, int, float]]:
+        """Non-overlapping findings above their thresholds, in text order, with `extra` findings
+        (names and places) taken into the same resolution."""
+        if not self.params.precheck:
             found = self.analyze(text) if text else []
         else:
             found = []
@@ -407,7 +293,9 @@ class Pii(Step):
             for start, end, entities in windows:
                 found += [(e, s + start, t + start, score)
                           for e, s, t, score in self.analyze(text[start:end], entities)]
-        return resolve(found, self.params.min_score, self.params.score_thresholds)
+        if self.shaped_phones:
+            found += [("PHONE_NUMBER", start, end, SHAPED_PHONE_SCORE) for start, end in shaped_phones(text)]
+        return resolve([*found, *extra], self.params.min_score, self.params.score_thresholds)
 
     def replace(self, text: str, findings: list[tuple[str, int, int, float]], doc_id: str) -> str:
         """Each span becomes a typed placeholder, the same one for the same value within a page

