@@ -12,32 +12,84 @@ papers' (and datatrove's). Drop reasons are datatrove's, without the redundant p
 
 from __future__ import annotations
 
+import difflib
 import re
+import string
 from functools import cache
 from typing import Any, ClassVar, Literal
 
+from pydantic import model_validator
+
 from filters.base import Doc, Filter, StepParams, pkg_version
 
-_WORDS = re.compile(r"https?://\S+|\d+(?:[.,]\d+)+|[A-Za-z](?:\.[A-Za-z])+\.?|\w+|n['\u2019]t|['\u2019]\w+|\.\.\.|[^\w\s]")
 _SENTENCE_END = re.compile(r"[.!?\u3002\uff01\uff1f]+[\"'\u201d\u2019)\]]*(?=\s|$)")
+# A chunk ending in one of these splits into the word and the mark, in spaCy's English rules, when
+# the word is letters or digits. A period splits only after a lower-case ASCII letter or a digit
+# ("W." and "GmbH." stay whole).
+_SPLIT_MARKS = frozenset(",;:!?")
+_BEFORE_PERIOD = frozenset(string.ascii_lowercase + string.digits)
+_CACHE_SIZE = 1 << 18
+
+
+class SpacyChunkTokenizer:
+    """spaCy's English word splitting, computed once per distinct whitespace-separated chunk.
+
+    spaCy's tokenizer splits text at whitespace and tokenizes each chunk on its own (prefixes,
+    suffixes, infixes, special cases such as "don't" -> "do", "n't" and "St." kept whole). So the
+    tokens of a text are the tokens of its chunks, and web text repeats its chunks: most are plain
+    words, which need no tokenizer at all, and the rest are looked up in a cache before spaCy sees
+    them. The result is token for token datatrove's spaCy word list (tests compare them on every
+    real document in ../shared/data), at a fraction of the cost."""
+
+    def __init__(self, language: str = "en"):
+        self.language = language
+        self._reset()
+
+    def _reset(self) -> None:
+        import spacy
+
+        # A fresh pipeline also drops the strings spaCy has interned, which otherwise grow with
+        # every new word it sees.
+        self.tokenizer = spacy.blank(self.language).tokenizer
+        self.special = frozenset(self.tokenizer.rules)
+        self.cache: dict[str, tuple[str, ...]] = {}
+
+    def chunk(self, chunk: str) -> tuple[str, ...] | list[str]:
+        if chunk not in self.special:
+            if chunk.isalpha() or chunk.isdigit():
+                return (chunk,)
+            word, mark = chunk[:-1], chunk[-1]
+            if (mark in _SPLIT_MARKS or (mark == "." and word and word[-1] in _BEFORE_PERIOD)) and \
+                    (word.isalpha() or word.isdigit()) and word not in self.special:
+                return (word, mark)
+        found = self.cache.get(chunk)
+        if found is None:
+            if len(self.cache) >= _CACHE_SIZE:
+                self._reset()
+            found = self.cache[chunk] = tuple(t.text for t in self.tokenizer(chunk) if not t.is_space)
+        return found
+
+    def words(self, text: str) -> list[str]:
+        out: list[str] = []
+        for chunk in text.split():
+            out.extend(self.chunk(chunk))
+        return out
 
 
 @cache
-def fast_tokenizer() -> Any:
-    """A regex word and sentence splitter for datatrove's filters, in place of spaCy.
-
-    spaCy's tokenizer is 90% of the time these filters take (and its vocabulary grows with
-    every new word it sees). The word rules follow spaCy's English ones where they matter to
-    the filters' counts: URLs, numbers such as "1,000.5" and abbreviations such as "U.S." stay
-    whole; clitics ("'s") split off; each punctuation mark is a token, but "..." is one.
-    Sentences end at terminal punctuation followed by a space. On the benchmark corpus the kept
-    set matches the spaCy tokenizer's at Jaccard 0.982 (bench/vs_datatrove.py).
-    """
+def fast_tokenizer(language: str = "en") -> Any:
+    """datatrove's word tokenizer for `language`, with spaCy's word splitting done chunk by chunk
+    (SpacyChunkTokenizer) and sentences split by a regex at terminal punctuation followed by a
+    space, in place of spaCy's sentencizer."""
     from datatrove.utils.word_tokenizers import WordTokenizer
 
     class FastWordTokenizer(WordTokenizer):
+        def __init__(self, language: str):
+            super().__init__(language)
+            self.chunks = SpacyChunkTokenizer(language)
+
         def word_tokenize(self, text: str) -> list[str]:
-            return _WORDS.findall(text)
+            return self.chunks.words(text)
 
         def span_tokenize(self, text: str) -> list[tuple[int, int]]:
             spans, start = [], 0
@@ -52,7 +104,7 @@ def fast_tokenizer() -> Any:
         def sent_tokenize(self, text: str) -> list[str]:
             return [s for a, b in self.span_tokenize(text) if (s := text[a:b].strip())]
 
-    return FastWordTokenizer("en")
+    return FastWordTokenizer(language)
 
 
 class _DatatroveFilter(Filter):
@@ -67,7 +119,7 @@ class _DatatroveFilter(Filter):
 
         kwargs = _tuples(params.model_dump(exclude={"type", "tokenizer"}))
         if params.tokenizer == "fast":
-            kwargs["language"] = fast_tokenizer()
+            kwargs["language"] = fast_tokenizer(datatrove_tokenizer(params.language)[1])
         self.impl = getattr(dt_filters, self.datatrove_class)(**kwargs)
 
     @classmethod
@@ -92,11 +144,53 @@ def _tuples(kwargs: dict[str, Any]) -> dict[str, Any]:
             for k, v in kwargs.items()}
 
 
-# "spacy" is datatrove's own word splitting: exact parity with a datatrove run, ~8x slower.
+# "spacy" is datatrove's own word splitting for the language (spaCy's for most, another library's
+# for some): exact parity with a datatrove run. "fast": the same words as spaCy's, chunk by chunk.
 Tokenizer = Literal["fast", "spacy"]
 
 
-class GopherRepetitionParams(StepParams):
+def datatrove_tokenizer(language: str) -> tuple[str, str]:
+    """(tokenizer class, its language code) that datatrove uses for `language`, or a ValueError
+    naming the nearest languages it knows."""
+    from datatrove.utils.word_tokenizers import load_tokenizer_assignments
+
+    factories = load_tokenizer_assignments()
+    if language not in factories:
+        near = difflib.get_close_matches(language, sorted(factories), n=3, cutoff=0.5)
+        hint = f"; nearest: {', '.join(map(repr, near))}" if near else ""
+        raise ValueError(f"language: {language!r} is not a language datatrove has a word tokenizer for"
+                         f" (ISO 639-1 or 639-3 codes, optionally with a script: 'sr_Latn'){hint}")
+    class_name, code = factories[language].args
+    return class_name, code or language
+
+
+@cache
+def _rule_based_spacy(code: str) -> bool:
+    """Whether spaCy's pipeline for `code` splits words with its rule-based tokenizer (Chinese,
+    Japanese, Korean, Thai and a few others use a segmentation library instead)."""
+    import spacy
+    from spacy.tokenizer import Tokenizer as RuleTokenizer
+
+    try:
+        return isinstance(spacy.blank(code).tokenizer, RuleTokenizer)
+    except Exception:  # noqa: BLE001 - a missing segmenter package: not rule-based
+        return False
+
+
+class _HeuristicParams(StepParams):
+    """Checks `language` (datatrove's word tokenizer is chosen by it) against `tokenizer`."""
+
+    @model_validator(mode="after")
+    def _known_language(self) -> _HeuristicParams:
+        class_name, code = datatrove_tokenizer(self.language)
+        if self.tokenizer == "fast" and not (class_name == "SpaCyTokenizer" and _rule_based_spacy(code)):
+            raise ValueError(f"language: datatrove splits {self.language!r} into words with its {class_name}"
+                             f"({code}), which `tokenizer: fast` does not reproduce; set `tokenizer: spacy` "
+                             "to use datatrove's")
+        return self
+
+
+class GopherRepetitionParams(_HeuristicParams):
     type: Literal["gopher_repetition"] = "gopher_repetition"
     dup_line_frac: float | None = 0.3
     dup_para_frac: float | None = 0.3
@@ -114,7 +208,7 @@ class GopherRepetition(_DatatroveFilter):
     datatrove_class = "GopherRepetitionFilter"
 
 
-class GopherQualityParams(StepParams):
+class GopherQualityParams(_HeuristicParams):
     type: Literal["gopher_quality"] = "gopher_quality"
     min_doc_words: int | None = 50
     max_doc_words: int | None = 100_000
@@ -137,7 +231,7 @@ class GopherQuality(_DatatroveFilter):
     strip_prefix = "gopher_"
 
 
-class C4QualityParams(StepParams):
+class C4QualityParams(_HeuristicParams):
     type: Literal["c4_quality"] = "c4_quality"
     split_paragraph: bool = True
     remove_citations: bool = True
@@ -159,7 +253,7 @@ class C4Quality(_DatatroveFilter):
     datatrove_class = "C4QualityFilter"
 
 
-class FineWebQualityParams(StepParams):
+class FineWebQualityParams(_HeuristicParams):
     type: Literal["fineweb_quality"] = "fineweb_quality"
     line_punct_thr: float = 0.12
     line_punct_exclude_zero: bool = False
