@@ -3,9 +3,9 @@
 A bag of words learns topic (encyclopedic against commercial) more than form. Human judgements of
 web pages also reward form: enough text, lines that are sentences, ordinary function words, no
 repeated boilerplate, few symbols and bullets. These are the heuristic filters' own signals, kept as
-numbers instead of pass/fail, plus the fastText classifier's log-odds. The combiner is a standardized
-logistic regression stored as a few numbers in JSON beside the fastText model, so the score is
-P(good) under the training mix and the same JSON gives the same scores everywhere.
+numbers instead of pass/fail, plus the fastText classifier's log-odds. The combiner is a logistic
+model over the standardized features, stored as a few numbers in JSON beside the fastText model, so
+the score is P(good) under the training mix and the same JSON gives the same scores everywhere.
 """
 
 from __future__ import annotations
@@ -113,24 +113,46 @@ class Combiner:
         return 1 / (1 + np.exp(-self.logits(x)))
 
 
-# The direction each signal may push the score: the heuristics' papers' direction. Training labels by
-# source carry their sources' quirks (C4 kept only lines ending in punctuation; instruction answers
-# are short), and an unconstrained fit learns those quirks, such as "shorter is better", instead.
+# The direction each signal pushes the score: the heuristics' papers' direction (0: not used by the
+# unit-weight combiner, free in a fitted one).
 SIGNS = {"fasttext_logit": 1, "log_words": 1, "punct_lines": 1, "log_line_words": 1, "short_lines": -1,
          "word_len": 0, "stop_ratio": 1, "alpha_ratio": 1, "symbol_ratio": -1, "dup_lines": -1,
          "bullet_lines": -1, "upper_ratio": -1, "digit_ratio": -1, "unique_words": 0}
 
 
-def fit_combiner(x: np.ndarray, y: np.ndarray, weight: np.ndarray | None = None, l2: float = 1.0,
-                 signs: dict[str, int] | None = SIGNS) -> dict[str, Any]:
-    """Weighted, L2-regularized logistic regression by L-BFGS-B, each weight kept to its sign in `signs`
-    (deterministic for the same inputs)."""
-    from scipy.optimize import minimize
+def fit_combiner(x: np.ndarray, y: np.ndarray, weight: np.ndarray | None = None, mode: str = "unit",
+                 l2: float = 1.0) -> dict[str, Any]:
+    """The combiner for features `x` and labels `y` (deterministic for the same inputs).
 
+    `unit` (the default): every standardized feature counts with weight +1 or -1, its sign in SIGNS,
+    and only a slope and an intercept are fitted, which calibrates the sum into P(good). Labels by
+    source carry their sources' quirks (C4 kept only lines ending in punctuation; instruction answers
+    are short), and weights fitted on a few sources learn those quirks: on sources left out of training
+    they rank worse than unit weights (bench/quality.py). `fitted`: a weighted, L2-regularized logistic
+    regression over all features, each weight bounded to its sign.
+    """
     weight = np.ones(len(y)) if weight is None else weight / weight.mean()
     mean, scale = x.mean(axis=0), x.std(axis=0)
     scale[scale == 0] = 1.0
     z = (x - mean) / scale
+    signs = np.array([SIGNS[f] for f in FEATURES], dtype=float)
+    if mode == "unit":
+        slope, bias = _logistic(z @ signs[:, None], y, weight, l2, [(0, None)])
+        weights = slope * signs
+    elif mode == "fitted":
+        bounds = [(0, None) if s > 0 else (None, 0) if s < 0 else (None, None) for s in signs]
+        weights, bias = _logistic(z, y, weight, l2, bounds)
+    else:
+        raise ValueError(f"combiner mode {mode!r}: use 'unit' or 'fitted'")
+    return {"features": FEATURES, "mode": mode, "mean": _r(mean), "scale": _r(scale), "weights": _r(weights),
+            "bias": round(float(bias), 6)}
+
+
+def _logistic(z: np.ndarray, y: np.ndarray, weight: np.ndarray, l2: float,
+              bounds: list[tuple[float | None, float | None]]) -> tuple[np.ndarray, float]:
+    """Weighted logistic regression with an L2 penalty on the weights, by L-BFGS-B within `bounds`."""
+    from scipy.optimize import minimize
+
     y = y.astype(float)
 
     def loss(theta: np.ndarray) -> tuple[float, np.ndarray]:
@@ -143,11 +165,8 @@ def fit_combiner(x: np.ndarray, y: np.ndarray, weight: np.ndarray | None = None,
         grad[:-1] += l2 * w / len(y)
         return float(nll.mean() + 0.5 * l2 * (w @ w) / len(y)), grad
 
-    sign = [(signs or {}).get(f, 0) for f in FEATURES]
-    bounds = [(0, None) if s > 0 else (None, 0) if s < 0 else (None, None) for s in sign] + [(None, None)]
-    result = minimize(loss, np.zeros(z.shape[1] + 1), jac=True, method="L-BFGS-B", bounds=bounds)
-    return {"features": FEATURES, "mean": _r(mean), "scale": _r(scale), "weights": _r(result.x[:-1]),
-            "bias": round(float(result.x[-1]), 6)}
+    result = minimize(loss, np.zeros(z.shape[1] + 1), jac=True, method="L-BFGS-B", bounds=bounds + [(None, None)])
+    return result.x[:-1], float(result.x[-1])
 
 
 def _r(values: np.ndarray) -> list[float]:

@@ -4,8 +4,9 @@ The combiner must learn how far to trust fastText on documents fastText has not 
 fastText feature comes out of fold: the documents are split by group into `folds`, fastText is
 trained on the passages of all folds but one and scores the documents of that one. The shipped
 fastText model is then trained on everything and the combiner on the out-of-fold features of the
-documents shaped like web pages (quality_data.PAGE_SOURCES). Each weight keeps the sign the
-heuristics give it (filters/quality_features.SIGNS). Sources
+documents shaped like web pages (quality_data.PAGE_SOURCES): by default with unit weights, each
+feature counting +1 or -1 by the sign the heuristics give it, and only the calibration fitted
+(filters/quality_features.fit_combiner says why). Sources
 are weighted so that each counts the same within its label (697 web pages do not outvote 20 CCNet
 documents), and the two labels weigh the same.
 """
@@ -59,23 +60,28 @@ def out_of_fold_probs(docs: list[dict[str, Any]], folds: int, workdir: Path, **f
     return probs
 
 
-def build_combiner(docs: list[dict[str, Any]], model_path: Path, folds: int = 5,
+def page_features(docs: list[dict[str, Any]], folds: int, workdir: Path,
+                  **fit_params: Any) -> tuple[list[dict[str, Any]], np.ndarray, np.ndarray]:
+    """The documents shaped like web pages, their features (fastText's out of fold) and labels."""
+    oof = out_of_fold_probs(docs, folds, workdir, **fit_params)
+    keep = np.array([d["source"] in PAGE_SOURCES for d in docs])
+    pages = [d for d, k in zip(docs, keep, strict=True) if k]
+    return pages, feature_matrix([d["text"] for d in pages], oof[keep]), np.array([d["label"] == "hq" for d in pages])
+
+
+def build_combiner(docs: list[dict[str, Any]], model_path: Path, folds: int = 5, mode: str = "unit",
                    **fit_params: Any) -> dict[str, Any]:
     """Fit the combiner for the fastText model at `model_path` and save it beside it; return its spec."""
     with tempfile.TemporaryDirectory(dir=model_path.parent) as tmp:
-        oof = out_of_fold_probs(docs, folds, Path(tmp), **fit_params)
-    keep = [d["source"] in PAGE_SOURCES for d in docs]
-    docs, oof = [d for d, k in zip(docs, keep, strict=True) if k], oof[np.array(keep)]
-    x = feature_matrix([d["text"] for d in docs], oof)
-    y = np.array([d["label"] == "hq" for d in docs])
-    spec = fit_combiner(x, y, source_weights(docs))
+        docs, x, y = page_features(docs, folds, Path(tmp), **fit_params)
+    spec = fit_combiner(x, y, source_weights(docs), mode=mode)
     score = Combiner(spec).predict(x)
     spec["report"] = {
         "documents": dict(sorted(Counter(f"{d['label']}:{d['source']}" for d in docs).items())),
         "folds": folds,
-        # Out-of-fold for fastText, in-sample for the 15 combiner weights: the honest figures are
+        # Out-of-fold for fastText, in-sample for the combiner: the honest figures are
         # bench/quality.py's, on sources left out of training altogether.
-        "auc_fasttext_out_of_fold": round(roc_auc(oof, y), 4),
+        "auc_fasttext_out_of_fold": round(roc_auc(x[:, 0], y), 4),
         "auc_combined": round(roc_auc(score, y), 4),
         "weights_by_feature": dict(zip(FEATURES, spec["weights"], strict=True)),
         # Percentiles 0..100 of the web documents' scores, for `cut: reference`.
