@@ -69,6 +69,15 @@ class LangIdParams(StepParams):
             raise ValueError(f"thresholds must lie in [0, 1]: {bad}")
         return v
 
+    @field_validator("model_path")
+    @classmethod
+    def _model_exists(cls, v: str | None) -> str | None:
+        import fsspec
+
+        if v is not None and not (v.strip() and fsspec.core.url_to_fs(v)[0].isfile(fsspec.core.url_to_fs(v)[1])):
+            raise ValueError(f"no model file at {v!r}; give the path of a fastText model, or null for lid.176")
+        return v
+
     @model_validator(mode="after")
     def _known_languages(self) -> LangIdParams:
         # lid.176's labels are known; another model's are checked against the model when it loads.

@@ -31,6 +31,7 @@ from urllib.parse import urlsplit
 
 import fsspec
 import pyarrow as pa
+from pydantic import Field
 
 from filters.base import Doc, StepParams
 from filters.html_encoding import decode_html, whatwg_codec
@@ -50,8 +51,9 @@ _HTTP_CHARSET = re.compile(r"""charset\s*=\s*["']?([^"';\s]+)""", re.I)
 class WarcReaderParams(StepParams):
     type: Literal["warc"] = "warc"
     # Records larger than this are skipped and counted: a 50 MB page is not training text.
-    max_record_bytes: int = 5_000_000
-    mime_types: list[str] = ["text/html", "application/xhtml+xml"]
+    max_record_bytes: int = Field(5_000_000, ge=1_000)
+    # At least one: an empty list would skip every record and make a run that succeeds on nothing.
+    mime_types: list[str] = Field(["text/html", "application/xhtml+xml"], min_length=1)
     # Keep the ones with a 2xx status only; redirects and errors carry no content.
     only_ok_status: bool = True
 

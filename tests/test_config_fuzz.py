@@ -134,6 +134,9 @@ def _set(raw: dict[str, Any], path: tuple[Any, ...], value: Any) -> dict[str, An
     ("stages.0.writer.compression=bogus", "compression"),
     ("stages.0.writer.compression_level=99", "compression_level"),
     ("stages.0.name=../escape", "name"),
+    ("stages.0.reader.mime_types=[]", "mime_types"),
+    ("stages.extract.steps.langid.languages=[xx]", "languages"),
+    ("stages.extract.steps.langid.model_path=/nonexistent/lid.bin", "model_path"),
 ])
 def test_invalid_values_fail_before_any_work(tmp_path, capsys, override, expected):
     config = tmp_path / "c.yaml"
