@@ -264,6 +264,13 @@ def funnel(root: Path, manifest: dict[str, Any], config: dict[str, Any],
     return rows
 
 
+def contamination(stages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Documents each eval set's decontamination dropped, per stage (the `decont:<set>` drop reasons)."""
+    return [{"stage": s["stage"], "set": r["reason"].split(":", 1)[1], "count": r["count"],
+             "pct": round(100 * r["count"] / s["docs_in"], 2) if s["docs_in"] else None}
+            for s in stages for r in s["reasons"] if r["reason"].startswith("decont:")]
+
+
 def collect(run_dir: str, assumptions: Assumptions | None = None, samples: int = 12,
             samples_per_reason: int = 3, tokenizer: str | None = None) -> dict[str, Any]:
     """The report's data for one run directory."""
@@ -299,6 +306,7 @@ def collect(run_dir: str, assumptions: Assumptions | None = None, samples: int =
             "config": config,
         },
         "funnel": stages,
+        "contamination": contamination(stages),
         "output": {"docs": dist["docs"], "chars": dist["chars"], "tokens": tokens, "token_source": token_source,
                    "files": (manifest.get("output") or {}).get("files", []),
                    "kept_pct": round(100 * dist["docs"] / first_in, 2) if first_in else None},
