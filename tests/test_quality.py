@@ -196,7 +196,7 @@ class FakeLLMHandler(BaseHTTPRequestHandler):
             self.send_error(503, "busy")
             return
         hits = sum(page.lower().count(w) for w in EDU_WORDS)
-        answer = f"The page is what it is.\nEducational score: {min(5, hits // 3)}"
+        answer = f"The page is what it is.\nEducational score: {min(5, hits)}"
         payload = json.dumps({"choices": [{"message": {"role": "assistant", "content": answer}}]}).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")

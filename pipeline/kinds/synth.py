@@ -57,6 +57,7 @@ class SynthKind(StageKind):
     def run(self, ctx: StageContext, pending: list[str]) -> list[dict[str, str]]:
         import ray
 
+        from pipeline.kinds.pool import shard_runner
         from pipeline.progress import StageProgress
         from pipeline.synth.params import SynthParams
         from pipeline.synth.ratelimit import make_limiter
@@ -68,22 +69,20 @@ class SynthKind(StageKind):
         if params.generator == "llm":
             mode = "ray" if params.rate_limiter == "auto" else params.rate_limiter
             limiter = make_limiter(params.endpoint, params.requests_per_s, params.tokens_per_min, mode)
-        options: dict[str, Any] = {"num_cpus": stage.resources.num_cpus, "num_gpus": stage.resources.num_gpus,
-                                   "max_retries": stage.max_retries, "retry_exceptions": False}
-        if stage.resources.memory_mb:
-            options["memory"] = stage.resources.memory_mb << 20
-        task = ray.remote(synth_shard_task).options(**options)
         cache_dir = ctx.rundir.url(ctx.rundir.llm_cache(stage.name))
-        futures = {task.remote(stage.name, params.model_dump_json(), ctx.stage_url, shard, ctx.shards[shard],
-                               ctx.input_ids[shard], ctx.fingerprint, cache_dir, limiter): shard
-                   for shard in pending}
+        params_json = params.model_dump_json()
+        # A `local` generator loads its checkpoint once per process: on a GPU, the pool keeps it loaded.
+        runner = shard_runner(stage, synth_shard_task, len(pending))
+        futures = runner.start({shard: (stage.name, params_json, ctx.stage_url, shard, ctx.shards[shard],
+                                        ctx.input_ids[shard], ctx.fingerprint, cache_dir, limiter)
+                                for shard in pending})
         failures: list[dict[str, str]] = []
         with StageProgress(f"{ctx.index:02d}_{stage.name}", total=len(pending)) as progress:
-            remaining = list(futures)
-            while remaining:
-                ready, remaining = ray.wait(remaining, num_returns=1, timeout=1.0)
+            while futures:
+                ready, _ = ray.wait(list(futures), num_returns=1, timeout=1.0)
                 for ref in ready:
-                    shard = futures[ref]
+                    shard = futures.pop(ref)
+                    futures |= runner.next(ref)
                     try:
                         record = ray.get(ref)
                     except Exception as exc:  # noqa: BLE001 - one bad shard must not stop the run
@@ -92,6 +91,7 @@ class SynthKind(StageKind):
                         continue
                     ctx.done[shard] = record
                     progress.update(progress.docs + record["rows_in"], shards_done=1)
+        ctx.notes |= runner.close()
         return failures
 
     def next_inputs(self, ctx: StageContext) -> tuple[dict[str, str], dict[str, str]] | None:
@@ -110,6 +110,7 @@ class SynthKind(StageKind):
         synth |= {"generator": params["generator"], "model": params.get("model") or params.get("checkpoint"),
                   "recipes": [r["name"] for r in params["recipes"]]}
         summary["synth"] = synth
+        summary.update(ctx.notes)
         if len(ctx.done) == len(ctx.shards):
             summary["published"] = publish(ctx)
 
@@ -127,6 +128,8 @@ def synth_shard_task(stage_name: str, params_json: str, stage_url: str, shard: s
     from collections import Counter
 
     import fsspec
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
 
     from pipeline.jsonfile import write_json
     from pipeline.stage import clear_shard, completion_record
@@ -145,10 +148,13 @@ def synth_shard_task(stage_name: str, params_json: str, stage_url: str, shard: s
     outputs = result.pop("outputs")
     names = {k: [v.rsplit("/", 1)[-1]] if v else [] for k, v in outputs.items()}
     docs = result["docs_in"]
+    with fs.open(input_path, "rb") as f:  # the upstream stage's text, counted as this stage's output
+        text = pq.read_table(f, columns=["text"]).column("text")
+    chars = pc.sum(pc.utf8_length(text)).as_py() or 0
     # Documents pass through: none is dropped here. The files this shard made are listed so that a
     # rerun reuses the shard only while they are all there.
     record = completion_record(shard, fingerprint, input_path, [], [], docs, docs, Counter(), (wall0, cpu0),
-                               input_id=input_id, synth=result,
+                               input_id=input_id, synth=result, chars_out=chars,
                                files=[f"instructions/{n}" for n in names["instructions"]] +
                                      [f"instructions/rejected/{n}" for n in names["rejected"]] +
                                      [f"rephrased/{n}" for n in names["rephrased"]])
