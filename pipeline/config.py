@@ -74,6 +74,10 @@ class StageConfig(Strict):
     resources: Resources = Field(default_factory=Resources)
     writer: WriterConfig = Field(default_factory=WriterConfig)
     max_retries: int = Field(3, ge=0)  # Ray retries a task whose worker died
+    # Map stages: run the shards on this many long-lived Ray actors, each building the steps (and loading
+    # their models) once. Null: one task per shard, except on GPUs, where an actor pool is the default
+    # (Ray never reuses a GPU task's process, so each task would load its models again).
+    actors: int | None = Field(None, ge=1, le=10_000)
 
     @field_validator("steps")
     @classmethod

@@ -39,7 +39,7 @@ def stage_fingerprint(stage: StageConfig, previous: str, inputs: list[str] | Non
     versions |= kind_versions
     payload = {
         # Resources and retries change how a stage runs, not what it writes.
-        "stage": stage.model_dump(mode="json", exclude={"resources", "max_retries"}),
+        "stage": stage.model_dump(mode="json", exclude={"resources", "max_retries", "actors"}),
         "previous": previous,
         "inputs": inputs,
         "code": _source_digest(modules),

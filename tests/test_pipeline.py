@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -113,6 +114,21 @@ def test_rerun_reuses_everything_and_status_shows_it(first_run):
     rows = stage_rows(str(out))
     assert [r["status"] for r in rows] == ["done"] * 7 and rows[0]["shards"] == "4/4"
     assert "00_extract" in format_table(rows)
+
+
+def test_an_actor_pool_loads_steps_once_and_writes_the_same_bytes(first_run, tmp_path):
+    out, manifest = first_run
+    quality = next(s for s in manifest["stages"] if s["name"] == "quality")
+    shutil.copytree(out, tmp_path / "run", ignore=shutil.ignore_patterns(".winnow.lock"))
+    for stage in manifest["stages"][manifest["stages"].index(quality):]:
+        shutil.rmtree(tmp_path / "run" / stage["dir"])
+    pooled = Runner(config(tmp_path / "run", extra=["stages.quality.actors=1"])).run()
+    entry = next(s for s in pooled["stages"] if s["name"] == "quality")
+    assert entry["shards"]["computed"] == quality["shards"]["total"] > 1
+    # One actor ran every shard and built the steps (and loaded the fastText model) once.
+    assert [(a["shards"], a["steps_built"]) for a in entry["actors"]] == [(entry["shards"]["computed"], 1)]
+    assert file_digests(tmp_path / "run" / quality["dir"]) == file_digests(out / quality["dir"])
+    assert file_digests(tmp_path / "run" / "output") == file_digests(out / "output")
 
 
 def test_changing_gopher_parameters_recomputes_only_that_stage(ray_local, tmp_path):

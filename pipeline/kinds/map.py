@@ -35,34 +35,26 @@ class MapKind(StageKind):
     def run(self, ctx: StageContext, pending: list[str]) -> list[dict[str, str]]:
         import ray
 
+        from pipeline.kinds.pool import shard_runner
         from pipeline.progress import LiveCount, StageProgress
         from pipeline.stage import ShardJob, run_shard
 
         ctx.ensure_ray()
         stage = ctx.stage
-        task = ray.remote(run_shard).options(
-            num_cpus=stage.resources.num_cpus,
-            num_gpus=stage.resources.num_gpus,
-            memory=(stage.resources.memory_mb << 20) if stage.resources.memory_mb else None,
-            max_retries=stage.max_retries,
-            retry_exceptions=False,
-        )
-        stage_json = stage.model_dump_json()
         live = LiveCount.start()
-        futures = {}
-        for shard in pending:
-            job = ShardJob(stage.name, stage_json, ctx.stage_url, shard, ctx.shards[shard], ctx.first,
-                           ctx.fingerprint, input_id=ctx.input_ids[shard], progress=live.actor)
-            futures[task.remote(job)] = shard
+        jobs = [ShardJob(stage.name, stage.model_dump_json(), ctx.stage_url, shard, ctx.shards[shard], ctx.first,
+                         ctx.fingerprint, input_id=ctx.input_ids[shard], progress=live.actor) for shard in pending]
+        runner = shard_runner(stage, run_shard, len(jobs))
+        futures = runner.start({job.shard: (job,) for job in jobs})
         failures: list[dict[str, str]] = []
         finished_docs = 0
         with StageProgress(f"{ctx.index:02d}_{stage.name}", total=len(pending)) as progress:
-            remaining = list(futures)
-            while remaining:
-                ready, remaining = ray.wait(remaining, num_returns=len(remaining), timeout=0.5)
+            while futures:
+                ready, _ = ray.wait(list(futures), num_returns=len(futures), timeout=0.5)
                 live_docs = live.total()
                 for ref in ready:
-                    shard = futures[ref]
+                    shard = futures.pop(ref)
+                    futures |= runner.next(ref)
                     try:
                         record: dict[str, Any] = ray.get(ref)
                     except Exception as exc:  # noqa: BLE001 - one bad shard must not stop the run
@@ -77,7 +69,11 @@ class MapKind(StageKind):
                 if not ready:
                     progress.update(live_docs)
         live.stop()
+        ctx.notes |= runner.close()
         return failures
+
+    def summarize(self, ctx: StageContext, summary: dict[str, Any]) -> None:
+        summary.update(ctx.notes)
 
     def describe(self, stage: dict[str, Any]) -> str:
         steps = []
@@ -93,3 +89,4 @@ def shard_failure(stage_name: str, shard: str, input_path: str, exc: BaseExcepti
     message = (lines[-1] if lines else type(exc).__name__)[:500]
     log.error("stage %s shard %s (%s) failed: %s", stage_name, shard, input_path, message)
     return {"shard": shard, "input": input_path, "error": message}
+

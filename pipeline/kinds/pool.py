@@ -1,0 +1,116 @@
+"""How a stage's shards reach Ray: one task per shard, or a pool of long-lived actors.
+
+Tasks are the default: Ray spreads them and reuses CPU workers, so a step's models load once per worker
+process anyway. GPU tasks are different: Ray gives each its own process (`max_calls=1`), so every shard
+would load its model again. An actor pool keeps the process, and what it loaded, for every shard it runs:
+the default on GPUs, and `actors: N` anywhere.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from typing import Any
+
+log = logging.getLogger("winnow.run")
+
+
+def pool_size(stage: Any, shards: int) -> int:
+    """How many actors run this stage's shards; 0: one Ray task per shard instead."""
+    import ray
+
+    size = stage.actors
+    if size is None and stage.resources.num_gpus > 0:
+        size = max(1, int(ray.cluster_resources().get("GPU", 0) // stage.resources.num_gpus))
+    return min(size or 0, shards)
+
+
+def shard_runner(stage: Any, fn: Callable[..., dict[str, Any]], shards: int) -> TaskLauncher | ActorPool:
+    size = pool_size(stage, shards)
+    return ActorPool(stage, fn, size) if size else TaskLauncher(stage, fn)
+
+
+def _options(stage: Any) -> dict[str, Any]:
+    return {"num_cpus": stage.resources.num_cpus, "num_gpus": stage.resources.num_gpus,
+            "memory": (stage.resources.memory_mb << 20) if stage.resources.memory_mb else None}
+
+
+class TaskLauncher:
+    """One Ray task per shard, all submitted at once; Ray's scheduler spreads them."""
+
+    def __init__(self, stage: Any, fn: Callable[..., dict[str, Any]]) -> None:
+        import ray
+
+        self.task = ray.remote(fn).options(**_options(stage), max_retries=stage.max_retries, retry_exceptions=False)
+
+    def start(self, calls: dict[str, tuple]) -> dict[Any, str]:
+        """Submit every shard's call; return future -> shard."""
+        return {self.task.remote(*args): shard for shard, args in calls.items()}
+
+    def next(self, ref: Any) -> dict[Any, str]:
+        """`ref` finished: what to wait on next besides the rest (nothing: all went out at the start)."""
+        return {}
+
+    def close(self) -> dict[str, Any]:
+        return {}
+
+
+class ShardWorker:
+    """A long-lived process that runs shard after shard, keeping whatever its calls loaded."""
+
+    def __init__(self) -> None:
+        self.shards = 0
+
+    def run(self, fn: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
+        self.shards += 1
+        return fn(*args)
+
+    def stats(self) -> dict[str, Any]:
+        from pipeline.stage import build_steps, node_id
+
+        return {"pid": os.getpid(), "node": node_id(), "shards": self.shards,
+                "steps_built": build_steps.cache_info().misses}
+
+
+class ActorPool:
+    """`size` ShardWorker actors, each given the next pending shard as soon as it is free. A dead actor
+    is restarted by Ray and its shard retried (max_retries), as a dead task's would be."""
+
+    def __init__(self, stage: Any, fn: Callable[..., dict[str, Any]], size: int) -> None:
+        import ray
+
+        worker = ray.remote(ShardWorker).options(**_options(stage), max_restarts=stage.max_retries,
+                                                 max_task_retries=stage.max_retries)
+        self.fn = fn
+        self.actors = [worker.remote() for _ in range(size)]
+        self.queue: list[tuple[str, tuple]] = []
+        self.busy: dict[Any, Any] = {}
+
+    def _give(self, actor: Any) -> dict[Any, str]:
+        if not self.queue:
+            return {}
+        shard, args = self.queue.pop(0)
+        ref = actor.run.remote(self.fn, *args)
+        self.busy[ref] = actor
+        return {ref: shard}
+
+    def start(self, calls: dict[str, tuple]) -> dict[Any, str]:
+        self.queue = list(calls.items())
+        return {ref: shard for actor in self.actors for ref, shard in self._give(actor).items()}
+
+    def next(self, ref: Any) -> dict[Any, str]:
+        return self._give(self.busy.pop(ref))
+
+    def close(self) -> dict[str, Any]:
+        """Release the actors (and their GPUs); return what each did, as far as it can still say."""
+        import ray
+
+        stats = []
+        for actor in self.actors:
+            try:
+                stats.append(ray.get(actor.stats.remote(), timeout=30))
+            except Exception as exc:  # noqa: BLE001 - a lost actor has nothing to report; the run goes on
+                log.warning("a shard actor could not report its stats: %s", exc)
+            ray.kill(actor)
+        return {"actors": stats}
