@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.setup-done
 
-.PHONY: setup browser demo test test-fast lint bench clean
+.PHONY: setup browser demo test test-all lint bench clean
 
 setup: $(STAMP)
 
@@ -41,16 +41,23 @@ demo: setup
 	$(BIN)/winnow train pretrain configs/train/tiny.yaml --set max_steps=120
 	$(BIN)/winnow generate runs/train/tiny --prompt "Common Crawl is" --max-tokens 40 --seed 0 --top-p 0.9
 	@echo
+	@echo "Fine-tuning it on the question/answer pairs the synth stage mined (runs/quickstart/instructions/)"
+	$(BIN)/winnow train sft configs/train/sft-webqa.yaml
+	@echo
 	@echo "Curated output: runs/quickstart/output/  (dataset card: runs/quickstart/output/README.md)"
 	@echo "Report:         runs/quickstart/report.html  (open it in a browser)"
-	@echo "Model:          runs/train/tiny  (winnow generate / export / serve)"
+	@echo "Instructions:   runs/quickstart/instructions/  (mined by the synth stage, generator webqa)"
+	@echo "Models:         runs/train/tiny, runs/train/tiny-webqa  (winnow generate / export / serve / eval)"
 
+# The default suite keeps one end-to-end test of each kind (a full run, a resume, a two-node cluster,
+# the report in Chromium) and skips the slower variants marked `slow`; test-all runs those too.
 test: setup browser
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m "not slow" --durations=15
 
-test-fast: setup
-	$(BIN)/python -m pytest -q -m "not slow"
+test-all: setup browser
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q
 
 lint: setup
 	$(BIN)/ruff check .
