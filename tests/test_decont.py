@@ -189,3 +189,25 @@ def test_a_run_rejects_with_the_match_and_the_report_counts_each_set(ray_local, 
     assert data["contamination"] == [{"stage": "decont", "set": "quiz", "count": 1, "pct": round(100 / 6, 2)}]
     write_report(str(tmp_path / "run"))
     assert 'data-key="decont.decont.quiz">1<' in (tmp_path / "run" / "report.html").read_text()
+
+
+def test_the_synth_stage_drops_instructions_that_hold_eval_text(tmp_path, tasks):
+    from pipeline.synth.params import SynthParams
+    from pipeline.synth.shard import run_synth_shard
+
+    leaked = next(t["instruction"] for t in tasks if len(t["instruction"].split()) >= 16)
+    evalset = tmp_path / "quiz.jsonl"
+    evalset.write_text(json.dumps({"question": leaked}) + "\n")
+    text = ("Frequently Asked Questions\nWhat is Common Crawl?\nCommon Crawl is a non-profit that keeps an open "
+            "copy of the web for anyone to use.\nWhat did the quiz ask?\nIt asked this: " + leaked + "\n")
+    path = tmp_path / "in.parquet"
+    pq.write_table(pa.Table.from_pylist([{"id": "faq", "text": text, "language": "en"}]), path)
+    params = SynthParams(qc={"decont": {"sets": {"quiz": str(evalset)}, "fields": ["question"]}})
+    stats = run_synth_shard(params, str(path), str(tmp_path / "out"), "0", str(tmp_path / "cache"))
+    kept = pq.read_table(tmp_path / "out" / "part-0-000.parquet").to_pylist()
+    dropped = pq.read_table(tmp_path / "out" / "rejected" / "part-0-000.parquet").to_pylist()
+    assert [r["instruction"] for r in kept] == ["What is Common Crawl?"]
+    assert [(r["instruction"], r["drop_reason"]) for r in dropped] == [("What did the quiz ask?", "decont:quiz")]
+    assert stats["drop_reasons"] == {"decont:quiz": 1}
+    with pytest.raises(ValidationError, match="quiz"):
+        SynthParams(qc={"decont": {"sets": {"quiz": str(tmp_path / "missing.jsonl")}}})

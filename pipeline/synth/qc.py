@@ -20,7 +20,7 @@ from collections import defaultdict
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from pipeline.dedup import minhash
 
@@ -48,6 +48,18 @@ class QCParams(BaseModel):
     judge: bool = False  # score each instruction row with the judge prompt (one more request per row)
     judge_template: str | None = None
     min_score: float | None = None  # drop rows the judge scored lower
+    # The decont step's parameters (sets, n, ...): rows and rephrased documents that share an n-gram with an
+    # eval set are dropped as decont:<set>, as documents are by the step.
+    decont: dict[str, Any] | None = None
+
+    @field_validator("decont")
+    @classmethod
+    def _check_decont(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is None:
+            return None
+        from filters.decont import DecontParams
+
+        return DecontParams(**{**value, "type": "decont"}).model_dump(mode="json")
 
 
 def _ngrams(text: str, n: int) -> set[tuple[str, ...]]:

@@ -159,8 +159,26 @@ class _ShardJob:
                 rejected.append(self.reject(row, "synth:near_duplicate"))
             else:
                 kept.append(row)
-                self.by_recipe[row["recipe"]] += 1
+        if self.p.qc.decont:
+            kept, rejected = self._decont(kept, rejected, ("instruction", "input", "output"))
+            rephrased, _ = self._decont(rephrased, [], ("text",))
+        for row in kept:
+            self.by_recipe[row["recipe"]] += 1
         return kept, rejected, rephrased
+
+    def _decont(self, rows: list[dict], rejected: list[dict], columns: tuple[str, ...]) -> tuple[list, list]:
+        """Drop rows that share an n-gram with an eval set (rephrased documents are counted, not kept)."""
+        from filters.decont import contaminated
+
+        clean = []
+        for row, reason in zip(rows, contaminated(rows, self.p.qc.decont, columns), strict=True):
+            if reason is None:
+                clean.append(row)
+            elif "text" in columns:
+                self.reasons[reason] += 1
+            else:
+                rejected.append(self.reject(row, reason))
+        return clean, rejected
 
     def _generate(self, docs: list[dict[str, Any]]) -> tuple[list, list, list]:
         jobs, requests = [], []
