@@ -68,8 +68,11 @@ class LiveCount:
 
 class StageProgress:
     def __init__(self, name: str, total: int):
+        self.tty = sys.stderr.isatty()
         self.bar = tqdm(total=total, desc=name, unit="shard", dynamic_ncols=True, file=sys.stderr,
-                        mininterval=0.5, bar_format="{desc}: {n_fmt}/{total_fmt} shards |{bar}|"
+                        # In a log file (CI, a batch job) a line every half second would bury the log.
+                        mininterval=0.5 if self.tty else 30,
+                        bar_format="{desc}: {n_fmt}/{total_fmt} shards |{bar}|"
                         "[{elapsed}<{remaining}{postfix}]")
         self.docs = 0
         self.failed = 0
@@ -85,7 +88,7 @@ class StageProgress:
             postfix += f", {self.failed} failed"
         self.bar.set_postfix_str(postfix, refresh=False)
         self.bar.update(shards_done + failed)
-        if not shards_done and not failed:
+        if not shards_done and not failed and self.tty:
             self.bar.refresh()
 
     def __enter__(self) -> StageProgress:
