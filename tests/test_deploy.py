@@ -16,7 +16,10 @@ def test_compose_file_is_valid():
     assert {"ray-head", "ray-worker", "winnow"} <= set(services)
     assert "--head" in services["ray-head"]["command"]
     assert "ray-head:6379" in services["ray-worker"]["command"]
-    assert (ROOT / "Dockerfile").exists()
+    assert services["s3"]["profiles"] == ["s3"]  # optional object store, off unless asked for
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    # Every node can run any task, the trainer's (tokenize) included, with a CPU torch by default.
+    assert "-e '.[train]'" in dockerfile and "whl/cpu" in dockerfile
     for tool in (["docker", "compose"], ["docker-compose"]):
         if shutil.which(tool[0]) and subprocess.run([*tool, "version"], capture_output=True).returncode == 0:
             result = subprocess.run([*tool, "config", "-q"], cwd=ROOT, capture_output=True, text=True)
