@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import threading
+import time
 
 import pyarrow.parquet as pq
 import pytest
@@ -27,7 +30,7 @@ def two_node_cluster():
     cluster.shutdown()
 
 
-def test_run_joins_a_cluster_and_spreads_shards(two_node_cluster, tmp_path):
+def test_a_cluster_run_spreads_shards_and_survives_losing_a_node(two_node_cluster, tmp_path):
     inputs = [str(SAMPLE / "wget-2024-dolma-000*.warc.gz"), str(SAMPLE / "cc-2020-34-resiliparse.warc.gz")]
     cfg = load_config(ROOT / "configs" / "quickstart.yaml",
                       [f"output_dir={tmp_path}", f"input={json.dumps(inputs)}"])
@@ -49,6 +52,35 @@ def test_run_joins_a_cluster_and_spreads_shards(two_node_cluster, tmp_path):
     assert extract_nodes == nodes
     output = pq.read_table(tmp_path / "output", ignore_prefixes=OUTPUT_EXTRAS)
     assert output.num_rows == manifest["stages"][-1]["rows_out"] > 0
+
+    # The same run again, and the worker node is lost once the first extraction shard is done (its own
+    # shard, or the next one it took, dies with it). Ray retries the lost tasks on the head node, and the
+    # output is the undisturbed run's, byte for byte.
+    disturbed = tmp_path / "disturbed"
+    worker = next(n for n in two_node_cluster.list_all_nodes() if n is not two_node_cluster.head_node)
+    removed = threading.Event()
+
+    def remove_worker_mid_stage() -> None:
+        deadline = time.time() + 120
+        while time.time() < deadline and not list((disturbed / "stages" / "00_extract" / "_done").glob("*.json")):
+            time.sleep(0.02)
+        two_node_cluster.remove_node(worker, allow_graceful=False)
+        removed.set()
+
+    killer = threading.Thread(target=remove_worker_mid_stage, daemon=True)
+    killer.start()
+    cfg = load_config(ROOT / "configs" / "quickstart.yaml",
+                      [f"output_dir={disturbed}", f"input={json.dumps(inputs)}"])
+    again = Runner(cfg, ray_address=two_node_cluster.address).run()
+    killer.join(timeout=130)
+    assert removed.is_set() and again["status"] == "done"
+    assert file_digests(disturbed / "output") == file_digests(tmp_path / "output")
+    later = [json.loads(p.read_text()) for p in disturbed.glob("stages/0[1-6]_*/_done/*.json")]
+    assert later and {r["node"] for r in later} == {two_node_cluster.head_node.node_id}
+
+
+def file_digests(root) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.glob("part-*.parquet"))}
 
 
 @pytest.mark.slow
