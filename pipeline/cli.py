@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 import time
+from pathlib import Path
 
 
 def _setup_logging() -> None:
@@ -18,11 +19,20 @@ def _setup_logging() -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     from pipeline.config import ConfigError, load_config
 
+    config = args.config
+    if Path(config).is_dir():  # a run directory: rerun it as it was configured
+        config = str(Path(config) / "run.yaml")
     try:
-        cfg = load_config(args.config, args.set or [])
+        cfg = load_config(config, args.set or [])
     except ConfigError as exc:
         print(f"winnow: config error: {exc}", file=sys.stderr)
         return 2
+    if args.retry_failed:
+        failed = failed_shards(cfg.output_dir)
+        if not failed:
+            print(f"winnow: no failed shards in {cfg.output_dir}; nothing to retry")
+            return 0
+        print(f"retrying {len(failed)} failed shard(s): " + ", ".join(failed))
     _setup_logging()
     from pipeline.rundir import RunDirError, describe_os_error
     from pipeline.runner import Runner
@@ -49,6 +59,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"\n{manifest['status']} in {time.perf_counter() - start:.1f}s; "
           f"output: {cfg.output_dir}/output ({len(manifest['output']['files'])} files)")
     return 0 if manifest["status"] == "done" else 1
+
+
+def failed_shards(run_dir: str) -> list[str]:
+    """`stage/shard` of every shard the last run recorded as failed."""
+    from pipeline.jsonfile import read_json
+    from pipeline.rundir import RunDir
+
+    rundir = RunDir(run_dir)
+    manifest = read_json(rundir.fs, rundir.manifest) or {}
+    return [f"{stage['name']}/{error['shard']}" for stage in manifest.get("stages", [])
+            for error in stage.get("errors", [])]
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -111,10 +132,13 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run or resume the pipeline of a config")
-    run.add_argument("config")
+    run.add_argument("config", help="a config file, or a run directory to rerun with its run.yaml")
     run.add_argument("--set", action="append", metavar="KEY=VALUE",
                      help="override a config key, e.g. stages.heuristics.steps.gopher_quality.min_doc_words=80")
     run.add_argument("--ray-address", help="join this Ray cluster instead of starting a local one")
+    run.add_argument("--retry-failed", action="store_true",
+                     help="rerun only if the last run recorded failed shards (CONFIG may be the run directory); "
+                          "finished shards are reused, as on any rerun")
     run.set_defaults(func=cmd_run)
 
     status = sub.add_parser("status", help="a table of stages: shards done, rows in and out, time")
