@@ -146,15 +146,20 @@ class Runner:
         return summary, ctx
 
     def _next_inputs(self, ctx: StageContext) -> tuple[dict[str, str], dict[str, str]]:
-        """The next stage's shards: this stage's output files, each named by its record's digest."""
+        """The next stage's shards: this stage's output files, each identified by its record's digest.
+
+        A shard keeps its id from stage to stage (its extra output files, when it rolled over, get
+        `<id>.<chunk>`), so a shard that fails, or writes nothing, changes no other shard's id, and a
+        rerun that fixes it recomputes only what descends from it."""
         through = KINDS[ctx.stage.kind].next_inputs(ctx)
         if through is not None:
             return through
         urls, ids = {}, {}
-        files = [(s, name) for s in sorted(ctx.done) for name in ctx.done[s]["outputs"]]
-        for k, (shard, name) in enumerate(files):
-            urls[f"{k:05d}"] = self.url(f"{ctx.stage_dir}/{name}")
-            ids[f"{k:05d}"] = f"{record_digest(ctx.done[shard])}:{name}"
+        for shard in sorted(ctx.done):
+            for chunk, name in enumerate(ctx.done[shard]["outputs"]):
+                next_id = shard if chunk == 0 else f"{shard}.{chunk:03d}"
+                urls[next_id] = self.url(f"{ctx.stage_dir}/{name}")
+                ids[next_id] = f"{record_digest(ctx.done[shard])}:{name}"
         return urls, ids
 
     # -- housekeeping ----------------------------------------------------------------------------

@@ -64,3 +64,27 @@ def test_a_changed_input_file_at_the_same_path_is_recomputed(ray_local, tmp_path
 
     third = Runner(_config([str(path)], out, stages=2)).run()  # unchanged now: everything reused
     assert [s["shards"]["computed"] for s in third["stages"]] == [0, 0]
+
+
+def test_a_shard_that_fails_then_succeeds_recomputes_only_its_own_descendants(ray_local, tmp_path):
+    pages = [(f"https://{host}.example/0", "2024-05-01T00:00:00Z", html_page(PROSE.replace("the", host)))
+             for host in ("a", "b", "c", "d")]
+    inputs = [str(write_warc(tmp_path / f"{k}.warc.gz", [page])) for k, page in enumerate(pages)]
+    out = tmp_path / "run"
+    three_maps = {"input": inputs, "output_dir": str(out), "stages": [
+        {"name": "extract", "steps": [{"type": "extract"}]},
+        {"name": "filters", "steps": [{"type": "gopher_repetition"}]},
+        {"name": "more", "steps": [{"type": "gopher_quality", "min_doc_words": 5}]}]}
+    Runner(validate({**three_maps, "stages": three_maps["stages"][:1]})).run()
+    damaged = out / "stages" / "00_extract" / "part-00001-000.parquet"
+    damaged.write_bytes(damaged.read_bytes()[:40])
+    partial = Runner(validate(three_maps)).run()
+    assert partial["stages"][1]["shards"]["failed"] == 1
+    assert sorted(p.name for p in (out / "stages" / "02_more" / "_done").glob("*.json")) == \
+        ["00000.json", "00002.json", "00003.json"]  # each shard keeps its id past the gap
+
+    damaged.unlink()
+    fixed = Runner(validate(three_maps)).run()
+    assert fixed["status"] == "done"
+    assert [(s["shards"]["computed"], s["shards"]["reused"]) for s in fixed["stages"]] == [(1, 3), (1, 3), (1, 3)]
+    assert len(_output_urls(out)) == 4
