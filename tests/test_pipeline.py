@@ -148,7 +148,9 @@ def test_changing_gopher_parameters_recomputes_only_that_stage(ray_local, tmp_pa
 
 
 @pytest.mark.slow
-def test_killed_run_resumes_to_identical_bytes(ray_local, tmp_path):
+@pytest.mark.parametrize("kill_when", ["stages/00_extract/_done/*.json", "stages/02_dedup/_stage.json"],
+                         ids=["during-extraction", "during-dedup"])
+def test_killed_run_resumes_to_identical_bytes(ray_local, tmp_path, kill_when):
     inputs = SMALL_INPUT + [str(SAMPLE / "archiveit-2008-aut.warc.gz")]
     reference = tmp_path / "reference"
     run(reference, inputs)
@@ -161,9 +163,9 @@ def test_killed_run_resumes_to_identical_bytes(ray_local, tmp_path):
                             start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     done_dir = killed / "stages" / "00_extract" / "_done"
     deadline = time.time() + 120
-    while time.time() < deadline and not list(done_dir.glob("*.json")) and proc.poll() is None:
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
+    while time.time() < deadline and not list(killed.glob(kill_when)) and proc.poll() is None:
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and its local Ray: a lost machine
     proc.wait()
     # A Ray worker may finish the task it holds after its driver dies; let that settle.
     counts = [-1]
