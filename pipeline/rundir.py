@@ -10,9 +10,12 @@ touched, so a user's notes beside them survive.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
+import threading
 import time
+import uuid
 from datetime import UTC, datetime
 from importlib.metadata import version
 from typing import Any
@@ -20,9 +23,15 @@ from typing import Any
 import fsspec
 
 from pipeline.jsonfile import read_json, write_json
+from pipeline.storage import is_local
+
+log = logging.getLogger("winnow.run")
 
 MARKER = "_winnow.json"
 LOCK = ".winnow.lock"
+# Object storage: the lock record's heartbeat is refreshed this often, and counts as stale after STALE_S.
+HEARTBEAT_S = 60.0
+STALE_S = 600.0
 
 
 class RunDirError(RuntimeError):
@@ -41,8 +50,9 @@ class RunDir:
         self.fs, root = fsspec.core.url_to_fs(url)
         self.root = root.rstrip("/") or "/"
         self.prefix = url_prefix(self.fs)
-        self.local = not self.prefix
+        self.local = is_local(self.fs)
         self._lock_handle: Any = None
+        self._lock_info: dict[str, Any] | None = None
 
     # -- paths -----------------------------------------------------------------------------------
     def path(self, *parts: str) -> str:
@@ -124,14 +134,11 @@ class RunDir:
     # -- the lock --------------------------------------------------------------------------------
     def lock(self) -> None:
         """One `winnow run` per run directory. On local disk an flock, which the kernel releases when
-        the process dies, so a crash never leaves the directory locked."""
+        the process dies, so a crash never leaves the directory locked. On object storage, which has no
+        flock, see `_lock_remote`."""
         info = {"pid": os.getpid(), "host": socket.gethostname(), "started_at": _now()}
         if not self.local:
-            # Object stores have no flock: an advisory record; a fresh one from another process refuses.
-            holder = read_json(self.fs, self.path(LOCK))
-            if holder and holder.get("host") != info["host"] and time.time() - holder.get("heartbeat", 0) < 600:
-                raise RunDirError(self._busy_message(holder))
-            write_json(self.fs, self.path(LOCK), info | {"heartbeat": time.time()})
+            self._lock_remote(info)
             return
         import fcntl
 
@@ -152,19 +159,77 @@ class RunDir:
         handle.flush()
         self._lock_handle = handle
 
+    def _lock_remote(self, info: dict[str, Any]) -> None:
+        """An advisory lock record, `.winnow.lock`, created only if absent (a conditional PUT, If-None-Match,
+        where the store has one, so two runs starting together cannot both win) and refreshed by a
+        heartbeat every HEARTBEAT_S while the run lasts. A record whose heartbeat is older than STALE_S, or
+        whose process on this host has died, belongs to a crashed run: it is taken over."""
+        info = info | {"token": uuid.uuid4().hex, "heartbeat": time.time()}
+        for _ in range(3):
+            if self._create_lock(info):
+                break
+            holder = read_json(self.fs, self.path(LOCK))
+            if holder is not None and _alive(holder):
+                raise RunDirError(self._busy_message(holder))
+            log.warning("output_dir %s: taking over the lock of a run that stopped (%s)", self.given,
+                        _holder(holder or {}))
+            try:
+                self.fs.rm(self.path(LOCK))
+            except FileNotFoundError:
+                pass
+        else:
+            raise RunDirError(self._busy_message(read_json(self.fs, self.path(LOCK)) or {}))
+        self._lock_info = info
+        self._heartbeat_stop = threading.Event()
+        self._heartbeat = threading.Thread(target=self._beat, name="winnow-lock-heartbeat", daemon=True)
+        self._heartbeat.start()
+
+    def _create_lock(self, info: dict[str, Any]) -> bool:
+        data = json.dumps(info, indent=1, sort_keys=True).encode()
+        try:
+            with self.fs.open(self.path(LOCK), "xb") as f:
+                f.write(data)
+            return True
+        except FileExistsError:
+            return False
+        except (ValueError, NotImplementedError, TypeError):  # a store without exclusive creation
+            if self.fs.exists(self.path(LOCK)):
+                return False
+            write_json(self.fs, self.path(LOCK), info)
+            return True
+
+    def _beat(self) -> None:
+        while not self._heartbeat_stop.wait(HEARTBEAT_S):
+            try:
+                holder = read_json(self.fs, self.path(LOCK)) or {}
+                if holder.get("token") != self._lock_info["token"]:
+                    log.warning("output_dir %s: another run took over the lock (%s)", self.given, _holder(holder))
+                    return
+                self._lock_info["heartbeat"] = time.time()
+                write_json(self.fs, self.path(LOCK), self._lock_info)
+            except Exception as exc:  # noqa: BLE001 - a missed beat is retried; STALE_S allows many
+                log.warning("output_dir %s: could not refresh the lock: %r", self.given, exc)
+
     def unlock(self) -> None:
         if self._lock_handle is not None:
             self._lock_handle.close()
             self._lock_handle = None
-        elif not self.local:
+        elif self._lock_info is not None:
+            self._heartbeat_stop.set()
+            self._heartbeat.join()
             try:
-                self.fs.rm(self.path(LOCK))
+                if (read_json(self.fs, self.path(LOCK)) or {}).get("token") == self._lock_info["token"]:
+                    self.fs.rm(self.path(LOCK))
             except OSError:
                 pass
+            self._lock_info = None
 
     def in_use(self) -> bool:
-        """Whether a live `winnow run` holds this directory now (local disk only; else False)."""
-        if not self.local or not os.path.exists(self.path(LOCK)):
+        """Whether a live `winnow run` holds this directory now (on object storage: a fresh lock record)."""
+        if not self.local:
+            holder = read_json(self.fs, self.path(LOCK))
+            return holder is not None and _alive(holder)
+        if not os.path.exists(self.path(LOCK)):
             return False
         import fcntl
 
@@ -176,7 +241,7 @@ class RunDir:
         return False
 
     def _busy_message(self, holder: dict[str, Any]) -> str:
-        who = f"pid {holder.get('pid', '?')} on {holder.get('host', '?')} since {holder.get('started_at', '?')}"
+        who = _holder(holder)
         return (f"output_dir {self.given}: another `winnow run` is using it ({who}); wait for it to finish, "
                 "or stop it, then run again")
 
@@ -198,6 +263,9 @@ class RunDir:
             if fs.exists(f"{target}/{name}"):
                 fs.rm(f"{target}/{name}")
         for name, source in files.items():
+            if not self.local:  # a server-side copy: the object appears whole, and a rename would copy again
+                fs.copy(source, f"{target}/{name}")
+                continue
             try:
                 fs.copy(source, f"{target}/{name}.tmp")
                 fs.mv(f"{target}/{name}.tmp", f"{target}/{name}")
@@ -213,6 +281,25 @@ def describe_os_error(exc: OSError) -> str:
     """'PATH: cause' for an OSError, whatever layer raised it."""
     cause = exc.strerror or str(exc) or type(exc).__name__
     return f"{exc.filename}: {cause}" if exc.filename else cause
+
+
+def _holder(holder: dict[str, Any]) -> str:
+    return f"pid {holder.get('pid', '?')} on {holder.get('host', '?')} since {holder.get('started_at', '?')}"
+
+
+def _alive(holder: dict[str, Any]) -> bool:
+    """Whether the run that wrote a lock record on object storage still holds it: its heartbeat is fresh,
+    and, on this host, its process still exists."""
+    if time.time() - float(holder.get("heartbeat") or 0) >= STALE_S:
+        return False
+    if holder.get("host") == socket.gethostname() and isinstance(holder.get("pid"), int):
+        try:
+            os.kill(holder["pid"], 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+    return True
 
 
 def _now() -> str:

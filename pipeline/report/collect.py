@@ -26,6 +26,7 @@ from pipeline.jsonfile import read_json
 from pipeline.report.budget import CHARS_PER_TOKEN, Assumptions, crawl_cost, training_budget
 from pipeline.report.instructions import collect_instructions
 from pipeline.status import run_status
+from pipeline.storage import is_local
 
 LENGTH_EDGES = [0, 100, 200, 500, 1_000, 2_000, 5_000, 10_000, 20_000, 50_000, 100_000]
 SAMPLE_COLUMNS = ["id", "url", "domain", "language", "language_score", "quality_score", "dup_cluster_size",
@@ -34,16 +35,29 @@ SNIPPET_CHARS = 1500
 MEDIAN_CAP = 1_000_000  # lengths are counted exactly up to here for the median
 
 
-def parquet_files(directory: Path) -> list[str]:
-    return sorted(str(p) for p in directory.glob("part-*.parquet"))
+def run_fs(run_dir: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    """The filesystem a run directory is on, and its root there (on local disk, the path as given)."""
+    fs, root = fsspec.core.url_to_fs(run_dir)
+    if is_local(fs) and "://" not in run_dir:
+        return fs, str(Path(run_dir))
+    return fs, root.rstrip("/")
 
 
-def dataset(files: list[str]) -> ds.Dataset | None:
-    """One dataset over files whose schemas may differ by a few columns (stages add some)."""
+def parquet_files(directory: str | Path, fs: fsspec.AbstractFileSystem | None = None) -> list[str]:
+    if fs is None or is_local(fs):
+        return sorted(str(p) for p in Path(directory).glob("part-*.parquet"))
+    return sorted(fs.glob(f"{directory}/part-*.parquet"))
+
+
+def dataset(files: list[str], fs: fsspec.AbstractFileSystem | None = None) -> ds.Dataset | None:
+    """One dataset over files whose schemas may differ by a few columns (stages add some); `fs` for files
+    on object storage (local paths are read by Arrow directly)."""
     if not files:
         return None
-    schema = pa.unify_schemas([pq.read_schema(f) for f in files], promote_options="permissive")
-    return ds.dataset(files, format="parquet", schema=schema)
+    filesystem = None if fs is None or is_local(fs) else fs
+    schema = pa.unify_schemas([pq.read_schema(f, filesystem=filesystem) for f in files],
+                              promote_options="permissive")
+    return ds.dataset(files, format="parquet", schema=schema, filesystem=filesystem)
 
 
 def sample_key(doc_id: str) -> int:
@@ -226,8 +240,8 @@ def cluster_sizes(manifest: dict[str, Any]) -> list[dict[str, Any]]:
     return []
 
 
-def funnel(root: Path, manifest: dict[str, Any], config: dict[str, Any],
-           samples_per_reason: int) -> list[dict[str, Any]]:
+def funnel(root: str | Path, manifest: dict[str, Any], config: dict[str, Any],
+           samples_per_reason: int, fs: fsspec.AbstractFileSystem | None = None) -> list[dict[str, Any]]:
     """Per stage and step: documents and characters in and out, and each drop reason with samples."""
     rows = []
     step_order = {s["name"]: [step["type"] for step in s.get("steps") or []]
@@ -240,7 +254,7 @@ def funnel(root: Path, manifest: dict[str, Any], config: dict[str, Any],
                           "chars_out": stats.get("chars_out"), "dropped": dropped})
         order = step_order.get(stage["name"], [])
         steps.sort(key=lambda s: order.index(s["name"]) if s["name"] in order else len(order))
-        rejected = dataset(parquet_files(root / stage["dir"] / "rejected"))
+        rejected = dataset(parquet_files(f"{root}/{stage['dir']}/rejected", fs), fs)
         chosen = smallest_keys(rejected, samples_per_reason, group="drop_reason") \
             if rejected is not None and samples_per_reason > 0 else {}
         sampled = read_rows(rejected, [i for ids in chosen.values() for i in ids]) if chosen else []
@@ -276,14 +290,14 @@ def collect(run_dir: str, assumptions: Assumptions | None = None, samples: int =
     """The report's data for one run directory."""
     from filters.url import offline_tldextract
 
-    root = Path(run_dir)
-    manifest = read_json(fsspec.filesystem("file"), str(root / "manifest.json"))
-    if manifest is None or not (root / "run.yaml").exists():
+    fs, root = run_fs(run_dir)
+    manifest = read_json(fs, f"{root}/manifest.json")
+    if manifest is None or not fs.exists(f"{root}/run.yaml"):
         raise FileNotFoundError(f"{run_dir} is not a finished Winnow run directory (no manifest.json or run.yaml)")
     assumptions = assumptions or Assumptions()
-    config_text = (root / "run.yaml").read_text()
+    config_text = fs.cat_file(f"{root}/run.yaml").decode()
     extractor = offline_tldextract()
-    output = dataset(parquet_files(root / "output"))
+    output = dataset(parquet_files(f"{root}/output", fs), fs)
     dist = output_distributions(output, lambda d: extractor(d).suffix or "(none)" if d else "(none)")
     dist["dup_cluster_sizes"] = cluster_sizes(manifest)
     tokens, token_source = estimated_tokens(dist["chars"]), f"estimated at {CHARS_PER_TOKEN} characters per token"
@@ -293,13 +307,14 @@ def collect(run_dir: str, assumptions: Assumptions | None = None, samples: int =
         tokens = int(pc.sum(output.to_table(columns=["token_count"])["token_count"]).as_py() or 0)
         token_source = "counted by the pipeline (token_count)"
     config = yaml.safe_load(config_text)
-    stages = funnel(root, manifest, config, samples_per_reason)
-    all_rejected = [f for s in stages for f in parquet_files(root / s["dir"] / "rejected")]
-    rejected = dataset(all_rejected)
+    stages = funnel(root, manifest, config, samples_per_reason, fs)
+    all_rejected = [f for s in stages for f in parquet_files(f"{root}/{s['dir']}/rejected", fs)]
+    rejected = dataset(all_rejected, fs)
     first_in = stages[0]["docs_in"] if stages else 0
     return {
         "run": {
-            "dir": str(root), "name": root.name, "status": run_status(str(root)),
+            "dir": root if is_local(fs) else run_dir.rstrip("/"), "name": root.rsplit("/", 1)[-1],
+            "status": run_status(run_dir),
             "started_at": manifest.get("started_at"), "updated_at": manifest.get("updated_at"),
             "winnow_version": manifest.get("winnow_version"), "code_version": manifest.get("code_version"),
             "inputs": manifest.get("inputs", []), "config_yaml": config_text,
@@ -313,7 +328,7 @@ def collect(run_dir: str, assumptions: Assumptions | None = None, samples: int =
         "distributions": dist,
         "samples": {"kept": sample_rows(output, samples) if output else [],
                     "dropped": sample_rows(rejected, samples) if rejected else []},
-        "instructions": collect_instructions(root, manifest, samples),
+        "instructions": collect_instructions(root, manifest, samples, fs),
         "cost": crawl_cost(stages, assumptions),
         "budget": training_budget(tokens, first_in, assumptions),
         "assumptions": assumptions.model_dump(),

@@ -15,7 +15,8 @@ from typing import Any
 import pyarrow.dataset as ds
 
 from pipeline.report.budget import Assumptions
-from pipeline.report.collect import collect, dataset, parquet_files, sample_rows
+from pipeline.report.collect import collect, dataset, parquet_files, run_fs, sample_rows
+from pipeline.storage import is_local
 
 
 def flatten(config: Any, prefix: str = "") -> dict[str, Any]:
@@ -42,14 +43,19 @@ def config_diff(a: dict[str, Any], b: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def output_ids(run_dir: str) -> set[str]:
-    data = dataset(parquet_files(Path(run_dir) / "output"))
+    fs, root = run_fs(run_dir)
+    data = dataset(parquet_files(f"{root}/output", fs), fs)
     return set(data.to_table(columns=["id"])["id"].to_pylist()) if data else set()
 
 
 def fates(run_dir: str, ids: set[str]) -> dict[str, str]:
     """Where each of `ids` went in a run: its drop reason there, if a stage dropped it."""
-    files = sorted(str(p) for p in Path(run_dir).glob("stages/*/rejected/part-*.parquet"))
-    data = dataset(files)
+    fs, root = run_fs(run_dir)
+    if is_local(fs):
+        files = sorted(str(p) for p in Path(root).glob("stages/*/rejected/part-*.parquet"))
+    else:
+        files = sorted(fs.glob(f"{root}/stages/*/rejected/part-*.parquet"))
+    data = dataset(files, fs)
     if data is None or not ids:
         return {}
     table = data.to_table(columns=["id", "drop_reason"], filter=ds.field("id").isin(list(ids)))
@@ -60,7 +66,8 @@ def difference(kept_in: str, other: str, ids: set[str], n: int) -> dict[str, Any
     """Documents `kept_in` kept and `other` did not: counts by the other run's reason, and samples."""
     fate = fates(other, ids)
     reasons = Counter(fate.get(i, "(not in the other run's input)") for i in ids)
-    data = dataset(parquet_files(Path(kept_in) / "output"))
+    fs, root = run_fs(kept_in)
+    data = dataset(parquet_files(f"{root}/output", fs), fs)
     samples = sample_rows(data, n, ds.field("id").isin(list(ids))) if data and ids else []
     for doc in samples:
         doc["other_run"] = fate.get(doc["id"], "(not in the other run's input)")

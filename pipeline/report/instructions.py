@@ -7,6 +7,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import fsspec
 import pyarrow.parquet as pq
 
 LENGTH_EDGES = [0, 20, 50, 100, 200, 500, 1_000, 2_000, 5_000]
@@ -32,18 +33,25 @@ def _sample(rows: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
     return sorted(rows, key=key)[:n]
 
 
-def collect_instructions(root: Path, manifest: dict[str, Any], samples: int = 6) -> dict[str, Any] | None:
-    """Counts from the manifest's synth stages, distributions and samples from instructions/."""
+def collect_instructions(root: str | Path, manifest: dict[str, Any], samples: int = 6,
+                         fs: fsspec.AbstractFileSystem | None = None) -> dict[str, Any] | None:
+    """Counts from the manifest's synth stages, distributions and samples from instructions/ (on `fs`, local
+    disk by default)."""
+    from pipeline.report.collect import parquet_files
+    from pipeline.storage import is_local
+
     stages = [s for s in manifest.get("stages", []) if s.get("synth")]
     if not stages:
         return None
-    files = sorted((root / "instructions").glob("part-*.parquet"))
-    rows = [r for f in files for r in pq.read_table(f).to_pylist()]
+    filesystem = None if fs is None or is_local(fs) else fs
+    files = parquet_files(f"{root}/instructions", fs)
+    rows = [r for f in files for r in pq.read_table(f, filesystem=filesystem).to_pylist()]
     by = Counter((r.get("recipe"), r.get("generator")) for r in rows)
     rejected = []
     for stage in stages:
-        for f in sorted((root / stage["dir"] / "instructions" / "rejected").glob("part-*.parquet")):
-            rejected += pq.read_table(f, columns=["instruction", "output", "drop_reason", "source_id"]).to_pylist()
+        for f in parquet_files(f"{root}/{stage['dir']}/instructions/rejected", fs):
+            rejected += pq.read_table(f, columns=["instruction", "output", "drop_reason", "source_id"],
+                                      filesystem=filesystem).to_pylist()
     accounting = {key: sum(s["synth"].get(key, 0) for s in stages)
                   for key in ("requests", "cache_hits", "retries", "prompt_tokens", "completion_tokens",
                               "bad_requests", "failed_requests")}
