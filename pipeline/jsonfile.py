@@ -7,21 +7,18 @@ from typing import Any
 
 import fsspec
 
+from pipeline.storage import write_bytes
+
 
 def write_json(fs: fsspec.AbstractFileSystem, path: str, data: Any) -> None:
-    """Write to a temporary name, then rename: readers never see half a record."""
-    tmp = path + ".tmp"
+    """Readers never see half a record: a temporary name and a rename on local disk, one PUT on object
+    storage (see pipeline.storage)."""
+    text = json.dumps(data, indent=1, sort_keys=True, default=str)
     fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
     try:
-        with fs.open(tmp, "w") as f:
-            json.dump(data, f, indent=1, sort_keys=True, default=str)
-        fs.mv(tmp, path)
-    except BaseException as exc:
-        try:
-            fs.rm(tmp)
-        except OSError:
-            pass  # never written, or the disk is gone; the original error is what matters
-        if isinstance(exc, OSError) and not exc.filename:
+        write_bytes(fs, path, text.encode())
+    except OSError as exc:
+        if not exc.filename:
             raise OSError(exc.errno, exc.strerror or str(exc), path) from exc
         raise
 

@@ -1,8 +1,10 @@
 """Parquet shards: streaming reads, size-bounded writes, atomic renames.
 
 A writer buffers rows until `row_group_mb` of text, writes them as one row group, and rolls to
-a new file at `target_shard_mb`. Files are written under a temporary name and renamed into
-place on close, so a killed task leaves no half-written `part-*.parquet` behind.
+a new file at `target_shard_mb`. On local disk files are written under a temporary name and
+renamed into place on close, so a killed task leaves no half-written `part-*.parquet` behind.
+On object storage the final key is written once (a rename there is a copy): the upload completes
+on close, atomically, and an aborted one is discarded (see pipeline.storage).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.schema import REJECTED_COLUMNS, schema_for
+from pipeline.storage import discard, is_local
 
 
 def _use_a_returning_memory_pool() -> None:
@@ -62,6 +65,7 @@ class ShardWriter:
         self.target_bytes = target_shard_mb << 20
         self.row_group_bytes = row_group_mb << 20
         self.compression, self.level = compression, level
+        self.rename = is_local(fs)  # a temporary name and a rename on local disk; the final key on object storage
         # Rows wait as Arrow tables, not dicts: a row group of text costs about its own size.
         self.buffer: list[pa.Table] = []
         self.buffer_bytes = 0
@@ -101,7 +105,8 @@ class ShardWriter:
         if not self.buffer:
             return
         if self.writer is None:
-            self.tmp_path = self._final_path(len(self.paths)) + ".tmp"
+            final = self._final_path(len(self.paths))
+            self.tmp_path = final + ".tmp" if self.rename else final
             self.handle = self.fs.open(self.tmp_path, "wb")
             self.writer = pq.ParquetWriter(self.handle, self.schema, compression=self.compression,
                                            compression_level=self.level)
@@ -118,7 +123,8 @@ class ShardWriter:
         self.writer.close()
         self.handle.close()
         final = self._final_path(len(self.paths))
-        self.fs.mv(self.tmp_path, final)
+        if self.rename:
+            self.fs.mv(self.tmp_path, final)
         self.paths.append(final)
         self.writer, self.handle, self.file_bytes = None, None, 0
 
@@ -126,12 +132,16 @@ class ShardWriter:
         """Drop the file being written (after an error): no temporary file is left behind."""
         for closing in (self.writer, self.handle):
             try:
-                if closing is not None:
+                if closing is None:
+                    continue
+                if closing is self.handle and not self.rename:
+                    discard(closing)  # closing it would publish half a file under the final key
+                else:
                     closing.close()
             except Exception:  # noqa: BLE001 - already failing; the rm below is what matters
                 pass
         self.writer, self.handle, self.buffer = None, None, []
-        if self.tmp_path:
+        if self.tmp_path and self.rename:
             try:
                 self.fs.rm(self.tmp_path)
             except (OSError, FileNotFoundError):

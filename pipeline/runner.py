@@ -12,6 +12,7 @@ so a changed input file, a recomputed upstream shard or a changed set of shards 
 
 from __future__ import annotations
 
+import io
 import logging
 import subprocess
 import time
@@ -31,6 +32,7 @@ from pipeline.kinds import KINDS, StageContext
 from pipeline.raycluster import RayConnection
 from pipeline.rundir import RunDir, url_prefix
 from pipeline.stage import clear_shard
+from pipeline.storage import write_bytes
 
 log = logging.getLogger("winnow.run")
 
@@ -108,10 +110,9 @@ class Runner:
             raise
         finally:
             self.ray.shutdown()
-            self.rundir.unlock()
             if log_handler is not None:
-                logging.getLogger("winnow").removeHandler(log_handler)
-                log_handler.close()
+                self._close_log(log_handler)
+            self.rundir.unlock()
 
     def stage_dir(self, index: int, stage: StageConfig) -> str:
         return self.rundir.stage_dir(index, stage.name)
@@ -164,11 +165,13 @@ class Runner:
 
     # -- housekeeping ----------------------------------------------------------------------------
     def _log_to_run_dir(self) -> logging.Handler | None:
-        """The run's log goes to RUN_DIR/logs/run.log as well as the terminal (local run directories)."""
-        if not self.rundir.local:
-            return None
-        Path(self.rundir.logs).mkdir(parents=True, exist_ok=True)
-        handler = logging.FileHandler(Path(self.rundir.logs, "run.log"))
+        """The run's log goes to RUN_DIR/logs/run.log as well as the terminal. Object storage cannot append:
+        there the log is kept in memory and added to run.log when the run ends."""
+        if self.rundir.local:
+            Path(self.rundir.logs).mkdir(parents=True, exist_ok=True)
+            handler: logging.Handler = logging.FileHandler(Path(self.rundir.logs, "run.log"))
+        else:
+            handler = logging.StreamHandler(io.StringIO())
         handler.setLevel(logging.INFO)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         logger = logging.getLogger("winnow")
@@ -176,6 +179,19 @@ class Runner:
         if logger.getEffectiveLevel() > logging.INFO:
             logger.setLevel(logging.INFO)
         return handler
+
+    def _close_log(self, handler: logging.Handler) -> None:
+        logging.getLogger("winnow").removeHandler(handler)
+        handler.close()
+        if self.rundir.local or not isinstance(handler, logging.StreamHandler):
+            return
+        text = handler.stream.getvalue()
+        path = f"{self.rundir.logs}/run.log"
+        try:
+            before = self.fs.cat_file(path) if self.fs.exists(path) else b""
+            write_bytes(self.fs, path, before + text.encode())
+        except OSError as exc:
+            log.warning("could not write the run's log to %s: %r", self.url(path), exc)
 
     def _reset_if_changed(self, stage_dir: str, stage: StageConfig, fingerprint: str) -> None:
         marker = self.rundir.stage_marker(stage_dir)
@@ -208,14 +224,14 @@ class Runner:
         return {"files": list(sources), "changed": changed}
 
     def _write_card(self, output_changed: bool) -> None:
-        """output/README.md, the dataset card, for a new output (local run directories only)."""
+        """output/README.md, the dataset card, for a new output."""
         card = f"{self.rundir.output}/README.md"
-        if not self.rundir.local or not (output_changed or not self.fs.exists(card)):
+        if not (output_changed or not self.fs.exists(card)):
             return
         from pipeline.report import write_card
 
         try:
-            write_card(self.root)
+            write_card(self.url(self.root))
         except Exception as exc:  # noqa: BLE001 - the data is written; a card failure must not fail the run
             log.warning("could not write the dataset card %s: %r", card, exc)
 

@@ -27,6 +27,7 @@ import pyarrow.parquet as pq
 
 from pipeline.parquet_io import ShardWriter, iter_parquet
 from pipeline.schema import DOC_COLUMNS, REJECTED_COLUMNS, schema_for
+from pipeline.storage import write_bytes
 from pipeline.synth import webqa
 from pipeline.synth.cache import RequestCache
 from pipeline.synth.client import AsyncLLMClient, Request, Result, run_sync
@@ -73,23 +74,14 @@ class _Output:
         if paths:
             return paths[0]
         final = f"{self.prefix}-000.parquet"
-        with self.fs.open(final + ".tmp", "wb") as f:
-            pq.write_table(self.schema.empty_table(), f, compression="zstd")
-        self.fs.mv(final + ".tmp", final)
+        empty = pa.BufferOutputStream()
+        pq.write_table(self.schema.empty_table(), empty, compression="zstd")
+        write_bytes(self.fs, final, empty.getvalue().to_pybytes())
         return final
 
     def abort(self) -> None:
-        """Close and delete the file being written, after an error: no temporary file is left behind."""
-        w = self.writer
-        for closing in (getattr(w, "writer", None), getattr(w, "handle", None)):
-            try:
-                if closing is not None:
-                    closing.close()
-            except Exception:  # noqa: BLE001 - already failing; removing the file is what matters
-                pass
-        tmp = getattr(w, "tmp_path", "")
-        if tmp and self.fs.exists(tmp):
-            self.fs.rm(tmp)
+        """Drop the file being written, after an error: no temporary or half-uploaded file is left behind."""
+        self.writer.abort()
 
 
 def _make_generator(p: SynthParams, shard: str, cache: RequestCache, limiter: Any) -> Any:
