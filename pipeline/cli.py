@@ -81,7 +81,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         if synth := synth_lines(args.run_dir):
             print(f"\n{synth}")
         print(f"\nrun: {run_status(args.run_dir)}")
-        if errors := format_errors(rows):
+        if errors := format_errors(rows, args.run_dir):
             print(f"\nfailed shards:\n{errors}")
     except FileNotFoundError as exc:
         print(f"winnow: {exc}", file=sys.stderr)

@@ -78,6 +78,13 @@ class RunDir:
     def logs(self) -> str:
         return self.path("logs")
 
+    def task_log(self, stage_dir: str, shard: str) -> str:
+        """`logs/<NN_stage>/<shard>.log`: a shard task's own log lines, kept if the task dies. Only for
+        local run directories, where a task can append as it goes; "" elsewhere."""
+        if not self.local:
+            return ""
+        return self.path("logs", stage_dir.rstrip("/").rsplit("/", 1)[-1], f"{shard}.log")
+
     @property
     def instructions(self) -> str:
         return self.path("instructions")

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from itertools import islice
@@ -43,6 +45,7 @@ class ShardJob:
     fingerprint: str
     input_id: str = ""  # the identity of the input (runner.input_identity); recorded for reruns
     progress: Any = None  # a ProgressCounter actor: live document counts for the driver's bar
+    log_path: str = ""  # a local file for this shard's log lines (RUN_DIR/logs/<stage>/<shard>.log); "": none
 
 
 class MessageCollector(logging.Handler):
@@ -111,12 +114,39 @@ def clear_shard(fs: fsspec.AbstractFileSystem, stage_dir: str, shard: str) -> No
             fs.rm(path)
 
 
+@contextmanager
+def shard_log(path: str, shard: str, input_path: str) -> Iterator[None]:
+    """Append the task's log lines to `path` as they happen: a task that dies leaves what it got to."""
+    if not path:
+        yield
+        return
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logger = logging.getLogger("winnow")
+    logger.addHandler(handler)
+    if logger.getEffectiveLevel() > logging.INFO:
+        logger.setLevel(logging.INFO)
+    log.info("shard %s: started on %s (pid %d), input %s", shard, node_id() or "this machine", os.getpid(),
+             input_path)
+    try:
+        yield
+        log.info("shard %s: done", shard)
+    except BaseException as exc:
+        log.error("shard %s: failed: %s: %s", shard, type(exc).__name__, exc)
+        raise
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
+
+
 def run_shard(job: ShardJob) -> dict[str, Any]:
     collector = MessageCollector()
     logger = logging.getLogger("winnow")
     logger.addHandler(collector)
     try:
-        return _run_shard(job, collector)
+        with shard_log(job.log_path, job.shard, job.input_path):
+            return _run_shard(job, collector)
     finally:
         logger.removeHandler(collector)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import fsspec
@@ -86,12 +87,16 @@ def synth_lines(run_dir: str) -> str:
     return "\n".join(lines)
 
 
-def format_errors(rows: list[dict[str, Any]]) -> str:
-    """Failed shards with their errors, one line each."""
+def format_errors(rows: list[dict[str, Any]], run_dir: str | None = None) -> str:
+    """Failed shards with their errors, one line each, and the task's own log where one was kept."""
     lines = []
     for row in rows:
         for err in row.get("errors", []):
-            lines.append(f"{row['stage']} shard {err['shard']} ({err['input']}): {err['error']}")
+            line = f"{row['stage']} shard {err['shard']} ({err['input']}): {err['error']}"
+            task_log = os.path.join(run_dir, "logs", row["stage"], f"{err['shard']}.log") if run_dir else ""
+            if task_log and os.path.isfile(task_log):
+                line += f"\n    log: {task_log}"
+            lines.append(line)
     return "\n".join(lines)
 
 

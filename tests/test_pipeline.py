@@ -18,7 +18,7 @@ import yaml
 
 from pipeline.config import load_config
 from pipeline.runner import Runner
-from pipeline.status import format_table, stage_rows
+from pipeline.status import format_errors, format_table, stage_rows
 from tests.conftest import OUTPUT_EXTRAS, ROOT, SAMPLE, WARC
 
 QUICKSTART = ROOT / "configs" / "quickstart.yaml"
@@ -53,6 +53,10 @@ def test_run_directory_manifest_columns_and_counts(first_run):
     assert "stage extract: 4 shards to run" in log_text and "stage pii:" in log_text
     assert yaml.safe_load((out / "run.yaml").read_text())["output_dir"] == str(out)
     assert manifest == json.loads((out / "manifest.json").read_text())
+    # Every map shard task keeps its own log, written as it runs.
+    task_logs = sorted((out / "logs" / "00_extract").glob("*.log"))
+    assert [p.stem for p in task_logs] == [f"{k:05d}" for k in range(4)]
+    assert "started on" in task_logs[0].read_text() and task_logs[0].read_text().rstrip().endswith("done")
     assert manifest["status"] == "done"
     extract, heuristics, dedup, lines, quality, pii, synth = manifest["stages"]
     assert [s["dir"] for s in manifest["stages"]] == ["stages/00_extract", "stages/01_heuristics", "stages/02_dedup",
@@ -205,6 +209,10 @@ def test_a_shard_that_fails_is_recorded_and_the_others_finish(ray_local, tmp_pat
     assert heuristics["status"] == "failed" and manifest["status"] == "partial"
     output = pq.read_table(tmp_path / "output", ignore_prefixes=OUTPUT_EXTRAS)
     assert output.num_rows == manifest["stages"][-1]["rows_out"]
+    # `winnow status` names the failed shard, its error and the task's own log, which ends with the failure.
+    errors = format_errors(stage_rows(str(tmp_path)), str(tmp_path))
+    task_log = tmp_path / "logs" / heuristics["dir"].rsplit("/", 1)[-1] / f"{heuristics['errors'][0]['shard']}.log"
+    assert f"log: {task_log}" in errors and "failed" in task_log.read_text().splitlines()[-1]
 
     # Once the cause is fixed, --retry-failed on the run directory redoes that shard and what follows it.
     from pipeline.cli import main

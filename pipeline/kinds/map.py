@@ -43,7 +43,8 @@ class MapKind(StageKind):
         stage = ctx.stage
         live = LiveCount.start()
         jobs = [ShardJob(stage.name, stage.model_dump_json(), ctx.stage_url, shard, ctx.shards[shard], ctx.first,
-                         ctx.fingerprint, input_id=ctx.input_ids[shard], progress=live.actor) for shard in pending]
+                         ctx.fingerprint, input_id=ctx.input_ids[shard], progress=live.actor,
+                         log_path=ctx.rundir.task_log(ctx.stage_dir, shard)) for shard in pending]
         runner = shard_runner(stage, run_shard, len(jobs))
         futures = runner.start({job.shard: (job,) for job in jobs})
         failures: list[dict[str, str]] = []
