@@ -1,27 +1,45 @@
-"""A small FineWeb-style ablation: the same tiny model and token budget, trained on raw extracted text
-and on Winnow-curated text from the same WARCs, scored on held-out reference-quality text.
+"""Curation ablation: the same tiny model, the same tokens, the same epochs, on text from one pipeline
+run cut at different stages, scored by `winnow eval`'s bits per byte on held-out text.
 
-Run: `.venv/bin/python bench/ablation.py` (about ten minutes on 2 CPU cores).
+Run: `nice -n 19 .venv/bin/python bench/ablation.py --tokens 81920` (about 9 minutes on 2 shared CPU
+cores, one torch thread; no GPU used).
 
-* Data: bench/corpus (468 real pages repacked into 20,000 WARC records; see bench/build_corpus.py)
-  through configs/quickstart.yaml. "Raw" is the extraction stage's output (text extracted, language
-  ID applied, nothing else); "curated" is the final output (heuristics, dedup, quality, PII).
-* Tokenizer: byte-level BPE trained on the Wikipedia demo articles, so neither side shapes it.
-* Validation: the 30 Wikipedia demo articles (reference-quality text neither side contains).
-* Model and budget: configs/train/tiny.yaml's model, the same steps, batch and schedule for both,
-  with two seeds each; the curated set is smaller, so it is repeated more often within the budget.
+* Input: the 468 distinct real pages of ../shared/data, each once, repacked into 2 WARC files by
+  `bench/build_corpus.py --records 468 --files 2` (bench/corpus repeats each about 43 times).
+* One run of configs/quickstart.yaml gives every variant: raw (00_extract: extraction and language
+  ID only), heuristics (01: Gopher filters), heuristics + dedup (02), full curation (output: also
+  the C4/FineWeb line filters, the quality model and PII).
+* Held-out sets: the opening 2,000 characters of each of the 30 Wikipedia demo articles, the first
+  30 C4 demo documents and the first 300 book sentences of the PAN test set. Training documents that
+  share a 13-word n-gram with any document of the whole sets are dropped (counted; none expected).
+  The quality model was trained with the Wikipedia articles as positives and the C4 documents as
+  negatives, so full curation is aimed at those two; the book sentences are a set it never saw.
+* Tokenizer: byte-level BPE (4,096) trained on the 697 dolma CC-2019-30 documents, which are neither
+  in a variant nor held out.
+* Budget: T tokens (--tokens, at most the smallest variant's size), in seq_len windows. Every variant
+  is subsampled without repetition to exactly T tokens (whole documents in a seeded order, the last
+  one cut), then configs/train/tiny.yaml's model and schedule run for --epochs passes over them:
+  every window is seen exactly --epochs times on every side. A seed sets the initialisation, the
+  window order and the subsample.
 """
 
 from __future__ import annotations
 
+import argparse
+import gzip
 import json
+import re
+import shlex
 import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import torch
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -29,55 +47,178 @@ sys.path.insert(0, str(ROOT))
 
 from train.cli import pretrain_data  # noqa: E402
 from train.config import load_train_config  # noqa: E402
+from train.eval import evaluate  # noqa: E402
 from train.pretrain import train  # noqa: E402
-from train.shards import tokenize_to_shards  # noqa: E402
-from train.tokenizer import train_tokenizer  # noqa: E402
+from train.shards import write_shard  # noqa: E402
+from train.tokenizer import load_vocab, train_tokenizer  # noqa: E402
 
 WORK = HERE / "work" / "ablation"
-WIKI = ROOT.parent / "shared" / "data" / "pretrain-text" / "wiki-demo" / "wiki_demo.txt"
-STEPS, SEEDS = 400, (1, 2)
+DATA = ROOT.parent / "shared" / "data"
+VARIANTS = {"raw": "stages/00_extract", "heuristics": "stages/01_heuristics",
+            "heuristics + dedup": "stages/02_dedup", "full curation": "output"}
+N = 13  # words per n-gram for the containment check
+EVAL_SIZE = {"wiki": 30, "c4": 30, "books": 300}  # documents scored per held-out set
+WIKI_CHARS = 2000  # the opening of each article
+
+
+def texts(folder: Path) -> list[str]:
+    return [t for f in sorted(folder.glob("part-*.parquet")) for t in pq.read_table(f, columns=["text"])
+            .column("text").to_pylist() if t]
+
+
+def ngrams(text: str) -> set[int]:
+    words = re.findall(r"\w+", text.lower())
+    return {hash(tuple(words[k:k + N])) for k in range(len(words) - N + 1)}
+
+
+def held_out() -> dict[str, list[str]]:
+    wiki = [a for a in (DATA / "pretrain-text/wiki-demo/wiki_demo.txt").read_text().splitlines() if a.strip()]
+    c4 = [json.loads(line)["text"] for line in (DATA / "cc-text/c4-demo/c4_demo.jsonl").read_text().splitlines()]
+    pan = (DATA / "dedup/pan-plagiarism-sentence-pairs/pan-test_s1.txt").read_text().splitlines()
+    return {"wiki": wiki, "c4": c4, "books": [s.strip() for s in pan if s.strip()]}
+
+
+def prepare() -> tuple[dict[str, list[str]], dict[str, str], dict[str, dict[str, int]], str]:
+    """The variants' documents (overlapping ones dropped), the held-out files, the drops, the tokenizer."""
+    corpus, run = WORK / "corpus", WORK / "run"
+    if not (corpus / "CORPUS.md").exists():
+        subprocess.run([sys.executable, str(HERE / "build_corpus.py"), "--records", "468", "--files", "2",
+                        "--udhr", "100", "--out", str(corpus)], check=True, stdout=subprocess.DEVNULL)
+    if not any((run / "output").glob("part-*.parquet")):  # delete WORK to redo
+        with (WORK / "pipeline.log").open("w") as log:
+            subprocess.run([sys.executable, "-m", "pipeline.cli", "run", "configs/quickstart.yaml",
+                            "--set", f"input={corpus}/corpus-*.warc.gz", "--set", f"output_dir={run}"],
+                           cwd=ROOT, check=True, stdout=log, stderr=subprocess.STDOUT)
+    sets = held_out()
+    files = {}
+    for name, docs in sets.items():  # scored: a sample; checked for overlap: all of it
+        scored = [d[:d.rfind(" ", 0, WIKI_CHARS)] if name == "wiki" and len(d) > WIKI_CHARS else d
+                  for d in docs[:EVAL_SIZE[name]]]
+        files[name] = str(WORK / f"heldout-{name}.jsonl")
+        Path(files[name]).write_text("".join(json.dumps({"text": d}) + "\n" for d in scored))
+    grams = {name: set().union(*map(ngrams, docs)) for name, docs in sets.items()}
+    variants, dropped = {}, {}
+    for name, folder in VARIANTS.items():
+        docs = texts(run / folder)
+        hits = {s: {k for k, d in enumerate(docs) if ngrams(d) & g} for s, g in grams.items()}
+        dropped[name] = {s: len(h) for s, h in hits.items()}
+        variants[name] = [d for k, d in enumerate(docs) if not any(k in h for h in hits.values())]
+    dolma = DATA / "cc-text/dolma-cc-2019-30/CC-MAIN-20190717121559-20190717143559-00140.jsonl.gz"
+    rows = [json.loads(line)["text"] for line in gzip.open(dolma, "rt")]
+    pq.write_table(pa.table({"text": rows}), WORK / "tokenizer-text.parquet")
+    tokenizer = str(train_tokenizer([str(WORK / "tokenizer-text.parquet")], 4096, str(WORK / "tokenizer.json")))
+    return variants, files, dropped, tokenizer
+
+
+def subsample(docs: list[np.ndarray], n_tokens: int, seed: int) -> tuple[np.ndarray, int]:
+    """Whole documents in a seeded order until n_tokens are reached (the last one cut); none twice."""
+    picked, total = [], 0
+    for k in np.random.default_rng(seed).permutation(len(docs)):
+        picked.append(docs[k][:n_tokens - total])
+        total += len(picked[-1])
+        if total == n_tokens:
+            return np.concatenate(picked), len(picked)
+    raise ValueError(f"only {total} tokens, {n_tokens} wanted")
+
+
+def spread(values: list[float]) -> dict:
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return {"seeds": values, "mean": round(statistics.mean(values), 4), "std": round(std, 4),
+            "min": min(values), "max": max(values)}
+
+
+def svg(results: dict, sets: list[str], path: Path) -> None:
+    """One panel per held-out set: each seed's bpb (dots), the mean (red), min to max (line)."""
+    pw, ph, left, top = 300, 300, 60, 40
+    names = list(VARIANTS)
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{left + pw * len(sets) + 20}" height="{ph + 150}" '
+           'font-family="sans-serif" font-size="11">',
+           f'<text x="{left}" y="18" font-size="13">Curation ablation: bits per byte on held-out text '
+           '(lower is better; dots: seeds, red: mean, line: min to max)</text>']
+    for p, s in enumerate(sets):
+        values = [r for n in names for r in results[n]["bpb"][s]["seeds"]]
+        lo, hi = min(values), max(values)
+        lo, hi = lo - 0.1 * (hi - lo), hi + 0.1 * (hi - lo)
+        x0 = left + p * pw
+
+        def y(v: float) -> float:
+            return top + ph - (v - lo) / (hi - lo) * ph  # noqa: B023
+
+        out.append(f'<rect x="{x0}" y="{top}" width="{pw - 60}" height="{ph}" fill="none" stroke="#999"/>')
+        out.append(f'<text x="{x0 + 5}" y="{top - 5}" font-weight="bold">{s}</text>')
+        for v in np.linspace(lo, hi, 5):
+            out.append(f'<text x="{x0 - 3}" y="{y(v) + 4:.1f}" text-anchor="end">{v:.3f}</text>')
+        step = (pw - 60) / len(names)
+        for k, n in enumerate(names):
+            cx, r = x0 + step * (k + 0.5), results[n]["bpb"][s]
+            out.append(f'<line x1="{cx - 14:.1f}" x2="{cx + 14:.1f}" y1="{y(r["mean"]):.1f}" y2="{y(r["mean"]):.1f}" '
+                       'stroke="#d62728" stroke-width="3"/>')
+            out.append(f'<line x1="{cx:.1f}" x2="{cx:.1f}" y1="{y(r["min"]):.1f}" y2="{y(r["max"]):.1f}" '
+                       'stroke="#000"/>')
+            out += [f'<circle cx="{cx:.1f}" cy="{y(v):.1f}" r="3" fill="#08519c"/>' for v in r["seeds"]]
+            out.append(f'<text transform="translate({cx + 4:.1f},{top + ph + 8}) rotate(45)">{n}</text>')
+    path.write_text("\n".join(out + ["</svg>"]) + "\n")
 
 
 def main() -> None:
-    run = WORK / "run"
-    subprocess.run([sys.executable, "-m", "pipeline.cli", "run", "configs/quickstart.yaml",
-                    "--set", f"input={HERE / 'corpus' / 'corpus-*.warc.gz'}", "--set", f"output_dir={run}"],
-                   cwd=ROOT, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    articles = [a for a in WIKI.read_text().splitlines() if a.strip()]
-    pq.write_table(pa.table({"id": [f"wiki-{k}" for k in range(len(articles))], "text": articles}),
-                   WORK / "wiki.parquet")
-    tokenizer = str(train_tokenizer([str(WORK / "wiki.parquet")], 4096, str(WORK / "tokenizer.json")))
-    sources = {"raw": sorted((run / "stages" / "00_extract").glob("part-*.parquet")),
-               "curated": sorted((run / "output").glob("part-*.parquet"))}
-    meta = {name: tokenize_to_shards([str(f) for f in files], tokenizer, str(WORK / f"tokens-{name}"),
-                                     val_fraction=0.0) for name, files in sources.items()}
-    tokenize_to_shards([str(WORK / "wiki.parquet")], tokenizer, str(WORK / "tokens-wiki"), val_fraction=0.0)
-    results = {name: {"docs": m["docs"], "train_tokens": m["train_tokens"], "runs": []} for name, m in meta.items()}
-    for name in sources:
-        for seed in SEEDS:
-            out = WORK / f"train-{name}-{seed}"
-            overrides = [f"out_dir={out}", f"tokenizer={tokenizer}",
-                         f"data.train={WORK / f'tokens-{name}'}/train-*.bin",
-                         f"data.val={WORK / 'tokens-wiki'}/train-*.bin", "data.eval_batches=16", f"max_steps={STEPS}",
-                         "eval_every=100", "log_every=100", "ckpt_every=0", f"seed={seed}", "tensorboard=false"]
-            cfg = load_train_config(str(ROOT / "configs" / "train" / "tiny.yaml"), overrides)
-            if (out / "checkpoint.pt").exists():
-                (out / "checkpoint.pt").unlink()
-                (out / "log.jsonl").unlink(missing_ok=True)
-            batches, val = pretrain_data(cfg, 0, 1)
-            train(cfg, batches, val)
-            log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
-            curve = {r["step"]: r["val_loss"] for r in log if "val_loss" in r}
-            results[name]["runs"].append({"seed": seed, "wiki_val_loss": curve})
-        finals = [r["wiki_val_loss"][STEPS] for r in results[name]["runs"]]
-        results[name]["final_wiki_val_loss_mean"] = round(statistics.mean(finals), 4)
-        results[name]["epochs_in_budget"] = round(STEPS * cfg.micro_batch * cfg.seq_len / meta[name]["train_tokens"], 2)
-    results["budget_tokens"] = STEPS * cfg.micro_batch * cfg.seq_len
-    results["curated_minus_raw"] = round(results["curated"]["final_wiki_val_loss_mean"]
-                                         - results["raw"]["final_wiki_val_loss_mean"], 4)
-    print(json.dumps(results, indent=1))
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--tokens", type=int, help="T (default: the smallest variant's size)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1: the cores are shared)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    started = time.time()
+    WORK.mkdir(parents=True, exist_ok=True)
+    variants, files, dropped, tokenizer = prepare()
+    cfg = load_train_config(str(ROOT / "configs/train/tiny.yaml"))
+    vocab, seq, batch = load_vocab(tokenizer), cfg.seq_len, cfg.micro_batch
+    tokens = {n: [np.asarray([vocab.bos_id, *ids], dtype=np.uint32) for ids in vocab.encode_batch(docs)]
+              for n, docs in variants.items()}
+    sizes = {n: sum(map(len, t)) for n, t in tokens.items()}
+    if args.tokens and args.tokens >= min(sizes.values()):
+        raise SystemExit(f"--tokens {args.tokens}: the smallest variant has {min(sizes.values())}")
+    windows = ((args.tokens or min(sizes.values()) - 1) // seq) // batch * batch  # whole batches of windows
+    budget = windows * seq  # T: what every variant trains on, --epochs times
+    steps = args.epochs * windows // batch
+    results: dict = {"command": shlex.join(["nice", "-n", "19", ".venv/bin/python", "bench/ablation.py",
+                                            *sys.argv[1:]]),
+                     "device": "cpu (2 shared cores; no GPU)", "tokenizer": "BPE 4096 on dolma CC-2019-30",
+                     "model": cfg.model.model_dump(), "seq_len": seq, "micro_batch": batch,
+                     "tokens_per_variant": budget, "epochs": args.epochs, "steps": steps,
+                     "held_out": {s: f for s, f in files.items()}, "variants": {}}
+    print(f"T = {budget:,} tokens per variant, {args.epochs} epochs, {steps} steps; sizes {sizes}", flush=True)
+    for name, docs in tokens.items():
+        runs = []
+        for seed in args.seeds:
+            out = WORK / "train" / f"{name.replace(' ', '').replace('+', 'p')}-{seed}"
+            shard, used = subsample(docs, budget + 1, seed)  # + 1: the last window's target
+            (out / "data").mkdir(parents=True, exist_ok=True)
+            write_shard(out / "data" / "train-00000.bin", shard, vocab.size)
+            for f in ("checkpoint.pt", "log.jsonl"):
+                (out / f).unlink(missing_ok=True)
+            run_cfg = load_train_config(str(ROOT / "configs/train/tiny.yaml"), [
+                f"out_dir={out}", f"tokenizer={tokenizer}", f"data.train={out / 'data'}/train-*.bin",
+                "data.val=null", f"max_steps={steps}", "eval_every=0", f"log_every={steps}", "ckpt_every=0",
+                f"seed={seed}", "tensorboard=false", "device=cpu"])
+            t0 = time.time()
+            train(run_cfg, *pretrain_data(run_cfg, 0, 1))
+            scored = evaluate(str(out), files, {}, [], max_docs=None, device="cpu")
+            bpb = {s: round(r["bits_per_byte"], 4) for s, r in scored["text"].items()}
+            runs.append({"seed": seed, "docs_used": used, "bpb": bpb, "wall_s": round(time.time() - t0, 1)})
+            print(f"{name:<20} seed {seed}: {used} docs, {bpb}, {runs[-1]['wall_s']} s", flush=True)
+        results["variants"][name] = {
+            "docs": len(docs), "tokens": sizes[name], "dropped_for_overlap": dropped[name], "runs": runs,
+            "bpb": {s: spread([r["bpb"][s] for r in runs]) for s in files}}
+    results["wall_s"] = round(time.time() - started)
+    print(f"\n{'variant':<20} {'docs':>5} {'used':>5} " + " ".join(f"{s + ' bpb':>16}" for s in files))
+    for name, v in results["variants"].items():
+        used = round(statistics.mean(r["docs_used"] for r in v["runs"]))
+        cells = " ".join(f"{v['bpb'][s]['mean']:.4f} ± {v['bpb'][s]['std']:.4f}" for s in files)
+        print(f"{name:<20} {v['docs']:>5} {used:>5} {cells}")
     (HERE / "results").mkdir(exist_ok=True)
-    (HERE / "results" / "ablation.json").write_text(json.dumps(results, indent=1))
+    (HERE / "results" / "ablation.json").write_text(json.dumps(results, indent=1) + "\n")
+    svg(results["variants"], list(files), HERE / "results" / "ablation.svg")
 
 
 if __name__ == "__main__":
