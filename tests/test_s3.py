@@ -1,0 +1,304 @@
+"""Object storage for real: input and run directory on s3://, against moto's S3 server on loopback.
+
+s3fs finds the server through botocore's own setting, AWS_ENDPOINT_URL (Winnow passes no storage
+options of its own; FSSPEC_S3_ENDPOINT_URL works as well). The Ray workers must see the same
+environment, so the fixture makes sure the session's Ray was started after it was set.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from contextlib import redirect_stdout
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from tests.conftest import ROOT, SAMPLE
+
+QUICKSTART = ROOT / "configs" / "quickstart.yaml"
+BUCKET = "winnow-test"
+INPUTS = ["cc-2020-34-resiliparse.warc.gz", "cc-2014-35-npm.warc"]
+
+
+@pytest.fixture(scope="module")
+def s3():
+    """moto's S3 server on 127.0.0.1 (a free port), a bucket, and the environment s3fs and botocore read."""
+    import logging
+
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+           "AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_CONFIG_FILE": os.devnull,
+           "AWS_SHARED_CREDENTIALS_FILE": os.devnull}
+    saved = {k: os.environ.get(k) for k in [*env, "AWS_PROFILE", "AWS_SESSION_TOKEN"]}
+    os.environ.update(env)
+    for key in ("AWS_PROFILE", "AWS_SESSION_TOKEN"):
+        os.environ.pop(key, None)
+    import fsspec
+
+    import pipeline.storage  # noqa: F401 - Winnow's s3fs settings, as every Winnow process has them
+
+    fs = fsspec.filesystem("s3")
+    fs.mkdir(BUCKET)
+    for name in INPUTS:
+        fs.put(str(SAMPLE / name), f"{BUCKET}/in/{name}")
+    yield fs
+    server.stop()
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+@pytest.fixture(scope="module")
+def ray_s3(s3, request):
+    """The session's Ray, with workers that see the S3 environment (restarted if it was started before)."""
+    ray = request.getfixturevalue("ray_local")
+
+    @ray.remote
+    def endpoint() -> str | None:
+        return os.environ.get("AWS_ENDPOINT_URL")
+
+    if ray.get(endpoint.remote()) != os.environ["AWS_ENDPOINT_URL"]:
+        ray.shutdown()
+        ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    return ray
+
+
+def quickstart(tmp_path: Path, output_dir: str, inputs: list[str], stages: int | None = None):
+    """The quickstart config with this input and output_dir (and only its first `stages` stages)."""
+    from pipeline.config import load_config
+
+    raw = yaml.safe_load(QUICKSTART.read_text())
+    if stages is not None:
+        raw["stages"] = raw["stages"][:stages]
+    path = tmp_path / f"config-{len(list(tmp_path.glob('config-*')))}.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return load_config(path, [f"output_dir={output_dir}", f"input={json.dumps(inputs)}"])
+
+
+def read_output(fs, directory: str) -> pa.Table:
+    files = sorted(p for p in fs.glob(f"{directory}/part-*.parquet"))
+    tables = []
+    for f in files:
+        with fs.open(f, "rb") as handle:
+            tables.append(pq.read_table(handle))
+    table = pa.concat_tables(tables, promote_options="permissive")
+    return table.sort_by("id")
+
+
+# -- writes ------------------------------------------------------------------------------------------------
+def test_shard_writer_puts_the_final_key_once_and_an_aborted_upload_never_appears(s3, monkeypatch):
+    """No temporary key and no copy (an S3 rename is a copy and a delete); an abort, even in the middle of a
+    multipart upload, leaves no object and no pending upload."""
+    from pipeline.jsonfile import read_json, write_json
+    from pipeline.parquet_io import ShardWriter
+
+    def no_rename(*args, **kwargs):
+        raise AssertionError(f"a rename or copy on object storage: {args}")
+
+    for name in ("mv", "copy", "rename", "cp_file"):
+        monkeypatch.setattr(s3, name, no_rename)
+    schema = pa.schema([("id", pa.string()), ("text", pa.string())])
+    prefix = f"{BUCKET}/writer/part-00000"
+    writer = ShardWriter(s3, prefix, schema, target_shard_mb=64, row_group_mb=1)
+    writer.write([{"id": str(i), "text": f"document {i} " * 50} for i in range(3000)])
+    paths = writer.close()
+    assert paths == [f"{prefix}-000.parquet"]
+    assert sorted(s3.find(f"{BUCKET}/writer")) == paths  # nothing else: no .tmp
+    with s3.open(paths[0], "rb") as f:
+        assert pq.read_table(f).num_rows == 3000
+
+    write_json(s3, f"{BUCKET}/writer/_done/00000.json", {"shard": "00000"})
+    assert read_json(s3, f"{BUCKET}/writer/_done/00000.json") == {"shard": "00000"}
+
+    # 5 MiB parts: incompressible text past one part starts a multipart upload before the abort.
+    monkeypatch.setattr(s3, "default_block_size", 5 << 20)
+    aborted = ShardWriter(s3, f"{BUCKET}/writer/part-00001", schema, target_shard_mb=64, row_group_mb=1)
+    for i in range(14):
+        aborted.write([{"id": f"{i}-{k}", "text": os.urandom(50_000).hex()} for k in range(10)])
+    assert aborted.handle is not None and aborted.handle.mpu is not None, "no multipart upload was begun"
+    aborted.abort()
+    assert not s3.exists(f"{BUCKET}/writer/part-00001-000.parquet")
+    assert not s3.call_s3("list_multipart_uploads", Bucket=BUCKET).get("Uploads")
+    del aborted  # the garbage collector must not complete the upload either
+    assert not s3.exists(f"{BUCKET}/writer/part-00001-000.parquet")
+
+
+# -- the lock ----------------------------------------------------------------------------------------------
+def test_lock_on_object_storage_refuses_a_second_run_and_takes_over_a_dead_one(s3, tmp_path, monkeypatch):
+    from pipeline import rundir as rundir_module
+    from pipeline.rundir import LOCK, RunDir, RunDirError
+    from pipeline.runner import Runner
+    from pipeline.status import run_status
+
+    url = f"s3://{BUCKET}/locked"
+    lock_key = f"{BUCKET}/locked/{LOCK}"
+    monkeypatch.setattr(rundir_module, "HEARTBEAT_S", 0.2)
+    first = RunDir(url)
+    first.claim()
+    first.lock()
+    try:
+        holder = json.loads(s3.cat_file(lock_key))
+        assert holder["pid"] == os.getpid() and holder["host"] == socket.gethostname()
+        assert first.in_use() and run_status(url) == "running"
+        # A second claim, in this process or from a `winnow run`, is refused and names the holder.
+        with pytest.raises(RunDirError, match=f"another `winnow run` is using it \\(pid {os.getpid()}"):
+            RunDir(url).lock()
+        cfg = quickstart(tmp_path, url, [f"s3://{BUCKET}/in/{INPUTS[0]}"])
+        with pytest.raises(RunDirError, match="another `winnow run`"):
+            Runner(cfg).run()
+        # The heartbeat goes on while the run lasts.
+        time.sleep(1.0)
+        assert json.loads(s3.cat_file(lock_key))["heartbeat"] > holder["heartbeat"]
+    finally:
+        first.unlock()
+    assert not s3.exists(lock_key) and not RunDir(url).in_use()
+
+    def plant(**fields):
+        record = {"pid": 1, "host": "elsewhere", "started_at": "then", "heartbeat": time.time(), "token": "x"}
+        s3.pipe_file(lock_key, json.dumps(record | fields).encode())
+
+    # Fresh, from another host: refused. Stale (no heartbeat for STALE_S): taken over.
+    plant()
+    with pytest.raises(RunDirError, match="pid 1 on elsewhere"):
+        RunDir(url).lock()
+    plant(heartbeat=time.time() - rundir_module.STALE_S - 1)
+    taker = RunDir(url)
+    taker.lock()
+    assert json.loads(s3.cat_file(lock_key))["pid"] == os.getpid()
+    taker.unlock()
+    # Fresh, from a process of this host that has died: taken over at once.
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True)
+    plant(pid=int(dead.stdout), host=socket.gethostname())
+    taker = RunDir(url)
+    taker.lock()
+    taker.unlock()
+
+    # Two runs that start together: the conditional PUT (If-None-Match) lets exactly one win.
+    barrier, results = threading.Barrier(4), []
+
+    def contend():
+        rd = RunDir(url)
+        barrier.wait()
+        try:
+            rd.lock()
+            results.append(rd)
+        except RunDirError:
+            results.append(None)
+
+    threads = [threading.Thread(target=contend) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    winners = [rd for rd in results if rd is not None]
+    assert len(results) == 4 and len(winners) == 1
+    winners[0].unlock()
+
+
+# -- input identity ----------------------------------------------------------------------------------------
+@pytest.mark.timeout(900)
+def test_input_identity_on_s3_is_the_etag(s3, ray_s3, tmp_path):
+    """The same bytes uploaded again (a new LastModified) reuse the shard; other bytes of the same size
+    (a new ETag) recompute it."""
+    from pipeline.runner import Runner
+
+    key = f"{BUCKET}/etag/in.warc"
+    original = (SAMPLE / "cc-2014-35-npm.warc").read_bytes()
+    s3.pipe_file(key, original)
+    cfg = quickstart(tmp_path, f"s3://{BUCKET}/etag/run", [f"s3://{key}"], stages=1)
+
+    first = Runner(cfg).run()
+    assert first["status"] == "done" and first["stages"][0]["shards"]["computed"] == 1
+    record = json.loads(s3.cat_file(f"{BUCKET}/etag/run/stages/00_extract/_done/00000.json"))
+    assert record["input_id"] == f"ETag:{s3.info(key)['ETag'].strip(chr(34))}:{len(original)}"
+
+    time.sleep(1.1)  # a later LastModified
+    s3.pipe_file(key, original)
+    again = Runner(cfg).run()
+    assert again["stages"][0]["shards"] == {"total": 1, "done": 1, "reused": 1, "computed": 0, "failed": 0}
+
+    changed = original.replace(b" the ", b" THE ", 1)
+    assert len(changed) == len(original) and changed != original
+    s3.pipe_file(key, changed)
+    third = Runner(cfg).run()
+    assert third["status"] == "done"
+    assert third["stages"][0]["shards"]["computed"] == 1
+
+
+# -- the whole quickstart ----------------------------------------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
+def test_quickstart_on_s3_equals_the_local_run_and_reruns_reuse_everything(s3, ray_s3, tmp_path):
+    from pipeline.cli import main
+    from pipeline.report import write_report
+    from pipeline.runner import Runner
+
+    url = f"s3://{BUCKET}/quickstart"
+    remote = Runner(quickstart(tmp_path, url, [f"s3://{BUCKET}/in/{n}" for n in INPUTS])).run()
+    assert remote["status"] == "done", remote
+    local_dir = tmp_path / "local"
+    local = Runner(quickstart(tmp_path, str(local_dir), [str(SAMPLE / n) for n in INPUTS])).run()
+    assert local["status"] == "done"
+
+    # The same documents, kept and rejected, at every stage: only the input's address differs.
+    assert [(s["name"], s["rows_in"], s["rows_out"], s["drop_reasons"]) for s in remote["stages"]] == \
+        [(s["name"], s["rows_in"], s["rows_out"], s["drop_reasons"]) for s in local["stages"]]
+    ours = read_output(s3, f"{BUCKET}/quickstart/output")
+    theirs = read_output(fsspec_local(), str(local_dir / "output"))
+    assert ours.num_rows == theirs.num_rows > 0
+    assert ours["id"].to_pylist() == theirs["id"].to_pylist()
+    same = [c for c in theirs.column_names if c != "source_file"]
+    assert ours.select(same).equals(theirs.select(same))
+    assert all(f.startswith(f"s3://{BUCKET}/in/") for f in ours["source_file"].to_pylist())
+    assert not [k for k in s3.find(f"{BUCKET}/quickstart") if k.endswith(".tmp")]
+
+    # The run directory on S3 has what a local one has: card, log, instructions.
+    card = s3.cat_file(f"{BUCKET}/quickstart/output/README.md").decode()
+    assert "quickstart" in card or "Winnow" in card
+    log_text = s3.cat_file(f"{BUCKET}/quickstart/logs/run.log").decode()
+    assert "stage extract: 2 shards to run" in log_text
+    assert s3.glob(f"{BUCKET}/quickstart/instructions/part-*.parquet")
+
+    # A rerun reuses every shard of every stage and recomputes nothing.
+    started = time.perf_counter()
+    rerun = Runner(quickstart(tmp_path, url, [f"s3://{BUCKET}/in/{n}" for n in INPUTS])).run()
+    assert rerun["status"] == "done"
+    for stage in rerun["stages"]:
+        assert stage["shards"]["computed"] == 0 and stage["shards"]["reused"] == stage["shards"]["total"], stage
+    assert time.perf_counter() - started < 60
+    assert s3.cat_file(f"{BUCKET}/quickstart/logs/run.log").decode().startswith(log_text)
+
+    # `winnow status` and `winnow report` on the s3:// run directory.
+    out = io.StringIO()
+    with redirect_stdout(out):
+        assert main(["status", url]) == 0
+    table = out.getvalue()
+    assert "00_extract" in table and "06_synth" in table and "run: done" in table
+    path = write_report(url)
+    assert path == f"{url}/report.html"
+    page = s3.cat_file(f"{BUCKET}/quickstart/report.html").decode()
+    assert page.startswith("<!") and "extract" in page
+
+
+def fsspec_local():
+    import fsspec
+
+    return fsspec.filesystem("file")
