@@ -114,14 +114,25 @@ def clear_shard(fs: fsspec.AbstractFileSystem, stage_dir: str, shard: str) -> No
             fs.rm(path)
 
 
+class TaskLogHandler(logging.FileHandler):
+    """A task's log file, best effort: when the disk cannot take a line (it is full, as the task is about to
+    report), the handler falls silent instead of printing logging's own traceback."""
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 - logging's name
+        self.setLevel(logging.CRITICAL + 1)
+
+
 @contextmanager
 def shard_log(path: str, shard: str, input_path: str) -> Iterator[None]:
     """Append the task's log lines to `path` as they happen: a task that dies leaves what it got to."""
     if not path:
         yield
         return
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    handler = logging.FileHandler(path)
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        handler: logging.Handler = TaskLogHandler(path)
+    except OSError:  # a full or read-only disk: the shard's own error says so, the log is a convenience
+        handler = logging.NullHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logger = logging.getLogger("winnow")
     logger.addHandler(handler)
