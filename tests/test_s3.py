@@ -242,6 +242,19 @@ def test_input_identity_on_s3_is_the_etag(s3, ray_s3, tmp_path):
     assert third["status"] == "done"
     assert third["stages"][0]["shards"]["computed"] == 1
 
+    # `winnow status` and the report read the s3:// run directory and write there (the slow test does the same
+    # for the whole quickstart).
+    from pipeline.cli import main
+    from pipeline.report import write_report
+
+    out = io.StringIO()
+    with redirect_stdout(out):
+        assert main(["status", f"s3://{BUCKET}/etag/run"]) == 0
+    assert "00_extract" in out.getvalue() and "run: done" in out.getvalue()
+    assert write_report(f"s3://{BUCKET}/etag/run") == f"s3://{BUCKET}/etag/run/report.html"
+    assert s3.cat_file(f"{BUCKET}/etag/run/report.html").startswith(b"<!")
+    assert s3.exists(f"{BUCKET}/etag/run/output/README.md")
+
 
 # -- the whole quickstart ----------------------------------------------------------------------------------
 @pytest.mark.slow
