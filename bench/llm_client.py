@@ -26,6 +26,7 @@ import asyncio
 import json
 import os
 import platform
+import re
 import shutil
 import signal
 import socket
@@ -200,6 +201,29 @@ def run_worker(tool: str, url: str, n: int, concurrency: int, state: str, kill_a
     return result
 
 
+def against_winnow_serve(args: argparse.Namespace) -> None:
+    """The same prompts through each client to `winnow serve` with a real (tiny) checkpoint: the server's
+    generation dominates here, so the figure is what a user sees, not the client's own overhead."""
+    server = subprocess.Popen([str(Path(PYTHON).parent / "winnow"), "serve", args.serve, "--port", "0",
+                               "--name", "fake", "--max-prompts", "64"], stdout=subprocess.PIPE, text=True)
+    try:
+        url = re.search(r"(http://[\d.:]+/v1)", server.stdout.readline()).group(1)
+        results: dict = {"checkpoint": args.serve, "n": args.n, "concurrency": args.concurrency, "tools": {}}
+        for tool in args.tools.split(","):
+            state = tempfile.mkdtemp(prefix=f"bench-{tool}-")
+            try:
+                r = run_worker(tool, url, args.n, args.concurrency, state)
+            finally:
+                shutil.rmtree(state, ignore_errors=True)
+            results["tools"][tool] = {"returned_ok": r.get("ok"), "error": r.get("error"),
+                                      "requests_per_s": round(args.n / r["run_s"], 2) if r.get("run_s") else None}
+            print(tool, json.dumps(results["tools"][tool]), flush=True)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    Path(args.out).with_name("llm_client_serve.json").write_text(json.dumps(results, indent=2) + "\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--worker")
@@ -211,9 +235,14 @@ def main() -> None:
     parser.add_argument("--per-token-s", type=float, default=0.001)
     parser.add_argument("--tools", default="winnow,datatrove,distilabel")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "llm_client.json"))
+    parser.add_argument("--serve", metavar="CKPT",
+                        help="instead: each tool's throughput against `winnow serve CKPT` (a real model on CPU)")
     args = parser.parse_args()
     if args.worker:
         print(json.dumps(WORKERS[args.worker](args.url, args.n, args.concurrency, args.state)), flush=True)
+        return
+    if args.serve:
+        against_winnow_serve(args)
         return
     # 16 completion tokens an answer: the server's latency per request.
     server_latency = args.latency_s + 16 * args.per_token_s
