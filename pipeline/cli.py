@@ -19,9 +19,7 @@ def _setup_logging() -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     from pipeline.config import ConfigError, load_config
 
-    config = args.config
-    if Path(config).is_dir():  # a run directory: rerun it as it was configured
-        config = str(Path(config) / "run.yaml")
+    config = run_yaml_of(args.config)
     try:
         cfg = load_config(config, args.set or [])
     except ConfigError as exc:
@@ -59,6 +57,23 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"\n{manifest['status']} in {time.perf_counter() - start:.1f}s; "
           f"output: {cfg.output_dir}/output ({len(manifest['output']['files'])} files)")
     return 0 if manifest["status"] == "done" else 1
+
+
+def run_yaml_of(config: str) -> str:
+    """A config file as given; for a run directory (local or on object storage), its run.yaml."""
+    if Path(config).is_dir():
+        return str(Path(config) / "run.yaml")
+    if "://" in config:
+        import tempfile
+
+        import fsspec
+
+        fs, path = fsspec.core.url_to_fs(config)
+        if fs.isdir(path):
+            local = Path(tempfile.mkdtemp(prefix="winnow-")) / "run.yaml"
+            fs.get(f"{path.rstrip('/')}/run.yaml", str(local))
+            return str(local)
+    return config
 
 
 def failed_shards(run_dir: str) -> list[str]:

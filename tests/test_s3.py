@@ -254,6 +254,12 @@ def test_input_identity_on_s3_is_the_etag(s3, ray_s3, tmp_path):
     assert write_report(f"s3://{BUCKET}/etag/run") == f"s3://{BUCKET}/etag/run/report.html"
     assert s3.cat_file(f"{BUCKET}/etag/run/report.html").startswith(b"<!")
     assert s3.exists(f"{BUCKET}/etag/run/output/README.md")
+    # The run directory alone is enough to rerun it: its run.yaml is read from the bucket.
+    with redirect_stdout(io.StringIO()):
+        assert main(["run", f"s3://{BUCKET}/etag/run", "--retry-failed"]) == 0  # nothing failed
+        assert main(["run", f"s3://{BUCKET}/etag/run"]) == 0
+    manifest = json.loads(s3.cat_file(f"{BUCKET}/etag/run/manifest.json"))
+    assert manifest["stages"][0]["shards"]["reused"] == 1
 
 
 # -- the whole quickstart ----------------------------------------------------------------------------------
