@@ -53,7 +53,7 @@ demo: setup
 # the report in Chromium) and skips the slower variants marked `slow`; test-all runs those too.
 test: setup browser
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q -m "not slow" --durations=15
+	$(BIN)/python -m pytest -q -rs -m "not slow" --durations=15
 
 test-all: setup browser
 	$(BIN)/ruff check .
