@@ -45,13 +45,21 @@ def start(config: Path) -> subprocess.Popen:
 
 
 def worker_pids(driver: int) -> list[int]:
-    """Ray worker processes of this driver's local cluster (they run in its process group)."""
-    out = subprocess.run(["ps", "-o", "pid=,pgid=,args=", "-e"], capture_output=True, text=True).stdout
+    """Ray worker processes running a task or actor under this driver's local cluster (its descendants)."""
+    out = subprocess.run(["ps", "-o", "pid=,ppid=,args=", "-e"], capture_output=True, text=True).stdout
+    rows = [line.split(None, 2) for line in out.splitlines() if len(line.split(None, 2)) == 3]
+    children: dict[int, list[int]] = {}
+    for pid, ppid, _ in rows:
+        children.setdefault(int(ppid), []).append(int(pid))
+    family, todo = set(), [driver]
+    while todo:
+        pid = todo.pop()
+        family.add(pid)
+        todo += children.get(pid, [])
     # Task and actor workers only: killing Ray's own agents takes the local raylet down (a lost machine,
     # which the driver kills above already stand for).
-    return [int(line.split()[0]) for line in out.splitlines()
-            if line.split()[1] == str(driver) and "ray::" in line
-            and not any(word in line for word in ("IDLE", "Agent", "ProgressCounter"))]
+    return [int(pid) for pid, _, args in rows if int(pid) in family and args.startswith("ray::")
+            and not any(word in args for word in ("IDLE", "Agent", "ProgressCounter"))]
 
 
 def config_for(base: Path, out: Path) -> Path:

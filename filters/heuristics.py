@@ -165,17 +165,15 @@ def datatrove_tokenizer(language: str) -> tuple[str, str]:
     return class_name, code or language
 
 
-@cache
-def _rule_based_spacy(code: str) -> bool:
-    """Whether spaCy's pipeline for `code` splits words with its rule-based tokenizer (Chinese,
-    Japanese, Korean, Thai and a few others use a segmentation library instead)."""
-    import spacy
-    from spacy.tokenizer import Tokenizer as RuleTokenizer
+# spaCy's languages whose blank pipeline segments words with a library instead of its rule-based
+# tokenizer (spaCy 3.8; tests/test_steps.py checks the set against spaCy's own configs). A constant,
+# because asking spaCy means importing it, torch and every spaCy plugin: seconds at config time.
+SEGMENTED_SPACY_LANGUAGES = frozenset({"ja", "ko", "th", "vi", "zh"})
 
-    try:
-        return isinstance(spacy.blank(code).tokenizer, RuleTokenizer)
-    except Exception:  # noqa: BLE001 - a missing segmenter package: not rule-based
-        return False
+
+def _rule_based_spacy(code: str) -> bool:
+    """Whether spaCy's pipeline for `code` splits words with its rule-based tokenizer."""
+    return code not in SEGMENTED_SPACY_LANGUAGES
 
 
 class _HeuristicParams(StepParams):

@@ -240,3 +240,21 @@ def test_a_failing_document_is_isolated_not_fatal():
     reasons = run(step, docs)
     assert reasons == [None, "langid:error"] and step.stats["dropped:error"] == 1
     assert docs[0]["language"] == "en"
+
+
+def test_segmented_spacy_languages_are_spacys_own():
+    import pkgutil
+
+    import spacy.lang
+    import spacy.util
+
+    from filters.heuristics import SEGMENTED_SPACY_LANGUAGES
+
+    segmented = set()
+    for module in pkgutil.iter_modules(spacy.lang.__path__):
+        if not module.ispkg:  # helpers such as char_classes, not languages
+            continue
+        config = spacy.util.get_lang_class(module.name).default_config
+        if config["nlp"]["tokenizer"]["@tokenizers"] != "spacy.Tokenizer.v1":
+            segmented.add(module.name)
+    assert segmented == SEGMENTED_SPACY_LANGUAGES

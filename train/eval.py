@@ -186,19 +186,3 @@ def run(args: argparse.Namespace) -> int:
         return 2
     print(json.dumps(result, indent=1) if args.json else format_tables(result))
     return 0
-
-
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    ev = sub.add_parser("eval", help="bits per byte on held-out text and accuracy on multiple-choice tasks")
-    ev.add_argument("checkpoint", help="a training out_dir or checkpoint.pt")
-    ev.add_argument("--text", action="append", metavar="[NAME=]PATH",
-                    help="a held-out text set: JSONL, JSON, Parquet or .txt, or a folder of them (repeatable; "
-                         "default: the reference sets found under the shared data folder)")
-    ev.add_argument("--no-default-text", action="store_true", help="no text sets unless named with --text")
-    ev.add_argument("--task", action="append", metavar="[NAME=]PATH",
-                    help="a multiple-choice task: JSONL rows of context, choices, label (repeatable)")
-    ev.add_argument("--max-docs", type=int, default=200, help="documents per text set (default 200)")
-    ev.add_argument("--delimiter", default=" ", help="what goes between a context and a choice (default: a space)")
-    ev.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    ev.add_argument("--json", action="store_true", help="the figures as JSON")
-    ev.set_defaults(func=run)
