@@ -44,8 +44,11 @@ def main() -> None:
     files = sorted(glob.glob(args.inputs))
     work = Path(tempfile.mkdtemp(prefix="winnow-s3bench-"))
 
+    import logging
+
     from moto.server import ThreadedMotoServer
 
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
