@@ -1,1 +1,1 @@
-"""The bundled trainer (issue 6): tokenizer, token shards, model, pretraining, SFT, serving."""
+"""The bundled trainer: tokenizer, token shards, model, pretraining, SFT, preference tuning, evaluation, serving."""
