@@ -39,14 +39,19 @@ FOOTER = ("We use cookies to improve your experience. By continuing you accept o
 EDIT_KINDS = ("insert_lines", "delete_lines", "boilerplate", "substitute_words")
 
 
-def real_documents() -> list[str]:
+def shared_texts() -> list[str]:
+    """Every cc-text document and every Wikipedia demo article of the shared data, in a fixed order."""
     texts: list[str] = []
     for path in sorted((DATA / "cc-text").rglob("*.jsonl*")):
         opener = gzip.open if path.suffix == ".gz" else open
         with opener(path, "rt") as f:
             texts += [json.loads(line)["text"] for line in f if line.strip()]
     texts += (DATA / "pretrain-text" / "wiki-demo" / "wiki_demo.txt").read_text().splitlines()
-    return [t for t in texts if len(t.split()) >= MIN_WORDS]
+    return texts
+
+
+def real_documents() -> list[str]:
+    return [t for t in shared_texts() if len(t.split()) >= MIN_WORDS]
 
 
 def _lines(text: str) -> list[str]:

@@ -16,7 +16,6 @@ Run: `.venv/bin/python bench/heuristics.py` (about a minute). Writes bench/resul
 
 from __future__ import annotations
 
-import gzip
 import json
 import sys
 import time
@@ -25,10 +24,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from dedup_corpus import shared_texts  # noqa: E402
+
 from filters import STEPS  # noqa: E402
 from filters.heuristics import fast_tokenizer  # noqa: E402
 
-DATA = ROOT.parent / "shared" / "data"
 RESULTS = ROOT / "bench" / "results"
 SETUPS = {
     "gopher_repetition": {},
@@ -39,14 +39,6 @@ SETUPS = {
 }
 
 
-def documents() -> list[str]:
-    texts: list[str] = []
-    for path in sorted((DATA / "cc-text").rglob("*.jsonl*")):
-        opener = gzip.open if path.suffix == ".gz" else open
-        with opener(path, "rt") as f:
-            texts += [json.loads(line)["text"] for line in f if line.strip()]
-    texts += (DATA / "pretrain-text" / "wiki-demo" / "wiki_demo.txt").read_text().splitlines()
-    return texts
 
 
 def decisions(kind: str, params: dict, texts: list[str]) -> tuple[list[str | None], float]:
@@ -76,7 +68,7 @@ def compare(fast: list[str | None], spacy: list[str | None], texts: list[str]) -
 def main() -> None:
     from datatrove.utils.word_tokenizers import load_word_tokenizer
 
-    texts = documents()
+    texts = shared_texts()
     print(f"{len(texts)} documents")
     spacy_words = load_word_tokenizer("en")
     same_words = sum(fast_tokenizer("en").word_tokenize(t) == spacy_words.word_tokenize(t) for t in texts)

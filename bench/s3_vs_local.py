@@ -24,8 +24,11 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 RESULTS = ROOT / "bench" / "results" / "s3_vs_local.json"
 WINNOW = str(Path(sys.executable).parent / "winnow")
+
+from bench.loopback_s3 import loopback_s3  # noqa: E402
 
 
 def timed_run(inputs: str, output_dir: str, env: dict[str, str]) -> float:
@@ -44,23 +47,9 @@ def main() -> None:
     files = sorted(glob.glob(args.inputs))
     work = Path(tempfile.mkdtemp(prefix="winnow-s3bench-"))
 
-    import logging
-
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    s3_env = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1",
-              "AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_CONFIG_FILE": os.devnull,
-              "AWS_SHARED_CREDENTIALS_FILE": os.devnull}
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    try:
-        os.environ.update(s3_env)
+    with loopback_s3("bench") as s3_env:
         import fsspec
-
-        import pipeline.storage  # noqa: F401 - the s3fs settings Winnow uses
 
         fs = fsspec.filesystem("s3")
         fs.mkdir("bench")
@@ -78,9 +67,7 @@ def main() -> None:
         result["s3_over_local"] = {k: round(result["s3"][k] / result["local"][k], 2) for k in ("first_s", "rerun_s")}
         print(json.dumps(result, indent=1))
         Path(args.results).write_text(json.dumps(result, indent=1) + "\n")
-    finally:
-        server.stop()
-        shutil.rmtree(work, ignore_errors=True)
+    shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -33,36 +33,17 @@ INPUTS = ["cc-2020-34-resiliparse.warc.gz", "cc-2014-35-npm.warc"]
 @pytest.fixture(scope="module")
 def s3():
     """moto's S3 server on 127.0.0.1 (a free port), a bucket, and the environment s3fs and botocore read."""
-    import logging
-
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
-           "AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_CONFIG_FILE": os.devnull,
-           "AWS_SHARED_CREDENTIALS_FILE": os.devnull}
-    saved = {k: os.environ.get(k) for k in [*env, "AWS_PROFILE", "AWS_SESSION_TOKEN"]}
-    os.environ.update(env)
-    for key in ("AWS_PROFILE", "AWS_SESSION_TOKEN"):
-        os.environ.pop(key, None)
     import fsspec
 
-    import pipeline.storage  # noqa: F401 - Winnow's s3fs settings, as every Winnow process has them
+    from bench.loopback_s3 import loopback_s3
 
-    fs = fsspec.filesystem("s3")
-    fs.mkdir(BUCKET)
-    for name in INPUTS:
-        fs.put(str(SAMPLE / name), f"{BUCKET}/in/{name}")
-    yield fs
-    server.stop()
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
+    with loopback_s3():
+        fs = fsspec.filesystem("s3")
+        fs.mkdir(BUCKET)
+        for name in INPUTS:
+            fs.put(str(SAMPLE / name), f"{BUCKET}/in/{name}")
+        yield fs
+
 
 
 @pytest.fixture(scope="module")
