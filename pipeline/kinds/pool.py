@@ -114,3 +114,46 @@ class ActorPool:
                 log.warning("a shard actor could not report its stats: %s", exc)
             ray.kill(actor)
         return {"actors": stats}
+
+
+def collect(ctx: Any, runner: TaskLauncher | ActorPool, futures: dict[Any, str],
+            live_docs: Callable[[], int] = lambda: 0) -> list[dict[str, str]]:
+    """Wait for every shard of the stage, handing out more as actors free up: records go to ctx.done,
+    each shard's warnings to the run log, failures are returned, progress is shown as it goes."""
+    import ray
+
+    from pipeline.progress import StageProgress
+
+    stage = ctx.stage
+    failures: list[dict[str, str]] = []
+    finished = 0  # documents of finished shards; live_docs() also counts shards still running
+    with StageProgress(f"{ctx.index:02d}_{stage.name}", total=len(futures)) as progress:
+        while futures:
+            ready, _ = ray.wait(list(futures), num_returns=len(futures), timeout=0.5)
+            live = live_docs()
+            for ref in ready:
+                shard = futures.pop(ref)
+                futures |= runner.next(ref)
+                try:
+                    record: dict[str, Any] = ray.get(ref)
+                except Exception as exc:  # noqa: BLE001 - one bad shard must not stop the run
+                    failures.append(shard_failure(stage.name, shard, ctx.shards[shard], exc))
+                    progress.update(max(live, finished), failed=1)
+                    continue
+                ctx.done[shard] = record
+                finished += record["rows_in"]
+                for message in record.get("messages", []):
+                    log.warning("%s/%s: %s", stage.name, shard, message)
+                progress.update(max(live, finished), shards_done=1)
+            if not ready:
+                progress.update(max(live, finished))
+    ctx.notes |= runner.close()
+    return failures
+
+
+def shard_failure(stage_name: str, shard: str, input_path: str, exc: BaseException) -> dict[str, str]:
+    """A failed shard as the manifest records it, logged with its input."""
+    lines = str(exc).strip().splitlines()
+    message = (lines[-1] if lines else type(exc).__name__)[:500]
+    log.error("stage %s shard %s (%s) failed: %s", stage_name, shard, input_path, message)
+    return {"shard": shard, "input": input_path, "error": message}

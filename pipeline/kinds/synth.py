@@ -16,7 +16,6 @@ from importlib.metadata import version
 from typing import Any
 
 from pipeline.kinds.base import StageContext, StageKind
-from pipeline.kinds.map import shard_failure
 
 log = logging.getLogger("winnow.run")
 
@@ -55,10 +54,7 @@ class SynthKind(StageKind):
         return list(MODULES), {"synth": versions}
 
     def run(self, ctx: StageContext, pending: list[str]) -> list[dict[str, str]]:
-        import ray
-
-        from pipeline.kinds.pool import shard_runner
-        from pipeline.progress import StageProgress
+        from pipeline.kinds.pool import collect, shard_runner
         from pipeline.synth.params import SynthParams
         from pipeline.synth.ratelimit import make_limiter
 
@@ -76,23 +72,7 @@ class SynthKind(StageKind):
         futures = runner.start({shard: (stage.name, params_json, ctx.stage_url, shard, ctx.shards[shard],
                                         ctx.input_ids[shard], ctx.fingerprint, cache_dir, limiter)
                                 for shard in pending})
-        failures: list[dict[str, str]] = []
-        with StageProgress(f"{ctx.index:02d}_{stage.name}", total=len(pending)) as progress:
-            while futures:
-                ready, _ = ray.wait(list(futures), num_returns=1, timeout=1.0)
-                for ref in ready:
-                    shard = futures.pop(ref)
-                    futures |= runner.next(ref)
-                    try:
-                        record = ray.get(ref)
-                    except Exception as exc:  # noqa: BLE001 - one bad shard must not stop the run
-                        failures.append(shard_failure(stage.name, shard, ctx.shards[shard], exc))
-                        progress.update(progress.docs, failed=1)
-                        continue
-                    ctx.done[shard] = record
-                    progress.update(progress.docs + record["rows_in"], shards_done=1)
-        ctx.notes |= runner.close()
-        return failures
+        return collect(ctx, runner, futures)
 
     def next_inputs(self, ctx: StageContext) -> tuple[dict[str, str], dict[str, str]] | None:
         return dict(ctx.shards), dict(ctx.input_ids)
