@@ -141,7 +141,7 @@ class Runner:
             self.ray.ensure()
             self.ray.check_schedulable(stage)
             failures = kind.run(ctx, pending)
-        summary = summarize(stage, stage_dir, fingerprint, inputs, ctx.done, reused, failures)
+        summary = summarize(stage, stage_dir, fingerprint, inputs, ctx.done, reused, failures) | ctx.notes
         kind.summarize(ctx, summary)
         summary["wall_s"] = round(time.perf_counter() - wall0, 3)
         return summary, ctx

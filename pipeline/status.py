@@ -9,6 +9,7 @@ import fsspec
 import yaml
 
 from pipeline.jsonfile import read_json
+from pipeline.rundir import RunDir
 
 
 def stage_rows(run_dir: str) -> list[dict[str, Any]]:
@@ -93,7 +94,7 @@ def format_errors(rows: list[dict[str, Any]], run_dir: str | None = None) -> str
     for row in rows:
         for err in row.get("errors", []):
             line = f"{row['stage']} shard {err['shard']} ({err['input']}): {err['error']}"
-            task_log = os.path.join(run_dir, "logs", row["stage"], f"{err['shard']}.log") if run_dir else ""
+            task_log = RunDir(run_dir).task_log(row["stage"], err["shard"]) if run_dir else ""
             if task_log and os.path.isfile(task_log):
                 line += f"\n    log: {task_log}"
             lines.append(line)

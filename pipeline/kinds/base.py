@@ -24,7 +24,7 @@ class StageContext:
     input_ids: dict[str, str]  # shard id -> identity of that input (see runner.input_identity)
     done: dict[str, dict[str, Any]] = field(default_factory=dict)  # shard id -> completion record
     ensure_ray: Callable[[], None] = lambda: None
-    notes: dict[str, Any] = field(default_factory=dict)  # what the kind learnt while running, for its summary
+    notes: dict[str, Any] = field(default_factory=dict)  # what the kind learnt running; joins the summary
 
     @property
     def first(self) -> bool:

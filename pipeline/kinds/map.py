@@ -46,9 +46,6 @@ class MapKind(StageKind):
         finally:
             live.stop()
 
-    def summarize(self, ctx: StageContext, summary: dict[str, Any]) -> None:
-        summary.update(ctx.notes)
-
     def describe(self, stage: dict[str, Any]) -> str:
         steps = []
         for step in stage.get("steps") or []:

@@ -90,7 +90,6 @@ class SynthKind(StageKind):
         synth |= {"generator": params["generator"], "model": params.get("model") or params.get("checkpoint"),
                   "recipes": [r["name"] for r in params["recipes"]]}
         summary["synth"] = synth
-        summary.update(ctx.notes)
         if len(ctx.done) == len(ctx.shards):
             summary["published"] = publish(ctx)
 
