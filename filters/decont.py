@@ -208,10 +208,12 @@ def index_for(params: DecontParams) -> Index:
     return _index(sets_digest(params), params.model_dump_json())
 
 
-def contaminated(rows: Iterable[dict[str, Any]], params: DecontParams | dict[str, Any],
+def contaminated(rows: Iterable[dict[str, Any]], index: Index | DecontParams | dict[str, Any],
                  columns: tuple[str, ...] = ("instruction", "input", "output")) -> list[str | None]:
-    """For instruction rows: `decont:<set>` where the joined columns contain an indexed gram, else None."""
-    index = index_for(params if isinstance(params, DecontParams) else DecontParams(**params))
+    """For instruction rows: `decont:<set>` where the joined columns contain an indexed gram, else None.
+    Give the Index itself when calling batch after batch: finding it from parameters re-reads the sets."""
+    if not isinstance(index, Index):
+        index = index_for(index if isinstance(index, DecontParams) else DecontParams(**index))
     found = (index.match(" ".join(t for c in columns for t in _strings(row.get(c)))) for row in rows)
     return [None if f is None else f"{Decont.type_name}:{f[0]}" for f in found]
 

@@ -106,6 +106,7 @@ class _ShardJob:
         self.by_recipe: Counter = Counter()
         self.cache = None
         self.generator = None
+        self.decont_index = None
         if p.generator != "webqa":
             seeds = load_seed_tasks(p.seed_tasks) if p.seed_tasks else None
             self.recipes = [Recipe(r, seeds) for r in p.recipes]
@@ -160,10 +161,12 @@ class _ShardJob:
 
     def _decont(self, rows: list[dict], rejected: list[dict], columns: tuple[str, ...]) -> tuple[list, list]:
         """Drop rows that share an n-gram with an eval set (rephrased documents are counted, not kept)."""
-        from filters.decont import contaminated
+        from filters.decont import DecontParams, contaminated, index_for
 
+        if self.decont_index is None:  # once per shard: finding the index digests the eval set files
+            self.decont_index = index_for(DecontParams(**self.p.qc.decont))
         clean = []
-        for row, reason in zip(rows, contaminated(rows, self.p.qc.decont, columns), strict=True):
+        for row, reason in zip(rows, contaminated(rows, self.decont_index, columns), strict=True):
             if reason is None:
                 clean.append(row)
             elif "text" in columns:
