@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -25,6 +26,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"winnow: config error: {exc}", file=sys.stderr)
         return 2
+    finally:
+        if config != args.config and "://" in args.config:  # a copy of a remote run.yaml
+            shutil.rmtree(Path(config).parent, ignore_errors=True)
     if args.retry_failed:
         failed = failed_shards(cfg.output_dir)
         if not failed:
