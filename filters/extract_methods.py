@@ -23,8 +23,10 @@ SKIP_CLASS_TOKENS = frozenset({
     "cookie", "cookies", "cookie-notice", "cookie-banner", "cookie-bar", "cookie-consent", "cookie-law-info-bar",
 })
 SKIP_TAGS = ("figure", "figcaption")
-_SKIP_CSS = ", ".join([*SKIP_TAGS, *(f'[class*="{stem}"]' for stem in ("shar", "social", "related", "recommend",
-                                                                         "caption", "cookie"))])
+# Which skip tokens a page uses is read from its raw HTML first (a regex pass), so that lexbor is asked only
+# for those: a selector costs a pass over the tree, and each node read back from it costs far more.
+_CLASS_ATTR = re.compile(r"""\sclass\s*=\s*(?:"([^"]*)"|'([^']*)'|([^\s>]+))""", re.I)
+_FIGURE = re.compile(r"<fig(?:ure|caption)[\s>]", re.I)
 SKIP_SELECTORS = [*SKIP_TAGS, *(f'[class~="{token}"]' for token in sorted(SKIP_CLASS_TOKENS))]
 # A skipped element never holds this share of the body's text: then it is the article, whatever its class.
 MAX_SKIP_SHARE = 0.5
@@ -34,6 +36,17 @@ MAX_SKIP_SHARE = 0.5
 _NEST_TAG = re.compile(r"<(/?)(?:div|article)(?=[\s/>])", re.I)
 _WHOLE_NEST_TAG = re.compile(r"<(/?)(?:div|article)(?=[\s/>])[^>]*>?", re.I)
 MAX_DEPTH = 256
+
+# Link text is fenced with two private-use characters in the HTML, so that the extracted text shows which part
+# of each line was a link. A line (one block) that is mostly link text is a menu, a "related" teaser, a tag
+# list or a footer bar (trafilatura's link-density idea, at block level); resiliparse keeps many of them.
+LINK_OPEN, LINK_CLOSE = "\ue000", "\ue001"
+MAX_LINK_SHARE = 0.8
+_A_START = re.compile(r"<a\s[^>]*>", re.I)
+_A_END = re.compile(r"</a\s*>", re.I)
+_LINK_SPAN = re.compile(f"{LINK_OPEN}[^{LINK_CLOSE}]*{LINK_CLOSE}")
+# A line that is one bare tag: markup inside <noscript> in <head> (tracking pixels) reaches the text as text.
+_TAG_LINE = re.compile(r"\s*<[a-zA-Z/!][^>]*>\s*")
 
 # Shorter results go to trafilatura, when the cascade is on (bench/extraction.py measures the choice).
 CASCADE_MIN_CHARS = 300
@@ -75,20 +88,65 @@ def resiliparse_text(html: str) -> str:
     return resiliparse_main(html)[0]
 
 
+def mark_links(html: str) -> str:
+    """The HTML with the text of each <a> fenced by LINK_OPEN/LINK_CLOSE (two regex passes, no DOM walk:
+    resiliparse's node collections cost about a millisecond per node read from Python)."""
+    html = unmark(html)  # a page's own private-use characters (icon fonts) must not read as fences
+    return _A_END.sub(LINK_CLOSE + "</a>", _A_START.sub("\\g<0>" + LINK_OPEN, html))
+
+
+def unmark(text: str) -> str:
+    """`text` without the link fences (str.replace: str.translate is ten times slower on long pages)."""
+    if LINK_OPEN in text or LINK_CLOSE in text:
+        return text.replace(LINK_OPEN, "").replace(LINK_CLOSE, "")
+    return text
+
+
+def link_share(line: str) -> float:
+    """The share of a marked line's visible characters that lie inside links (unclosed links count as text)."""
+    if LINK_OPEN not in line:
+        return 0.0
+    total = len(unmark(line).strip())
+    linked = sum(len(m.group(0)) - 2 for m in _LINK_SPAN.finditer(line))
+    return linked / total if total else 0.0
+
+
+def drop_link_lines(text: str, keep: frozenset[str] = frozenset()) -> str:
+    """Drop the marked lines that are mostly link text, except the page's headings; remove the marks."""
+    out = []
+    for line in text.splitlines():
+        plain = unmark(line)
+        if _TAG_LINE.fullmatch(plain) or (link_share(line) >= MAX_LINK_SHARE and plain.strip() not in keep):
+            continue
+        out.append(plain)
+    return "\n".join(out)
+
+
+def skip_selector(html: str) -> str:
+    """The CSS selector for the skip tags and skip class tokens this page uses (whole tokens), or "" if none."""
+    tokens = {t for m in _CLASS_ATTR.finditer(html) for t in (m.group(1) or m.group(2) or m.group(3) or "").split()
+              if t in SKIP_CLASS_TOKENS}
+    if not tokens and not _FIGURE.search(html):
+        return ""
+    return ", ".join([*SKIP_TAGS, *(f'[class~="{token}"]' for token in sorted(tokens))])
+
+
 def resiliparse_main(html: str) -> tuple[str, frozenset[str]]:
-    """resiliparse's main content and the page's heading texts."""
+    """resiliparse's main content, without link-dense lines, and the page's heading texts."""
     from resiliparse.extract.html2text import extract_plain_text
     from resiliparse.parse.html import HTMLTree
 
-    tree = HTMLTree.parse(html)
+    tree = HTMLTree.parse(mark_links(html))
     body = tree.body
     if body is None:
         return "", frozenset()
-    headings = frozenset(t for t in (n.text.strip() for n in body.query_selector_all("h1, h2, h3, h4, h5, h6")) if t)
+    headings = frozenset(t for t in (unmark(n.text).strip()
+                                     for n in body.query_selector_all("h1, h2, h3, h4, h5, h6")) if t)
     total = -1
-    for node in body.query_selector_all(_SKIP_CSS):
-        if node.parent is None or (node.tag not in SKIP_TAGS and SKIP_CLASS_TOKENS.isdisjoint(node.class_list)):
-            continue
+    selector = skip_selector(html)
+    for node in body.query_selector_all(selector) if selector else ():
+        if node.parent is None:
+            continue  # nothing to remove it from
         size = len(node.text)
         if size > 200:  # only a sizeable element can hold most of the page: measure the page once
             total = len(body.text) if total < 0 else total
@@ -97,7 +155,7 @@ def resiliparse_main(html: str) -> tuple[str, frozenset[str]]:
         node.parent.remove_child(node)
     text = extract_plain_text(tree, main_content=True, alt_texts=False, links=False, form_fields=False,
                               noscript=False, comments=False)
-    return text, headings
+    return drop_link_lines(text, headings), headings
 
 
 def clean_text(text: str) -> str:
@@ -118,21 +176,34 @@ def trim_boilerplate(text: str, min_words: int = 8, keep: frozenset[str] = froze
     """Cut menus, share bars and footers at both ends of extracted text, keeping short real lines.
 
     The prose span runs from the first to the last line that reads like prose (`min_words` words ending
-    like a sentence, or 200 characters for scripts without spaces). It then grows over the lines next to
-    it while they look like content (headings, list items, dialogue: two words or more, a sentence end,
-    or a line in `keep`, the page's own headings); the first other one-word line ("Home", "Share",
-    "Menu") stops it, and what lies beyond is cut.
+    like a sentence, or 200 characters for scripts without spaces). At the end it grows over the lines next
+    to it while they look like content (headings, list items, dialogue: two words or more, a sentence end,
+    or a line in `keep`, the page's own headings); the first other one-word line ("Share", "Menu") stops it.
+    At the top, where site names, dates, bylines and breadcrumbs sit, it grows only over sentences, list
+    items and headings, unless a heading of the page stands above: a heading starts the article, so the
+    content-like lines below it (an ingredient list, a subtitle) stay. What lies beyond is cut.
     """
     lines = text.splitlines()
     prose = [i for i, line in enumerate(lines) if _is_prose(line, min_words)]
     if not prose:
         return text
     start, end = prose[0], prose[-1]
-    while start > 0 and _content_like(lines[start - 1], keep):
+    lenient = start
+    while lenient > 0 and _content_like(lines[lenient - 1], keep):
+        lenient -= 1
+    while start > 0 and _sentence_like(lines[start - 1], keep):
         start -= 1
+    start = next((i for i in range(lenient, start) if lines[i].strip() in keep), start)
     while end + 1 < len(lines) and _content_like(lines[end + 1], keep):
         end += 1
     return "\n".join(lines[start : end + 1]).strip("\n")
+
+
+def _sentence_like(line: str, keep: frozenset[str]) -> bool:
+    """Blank lines, headings of the page, list items, and lines of two words or more that end a sentence."""
+    stripped = line.strip()
+    return (not stripped or stripped in keep or stripped.startswith("•")
+            or (stripped.endswith(_TERMINAL) and len(stripped.split()) >= 2))
 
 
 def _content_like(line: str, keep: frozenset[str]) -> bool:
@@ -142,12 +213,13 @@ def _content_like(line: str, keep: frozenset[str]) -> bool:
             or (line.rstrip().endswith(_TERMINAL) and len(line.strip()) > 3))
 
 
-def trafilatura_text(html: str, favor_precision: bool = True, seen: object = True) -> str:
-    """trafilatura as FineWeb ran it. `seen` is its dedup cache of recent text segments."""
+def trafilatura_text(html: str, favor_precision: bool = True, seen: object = True, fast: bool = False) -> str:
+    """trafilatura as FineWeb ran it. `seen` is its dedup cache of recent text segments; `fast` skips its
+    fallback extractors (readability, jusText), which cost about half its time."""
     import trafilatura
 
     return trafilatura.extract(html, favor_precision=favor_precision, include_comments=False,
-                               deduplicate=seen) or ""
+                               deduplicate=seen, fast=fast) or ""
 
 
 def new_dedup_cache() -> object:
@@ -181,7 +253,9 @@ def extract_page(html: str, options: dict[str, Any], seen: object = True) -> tup
     if options.get("cascade") and looks_wrong(text):
         events.append("cascade")
         # Without trafilatura's cross-page dedup: a page's text must not depend on which pages went before.
-        second = clean_text(trafilatura_text(html, options["favor_precision"], False))
+        # Without its fallbacks: they gain little on such pages and would halve the step's speed, as the
+        # link-line filter sends more short pages here (bench/extraction.py).
+        second = clean_text(trafilatura_text(html, options["favor_precision"], False, fast=True))
         if len(second) > len(text):
             events.append("cascade_used")
             text = second

@@ -10,7 +10,18 @@ import signal
 import pytest
 
 from filters import STEPS
-from filters.extract_methods import extract_page, flatten_deep, nesting_depth, resiliparse_text, trim_boilerplate
+from filters.extract_methods import (
+    LINK_CLOSE,
+    LINK_OPEN,
+    extract_page,
+    flatten_deep,
+    link_share,
+    mark_links,
+    nesting_depth,
+    resiliparse_text,
+    skip_selector,
+    trim_boilerplate,
+)
 from filters.extract_sandbox import ChildCrashed, Sandbox
 from tests.conftest import SHARED
 
@@ -113,6 +124,38 @@ def test_an_element_that_holds_most_of_the_page_is_never_skipped():
     assert "Some real text" in resiliparse_text(html)
 
 
+def test_skip_rules_ask_only_for_the_tokens_a_page_uses():
+    assert skip_selector("<div class='post'><p>x</p></div>") == ""
+    assert skip_selector("<FIGURE><img></FIGURE>") == "figure, figcaption"
+    assert skip_selector("<div class=\"x share\"></div><div class='sharebar-wide'></div>") == (
+        'figure, figcaption, [class~="share"]')
+
+
+# -- link-dense lines ------------------------------------------------------------------------------
+def test_link_share_counts_the_fenced_text():
+    marked = mark_links('<p>Read <a href="/a">this story</a> now</p><a class=x href=/b>Home</a>')
+    assert marked.count(LINK_OPEN) == 2 and marked.count(LINK_CLOSE) == 2
+    assert link_share(f"Read {LINK_OPEN}this story{LINK_CLOSE} now") == len("this story") / len("Read this story now")
+    assert link_share(f"{LINK_OPEN}Home{LINK_CLOSE} {LINK_OPEN}News{LINK_CLOSE}") > 0.8
+    assert link_share("no links here") == 0.0
+
+
+def test_link_bars_go_and_sentences_with_links_and_linked_headings_stay():
+    bar = "<div>" + " | ".join(f'<a href="/{w}">{w} section</a>' for w in ("News", "Sport", "Weather")) + "</div>"
+    html = (f'<html><body>{bar}<article><h2><a href="/s">Linked headline</a></h2>{PROSE}'
+            f'<p>A sentence that cites <a href="/src">a source</a> in the middle of its many words.</p>'
+            f"{PROSE}</article>{bar}</body></html>")
+    text = resiliparse_text(html)
+    assert "Weather section" not in text and "Linked headline" in text and "cites a source in the middle" in text
+    assert LINK_OPEN not in text and LINK_CLOSE not in text
+
+
+def test_a_page_s_own_private_use_characters_never_leak_as_fences():
+    html = f"<html><body><article><p>{LINK_OPEN}icon{LINK_CLOSE}</p>{PROSE}</article></body></html>"
+    text = resiliparse_text(html)
+    assert "Some real text" in text and LINK_OPEN not in text and LINK_CLOSE not in text
+
+
 # -- the edge trim ----------------------------------------------------------------------------------
 def test_trim_keeps_headings_and_dialogue_at_the_edges_of_a_page():
     html = (f"<html><body><article><h1>Apfelkuchen</h1><h2>Zutaten</h2>{PROSE}<p>„Schmeckt es?“</p>"
@@ -128,6 +171,21 @@ def test_trim_keeps_short_list_lines_at_the_edges():
     prose = "This is a real sentence with more than eight words in it."
     text = f"Zutaten\n200 g Mehl\n3 Äpfel\n{prose}\n{prose}\n1 TL Zimt\n2 Eier"
     assert trim_boilerplate(text, keep=frozenset({"Zutaten"})) == text
+
+
+def test_trim_cuts_dates_and_bylines_above_the_first_sentence_unless_a_heading_leads():
+    prose = "This is a real sentence with more than eight words in it."
+    text = f"Site Name Blog\nMarch 3, 2019 at 4:02 pm\nBy Jane Doe / 2 days\n{prose}\nEnd of it all here."
+    assert trim_boilerplate(text).splitlines() == [prose, "End of it all here."]
+    # A heading of the page starts the article: the short lines under it are its own (a subtitle, a list).
+    headed = f"Site Name Blog\nThe Headline\n200 g Mehl\n{prose}"
+    assert trim_boilerplate(headed, keep=frozenset({"The Headline"})).splitlines()[0] == "The Headline"
+
+
+def test_a_bare_tag_line_is_dropped():
+    html = (f"<html><head><noscript><img src='http://t/p.gif'></noscript></head><body><article>{PROSE}"
+            "<p>&lt;img height=\"1\" width=\"1\" src=\"http://t/p\"&gt;</p></article></body></html>")
+    assert "<img" not in resiliparse_text(html)
 
 
 def test_trim_still_cuts_menus_and_share_words():
