@@ -101,6 +101,9 @@ class RunConfig(Strict):
     input: list[str]
     output_dir: str
     ray: RayConfig = Field(default_factory=RayConfig)
+    # A shard of a map or synth stage starts as soon as its input shard is done (pipeline/stream.py);
+    # false makes every stage wait for the whole stage before it. The output is the same either way.
+    streaming: bool = True
     stages: list[StageConfig]
 
     @field_validator("input", mode="before")

@@ -67,9 +67,10 @@ class LiveCount:
 
 
 class StageProgress:
-    def __init__(self, name: str, total: int):
+    def __init__(self, name: str, total: int, position: int = 0):
         self.tty = sys.stderr.isatty()
-        self.bar = tqdm(total=total, desc=name, unit="shard", dynamic_ncols=True, file=sys.stderr,
+        # Streaming stages show one bar each, one under the other (`position`).
+        self.bar = tqdm(total=total, desc=name, unit="shard", dynamic_ncols=True, file=sys.stderr, position=position,
                         # In a log file (CI, a batch job) a line every half second would bury the log.
                         mininterval=0.5 if self.tty else 30,
                         bar_format="{desc}: {n_fmt}/{total_fmt} shards |{bar}|"
@@ -91,8 +92,15 @@ class StageProgress:
         if not shards_done and not failed and self.tty:
             self.bar.refresh()
 
+    def grow(self, shards: int) -> None:
+        """More shards for this stage: a streaming stage learns its shards as the stage before finishes them."""
+        self.bar.total += shards
+
+    def close(self) -> None:
+        self.bar.close()
+
     def __enter__(self) -> StageProgress:
         return self
 
     def __exit__(self, *exc) -> None:
-        self.bar.close()
+        self.close()

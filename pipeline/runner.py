@@ -26,7 +26,7 @@ import fsspec
 import yaml
 
 from pipeline.config import ConfigError, RunConfig, StageConfig
-from pipeline.fingerprint import record_digest, set_digest, stage_fingerprint
+from pipeline.fingerprint import set_digest, stage_fingerprint
 from pipeline.jsonfile import read_json, write_json
 from pipeline.kinds import KINDS, StageContext
 from pipeline.raycluster import RayConnection
@@ -92,12 +92,21 @@ class Runner:
             previous = ""
             shard_inputs = {f"{k:05d}": url for k, url in enumerate(inputs)}
             input_ids = {f"{k:05d}": identity for k, identity in enumerate(inputs.values())}
-            for index, stage in enumerate(self.cfg.stages):
-                fingerprint = stage_fingerprint(stage, previous, list(inputs) if index == 0 else None)
-                summary, ctx = self.run_stage(index, stage, fingerprint, shard_inputs, input_ids)
-                stages.append(summary)
-                shard_inputs, input_ids = self._next_inputs(ctx)
-                previous = summary["fingerprint"]
+            for segment in self.segments():
+                plan = []
+                for index in segment:
+                    stage = self.cfg.stages[index]
+                    previous = stage_fingerprint(stage, previous, list(inputs) if index == 0 else None)
+                    plan.append((index, stage, previous))
+                if KINDS[plan[0][1].kind].global_input:
+                    results = [self.run_global_stage(*plan[0], shard_inputs, input_ids)]
+                else:
+                    results = self.run_segment(plan, shard_inputs, input_ids)
+                for summary, _ in results:
+                    stages.append(summary)
+                last = results[-1][1]
+                shard_inputs, input_ids = KINDS[last.stage.kind].next_inputs(last)
+                previous = results[-1][0]["fingerprint"]
                 self._write_manifest(started, list(inputs), stages, None)
             output = self._publish_output(list(shard_inputs.values()), previous)
             changed = output.pop("changed")
@@ -117,22 +126,46 @@ class Runner:
     def stage_dir(self, index: int, stage: StageConfig) -> str:
         return self.rundir.stage_dir(index, stage.name)
 
-    def run_stage(self, index: int, stage: StageConfig, fingerprint: str, inputs: dict[str, str],
-                  input_ids: dict[str, str]) -> tuple[dict[str, Any], StageContext]:
+    def segments(self) -> list[list[int]]:
+        """Stage indexes, grouped into the runs of per-shard stages that stream into each other
+        (pipeline/stream.py); a global stage (dedup) is a segment of its own, as is every stage when
+        `streaming` is off."""
+        segments: list[list[int]] = []
+        for index, stage in enumerate(self.cfg.stages):
+            per_shard = not KINDS[stage.kind].global_input
+            if (self.cfg.streaming and per_shard and segments
+                    and not KINDS[self.cfg.stages[segments[-1][-1]].kind].global_input):
+                segments[-1].append(index)
+            else:
+                segments.append([index])
+        return segments
+
+    def run_segment(self, plan: list[tuple[int, StageConfig, str]], inputs: dict[str, str],
+                    input_ids: dict[str, str]) -> list[tuple[dict[str, Any], StageContext]]:
+        from pipeline.stream import Segment
+
+        segment = Segment(self, plan, expected_shards=len(inputs))
+        contexts = segment.run(inputs, input_ids)
+        return [(self._summary(ctx, segment.reused(i), segment.failures(i), segment.wall_s(i)), ctx)
+                for i, ctx in enumerate(contexts)]
+
+    def run_global_stage(self, index: int, stage: StageConfig, fingerprint: str, inputs: dict[str, str],
+                         input_ids: dict[str, str]) -> tuple[dict[str, Any], StageContext]:
+        """A stage every shard of which reads the whole input: it starts once all of it is there."""
         wall0 = time.perf_counter()
         kind = KINDS[stage.kind]
-        if kind.global_input:
-            # Every shard's decisions depend on the whole input: one identity for the whole set, in the
-            # fingerprint too, so a changed set recomputes the stage and everything after it.
-            whole = set_digest(input_ids)
-            fingerprint = stage_fingerprint(stage, fingerprint, [whole])
-            input_ids = dict.fromkeys(input_ids, whole)
+        # One identity for the whole set, in the fingerprint too, so a changed set recomputes the stage
+        # and everything after it.
+        whole = set_digest(input_ids)
+        fingerprint = stage_fingerprint(stage, fingerprint, [whole])
+        input_ids = dict.fromkeys(input_ids, whole)
         stage_dir = self.stage_dir(index, stage)
         ctx = StageContext(self.rundir, index, stage, stage_dir, fingerprint, inputs, input_ids,
                            ensure_ray=self.ray.ensure)
-        self._reset_if_changed(stage_dir, stage, fingerprint)
-        ctx.done = load_done(self.fs, stage_dir, fingerprint, inputs, input_ids)
-        self._remove_stale_shards(stage_dir, inputs)
+        self.reset_if_changed(stage_dir, stage, fingerprint)
+        ctx.done = {shard: record for shard, record in done_records(self.fs, stage_dir, fingerprint).items()
+                    if record.get("input") == inputs.get(shard) and record.get("input_id") == whole}
+        self.remove_stale_shards(stage_dir, inputs)
         pending = [s for s in inputs if s not in ctx.done]
         reused = len(ctx.done)
         failures: list[dict[str, str]] = []
@@ -141,27 +174,15 @@ class Runner:
             self.ray.ensure()
             self.ray.check_schedulable(stage)
             failures = kind.run(ctx, pending)
-        summary = summarize(stage, stage_dir, fingerprint, inputs, ctx.done, reused, failures) | ctx.notes
-        kind.summarize(ctx, summary)
-        summary["wall_s"] = round(time.perf_counter() - wall0, 3)
-        return summary, ctx
+        return self._summary(ctx, reused, failures, time.perf_counter() - wall0), ctx
 
-    def _next_inputs(self, ctx: StageContext) -> tuple[dict[str, str], dict[str, str]]:
-        """The next stage's shards: this stage's output files, each identified by its record's digest.
-
-        A shard keeps its id from stage to stage (its extra output files, when it rolled over, get
-        `<id>.<chunk>`), so a shard that fails, or writes nothing, changes no other shard's id, and a
-        rerun that fixes it recomputes only what descends from it."""
-        through = KINDS[ctx.stage.kind].next_inputs(ctx)
-        if through is not None:
-            return through
-        urls, ids = {}, {}
-        for shard in sorted(ctx.done):
-            for chunk, name in enumerate(ctx.done[shard]["outputs"]):
-                next_id = shard if chunk == 0 else f"{shard}.{chunk:03d}"
-                urls[next_id] = self.url(f"{ctx.stage_dir}/{name}")
-                ids[next_id] = f"{record_digest(ctx.done[shard])}:{name}"
-        return urls, ids
+    def _summary(self, ctx: StageContext, reused: int, failures: list[dict[str, str]],
+                 wall_s: float) -> dict[str, Any]:
+        summary = summarize(ctx.stage, ctx.stage_dir, ctx.fingerprint, ctx.shards, ctx.done, reused,
+                            failures) | ctx.notes
+        KINDS[ctx.stage.kind].summarize(ctx, summary)
+        summary["wall_s"] = round(wall_s, 3)
+        return summary
 
     # -- housekeeping ----------------------------------------------------------------------------
     def _log_to_run_dir(self) -> logging.Handler | None:
@@ -193,7 +214,7 @@ class Runner:
         except OSError as exc:
             log.warning("could not write the run's log to %s: %r", self.url(path), exc)
 
-    def _reset_if_changed(self, stage_dir: str, stage: StageConfig, fingerprint: str) -> None:
+    def reset_if_changed(self, stage_dir: str, stage: StageConfig, fingerprint: str) -> None:
         marker = self.rundir.stage_marker(stage_dir)
         if self.fs.exists(marker):
             if (read_json(self.fs, marker) or {}).get("fingerprint") == fingerprint:
@@ -204,7 +225,7 @@ class Runner:
         write_json(self.fs, marker, {"name": stage.name, "fingerprint": fingerprint,
                                      "config": stage.model_dump(mode="json")})
 
-    def _remove_stale_shards(self, stage_dir: str, shards: dict[str, str]) -> None:
+    def remove_stale_shards(self, stage_dir: str, shards: dict[str, str]) -> None:
         for record in self.fs.glob(f"{self.rundir.done_dir(stage_dir)}/*.json"):
             shard = record.rsplit("/", 1)[-1].removesuffix(".json")
             if shard not in shards:
@@ -270,20 +291,16 @@ def code_version() -> str:
     return commit + ("+dirty" if dirty else "")
 
 
-def load_done(fs: fsspec.AbstractFileSystem, stage_dir: str, fingerprint: str, shards: dict[str, str],
-              input_ids: dict[str, str] | None = None) -> dict[str, dict[str, Any]]:
-    """Completion records that match this fingerprint and input, with their outputs present."""
+def done_records(fs: fsspec.AbstractFileSystem, stage_dir: str, fingerprint: str) -> dict[str, dict[str, Any]]:
+    """Completion records of this fingerprint whose files are all there, by shard. A record is reused
+    only while it also names the shard's current input and that input's identity."""
     done = {}
     paths = fs.glob(f"{stage_dir}/_done/*.json")
     existing = set(fs.glob(f"{stage_dir}/part-*.parquet")) | set(fs.glob(f"{stage_dir}/rejected/part-*.parquet"))
     for path in paths:
         shard = path.rsplit("/", 1)[-1].removesuffix(".json")
         record = read_json(fs, path)
-        if record is None:
-            continue
-        if record.get("fingerprint") != fingerprint or shards.get(shard) != record.get("input"):
-            continue
-        if input_ids is not None and record.get("input_id") != input_ids.get(shard):
+        if record is None or record.get("fingerprint") != fingerprint:
             continue
         files = ([f"{stage_dir}/{n}" for n in record["outputs"]] +
                  [f"{stage_dir}/rejected/{n}" for n in record["rejected"]])

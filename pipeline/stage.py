@@ -256,6 +256,7 @@ def completion_record(shard: str, fingerprint: str, input_path: str, outputs: li
         "messages": [],
         **extra,
         "node": node_id(),
+        "finished_at": round(time.time(), 3),
         "wall_s": round(time.perf_counter() - started[0], 3),
         "cpu_s": round(time.process_time() - started[1], 3),
     }

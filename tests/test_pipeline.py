@@ -50,7 +50,7 @@ def test_run_directory_manifest_columns_and_counts(first_run):
     out, manifest = first_run
     assert (out / "run.yaml").exists() and (out / "_winnow.json").exists()
     log_text = (out / "logs" / "run.log").read_text()
-    assert "stage extract: 4 shards to run" in log_text and "stage pii:" in log_text
+    assert "stage extract: 4 shards computed" in log_text and "stage pii:" in log_text
     assert yaml.safe_load((out / "run.yaml").read_text())["output_dir"] == str(out)
     assert manifest == json.loads((out / "manifest.json").read_text())
     # Every map shard task keeps its own log, written as it runs.

@@ -274,7 +274,7 @@ def test_quickstart_on_s3_equals_the_local_run_and_reruns_reuse_everything(s3, r
     card = s3.cat_file(f"{BUCKET}/quickstart/output/README.md").decode()
     assert "quickstart" in card or "Winnow" in card
     log_text = s3.cat_file(f"{BUCKET}/quickstart/logs/run.log").decode()
-    assert "stage extract: 2 shards to run" in log_text
+    assert "stage extract: 2 shards computed" in log_text
     assert s3.glob(f"{BUCKET}/quickstart/instructions/part-*.parquet")
 
     # A rerun reuses every shard of every stage and recomputes nothing.

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
     from pipeline.config import StageConfig
+    from pipeline.kinds.pool import ShardCalls
     from pipeline.rundir import RunDir
 
 
@@ -54,13 +55,37 @@ class StageKind:
         """The modules whose source and the library versions that decide what this stage writes."""
         return [], {}
 
-    def run(self, ctx: StageContext, pending: list[str]) -> list[dict[str, str]]:
-        """Compute the pending shards, adding their records to ctx.done; return the failures."""
+    def shard_calls(self, ctx: StageContext) -> ShardCalls:
+        """How one shard of this stage runs, for a kind whose shards each read one input shard: the
+        runner streams such shards (pipeline/stream.py), starting each as soon as its input is done."""
         raise NotImplementedError
 
-    def next_inputs(self, ctx: StageContext) -> tuple[dict[str, str], dict[str, str]] | None:
-        """The next stage's shards and their identities; None: this stage's output files."""
-        return None
+    def run(self, ctx: StageContext, pending: list[str]) -> list[dict[str, str]]:
+        """A `global_input` kind computes its pending shards here, once every input shard is done, adding
+        their records to ctx.done; it returns the failures."""
+        raise NotImplementedError
+
+    def shard_next(self, ctx: StageContext, shard: str, record: dict[str, Any]) -> dict[str, tuple[str, str]]:
+        """The next stage's shards made from one finished shard: next id -> (input URL, identity).
+
+        A shard keeps its id from stage to stage (its extra output files, when it rolled over, get
+        `<id>.<chunk>`), so a shard that fails, or writes nothing, changes no other shard's id, and a
+        rerun that fixes it recomputes only what descends from it. The identity is a digest of the
+        record, so a recomputed upstream shard is noticed downstream."""
+        from pipeline.fingerprint import record_digest
+
+        digest = record_digest(record)
+        return {(shard if chunk == 0 else f"{shard}.{chunk:03d}"): (ctx.rundir.url(f"{ctx.stage_dir}/{name}"),
+                                                                   f"{digest}:{name}")
+                for chunk, name in enumerate(record["outputs"])}
+
+    def next_inputs(self, ctx: StageContext) -> tuple[dict[str, str], dict[str, str]]:
+        """The next stage's shards and their identities, from every finished shard of this stage."""
+        urls, ids = {}, {}
+        for shard in sorted(ctx.done):
+            for next_id, (url, identity) in self.shard_next(ctx, shard, ctx.done[shard]).items():
+                urls[next_id], ids[next_id] = url, identity
+        return urls, ids
 
     def summarize(self, ctx: StageContext, summary: dict[str, Any]) -> None:
         """Add what this kind reports beyond the common counts to the stage's manifest entry."""

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from filters import STEPS
 from pipeline.kinds.base import StageContext, StageKind
+
+if TYPE_CHECKING:
+    from pipeline.kinds.pool import ShardCalls
 
 # Modules every map stage runs through, whatever its steps.
 RUNTIME_MODULES = ["filters.base", "pipeline.stage", "pipeline.parquet_io", "pipeline.schema"]
@@ -29,22 +32,20 @@ class MapKind(StageKind):
             versions[f"{i}:{cls.type_name}"] = cls.versions(cls.Params(**step))
         return modules, versions
 
-    def run(self, ctx: StageContext, pending: list[str]) -> list[dict[str, str]]:
-        from pipeline.kinds.pool import collect, shard_runner
+    def shard_calls(self, ctx: StageContext) -> ShardCalls:
+        from pipeline.kinds.pool import ShardCalls
         from pipeline.progress import LiveCount
         from pipeline.stage import ShardJob, run_shard
 
-        ctx.ensure_ray()
-        stage = ctx.stage
-        live = LiveCount.start()
-        jobs = [ShardJob(stage.name, stage.model_dump_json(), ctx.stage_url, shard, ctx.shards[shard], ctx.first,
-                         ctx.fingerprint, input_id=ctx.input_ids[shard], progress=live.actor,
-                         log_path=ctx.rundir.task_log(ctx.stage_dir, shard)) for shard in pending]
-        runner = shard_runner(stage, run_shard, len(jobs))
-        try:
-            return collect(ctx, runner, runner.start({job.shard: (job,) for job in jobs}), live.total)
-        finally:
-            live.stop()
+        stage, live = ctx.stage, LiveCount.start()
+        stage_json = stage.model_dump_json()
+
+        def args(shard: str) -> tuple:
+            return (ShardJob(stage.name, stage_json, ctx.stage_url, shard, ctx.shards[shard], ctx.first,
+                             ctx.fingerprint, input_id=ctx.input_ids[shard], progress=live.actor,
+                             log_path=ctx.rundir.task_log(ctx.stage_dir, shard)),)
+
+        return ShardCalls(run_shard, args, live.total, live.stop)
 
     def describe(self, stage: dict[str, Any]) -> str:
         steps = []

@@ -10,10 +10,23 @@ from __future__ import annotations
 
 import logging
 import os
+from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 log = logging.getLogger("winnow.run")
+
+
+@dataclass
+class ShardCalls:
+    """How a kind runs one stage's shards: the remote function, its arguments for a shard, a live count
+    of the documents its running shards have done, and what to release once the stage is over."""
+
+    fn: Callable[..., dict[str, Any]]
+    args: Callable[[str], tuple]
+    live_docs: Callable[[], int] = lambda: 0
+    close: Callable[[], None] = lambda: None
 
 
 def pool_size(stage: Any, shards: int) -> int:
@@ -44,12 +57,12 @@ class TaskLauncher:
 
         self.task = ray.remote(fn).options(**_options(stage), max_retries=stage.max_retries, retry_exceptions=False)
 
-    def start(self, calls: dict[str, tuple]) -> dict[Any, str]:
-        """Submit every shard's call; return future -> shard."""
+    def submit(self, calls: dict[str, tuple]) -> dict[Any, str]:
+        """Submit these shards' calls; return future -> shard."""
         return {self.task.remote(*args): shard for shard, args in calls.items()}
 
     def next(self, ref: Any) -> dict[Any, str]:
-        """`ref` finished: what to wait on next besides the rest (nothing: all went out at the start)."""
+        """`ref` finished: what to wait on next besides the rest (nothing: every call went out at submit)."""
         return {}
 
     def close(self) -> dict[str, Any]:
@@ -84,23 +97,29 @@ class ActorPool:
                                                  max_task_retries=stage.max_retries)
         self.fn = fn
         self.actors = [worker.remote() for _ in range(size)]
-        self.queue: list[tuple[str, tuple]] = []
+        self.idle = list(self.actors)
+        self.queue: deque[tuple[str, tuple]] = deque()
         self.busy: dict[Any, Any] = {}
 
-    def _give(self, actor: Any) -> dict[Any, str]:
-        if not self.queue:
-            return {}
-        shard, args = self.queue.pop(0)
-        ref = actor.run.remote(self.fn, *args)
-        self.busy[ref] = actor
-        return {ref: shard}
+    def _give(self) -> dict[Any, str]:
+        given = {}
+        while self.queue and self.idle:
+            shard, args = self.queue.popleft()
+            actor = self.idle.pop()
+            ref = actor.run.remote(self.fn, *args)
+            self.busy[ref] = actor
+            given[ref] = shard
+        return given
 
-    def start(self, calls: dict[str, tuple]) -> dict[Any, str]:
-        self.queue = list(calls.items())
-        return {ref: shard for actor in self.actors for ref, shard in self._give(actor).items()}
+    def submit(self, calls: dict[str, tuple]) -> dict[Any, str]:
+        """Queue these shards' calls; return the futures of those that went to an idle actor."""
+        self.queue.extend(calls.items())
+        return self._give()
 
     def next(self, ref: Any) -> dict[Any, str]:
-        return self._give(self.busy.pop(ref))
+        """`ref` finished: its actor takes the next queued shard."""
+        self.idle.append(self.busy.pop(ref))
+        return self._give()
 
     def close(self) -> dict[str, Any]:
         """Release the actors (and their GPUs); return what each did, as far as it can still say."""
@@ -114,41 +133,6 @@ class ActorPool:
                 log.warning("a shard actor could not report its stats: %s", exc)
             ray.kill(actor)
         return {"actors": stats}
-
-
-def collect(ctx: Any, runner: TaskLauncher | ActorPool, futures: dict[Any, str],
-            live_docs: Callable[[], int] = lambda: 0) -> list[dict[str, str]]:
-    """Wait for every shard of the stage, handing out more as actors free up: records go to ctx.done,
-    each shard's warnings to the run log, failures are returned, progress is shown as it goes."""
-    import ray
-
-    from pipeline.progress import StageProgress
-
-    stage = ctx.stage
-    failures: list[dict[str, str]] = []
-    finished = 0  # documents of finished shards; live_docs() also counts shards still running
-    with StageProgress(f"{ctx.index:02d}_{stage.name}", total=len(futures)) as progress:
-        while futures:
-            ready, _ = ray.wait(list(futures), num_returns=len(futures), timeout=0.5)
-            live = live_docs()
-            for ref in ready:
-                shard = futures.pop(ref)
-                futures |= runner.next(ref)
-                try:
-                    record: dict[str, Any] = ray.get(ref)
-                except Exception as exc:  # noqa: BLE001 - one bad shard must not stop the run
-                    failures.append(shard_failure(stage.name, shard, ctx.shards[shard], exc))
-                    progress.update(max(live, finished), failed=1)
-                    continue
-                ctx.done[shard] = record
-                finished += record["rows_in"]
-                for message in record.get("messages", []):
-                    log.warning("%s/%s: %s", stage.name, shard, message)
-                progress.update(max(live, finished), shards_done=1)
-            if not ready:
-                progress.update(max(live, finished))
-    ctx.notes |= runner.close()
-    return failures
 
 
 def shard_failure(stage_name: str, shard: str, input_path: str, exc: BaseException) -> dict[str, str]:

@@ -13,9 +13,12 @@ from __future__ import annotations
 
 import logging
 from importlib.metadata import version
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeline.kinds.base import StageContext, StageKind
+
+if TYPE_CHECKING:
+    from pipeline.kinds.pool import ShardCalls
 
 log = logging.getLogger("winnow.run")
 
@@ -53,12 +56,11 @@ class SynthKind(StageKind):
         versions = {name: version(name) for name in ("jinja2", "aiohttp", "lxml", "datasketch")}
         return list(MODULES), {"synth": versions}
 
-    def run(self, ctx: StageContext, pending: list[str]) -> list[dict[str, str]]:
-        from pipeline.kinds.pool import collect, shard_runner
+    def shard_calls(self, ctx: StageContext) -> ShardCalls:
+        from pipeline.kinds.pool import ShardCalls
         from pipeline.synth.params import SynthParams
         from pipeline.synth.ratelimit import make_limiter
 
-        ctx.ensure_ray()
         stage, params = ctx.stage, SynthParams(**ctx.stage.synth)
         # One limiter for the whole cluster: a named actor every shard task finds by the endpoint.
         limiter = None
@@ -67,15 +69,16 @@ class SynthKind(StageKind):
             limiter = make_limiter(params.endpoint, params.requests_per_s, params.tokens_per_min, mode)
         cache_dir = ctx.rundir.url(ctx.rundir.llm_cache(stage.name))
         params_json = params.model_dump_json()
-        # A `local` generator loads its checkpoint once per process: on a GPU, the pool keeps it loaded.
-        runner = shard_runner(stage, synth_shard_task, len(pending))
-        futures = runner.start({shard: (stage.name, params_json, ctx.stage_url, shard, ctx.shards[shard],
-                                        ctx.input_ids[shard], ctx.fingerprint, cache_dir, limiter)
-                                for shard in pending})
-        return collect(ctx, runner, futures)
 
-    def next_inputs(self, ctx: StageContext) -> tuple[dict[str, str], dict[str, str]] | None:
-        return dict(ctx.shards), dict(ctx.input_ids)
+        # A `local` generator loads its checkpoint once per process: on a GPU, the pool keeps it loaded.
+        def args(shard: str) -> tuple:
+            return (stage.name, params_json, ctx.stage_url, shard, ctx.shards[shard], ctx.input_ids[shard],
+                    ctx.fingerprint, cache_dir, limiter)
+
+        return ShardCalls(synth_shard_task, args)
+
+    def shard_next(self, ctx: StageContext, shard: str, record: dict[str, Any]) -> dict[str, tuple[str, str]]:
+        return {shard: (ctx.shards[shard], ctx.input_ids[shard])}
 
     def summarize(self, ctx: StageContext, summary: dict[str, Any]) -> None:
         synth: dict[str, Any] = {key: sum(r["synth"].get(key, 0) for r in ctx.done.values()) for key in COUNTS}

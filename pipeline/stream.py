@@ -1,0 +1,174 @@
+"""Stages that stream into each other: a shard of the next stage starts as soon as its input shard is done.
+
+Consecutive stages whose shards each read one input shard (map, synth) run as one segment. The
+segment's first stage gets every shard at once; when a shard finishes, or an earlier run's record
+of it still holds, the shards it feeds in the next stage are reused or submitted at once, without
+waiting for the rest of its stage. So one slow shard holds up only what descends from it, not the
+cluster. A stage that reads every shard at once (dedup) waits for all of its input and is never
+part of a segment. With `streaming: false` each segment is one stage: stages are barriers.
+
+Shard ids are stable (`StageKind.shard_next`), so the order in which shards finish changes no id,
+no completion record and no byte of output.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from pipeline.kinds import KINDS, StageContext, StageKind
+from pipeline.kinds.pool import ActorPool, ShardCalls, TaskLauncher, shard_failure, shard_runner
+
+if TYPE_CHECKING:
+    from pipeline.config import StageConfig
+    from pipeline.progress import StageProgress
+    from pipeline.runner import Runner
+
+log = logging.getLogger("winnow.run")
+
+
+@dataclass
+class StreamedStage:
+    """One stage of a segment, as far as it has got."""
+
+    ctx: StageContext
+    kind: StageKind
+    found: dict[str, dict[str, Any]]  # records of this fingerprint whose files are there (runner.done_records)
+    progress: StageProgress
+    calls: ShardCalls | None = None
+    launcher: TaskLauncher | ActorPool | None = None
+    running: int = 0
+    reused: int = 0
+    docs_done: int = 0
+    failures: list[dict[str, str]] = field(default_factory=list)
+    complete: bool = False
+    wall_s: float = 0.0
+
+
+class Segment:
+    """Runs consecutive per-shard stages, `(index, stage, fingerprint)` each, as one stream of shards."""
+
+    def __init__(self, runner: Runner, plan: list[tuple[int, StageConfig, str]], expected_shards: int) -> None:
+        from pipeline.progress import StageProgress
+        from pipeline.runner import done_records
+
+        self.runner = runner
+        self.expected = expected_shards  # sizes actor pools, before later stages know their shard counts
+        self.levels: list[StreamedStage] = []
+        self.futures: dict[Any, tuple[int, str]] = {}
+        for position, (index, stage, fingerprint) in enumerate(plan):
+            stage_dir = runner.stage_dir(index, stage)
+            runner.reset_if_changed(stage_dir, stage, fingerprint)
+            ctx = StageContext(runner.rundir, index, stage, stage_dir, fingerprint, {}, {},
+                               ensure_ray=runner.ray.ensure)
+            found = done_records(runner.fs, stage_dir, fingerprint)
+            progress = StageProgress(f"{index:02d}_{stage.name}", total=0, position=position)
+            self.levels.append(StreamedStage(ctx, KINDS[stage.kind], found, progress))
+
+    def run(self, inputs: dict[str, str], input_ids: dict[str, str]) -> list[StageContext]:
+        """Run every shard that descends from `inputs`; return each stage's context, its records in ctx.done."""
+        import ray
+
+        if len(self.levels) > 1:
+            log.info("streaming stages %s", " -> ".join(s.ctx.stage.name for s in self.levels))
+        self.started = time.perf_counter()
+        try:
+            for shard in inputs:
+                self.feed(0, shard, inputs[shard], input_ids[shard])
+            self.close_finished()
+            while self.futures:
+                ready, _ = ray.wait(list(self.futures), num_returns=len(self.futures), timeout=0.5)
+                for ref in ready:
+                    self.collect(ref)
+                if not ready:
+                    for level in self.levels:
+                        if level.calls is not None and not level.complete:
+                            level.progress.update(max(level.calls.live_docs(), level.docs_done))
+                self.close_finished()
+        finally:
+            for level in self.levels:
+                level.progress.close()
+        for level in self.levels:
+            ctx = level.ctx
+            ctx.shards, ctx.input_ids = dict(sorted(ctx.shards.items())), dict(sorted(ctx.input_ids.items()))
+            self.runner.remove_stale_shards(ctx.stage_dir, ctx.shards)
+            log.info("stage %s: %d shards computed, %d reused, %d failed", ctx.stage.name,
+                     len(ctx.done) - level.reused, level.reused, len(level.failures))
+        return [level.ctx for level in self.levels]
+
+    def feed(self, position: int, shard: str, url: str, identity: str) -> None:
+        """A shard of stage `position` has its input: reuse its record if it still holds, else submit it."""
+        level = self.levels[position]
+        level.ctx.shards[shard], level.ctx.input_ids[shard] = url, identity
+        level.progress.grow(1)
+        record = level.found.get(shard)
+        if record is not None and record.get("input") == url and record.get("input_id") == identity:
+            level.ctx.done[shard] = record
+            level.reused += 1
+            level.progress.update(level.docs_done, shards_done=1)
+            self.passed_on(position, shard, record)
+            return
+        if level.launcher is None:
+            self.runner.ray.ensure()
+            self.runner.ray.check_schedulable(level.ctx.stage)
+            level.calls = level.kind.shard_calls(level.ctx)
+            level.launcher = shard_runner(level.ctx.stage, level.calls.fn, self.expected)
+        self.submitted(position, level.launcher.submit({shard: level.calls.args(shard)}))
+
+    def submitted(self, position: int, futures: dict[Any, str]) -> None:
+        self.futures |= {ref: (position, shard) for ref, shard in futures.items()}
+        self.levels[position].running += len(futures)
+
+    def passed_on(self, position: int, shard: str, record: dict[str, Any]) -> None:
+        """`shard` is done: feed the shards it makes to the next stage of the segment."""
+        if position + 1 < len(self.levels):
+            level = self.levels[position]
+            for next_id, (url, identity) in level.kind.shard_next(level.ctx, shard, record).items():
+                self.feed(position + 1, next_id, url, identity)
+
+    def collect(self, ref: Any) -> None:
+        """A shard's task ended: keep its record (or its failure) and pass it on."""
+        import ray
+
+        position, shard = self.futures.pop(ref)
+        level = self.levels[position]
+        level.running -= 1
+        self.submitted(position, level.launcher.next(ref))
+        stage = level.ctx.stage
+        try:
+            record: dict[str, Any] = ray.get(ref)
+        except Exception as exc:  # noqa: BLE001 - one bad shard must not stop the run
+            level.failures.append(shard_failure(stage.name, shard, level.ctx.shards[shard], exc))
+            level.progress.update(level.docs_done, failed=1)
+            return
+        level.ctx.done[shard] = record
+        level.docs_done += record["rows_in"]
+        for message in record.get("messages", []):
+            log.warning("%s/%s: %s", stage.name, shard, message)
+        level.progress.update(level.docs_done, shards_done=1)
+        self.passed_on(position, shard, record)
+
+    def close_finished(self) -> None:
+        """A stage is over when the stages before it are and none of its shards runs: release its actors
+        (and their GPUs) at once, for the stages still running."""
+        for position, level in enumerate(self.levels):
+            if level.complete:
+                continue
+            if level.running or (position and not self.levels[position - 1].complete):
+                return
+            level.complete = True
+            level.wall_s = time.perf_counter() - self.started
+            if level.launcher is not None:
+                level.ctx.notes |= level.launcher.close()
+                level.calls.close()
+
+    def failures(self, position: int) -> list[dict[str, str]]:
+        return self.levels[position].failures
+
+    def reused(self, position: int) -> int:
+        return self.levels[position].reused
+
+    def wall_s(self, position: int) -> float:
+        return self.levels[position].wall_s
