@@ -47,11 +47,9 @@ class SpacyChunkTokenizer:
         self._reset()
 
     def _reset(self) -> None:
-        import spacy
-
-        # A fresh pipeline also drops the strings spaCy has interned, which otherwise grow with
+        # A fresh tokenizer also drops the strings spaCy has interned, which otherwise grow with
         # every new word it sees.
-        self.tokenizer = spacy.blank(self.language).tokenizer
+        self.tokenizer = spacy_tokenizer(self.language)
         self.special = frozenset(self.tokenizer.rules)
         self.cache: dict[str, tuple[str, ...]] = {}
 
@@ -75,6 +73,29 @@ class SpacyChunkTokenizer:
         for chunk in text.split():
             out.extend(self.chunk(chunk))
         return out
+
+
+def spacy_tokenizer(language: str) -> Any:
+    """`spacy.blank(language).tokenizer`, built from the language's defaults the way spaCy builds it, but
+    without a `Language`: creating one loads every package's spaCy plugins, and presidio's imports
+    transformers and torch, which cost each worker process seconds. Languages with a tokenizer of their
+    own (Chinese, Japanese, ...) still go through spacy.blank."""
+    from spacy.util import compile_infix_regex, compile_prefix_regex, compile_suffix_regex, get_lang_class
+
+    lang = get_lang_class(language)
+    if lang.default_config["nlp"]["tokenizer"].get("@tokenizers") != "spacy.Tokenizer.v1":
+        import spacy
+
+        return spacy.blank(language).tokenizer
+    from spacy.tokenizer import Tokenizer
+    from spacy.vocab import create_vocab
+
+    d = lang.Defaults
+    return Tokenizer(create_vocab(language, d), rules=d.tokenizer_exceptions,
+                     prefix_search=compile_prefix_regex(d.prefixes).search if d.prefixes else None,
+                     suffix_search=compile_suffix_regex(d.suffixes).search if d.suffixes else None,
+                     infix_finditer=compile_infix_regex(d.infixes).finditer if d.infixes else None,
+                     token_match=d.token_match, url_match=d.url_match)
 
 
 @cache

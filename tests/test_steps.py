@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import gzip
 import json
+import subprocess
+import sys
 import time
 
 import pytest
 
 from filters import STEPS
 from filters.extract import ExtractTimeout, time_limit, trim_boilerplate
-from tests.conftest import SHARED
+from tests.conftest import ROOT, SHARED
 
 
 def make(step_type: str, **params):
@@ -203,6 +205,23 @@ def test_fast_tokenizer_gives_datatrove_spacys_words_on_real_text():
     for text in texts:
         assert fast.word_tokenize(text) == spacy.word_tokenize(text), text[:200]
     assert fast.word_tokenize("U.S.A. 3:30") == ["U.S.A.", "3:30"]
+
+
+def test_the_spacy_tokenizer_is_spacys_own_without_loading_spacys_plugins():
+    import spacy
+
+    from filters.heuristics import spacy_tokenizer
+
+    texts = _real_texts(20) + ["U.S.A. 3:30 don't l'homme e-mail http://x.com (hi). Zürich 1.5.2024 z.B. żółw"]
+    for language in ("en", "de", "fr", "es", "pl", "xx", "zh"):
+        ours, blank = spacy_tokenizer(language), spacy.blank(language).tokenizer
+        for text in texts:
+            assert [t.text for t in ours(text)] == [t.text for t in blank(text)], (language, text[:80])
+    # Building it does not import presidio's spaCy plugin, and through it transformers (seconds per worker).
+    probe = "import sys; from filters.heuristics import spacy_tokenizer; spacy_tokenizer('de'); " \
+            "print('presidio_analyzer' in sys.modules, 'transformers' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
+                          cwd=ROOT).stdout.split() == ["False", "False"]
 
 
 def test_fast_tokenizer_keeps_the_same_gopher_decisions_on_real_text():
