@@ -1,6 +1,9 @@
 """Extraction benchmark: snippet precision/recall/F1 per source, token F1 on scrapinghub, and speed.
 
-Run: `.venv/bin/python bench/extraction.py [--udhr 60]`. Writes bench/results/extraction.json.
+Run: `.venv/bin/python bench/extraction.py [--udhr 60] [--split dev|test|all]`. Writes bench/results/extraction.json.
+
+Split: tune on `dev`, report `test` too. Pages go to dev or test by a hash of their site (host), so one site's
+pages never sit on both sides; UDHR pages all share one site, so there it is the page's URL.
 
 Snippet scoring (the style of trafilatura's evaluation): each page gets "must contain" snippets taken
 from its reference text and "must not contain" snippets taken from the page's visible text outside the
@@ -35,6 +38,7 @@ import zlib
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import urlsplit
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -121,6 +125,12 @@ def load_sources(udhr: int) -> dict[str, list[dict]]:
     return {name: [c for c in cases if c] for name, cases in sources.items()}
 
 
+def split_of(source: str, url: str) -> str:
+    """"dev" or "test" for a page, by a hash of its host (of its URL where a source is one site)."""
+    key = url if source == "udhr" else urlsplit(url).netloc.lower().removeprefix("www.") or url
+    return "dev" if zlib.crc32(key.encode()) % 2 == 0 else "test"
+
+
 def score(texts: list[str], cases: list[dict]) -> dict:
     tp = fn = fp = tn = 0
     for text, case in zip(texts, cases, strict=True):
@@ -177,8 +187,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--udhr", type=int, default=60, help="UDHR pages, evenly spaced over the 532")
     parser.add_argument("--only", nargs="*", help="run only the extractors whose name starts with these")
+    parser.add_argument("--split", choices=("dev", "test", "all"), default="all",
+                        help="the pages to score: dev (tune on these), test (held out), or all")
     args = parser.parse_args()
-    sources = load_sources(args.udhr)
+    sources = {name: [c for c in cases if args.split == "all" or split_of(name, c["key"]) == args.split]
+               for name, cases in load_sources(args.udhr).items()}
     rows = []
     for name, fn in EXTRACTORS.items():
         if args.only and not any(name.startswith(o) for o in args.only):
@@ -191,8 +204,8 @@ def main() -> None:
             elapsed = time.process_time() - start
             seconds += elapsed
             row["sources"][source] = score(texts, cases) | {"pages": len(cases),
-                                                            "pages_per_s": round(len(cases) / elapsed, 1)}
-            if source == "scrapinghub-aeb":
+                                                            "pages_per_s": round(len(cases) / max(elapsed, 1e-9), 1)}
+            if source == "scrapinghub-aeb" and cases:
                 row["token_f1_scrapinghub"] = round(
                     sum(token_f1(t, c["truth"]) for t, c in zip(texts, cases, strict=True)) / len(cases), 4)
             all_texts += texts
@@ -205,7 +218,8 @@ def main() -> None:
     guard = guard_costs(pages)
     print(json.dumps(guard, indent=2))
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({"command": "bench/extraction.py " + " ".join(sys.argv[1:]), "rows": rows,
+    RESULTS.write_text(json.dumps({"command": "bench/extraction.py " + " ".join(sys.argv[1:]), "split": args.split,
+                                   "rows": rows,
                                    "guard": guard}, indent=2) + "\n")
     print(f"wrote {RESULTS.relative_to(ROOT)}")
 
