@@ -30,7 +30,8 @@ def two_node_cluster():
     cluster.shutdown()
 
 
-def test_a_cluster_run_spreads_shards_and_survives_losing_a_node(two_node_cluster, tmp_path):
+@pytest.mark.parametrize("lost_during", ["extraction", pytest.param("dedup", marks=pytest.mark.slow)])
+def test_a_cluster_run_spreads_shards_and_survives_losing_a_node(two_node_cluster, tmp_path, lost_during):
     inputs = [str(SAMPLE / "wget-2024-dolma-000*.warc.gz"), str(SAMPLE / "cc-2020-34-resiliparse.warc.gz")]
     cfg = load_config(ROOT / "configs" / "quickstart.yaml",
                       [f"output_dir={tmp_path}", f"input={json.dumps(inputs)}"])
@@ -47,22 +48,23 @@ def test_a_cluster_run_spreads_shards_and_survives_losing_a_node(two_node_cluste
     assert len(nodes) == 2
     records = [json.loads(p.read_text()) for p in tmp_path.glob("stages/*/_done/*.json")]
     assert len(records) == sum(s["shards"]["done"] for s in stages) and {r["node"] for r in records} <= nodes
-    # One CPU per node and three extraction shards at once: both nodes must have run some.
-    extract_nodes = {json.loads(p.read_text())["node"] for p in tmp_path.glob("stages/00_extract/_done/*.json")}
-    assert extract_nodes == nodes
+    # One CPU per node and three shards at once in every stage: both nodes must have run some.
+    assert {r["node"] for r in records} == nodes
     output = pq.read_table(tmp_path / "output", ignore_prefixes=OUTPUT_EXTRAS)
     assert output.num_rows == manifest["stages"][-1]["rows_out"] > 0
 
     # The same run again, and the worker node is lost once the first extraction shard is done (its own
-    # shard, or the next one it took, dies with it). Ray retries the lost tasks on the head node, and the
-    # output is the undisturbed run's, byte for byte.
+    # shard, or the next one it took, dies with it), or once dedup has begun (its shuffled tables in the
+    # node's object store die with it). Ray retries the lost tasks, and rebuilds lost tables from their
+    # lineage, on the head node; the output is the undisturbed run's, byte for byte.
     disturbed = tmp_path / "disturbed"
+    signal_file = {"extraction": "stages/00_extract/_done/*.json", "dedup": "stages/02_dedup/_stage.json"}[lost_during]
     worker = next(n for n in two_node_cluster.list_all_nodes() if n is not two_node_cluster.head_node)
     removed = threading.Event()
 
     def remove_worker_mid_stage() -> None:
         deadline = time.time() + 120
-        while time.time() < deadline and not list((disturbed / "stages" / "00_extract" / "_done").glob("*.json")):
+        while time.time() < deadline and not list(disturbed.glob(signal_file)):
             time.sleep(0.02)
         two_node_cluster.remove_node(worker, allow_graceful=False)
         removed.set()
@@ -75,7 +77,8 @@ def test_a_cluster_run_spreads_shards_and_survives_losing_a_node(two_node_cluste
     killer.join(timeout=130)
     assert removed.is_set() and again["status"] == "done"
     assert file_digests(disturbed / "output") == file_digests(tmp_path / "output")
-    later = [json.loads(p.read_text()) for p in disturbed.glob("stages/0[1-6]_*/_done/*.json")]
+    later = [json.loads(p.read_text()) for p in disturbed.glob("stages/0[1-6]_*/_done/*.json")
+             if lost_during == "extraction" or p.parent.parent.name >= "02"]
     assert later and {r["node"] for r in later} == {two_node_cluster.head_node.node_id}
 
 

@@ -151,9 +151,12 @@ def test_changing_gopher_parameters_recomputes_only_that_stage(ray_local, tmp_pa
     assert [s["shards"]["computed"] for s in same["stages"]] == [0] * 7
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("kill_when", ["stages/00_extract/_done/*.json", "stages/02_dedup/_stage.json"],
-                         ids=["during-extraction", "during-dedup"])
+@pytest.mark.parametrize("kill_when", [
+    pytest.param("stages/00_extract/_done/*.json", id="during-extraction", marks=pytest.mark.slow),
+    pytest.param("stages/02_dedup/_stage.json", id="during-dedup", marks=pytest.mark.slow),
+    # Once dedup has saved its decisions, while it writes its shards: the rerun reuses the decisions.
+    pytest.param("stages/02_dedup/_decisions/decided.json", id="during-dedup-write"),
+])
 def test_killed_run_resumes_to_identical_bytes(ray_local, tmp_path, kill_when):
     inputs = SMALL_INPUT + [str(SAMPLE / "archiveit-2008-aut.warc.gz")]
     reference = tmp_path / "reference"
@@ -182,6 +185,7 @@ def test_killed_run_resumes_to_identical_bytes(ray_local, tmp_path, kill_when):
 
     resumed = run(killed, inputs)
     assert resumed["stages"][0]["shards"]["reused"] == finished_before_resume
+    assert resumed["stages"][2]["dedup"]["decisions_reused"] == kill_when.endswith("decided.json")
     assert file_digests(killed / "output") == file_digests(reference / "output")
     assert file_digests(killed / "stages") == file_digests(reference / "stages")
     assert not list(killed.rglob("*.tmp"))

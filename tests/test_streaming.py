@@ -78,3 +78,19 @@ def test_a_streamed_rerun_reuses_every_shard_and_recomputes_only_a_changed_one(r
     assert [s["shards"]["computed"] for s in changed["stages"]] == [1, 1, 1]
     assert [s["shards"]["reused"] for s in changed["stages"]] == [2, 2, 2]
     assert changed["stages"][0]["rows_in"] == 4 + 5 + 4
+
+
+def test_a_shard_that_rolled_over_into_two_files_goes_through_dedup(ray_local, tmp_path):
+    # Over 1 MB of text: the extract stage's shard rolls over into `00000` and `00000.001` downstream.
+    inputs = [str(write_warc(tmp_path / "big.warc.gz", _pages("big", 1200)))]
+    cfg = validate({"input": inputs, "output_dir": str(tmp_path / "run"), "stages": [
+        {"name": "extract", "steps": [{"type": "extract"}], "writer": {"target_shard_mb": 1, "row_group_mb": 1}},
+        {"name": "filters", "steps": [{"type": "gopher_repetition"}]},
+        {"name": "dedup", "kind": "dedup"},
+    ]})
+    manifest = Runner(cfg).run()
+    assert manifest["status"] == "done"
+    dedup = manifest["stages"][2]
+    assert dedup["shards"]["total"] == dedup["shards"]["done"] >= 2
+    assert dedup["rows_in"] == manifest["stages"][1]["rows_out"] == dedup["rows_out"] + dedup["rows_rejected"]
+    assert {p.stem for p in (tmp_path / "run" / "stages" / "02_dedup" / "_done").glob("*.json")} >= {"00000.001"}

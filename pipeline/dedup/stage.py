@@ -36,14 +36,16 @@ from pipeline.dedup.phases import (
     verify_right_task,
 )
 from pipeline.dedup.shuffle import concat, exchange
-from pipeline.jsonfile import write_json
+from pipeline.jsonfile import read_json, write_json
 from pipeline.parquet_io import iter_parquet, writer_for
 from pipeline.progress import StageProgress
 from pipeline.stage import clear_shard, completion_record
+from pipeline.storage import write_bytes
 
 log = logging.getLogger("winnow.dedup")
 
 CLUSTER_COLUMNS = {"dup_cluster_id": pa.string(), "dup_cluster_size": pa.int32()}
+SAVED = "_decisions"  # in the stage directory: decisions/part-<partition>.parquet and decided.json
 
 
 @dataclass(frozen=True)
@@ -55,18 +57,31 @@ class WriteJob:
     fingerprint: str
     writer_json: str
     batch_size: int
+    number: int  # the shard's place among the stage's shards: its documents are number << 32 | row
+    decisions: str  # URL of the decisions of this shard's partition (save_decisions_task)
     input_id: str = ""
 
 
-def write_task(job: WriteJob, *tables: pa.Table) -> dict[str, Any]:
+def save_decisions_task(url: str, *tables: pa.Table) -> int:
+    """Write one partition's decisions, as one Parquet file, where every write task can read them."""
+    fs, path = fsspec.core.url_to_fs(url)
+    sink = pa.BufferOutputStream()
+    pq.write_table(concat(tables, DECISIONS), sink)
+    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+    write_bytes(fs, path, sink.getvalue().to_pybytes())
+    return 0
+
+
+def write_task(job: WriteJob) -> dict[str, Any]:
     """Copy one input shard into kept and rejected shards, with its cluster columns set."""
     wall0, cpu0 = time.perf_counter(), time.process_time()
     fs, stage_dir = fsspec.core.url_to_fs(job.stage_dir)
     clear_shard(fs, stage_dir, job.shard)
     fs.makedirs(f"{stage_dir}/rejected", exist_ok=True)
-    decisions = concat(tables, DECISIONS)
+    with fsspec.open(job.decisions, "rb") as f:
+        decisions = pq.read_table(f, schema=DECISIONS)
     doc = decisions.column("doc").to_numpy()
-    mine = np.flatnonzero((doc >> 32) == int(job.shard))
+    mine = np.flatnonzero((doc >> 32) == job.number)
     rows = (doc[mine] & 0xFFFFFFFF).tolist()
     reason = decisions.column("reason").to_numpy()[mine].tolist()
     cluster_id = decisions.column("cluster_id").take(pa.array(mine)).to_pylist()
@@ -170,26 +185,26 @@ def _gather(refs: list[Any], label: str, docs_of: Any) -> list[tuple[dict[str, A
     return [results[ref] for ref in refs]
 
 
-def run_dedup(stage: StageConfig, stage_dir: str, fingerprint: str, shards: dict[str, str], pending: list[str],
-              done: dict[str, dict[str, Any]], input_id: dict[str, str] | None = None) -> list[dict[str, str]]:
-    """Run every phase over all shards, write the pending ones; returns the shards that failed.
+def shard_numbers(shards: dict[str, str]) -> dict[str, int]:
+    """Each shard's number, its place in id order. Ids are strings (`00003`, or `00003.001` for a shard's
+    second output file); the same set of shards numbers the same way on every run."""
+    return {shard: k for k, shard in enumerate(sorted(shards))}
 
-    `input_id` names each shard's input; every record written names it, so a rerun can tell
-    decisions made on another set of inputs."""
+
+def decide(stage: StageConfig, stage_dir: str, shards: dict[str, str],
+           options: dict[str, Any]) -> tuple[int, list[dict[str, str]], PhaseLog]:
+    """Every phase up to the decisions, saved under `_decisions/`: (partitions, failed shards, phase stats)."""
     import ray
 
     params = stage.dedup or DedupParams()
     params_json = params.model_dump_json()
-    options: dict[str, Any] = {"num_cpus": stage.resources.num_cpus, "max_retries": stage.max_retries,
-                               "retry_exceptions": False}
-    if stage.resources.memory_mb:
-        options["memory"] = stage.resources.memory_mb << 20
     parts = partitions_for(params, list(shards.values()))
     phases = PhaseLog()
     started = time.perf_counter()
     names = list(shards)
     widths = [parts, parts] + ([parts] if params.verify else [])
-    routed, stat_refs = exchange(sign_task, [(int(s), shards[s], params_json, parts, stage.batch_size)
+    number = shard_numbers(shards)
+    routed, stat_refs = exchange(sign_task, [(number[s], shards[s], params_json, parts, stage.batch_size)
                                              for s in names], widths, **options)
     results = _gather(stat_refs, f"{stage.name} (signatures)", lambda r: r["docs"])
     failures = [{"shard": s, "input": shards[s], "error": err} for s, (_, err) in zip(names, results, strict=True)
@@ -231,16 +246,54 @@ def run_dedup(stage: StageConfig, stage_dir: str, fingerprint: str, shards: dict
     (decisions,), stats = exchange(decide_task, [(params_json, parts, *members[p]) for p in range(parts)], [parts],
                                    **options)
     phases.add("decide", t, ray.get(stats))
+    t = time.perf_counter()
+    save = ray.remote(save_decisions_task).options(**options)
+    ray.get([save.remote(f"{stage_dir}/{SAVED}/part-{p:05d}.parquet", *decisions[p]) for p in range(parts)])
+    phases.add("save", t, [])
+    return parts, failures, phases
+
+
+
+def run_dedup(stage: StageConfig, stage_dir: str, fingerprint: str, shards: dict[str, str], pending: list[str],
+              done: dict[str, dict[str, Any]], input_id: dict[str, str] | None = None) -> list[dict[str, str]]:
+    """Run every phase over all shards, write the pending ones; returns the shards that failed.
+
+    `input_id` names each shard's input; every record written names it, so a rerun can tell
+    decisions made on another set of inputs."""
+    import ray
+
+    params = stage.dedup or DedupParams()
+    options: dict[str, Any] = {"num_cpus": stage.resources.num_cpus, "max_retries": stage.max_retries,
+                               "retry_exceptions": False}
+    if stage.resources.memory_mb:
+        options["memory"] = stage.resources.memory_mb << 20
+    fs, path = fsspec.core.url_to_fs(stage_dir)
+    saved = read_json(fs, f"{path}/{SAVED}/decided.json")
+    started = time.perf_counter()
+    if saved and saved.get("fingerprint") == fingerprint:
+        # A run of these inputs decided, then lost its driver while writing: its decisions hold.
+        log.info("stage %s: decisions saved by an earlier run are reused; writing the missing shards", stage.name)
+        parts, failures, phases = saved["parts"], [], PhaseLog()
+        phases.phases = saved["phases"]
+    else:
+        if fs.exists(f"{path}/{SAVED}"):
+            fs.rm(f"{path}/{SAVED}", recursive=True)
+        parts, failures, phases = decide(stage, stage_dir, shards, options)
+        if not failures:  # a failed shard may do better next time: then nothing is saved
+            write_json(fs, f"{path}/{SAVED}/decided.json",
+                       {"fingerprint": fingerprint, "parts": parts, "phases": phases.phases})
 
     failed = {f["shard"] for f in failures}
     to_write = [s for s in pending if s not in failed]
     t = time.perf_counter()
     write = ray.remote(write_task).options(**options)
     futures = {}
+    number = shard_numbers(shards)
     for s in to_write:
         job = WriteJob(stage.name, stage_dir, s, shards[s], fingerprint, stage.writer.model_dump_json(),
-                       stage.batch_size, (input_id or {}).get(s, ""))
-        futures[write.remote(job, *decisions[int(s) % parts])] = s
+                       stage.batch_size, number[s], f"{stage_dir}/{SAVED}/part-{number[s] % parts:05d}.parquet",
+                       (input_id or {}).get(s, ""))
+        futures[write.remote(job)] = s
     write_stats = []
     refs = list(futures)
     for ref, (record, err) in zip(refs, _gather(refs, f"{stage.name} (write)", lambda r: r["rows_in"]), strict=True):
@@ -251,10 +304,10 @@ def run_dedup(stage: StageConfig, stage_dir: str, fingerprint: str, shards: dict
         done[shard] = record
         write_stats.append({"peak_rss_mb": record["peak_rss_mb"], "rows": record["rows_in"]})
     phases.add("write", t, write_stats)
-    summary = {"params": params.model_dump(mode="json"), "partitions": parts,
+    summary = {"params": params.model_dump(mode="json"), "partitions": parts, "decisions_reused": bool(saved and
+               saved.get("fingerprint") == fingerprint),
                "phase_cpu_s": round(sum(p.get("cpu_s", 0) for n, p in phases.phases.items() if n != "write"), 3),
                "wall_s": round(time.perf_counter() - started, 3), "driver_peak_rss_mb": peak_rss_mb(),
                "phases": phases.phases}
-    fs, path = fsspec.core.url_to_fs(stage_dir)
     write_json(fs, f"{path}/_dedup.json", summary)
     return failures
