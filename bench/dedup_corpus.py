@@ -152,7 +152,7 @@ def run_winnow_dedup(files: list[Path], out: Path, params: dict[str, Any], num_c
     stage = StageConfig(name="dedup", kind="dedup", dedup=params, batch_size=1024)
     out.mkdir(parents=True, exist_ok=True)
     shards = {f"{k:05d}": str(p) for k, p in enumerate(files)}
-    from pipeline.runner import WORKER_ENV
+    from pipeline.raycluster import WORKER_ENV
 
     for key, value in WORKER_ENV.items():  # inherited by the local Ray's workers, as in `winnow run`
         os.environ.setdefault(key, value)
