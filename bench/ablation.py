@@ -45,6 +45,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.paths import results_dir, work_dir  # noqa: E402
 from train.cli import pretrain_data  # noqa: E402
 from train.config import load_train_config  # noqa: E402
 from train.eval import evaluate  # noqa: E402
@@ -52,7 +53,7 @@ from train.pretrain import train  # noqa: E402
 from train.shards import write_shard  # noqa: E402
 from train.tokenizer import load_vocab, train_tokenizer  # noqa: E402
 
-WORK = HERE / "work" / "ablation"
+WORK = work_dir() / "ablation"
 DATA = ROOT.parent / "shared" / "data"
 VARIANTS = {"raw": "stages/00_extract", "heuristics": "stages/01_heuristics",
             "heuristics + dedup": "stages/02_dedup", "full curation": "output"}
@@ -78,12 +79,13 @@ def held_out() -> dict[str, list[str]]:
     return {"wiki": wiki, "c4": c4, "books": [s.strip() for s in pan if s.strip()]}
 
 
-def prepare() -> tuple[dict[str, list[str]], dict[str, str], dict[str, dict[str, int]], str]:
+def prepare(records: int = 468, udhr: int = 100) -> tuple[dict[str, list[str]], dict[str, str],
+                                                         dict[str, dict[str, int]], str]:
     """The variants' documents (overlapping ones dropped), the held-out files, the drops, the tokenizer."""
     corpus, run = WORK / "corpus", WORK / "run"
     if not (corpus / "CORPUS.md").exists():
-        subprocess.run([sys.executable, str(HERE / "build_corpus.py"), "--records", "468", "--files", "2",
-                        "--udhr", "100", "--out", str(corpus)], check=True, stdout=subprocess.DEVNULL)
+        subprocess.run([sys.executable, str(HERE / "build_corpus.py"), "--records", str(records), "--files", "2",
+                        "--udhr", str(udhr), "--out", str(corpus)], check=True, stdout=subprocess.DEVNULL)
     if not any((run / "output").glob("part-*.parquet")):  # delete WORK to redo
         with (WORK / "pipeline.log").open("w") as log:
             subprocess.run([sys.executable, "-m", "pipeline.cli", "run", "configs/quickstart.yaml",
@@ -166,16 +168,23 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--tokens", type=int, help="T (default: the smallest variant's size)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: the cores are shared)")
+    parser.add_argument("--tiny", action="store_true",
+                        help="200 records and two training steps per variant: checks the bench runs")
     args = parser.parse_args()
+    global WORK
+    if args.tiny:  # its own corpus and run: the full-size ones are reused between calls
+        WORK = WORK / "tiny"
     torch.set_num_threads(args.threads)
     started = time.time()
     WORK.mkdir(parents=True, exist_ok=True)
-    variants, files, dropped, tokenizer = prepare()
+    variants, files, dropped, tokenizer = prepare(200, 10) if args.tiny else prepare()
     cfg = load_train_config(str(ROOT / "configs/train/tiny.yaml"))
     vocab, seq, batch = load_vocab(tokenizer), cfg.seq_len, cfg.micro_batch
     tokens = {n: [np.asarray([vocab.bos_id, *ids], dtype=np.uint32) for ids in vocab.encode_batch(docs)]
               for n, docs in variants.items()}
     sizes = {n: sum(map(len, t)) for n, t in tokens.items()}
+    if args.tiny and not args.tokens:
+        args.tokens = 2 * seq * batch + 1  # two steps of whole batches
     if args.tokens and args.tokens >= min(sizes.values()):
         raise SystemExit(f"--tokens {args.tokens}: the smallest variant has {min(sizes.values())}")
     windows = ((args.tokens or min(sizes.values()) - 1) // seq) // batch * batch  # whole batches of windows
@@ -216,9 +225,10 @@ def main() -> None:
         used = round(statistics.mean(r["docs_used"] for r in v["runs"]))
         cells = " ".join(f"{v['bpb'][s]['mean']:.4f} ± {v['bpb'][s]['std']:.4f}" for s in files)
         print(f"{name:<20} {v['docs']:>5} {used:>5} {cells}")
-    (HERE / "results").mkdir(exist_ok=True)
-    (HERE / "results" / "ablation.json").write_text(json.dumps(results, indent=1) + "\n")
-    svg(results["variants"], list(files), HERE / "results" / "ablation.svg")
+    out = results_dir()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "ablation.json").write_text(json.dumps(results, indent=1) + "\n")
+    svg(results["variants"], list(files), out / "ablation.svg")
 
 
 if __name__ == "__main__":

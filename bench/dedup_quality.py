@@ -23,6 +23,7 @@ normalization Winnow uses. A pair is a true duplicate at threshold t when its tr
 
 from __future__ import annotations
 
+import argparse
 import json
 import random
 import sys
@@ -38,10 +39,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dedup_corpus import DATA, EDIT_KINDS, near_copy, real_documents, run_winnow_dedup, write_shards  # noqa: E402
+from paths import results_dir  # noqa: E402
 
 from pipeline.dedup import minhash  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = results_dir()
 STRENGTHS = {"insert_lines": (0.05, 0.1, 0.2, 0.4), "delete_lines": (0.05, 0.1, 0.2, 0.4),
              "boilerplate": (0.1, 0.3, 0.6), "substitute_words": (0.01, 0.03, 0.06, 0.12)}
 THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9)
@@ -54,10 +56,10 @@ SETTINGS = {
 }
 
 
-def build() -> tuple[list[str], list[dict]]:
-    """Documents, and per copy its family (original index), edit kind and strength."""
+def build(limit: int | None = None) -> tuple[list[str], list[dict]]:
+    """Documents (the first `limit` originals), and per copy its family (original index), edit kind and strength."""
     rng = random.Random(0)
-    originals = real_documents()
+    originals = real_documents()[:limit]
     pool = [line for t in originals for line in t.split("\n") if 5 <= len(line.split()) <= 80]
     texts, meta = list(originals), [{"family": i, "kind": "original", "strength": 0.0} for i in range(len(originals))]
     for i, text in enumerate(originals):
@@ -217,8 +219,11 @@ def _j(sets: list[np.ndarray], jac: dict, a: int, b: int) -> float:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--limit", type=int, help="only the first N real documents and their copies (a quick check)")
+    args = parser.parse_args()
     t0 = time.perf_counter()
-    texts, meta = build()
+    texts, meta = build(args.limit)
     sets = [minhash.shingle_hashes(t, 5) for t in texts]
     families = defaultdict(list)
     for i, m in enumerate(meta):

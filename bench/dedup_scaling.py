@@ -29,9 +29,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dedup_corpus import run_winnow_dedup, synthetic_corpus, write_shards  # noqa: E402
 from dedup_vs_datatrove import PeakMemory  # noqa: E402
+from paths import results_dir, work_dir  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results"
-WORK = Path(__file__).resolve().parent / "work" / "dedup_scaling"
+RESULTS = results_dir()
+WORK = work_dir() / "dedup_scaling"
 DOCS_PER_FILE = 25_000
 
 

@@ -36,9 +36,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dedup_corpus import run_winnow_dedup, synthetic_corpus, write_shards  # noqa: E402
+from paths import results_dir, work_dir  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results"
-WORK = Path(__file__).resolve().parent / "work" / "dedup"
+RESULTS = results_dir()
+WORK = work_dir() / "dedup"
 
 
 class PeakMemory:

@@ -37,13 +37,14 @@ import yaml
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
+from bench.paths import results_dir, work_dir  # noqa: E402
 from train import checkpoint  # noqa: E402
 from train.config import load_train_config  # noqa: E402
 from train.model import GPT, ModelConfig  # noqa: E402
 
 SHARED = HERE.parent.parent / "shared" / "data"
 DEMO = SHARED / "sft" / "llamafactory-demo"
-WORK = HERE / "work" / "dpo_vs_trl"  # --work changes it (two parts can run side by side)
+WORK = work_dir() / "dpo_vs_trl"  # --work changes it (two parts can run side by side)
 
 
 def prepare(args: argparse.Namespace) -> dict:
@@ -304,7 +305,7 @@ def main() -> None:
     if "accuracy" not in args.skip:
         result["accuracy"] = accuracy(args)
         print(json.dumps({k: v for k, v in result["accuracy"].items() if k != "last_train_log"}, indent=1))
-    out = Path(args.results) if args.results else HERE / "results" / f"dpo_vs_trl_{args.device}.json"
+    out = Path(args.results) if args.results else results_dir() / f"dpo_vs_trl_{args.device}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))
 

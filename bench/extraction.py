@@ -45,6 +45,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from build_corpus import dclm_pages, scrapinghub_pages, udhr_pages, warc_pages  # noqa: E402
+from paths import results_dir  # noqa: E402
 
 from filters.extract_methods import (  # noqa: E402
     clean_text,
@@ -55,7 +56,7 @@ from filters.extract_methods import (  # noqa: E402
 )
 
 DATA = ROOT.parent / "shared" / "data"
-RESULTS = ROOT / "bench" / "results" / "extraction.json"
+RESULTS = results_dir() / "extraction.json"
 SNIPPET_WORDS = 8
 
 
@@ -189,8 +190,9 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", help="run only the extractors whose name starts with these")
     parser.add_argument("--split", choices=("dev", "test", "all"), default="all",
                         help="the pages to score: dev (tune on these), test (held out), or all")
+    parser.add_argument("--limit", type=int, help="at most this many pages per source (a quick check)")
     args = parser.parse_args()
-    sources = {name: [c for c in cases if args.split == "all" or split_of(name, c["key"]) == args.split]
+    sources = {name: [c for c in cases if args.split == "all" or split_of(name, c["key"]) == args.split][:args.limit]
                for name, cases in load_sources(args.udhr).items()}
     rows = []
     for name, fn in EXTRACTORS.items():
@@ -221,7 +223,7 @@ def main() -> None:
     RESULTS.write_text(json.dumps({"command": "bench/extraction.py " + " ".join(sys.argv[1:]), "split": args.split,
                                    "rows": rows,
                                    "guard": guard}, indent=2) + "\n")
-    print(f"wrote {RESULTS.relative_to(ROOT)}")
+    print(f"wrote {RESULTS}")
 
 
 def cpu_seconds() -> float:

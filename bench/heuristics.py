@@ -16,6 +16,7 @@ Run: `.venv/bin/python bench/heuristics.py` (about a minute). Writes bench/resul
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import time
@@ -25,11 +26,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from dedup_corpus import shared_texts  # noqa: E402
+from paths import results_dir  # noqa: E402
 
 from filters import STEPS  # noqa: E402
 from filters.heuristics import fast_tokenizer  # noqa: E402
 
-RESULTS = ROOT / "bench" / "results"
+RESULTS = results_dir()
 SETUPS = {
     "gopher_repetition": {},
     "gopher_quality": {},
@@ -68,7 +70,9 @@ def compare(fast: list[str | None], spacy: list[str | None], texts: list[str]) -
 def main() -> None:
     from datatrove.utils.word_tokenizers import load_word_tokenizer
 
-    texts = shared_texts()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--limit", type=int, help="only the first N documents (a quick check)")
+    texts = shared_texts()[:parser.parse_args().limit]
     print(f"{len(texts)} documents")
     spacy_words = load_word_tokenizer("en")
     same_words = sum(fast_tokenizer("en").word_tokenize(t) == spacy_words.word_tokenize(t) for t in texts)

@@ -28,11 +28,12 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.paths import results_dir  # noqa: E402
 from filters.langid import LangId, LangIdParams, bundled_model_path, load_model  # noqa: E402
 from filters.langid_codes import ALIASES, LABELS, MEASURED_THRESHOLDS  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "langid"
-RESULTS = ROOT / "bench" / "results"
+RESULTS = results_dir()
 PARAGRAPH = re.compile(r"<p>(.*?)</p>", re.S)
 # The rule behind MEASURED_THRESHOLDS: the score that 90% of a language's correctly identified
 # sentences reach, rounded down to 0.05, never below FLOOR; a language the model gets right fewer

