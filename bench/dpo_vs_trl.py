@@ -229,12 +229,14 @@ def accuracy(args: argparse.Namespace) -> dict:
     from train.pretrain import train
     from train.sft import sft_data
 
+    # Warmups are capped below the step counts, which a quick run sets to a few steps.
     common = {"tokenizer": str(WORK / "tokenizer.json"), "seq_len": 256, "device": args.device,
               "tensorboard": False, "log_every": 25, "ckpt_every": 0,
               "model": {"n_layer": 4, "n_head": 4, "n_kv_head": 2, "n_embd": 128}}
     sft = {**common, "out_dir": str(WORK / "acc-sft"), "micro_batch": 16, "max_steps": args.sft_steps,
            "eval_every": 0, "sft": {"data": [str(DEMO / "alpaca_en_demo.json")], "template": "chat"},
-           "optimizer": {"lr": 3e-3, "weight_decay": 0.0}, "schedule": {"kind": "cosine", "warmup_steps": 10}}
+           "optimizer": {"lr": 3e-3, "weight_decay": 0.0},
+           "schedule": {"kind": "cosine", "warmup_steps": min(10, args.sft_steps - 1)}}
     (WORK / "acc-sft.yaml").write_text(yaml.safe_dump(sft))
     cfg = load_train_config(str(WORK / "acc-sft.yaml"))
     if not (WORK / "acc-sft" / "checkpoint.pt").exists():
@@ -243,7 +245,8 @@ def accuracy(args: argparse.Namespace) -> dict:
            "max_steps": args.dpo_steps, "eval_every": 25,
            "dpo": {"data": [str(DEMO / "dpo_en_demo.json")], "template": "chat", "val_fraction": 0.1, "beta": 0.1,
                    "ref_cache": str(WORK / "ref-logps")},
-           "optimizer": {"lr": 1e-3, "weight_decay": 0.0}, "schedule": {"kind": "cosine", "warmup_steps": 5}}
+           "optimizer": {"lr": 1e-3, "weight_decay": 0.0},
+           "schedule": {"kind": "cosine", "warmup_steps": min(5, args.dpo_steps - 1)}}
     (WORK / "acc-dpo.yaml").write_text(yaml.safe_dump(dpo))
     dcfg = load_train_config(str(WORK / "acc-dpo.yaml"))
     t = time.perf_counter()

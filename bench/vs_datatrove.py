@@ -32,6 +32,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from importlib.metadata import version
 from pathlib import Path
@@ -49,7 +50,8 @@ OFFLINE_ENV = {
     "WINNOW_CACHE": str(CACHE / "winnow"), "RAY_USAGE_STATS_ENABLED": "0", "TQDM_DISABLE": "1",
     # A private Ray temp dir: with the default /tmp/ray, `ray.init()` joins any cluster that `ray start` left
     # running on this machine (and then refuses num_cpus), instead of starting the local one we time.
-    "RAY_TMPDIR": str(WORK / "ray-tmp"),
+    # Not under WORK: Ray's socket paths below it must fit in 107 bytes, and WORK can be a long path.
+    "RAY_TMPDIR": str(Path(tempfile.gettempdir()) / "winnow-vs-datatrove-ray"),
 }
 os.environ.update(OFFLINE_ENV)  # before datatrove/huggingface_hub read them
 
