@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import html as html_lib
 import re
 from typing import Any
 
@@ -25,7 +26,9 @@ SKIP_CLASS_TOKENS = frozenset({
 SKIP_TAGS = ("figure", "figcaption")
 # Which skip tokens a page uses is read from its raw HTML first (a regex pass), so that lexbor is asked only
 # for those: a selector costs a pass over the tree, and each node read back from it costs far more.
-_CLASS_ATTR = re.compile(r"""\sclass\s*=\s*(?:"([^"]*)"|'([^']*)'|([^\s>]+))""", re.I)
+# The value of each class attribute (for an unquoted one, up to the tag's end: a few extra words only add a
+# candidate selector, and lexbor's whole-token match decides).
+_CLASS_ATTR = re.compile(r"""\sclass\s*=\s*["']?([^"'>]*)""", re.I)
 _FIGURE = re.compile(r"<fig(?:ure|caption)[\s>]", re.I)
 SKIP_SELECTORS = [*SKIP_TAGS, *(f'[class~="{token}"]' for token in sorted(SKIP_CLASS_TOKENS))]
 # A skipped element never holds this share of the body's text: then it is the article, whatever its class.
@@ -47,6 +50,9 @@ _A_END = re.compile(r"</a\s*>", re.I)
 _LINK_SPAN = re.compile(f"{LINK_OPEN}[^{LINK_CLOSE}]*{LINK_CLOSE}")
 # A line that is one bare tag: markup inside <noscript> in <head> (tracking pixels) reaches the text as text.
 _TAG_LINE = re.compile(r"\s*<[a-zA-Z/!][^>]*>\s*")
+
+_HEADING = re.compile(r"<h([1-6])(?:\s[^>]*)?>(.*?)</h\1\s*>", re.I | re.S)
+_TAG = re.compile(r"<[^>]*>")
 
 # Shorter results go to trafilatura, when the cascade is on (bench/extraction.py measures the choice).
 CASCADE_MIN_CHARS = 300
@@ -122,10 +128,16 @@ def drop_link_lines(text: str, keep: frozenset[str] = frozenset()) -> str:
     return "\n".join(out)
 
 
+def heading_texts(html: str) -> frozenset[str]:
+    """The text of the page's <h1>-<h6> elements, whitespace collapsed as in extracted lines. Read from the raw
+    HTML: asking lexbor for each heading's text builds a Python object per descendant node."""
+    texts = (" ".join(html_lib.unescape(_TAG.sub("", m.group(2))).split()) for m in _HEADING.finditer(html))
+    return frozenset(t for t in texts if t)
+
+
 def skip_selector(html: str) -> str:
     """The CSS selector for the skip tags and skip class tokens this page uses (whole tokens), or "" if none."""
-    tokens = {t for m in _CLASS_ATTR.finditer(html) for t in (m.group(1) or m.group(2) or m.group(3) or "").split()
-              if t in SKIP_CLASS_TOKENS}
+    tokens = SKIP_CLASS_TOKENS.intersection(" ".join(_CLASS_ATTR.findall(html)).split())
     if not tokens and not _FIGURE.search(html):
         return ""
     return ", ".join([*SKIP_TAGS, *(f'[class~="{token}"]' for token in sorted(tokens))])
@@ -140,8 +152,7 @@ def resiliparse_main(html: str) -> tuple[str, frozenset[str]]:
     body = tree.body
     if body is None:
         return "", frozenset()
-    headings = frozenset(t for t in (unmark(n.text).strip()
-                                     for n in body.query_selector_all("h1, h2, h3, h4, h5, h6")) if t)
+    headings = heading_texts(html)
     total = -1
     selector = skip_selector(html)
     for node in body.query_selector_all(selector) if selector else ():
