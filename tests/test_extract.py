@@ -231,3 +231,10 @@ def test_real_pages_still_extract():
     assert sum(recalls) / len(recalls) > 0.9
     # The title and the first heading of the declaration are short lines at the top: they stay.
     assert docs[-1]["text"].splitlines()[:3] == ["Die Allgemeine Erklärung der Menschenrechte", "", "Präambel"]
+
+
+def test_heading_texts_read_from_the_raw_html_match_the_extracted_lines():
+    from filters.extract_methods import heading_texts
+
+    html = '<h2 class="x">Fish &amp; <em>Chips</em></h2><H1>A\n  B</H1><h3></h3><h4>Unclosed<p>text'
+    assert heading_texts(html) == {"Fish & Chips", "A B"}
