@@ -224,6 +224,8 @@ def main() -> None:
     parser.add_argument("--corpus", type=Path, default=BENCH / "corpus")
     parser.add_argument("--rebuild", action="store_true", help="rebuild the corpus even if it is there")
     parser.add_argument("--results", type=Path, default=results_dir() / "vs_datatrove.json")
+    parser.add_argument("--winnow-runs", nargs="*", choices=list(WINNOW_RUNS), default=list(WINNOW_RUNS),
+                        help="the Winnow runs to time against datatrove (default: all)")
     parser.add_argument("--datatrove-child", type=Path, help=argparse.SUPPRESS)  # internal: run (a) into this dir
     args = parser.parse_args()
     corpus = args.corpus.resolve()
@@ -243,6 +245,8 @@ def main() -> None:
     runs["datatrove (trafilatura)"] = run | {"kept": kept_urls(sorted((out / "output").glob("*.parquet"))),
                                              "funnel": datatrove_funnel(out)}
     for name, (slug, overrides) in WINNOW_RUNS.items():
+        if name not in args.winnow_runs:
+            continue
         out = WORK / f"winnow-{slug}"
         sets = [f"input={glob}", f"output_dir={out}", f"ray.num_cpus={args.workers}", *overrides]
         run = timed(name, [winnow, "run", str(BENCH / "winnow_bench.yaml"), *(x for v in sets for x in ("--set", v))],
@@ -266,7 +270,8 @@ def main() -> None:
     result = {"records": args.records, "files": args.files, "workers": args.workers, "machine": machine_info(),
               "corpus": description, "runs": rows,
               "commands": {"benchmark": f"bench/vs_datatrove.py --records {args.records} --files {args.files} "
-                                        f"--workers {args.workers}"}}
+                                        f"--workers {args.workers} --winnow-runs "
+                                        + " ".join(f"'{r}'" for r in args.winnow_runs)}}
     args.results.parent.mkdir(parents=True, exist_ok=True)
     args.results.write_text(json.dumps(result, indent=2) + "\n")
     print(f"\nwrote {args.results}")
