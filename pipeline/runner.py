@@ -144,10 +144,8 @@ class Runner:
                     input_ids: dict[str, str]) -> list[tuple[dict[str, Any], StageContext]]:
         from pipeline.stream import Segment
 
-        segment = Segment(self, plan, expected_shards=len(inputs))
-        contexts = segment.run(inputs, input_ids)
-        return [(self._summary(ctx, segment.reused(i), segment.failures(i), segment.wall_s(i)), ctx)
-                for i, ctx in enumerate(contexts)]
+        levels = Segment(self, plan, expected_shards=len(inputs)).run(inputs, input_ids)
+        return [(self._summary(level.ctx, level.reused, level.failures, level.wall_s), level.ctx) for level in levels]
 
     def run_global_stage(self, index: int, stage: StageConfig, fingerprint: str, inputs: dict[str, str],
                          input_ids: dict[str, str]) -> tuple[dict[str, Any], StageContext]:
@@ -164,7 +162,7 @@ class Runner:
                            ensure_ray=self.ray.ensure)
         self.reset_if_changed(stage_dir, stage, fingerprint)
         ctx.done = {shard: record for shard, record in done_records(self.fs, stage_dir, fingerprint).items()
-                    if record.get("input") == inputs.get(shard) and record.get("input_id") == whole}
+                    if shard in inputs and reusable(record, inputs[shard], whole)}
         self.remove_stale_shards(stage_dir, inputs)
         pending = [s for s in inputs if s not in ctx.done]
         reused = len(ctx.done)
@@ -307,6 +305,11 @@ def done_records(fs: fsspec.AbstractFileSystem, stage_dir: str, fingerprint: str
         if all(p in existing for p in files) and all(fs.exists(f"{stage_dir}/{f}") for f in record.get("files", [])):
             done[shard] = record
     return done
+
+
+def reusable(record: dict[str, Any], input_url: str, input_id: str) -> bool:
+    """Whether a completion record (from done_records) still holds for this shard's input."""
+    return record.get("input") == input_url and record.get("input_id") == input_id
 
 
 def summarize(stage: StageConfig, stage_dir: str, fingerprint: str, shards: dict[str, str],

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from pipeline.kinds import KINDS, StageContext, StageKind
 from pipeline.kinds.pool import ActorPool, ShardCalls, TaskLauncher, shard_failure, shard_runner
+from pipeline.runner import done_records, reusable
 
 if TYPE_CHECKING:
     from pipeline.config import StageConfig
@@ -52,7 +53,6 @@ class Segment:
 
     def __init__(self, runner: Runner, plan: list[tuple[int, StageConfig, str]], expected_shards: int) -> None:
         from pipeline.progress import StageProgress
-        from pipeline.runner import done_records
 
         self.runner = runner
         self.expected = expected_shards  # sizes actor pools, before later stages know their shard counts
@@ -67,8 +67,8 @@ class Segment:
             progress = StageProgress(f"{index:02d}_{stage.name}", total=0, position=position)
             self.levels.append(StreamedStage(ctx, KINDS[stage.kind], found, progress))
 
-    def run(self, inputs: dict[str, str], input_ids: dict[str, str]) -> list[StageContext]:
-        """Run every shard that descends from `inputs`; return each stage's context, its records in ctx.done."""
+    def run(self, inputs: dict[str, str], input_ids: dict[str, str]) -> list[StreamedStage]:
+        """Run every shard that descends from `inputs`; return each stage, its records in ctx.done."""
         import ray
 
         if len(self.levels) > 1:
@@ -96,7 +96,7 @@ class Segment:
             self.runner.remove_stale_shards(ctx.stage_dir, ctx.shards)
             log.info("stage %s: %d shards computed, %d reused, %d failed", ctx.stage.name,
                      len(ctx.done) - level.reused, level.reused, len(level.failures))
-        return [level.ctx for level in self.levels]
+        return self.levels
 
     def feed(self, position: int, shard: str, url: str, identity: str) -> None:
         """A shard of stage `position` has its input: reuse its record if it still holds, else submit it."""
@@ -104,7 +104,7 @@ class Segment:
         level.ctx.shards[shard], level.ctx.input_ids[shard] = url, identity
         level.progress.grow(1)
         record = level.found.get(shard)
-        if record is not None and record.get("input") == url and record.get("input_id") == identity:
+        if record is not None and reusable(record, url, identity):
             level.ctx.done[shard] = record
             level.reused += 1
             level.progress.update(level.docs_done, shards_done=1)
@@ -163,12 +163,3 @@ class Segment:
             if level.launcher is not None:
                 level.ctx.notes |= level.launcher.close()
                 level.calls.close()
-
-    def failures(self, position: int) -> list[dict[str, str]]:
-        return self.levels[position].failures
-
-    def reused(self, position: int) -> int:
-        return self.levels[position].reused
-
-    def wall_s(self, position: int) -> float:
-        return self.levels[position].wall_s

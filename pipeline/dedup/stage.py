@@ -269,8 +269,9 @@ def run_dedup(stage: StageConfig, stage_dir: str, fingerprint: str, shards: dict
         options["memory"] = stage.resources.memory_mb << 20
     fs, path = fsspec.core.url_to_fs(stage_dir)
     saved = read_json(fs, f"{path}/{SAVED}/decided.json")
+    reuse = bool(saved) and saved.get("fingerprint") == fingerprint
     started = time.perf_counter()
-    if saved and saved.get("fingerprint") == fingerprint:
+    if reuse:
         # A run of these inputs decided, then lost its driver while writing: its decisions hold.
         log.info("stage %s: decisions saved by an earlier run are reused; writing the missing shards", stage.name)
         parts, failures, phases = saved["parts"], [], PhaseLog()
@@ -304,8 +305,7 @@ def run_dedup(stage: StageConfig, stage_dir: str, fingerprint: str, shards: dict
         done[shard] = record
         write_stats.append({"peak_rss_mb": record["peak_rss_mb"], "rows": record["rows_in"]})
     phases.add("write", t, write_stats)
-    summary = {"params": params.model_dump(mode="json"), "partitions": parts, "decisions_reused": bool(saved and
-               saved.get("fingerprint") == fingerprint),
+    summary = {"params": params.model_dump(mode="json"), "partitions": parts, "decisions_reused": reuse,
                "phase_cpu_s": round(sum(p.get("cpu_s", 0) for n, p in phases.phases.items() if n != "write"), 3),
                "wall_s": round(time.perf_counter() - started, 3), "driver_peak_rss_mb": peak_rss_mb(),
                "phases": phases.phases}
