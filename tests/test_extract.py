@@ -13,8 +13,11 @@ from filters import STEPS
 from filters.extract_methods import (
     LINK_CLOSE,
     LINK_OPEN,
+    MAX_LINK_SHARE,
     extract_page,
     flatten_deep,
+    is_furniture,
+    is_metadata,
     link_share,
     mark_links,
     nesting_depth,
@@ -135,9 +138,14 @@ def test_skip_rules_ask_only_for_the_tokens_a_page_uses():
 def test_link_share_counts_the_fenced_text():
     marked = mark_links('<p>Read <a href="/a">this story</a> now</p><a class=x href=/b>Home</a>')
     assert marked.count(LINK_OPEN) == 2 and marked.count(LINK_CLOSE) == 2
-    assert link_share(f"Read {LINK_OPEN}this story{LINK_CLOSE} now") == len("this story") / len("Read this story now")
+    assert link_share(f"Read {LINK_OPEN}this story{LINK_CLOSE} now") == len("thisstory") / len("Readthisstorynow")
     assert link_share(f"{LINK_OPEN}Home{LINK_CLOSE} {LINK_OPEN}News{LINK_CLOSE}") > 0.8
     assert link_share("no links here") == 0.0
+
+
+def test_the_bars_between_menu_links_do_not_count_as_text():
+    menu = " | ".join(f"{LINK_OPEN}{word}{LINK_CLOSE}" for word in ("Web", "Texts", "Audio", "Software")) + " | About"
+    assert link_share(menu) == len("WebTextsAudioSoftware") / len("WebTextsAudioSoftwareAbout") >= MAX_LINK_SHARE
 
 
 def test_link_bars_go_and_sentences_with_links_and_linked_headings_stay():
@@ -180,6 +188,30 @@ def test_trim_cuts_dates_and_bylines_above_the_first_sentence_unless_a_heading_l
     # A heading of the page starts the article: the short lines under it are its own (a subtitle, a list).
     headed = f"Site Name Blog\nThe Headline\n200 g Mehl\n{prose}"
     assert trim_boilerplate(headed, keep=frozenset({"The Headline"})).splitlines()[0] == "The Headline"
+
+
+def test_trim_never_anchors_on_cookie_notices_or_share_counters():
+    prose = "This is a real sentence with more than eight words in it."
+    cookie = "This website uses cookies to improve your experience. We'll assume you're ok with this."
+    german = "Diese Webseite verwendet Cookies, um Ihnen ein angenehmeres Surfen zu ermöglichen und mehr."
+    text = f"{german}\n{prose}\nThe closing line of it.\n{cookie}\n258 Shares"
+    assert trim_boilerplate(text).splitlines() == [prose, "The closing line of it."]
+    # Cookies as food are not a notice; a page's own heading about cookies stays too.
+    baking = f"Bake the cookies for twelve minutes until they are golden brown.\n{prose}"
+    assert trim_boilerplate(baking) == baking
+    assert not is_furniture("Chocolate chip cookies are best eaten warm from the oven.")
+
+
+def test_trim_drops_dates_bylines_and_credits_under_a_heading_but_keeps_the_rest():
+    prose = "This is a real sentence with more than eight words in it."
+    text = (f"The Headline\nPublished 10:02 AM EST Nov 19, 2019\nVon Erika Mustermann\nFoto: dpa\n"
+            f"Stand: 12.03.2020\nA subtitle that stays put\n200 g Mehl\n{prose}")
+    assert trim_boilerplate(text, keep=frozenset({"The Headline"})).splitlines() == [
+        "The Headline", "A subtitle that stays put", "200 g Mehl", prose]
+    # Inside the article, a line with a date is text like any other.
+    inside = f"{prose}\nOn March 3, 2019 it rained.\n{prose}"
+    assert trim_boilerplate(inside) == inside
+    assert is_metadata("18 NOV 2019") and is_metadata("Bild: Getty Images") and not is_metadata("200 g Mehl")
 
 
 def test_a_bare_tag_line_is_dropped():
