@@ -75,9 +75,10 @@ _DATE = re.compile(r"\b\d{1,2}\.\s?\d{1,2}\.\s?\d{2,4}\b|\b\d{4}-\d{2}-\d{2}\b|\
                    r"\b\d{1,2}:\d{2}\b|"
                    rf"\b(?:{_MONTHS})\w*\.?\s+\d{{1,2}}\b|\b\d{{1,2}}\.?\s+(?:{_MONTHS})\w*\.?\s+\d{{4}}\b|"
                    rf"\b(?:{_MONTHS})\w*\.?\s+\d{{4}}\b", re.I)
-_BYLINE = re.compile(r"(?:by|von|par|por|autor|author|posted|published|veröffentlicht|aktualisiert|updated|stand|"
-                     r"erstellt|publié|publicado|opublikowano)\b|(?:foto|fotos|bild|bildquelle|quelle|photo|image|"
-                     r"credit|crédit|fuente|źródło|fot)\b\.?\s*:", re.I)
+# "By"/"Von" open a byline only before a capital ("Von der Leyen will ..." is a subtitle).
+_BYLINE = re.compile(r"(?i:by|von|par|por|przez)\s+[A-ZÀ-ÞĄĆĘŁŃÓŚŹŻ]|(?i:autor|author|posted|published|veröffentlicht|"
+                     r"aktualisiert|updated|stand|erstellt|publié|publicado|opublikowano)\b|(?i:foto|fotos|bild|"
+                     r"bildquelle|quelle|photo|image|credit|crédit|fuente|źródło|fot)\b\.?\s*:")
 MAX_METADATA_WORDS = 10
 
 # Shorter results go to trafilatura, when the cascade is on (bench/extraction.py measures the choice).

@@ -212,6 +212,7 @@ def test_trim_drops_dates_bylines_and_credits_under_a_heading_but_keeps_the_rest
     inside = f"{prose}\nOn March 3, 2019 it rained.\n{prose}"
     assert trim_boilerplate(inside) == inside
     assert is_metadata("18 NOV 2019") and is_metadata("Bild: Getty Images") and not is_metadata("200 g Mehl")
+    assert is_metadata("By Carrie Arnold") and not is_metadata("Von der Leyen will mehr Geld für die Bundeswehr")
 
 
 def test_a_bare_tag_line_is_dropped():
