@@ -11,7 +11,7 @@ import html as html_lib
 import re
 from typing import Any
 
-# Share bars, "related" boxes, captions and cookie notices survive resiliparse's main-content heuristic.
+# Share bars, "related" boxes, captions, cookie notices and post metadata survive resiliparse's main-content heuristic.
 # They are matched as whole class tokens: `class="docked-sharebar-content-container"`,
 # `"has-recommendations"` or `"no-share"` name the article itself, not a share bar. lexbor finds the
 # candidates by substring (a few selectors: each costs a pass over the tree) and the tokens decide.
@@ -22,6 +22,8 @@ SKIP_CLASS_TOKENS = frozenset({
     "jp-relatedposts", "yarpp-related", "recommended", "recommendations",
     "caption", "wp-caption-text", "image-caption", "caption-text", "figure-caption", "photo-caption",
     "cookie", "cookies", "cookie-notice", "cookie-banner", "cookie-bar", "cookie-consent", "cookie-law-info-bar",
+    # Bylines and the post-meta rows of blog themes ("Posted in … | Tagged … | Leave a comment").
+    "byline", "entry-meta", "post-meta", "postmetadata", "entry-utility", "entry-footer", "post-footer",
 })
 SKIP_TAGS = ("figure", "figcaption")
 # Which skip tokens a page uses is read from its raw HTML first (a regex pass), so that lexbor is asked only

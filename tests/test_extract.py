@@ -122,6 +122,14 @@ def test_whole_token_share_bars_are_skipped():
     assert "Some real text" in text and "favourite network" not in text and "caption for the photo" not in text
 
 
+def test_post_metadata_rows_and_bylines_are_skipped():
+    html = (f"<html><body><article><div class='byline'>By Jane Doe, staff writer of the paper</div>{PROSE}"
+            f"<footer class='entry-footer'>This entry was posted in News and tagged rain, weather.</footer>"
+            f"</article></body></html>")
+    text = resiliparse_text(html)
+    assert "Some real text" in text and "Jane Doe" not in text and "posted in News" not in text
+
+
 def test_an_element_that_holds_most_of_the_page_is_never_skipped():
     html = f'<html><body><div class="social">{PROSE * 4}</div><p>Short note.</p></body></html>'
     assert "Some real text" in resiliparse_text(html)
