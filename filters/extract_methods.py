@@ -62,7 +62,7 @@ _TAG = re.compile(r"<[^>]*>")
 
 # Page furniture that reads like text: cookie notices and share counters never anchor the article, and the
 # edge trim stops at them; dates, bylines and photo credits above the first sentence are metadata, not the
-# article. Words in the languages the pipeline is tuned for (en, de, fr, es, pl, it, pt, nl).
+# article. The words are English, German, French, Spanish, Portuguese and Polish.
 _COOKIE = re.compile(r"\bcookies?\b", re.I)
 _COOKIE_NOTICE = re.compile(
     r"website|webseite|site|browser|consent|einwillig|zustimm|akzept|accept|agree|datenschutz|privacy|experience|"
@@ -241,7 +241,7 @@ def trim_boilerplate(text: str, min_words: int = 8, keep: frozenset[str] = froze
     (an ingredient list, a subtitle) stay, but not the dates, bylines and credits. What lies beyond is cut.
     """
     lines = text.splitlines()
-    furniture = [line.strip() not in keep and is_furniture(line) for line in lines]
+    furniture = [is_furniture(line) and line.strip() not in keep for line in lines]
     prose = [i for i, line in enumerate(lines) if not furniture[i] and _is_prose(line, min_words)]
     if not prose:
         return text
