@@ -69,14 +69,20 @@ _COOKIE_NOTICE = re.compile(
     r"politique|pol[ií]tica|utiliz|utilis|verwend|nutz|używa|korzyst|polityk|navega|privacidad", re.I)
 _COUNTER = re.compile(r"\d[\d.,]*\s*[kKmM]?\s*(?:shares?|likes?|comments?|kommentare?|views?|aufrufe|partages|"
                       r"compartid[oa]s|komentarz\w*|udostępnie\w*)", re.I)
-_MONTHS = ("jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec|januar|februar|märz|mai|juni|juli|oktober|dezember|"
-           "janvier|février|avril|juin|juillet|août|septembre|octobre|novembre|décembre|enero|febrero|marzo|abril|"
-           "mayo|junio|julio|agosto|septiembre|octubre|noviembre|diciembre|stycz|lut|kwie|maj|czerw|lip|sierp|wrze|"
-           "paź|listopad|grud")
+# Month names as whole words ("4 Maiskolben" and "2 Marshmallows" are ingredients, not dates).
+_MONTHS = "|".join("""
+    january february march april may june july august september october november december
+    jan feb mar apr jun jul aug sep sept oct nov dec
+    januar jänner februar märz mär mai juni juli oktober okt dezember dez
+    janvier janv février févr mars avril avr juin juillet juil août septembre octobre décembre déc
+    enero ene febrero marzo abril mayo junio julio agosto septiembre setiembre octubre noviembre diciembre dic
+    janeiro fevereiro março maio junho julho setembro outubro novembro dezembro
+    styczeń stycznia luty lutego marzec marca kwiecień kwietnia maj maja czerwiec czerwca lipiec lipca
+    sierpień sierpnia wrzesień września październik października listopad listopada grudzień grudnia
+""".split())
+_MONTH = rf"(?:{_MONTHS})\.?(?!\w)"
 _DATE = re.compile(r"\b\d{1,2}\.\s?\d{1,2}\.\s?\d{2,4}\b|\b\d{4}-\d{2}-\d{2}\b|\b\d{1,2}/\d{1,2}/\d{2,4}\b|"
-                   r"\b\d{1,2}:\d{2}\b|"
-                   rf"\b(?:{_MONTHS})\w*\.?\s+\d{{1,2}}\b|\b\d{{1,2}}\.?\s+(?:{_MONTHS})\w*\.?\s+\d{{4}}\b|"
-                   rf"\b(?:{_MONTHS})\w*\.?\s+\d{{4}}\b", re.I)
+                   rf"\b\d{{1,2}}:\d{{2}}\b|\b{_MONTH}\s*\d{{1,4}}\b|\b\d{{1,2}}\.?\s+(?:de\s+)?{_MONTH}", re.I)
 # "By"/"Von" open a byline only before a capital ("Von der Leyen will ..." is a subtitle).
 _BYLINE = re.compile(r"(?i:by|von|par|por|przez)\s+[A-ZÀ-ÞĄĆĘŁŃÓŚŹŻ]|(?i:autor|author|posted|published|veröffentlicht|"
                      r"aktualisiert|updated|stand|erstellt|publié|publicado|opublikowano)\b|(?i:foto|fotos|bild|"

@@ -221,6 +221,8 @@ def test_trim_drops_dates_bylines_and_credits_under_a_heading_but_keeps_the_rest
     assert trim_boilerplate(inside) == inside
     assert is_metadata("18 NOV 2019") and is_metadata("Bild: Getty Images") and not is_metadata("200 g Mehl")
     assert is_metadata("By Carrie Arnold") and not is_metadata("Von der Leyen will mehr Geld für die Bundeswehr")
+    assert all(map(is_metadata, ["31. Mai", "3 de mayo de 2019", "12 mars", "Nov 19", "2019-11-19", "19.11.2019"]))
+    assert not any(map(is_metadata, ["4 Maiskolben", "2 Marshmallows", "3 Lipgloss", "Mayonnaise"]))
 
 
 def test_a_bare_tag_line_is_dropped():
