@@ -24,7 +24,6 @@ import pyarrow as pa
 
 from filters.base import Doc, Filter, StepParams, pkg_version
 from filters.extract_methods import (  # noqa: F401 - re-exported: the methods' historical home
-    SKIP_SELECTORS,
     clean_text,
     extract_page,
     nesting_depth,

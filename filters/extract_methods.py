@@ -33,7 +33,6 @@ SKIP_TAGS = ("figure", "figcaption")
 # start lets the regex engine skip ahead (five times faster than one case-insensitive pass); "cLaSs" is lost.
 _CLASS_ATTRS = (re.compile(r"""class\s*=\s*["']?([^"'>]*)"""), re.compile(r"""(?:CLASS|Class)\s*=\s*["']?([^"'>]*)"""))
 _FIGURE = re.compile(r"<fig(?:ure|caption)[\s>]", re.I)
-SKIP_SELECTORS = [*SKIP_TAGS, *(f'[class~="{token}"]' for token in sorted(SKIP_CLASS_TOKENS))]
 # A skipped element never holds this share of the body's text: then it is the article, whatever its class.
 MAX_SKIP_SHARE = 0.5
 
