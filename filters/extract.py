@@ -112,7 +112,7 @@ class Extract(Filter):
             versions["trafilatura"] = pkg_version("trafilatura")
         # The step's module is in the stage fingerprint already; its helpers are not.
         helpers = hashlib.sha256()
-        for name in ("extract_methods.py", "extract_sandbox.py"):
+        for name in ("extract_methods.py", "extract_trim.py", "extract_sandbox.py"):
             helpers.update(Path(__file__).with_name(name).read_bytes())
         return versions | {"helpers": helpers.hexdigest()[:16]}
 

@@ -1,4 +1,5 @@
-"""The extraction methods: resiliparse with its guards, the edge trim, trafilatura, and the cascade.
+"""The extraction methods: resiliparse with its guards, trafilatura, and the cascade (the edge trim is
+`filters/extract_trim.py`).
 
 `extract_page` is what the `extract` step runs for each page, inside the child process of
 `filters/extract_sandbox.py`. This module imports only the standard library and resiliparse at the top
@@ -10,6 +11,11 @@ from __future__ import annotations
 import html as html_lib
 import re
 from typing import Any
+
+if __package__:
+    from filters.extract_trim import page_title, trim_boilerplate
+else:  # the child process runs this file as a script, with filters/ on sys.path and no package loaded
+    from extract_trim import page_title, trim_boilerplate
 
 # Share bars, "related" boxes, captions, cookie notices and post metadata survive resiliparse's main-content heuristic.
 # They are matched as whole class tokens: `class="docked-sharebar-content-container"`,
@@ -24,6 +30,9 @@ SKIP_CLASS_TOKENS = frozenset({
     "cookie", "cookies", "cookie-notice", "cookie-banner", "cookie-bar", "cookie-consent", "cookie-law-info-bar",
     # Bylines and the post-meta rows of blog themes ("Posted in … | Tagged … | Leave a comment").
     "byline", "entry-meta", "post-meta", "postmetadata", "entry-utility", "entry-footer", "post-footer",
+    # Author boxes, newsletter sign-ups, sidebar widgets. Not "teaser" (news sites put the lead paragraph in one)
+    # nor "paywall" (it may wrap the article itself).
+    "author-bio", "author-box", "author-info", "about-author", "newsletter", "newsletter-signup", "widget",
 })
 SKIP_TAGS = ("figure", "figcaption")
 # Which skip tokens a page uses is read from its raw HTML first (a regex pass), so that lexbor is asked only
@@ -59,38 +68,8 @@ _TAG_LINE = re.compile(r"\s*<[a-zA-Z/!][^>]*>\s*")
 _HEADING = re.compile(r"<h([1-6])(?:\s[^>]*)?>(.*?)</h\1\s*>", re.I | re.S)
 _TAG = re.compile(r"<[^>]*>")
 
-# Page furniture that reads like text: cookie notices and share counters never anchor the article, and the
-# edge trim stops at them; dates, bylines and photo credits above the first sentence are metadata, not the
-# article. The words are English, German, French, Spanish, Portuguese and Polish.
-_COOKIE = re.compile(r"\bcookies?\b", re.I)
-_COOKIE_NOTICE = re.compile(
-    r"website|webseite|site|browser|consent|einwillig|zustimm|akzept|accept|agree|datenschutz|privacy|experience|"
-    r"politique|pol[ií]tica|utiliz|utilis|verwend|nutz|używa|korzyst|polityk|navega|privacidad", re.I)
-_COUNTER = re.compile(r"\d[\d.,]*\s*[kKmM]?\s*(?:shares?|likes?|comments?|kommentare?|views?|aufrufe|partages|"
-                      r"compartid[oa]s|komentarz\w*|udostępnie\w*)", re.I)
-# Month names as whole words ("4 Maiskolben" and "2 Marshmallows" are ingredients, not dates).
-_MONTHS = "|".join("""
-    january february march april may june july august september october november december
-    jan feb mar apr jun jul aug sep sept oct nov dec
-    januar jänner februar märz mär mai juni juli oktober okt dezember dez
-    janvier janv février févr mars avril avr juin juillet juil août septembre octobre décembre déc
-    enero ene febrero marzo abril mayo junio julio agosto septiembre setiembre octubre noviembre diciembre dic
-    janeiro fevereiro março maio junho julho setembro outubro novembro dezembro
-    styczeń stycznia luty lutego marzec marca kwiecień kwietnia maj maja czerwiec czerwca lipiec lipca
-    sierpień sierpnia wrzesień września październik października listopad listopada grudzień grudnia
-""".split())
-_MONTH = rf"(?:{_MONTHS})\.?(?!\w)"
-_DATE = re.compile(r"\b\d{1,2}\.\s?\d{1,2}\.\s?\d{2,4}\b|\b\d{4}-\d{2}-\d{2}\b|\b\d{1,2}/\d{1,2}/\d{2,4}\b|"
-                   rf"\b\d{{1,2}}:\d{{2}}\b|\b{_MONTH}\s*\d{{1,4}}\b|\b\d{{1,2}}\.?\s+(?:de\s+)?{_MONTH}", re.I)
-# "By"/"Von" open a byline only before a capital ("Von der Leyen will ..." is a subtitle).
-_BYLINE = re.compile(r"(?i:by|von|par|por|przez)\s+[A-ZÀ-ÞĄĆĘŁŃÓŚŹŻ]|(?i:autor|author|posted|published|veröffentlicht|"
-                     r"aktualisiert|updated|stand|erstellt|publié|publicado|opublikowano)\b|(?i:foto|fotos|bild|"
-                     r"bildquelle|quelle|photo|image|credit|crédit|fuente|źródło|fot)\b\.?\s*:")
-MAX_METADATA_WORDS = 10
-
 # Shorter results go to trafilatura, when the cascade is on (bench/extraction.py measures the choice).
 CASCADE_MIN_CHARS = 300
-_TERMINAL = (".", "!", "?", '"', "”", "“", "»", "«", "。", "！", "？", ":", ";", ")", "’", "'", "…")
 
 
 def nesting_depth(html: str) -> int:
@@ -215,68 +194,6 @@ def clean_text(text: str) -> str:
     return "\n".join(out)
 
 
-def _is_prose(line: str, min_words: int) -> bool:
-    return len(line) >= 200 or (len(line.split()) >= min_words and line.rstrip().endswith(_TERMINAL))
-
-
-def is_furniture(line: str) -> bool:
-    """A cookie notice or a share/like/comment counter: text that belongs to the site, not to the article."""
-    stripped = line.strip()
-    if ("ookie" in stripped or "OOKIE" in stripped) and len(stripped) < 600:  # substring tests cost ~nothing
-        return bool(_COOKIE.search(stripped) and _COOKIE_NOTICE.search(stripped))
-    return stripped[:1].isdigit() and bool(_COUNTER.fullmatch(stripped))
-
-
-def is_metadata(line: str) -> bool:
-    """A short line with a date or time, or one that opens like a byline or a photo credit."""
-    stripped = line.strip()
-    return len(stripped.split()) <= MAX_METADATA_WORDS and bool(_BYLINE.match(stripped) or _DATE.search(stripped))
-
-
-def trim_boilerplate(text: str, min_words: int = 8, keep: frozenset[str] = frozenset()) -> str:
-    """Cut menus, share bars and footers at both ends of extracted text, keeping short real lines.
-
-    The prose span runs from the first to the last line that reads like prose (`min_words` words ending
-    like a sentence, or 200 characters for scripts without spaces), page furniture (cookie notices, share
-    counters) aside. At the end it grows over the lines next to it while they look like content (headings,
-    list items, dialogue: two words or more, a sentence end, or a line in `keep`, the page's own headings);
-    the first other one-word line ("Share", "Menu") or piece of furniture stops it. At the top, where site
-    names, dates, bylines and breadcrumbs sit, it grows only over sentences, list items and headings, unless
-    a heading of the page stands above: a heading starts the article, so the content-like lines below it
-    (an ingredient list, a subtitle) stay, but not the dates, bylines and credits. What lies beyond is cut.
-    """
-    lines = text.splitlines()
-    furniture = [is_furniture(line) and line.strip() not in keep for line in lines]
-    prose = [i for i, line in enumerate(lines) if not furniture[i] and _is_prose(line, min_words)]
-    if not prose:
-        return text
-    first, end = prose[0], prose[-1]
-    start = lenient = first
-    while lenient > 0 and not furniture[lenient - 1] and _content_like(lines[lenient - 1], keep):
-        lenient -= 1
-    while start > 0 and not furniture[start - 1] and _sentence_like(lines[start - 1], keep):
-        start -= 1
-    start = next((i for i in range(lenient, start) if lines[i].strip() in keep), start)
-    while end + 1 < len(lines) and not furniture[end + 1] and _content_like(lines[end + 1], keep):
-        end += 1
-    head = [line for line in lines[start:first] if line.strip() in keep or not is_metadata(line)]
-    return "\n".join(head + lines[first : end + 1]).strip("\n")
-
-
-def _sentence_like(line: str, keep: frozenset[str]) -> bool:
-    """Blank lines, headings of the page, list items, and lines of two words or more that end a sentence."""
-    stripped = line.strip()
-    return (not stripped or stripped in keep or stripped.startswith("•")
-            or (stripped.endswith(_TERMINAL) and len(stripped.split()) >= 2))
-
-
-def _content_like(line: str, keep: frozenset[str]) -> bool:
-    """Blank lines, headings of the page, and lines of two words or more or that end like a sentence."""
-    words = line.split()
-    return (not words or len(words) >= 2 or line.strip() in keep
-            or (line.rstrip().endswith(_TERMINAL) and len(line.strip()) > 3))
-
-
 def trafilatura_text(html: str, favor_precision: bool = True, seen: object = True, fast: bool = False) -> str:
     """trafilatura as FineWeb ran it. `seen` is its dedup cache of recent text segments; `fast` skips its
     fallback extractors (readability, jusText), which cost about half its time."""
@@ -313,7 +230,7 @@ def extract_page(html: str, options: dict[str, Any], seen: object = True) -> tup
     raw, headings = resiliparse_main(html)
     text = clean_text(raw)
     if options["trim_boilerplate"]:
-        text = trim_boilerplate(text, keep=headings)
+        text = trim_boilerplate(text, keep=headings, title=page_title(html))
     if options.get("cascade") and looks_wrong(text):
         events.append("cascade")
         # Without trafilatura's cross-page dedup: a page's text must not depend on which pages went before.

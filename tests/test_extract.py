@@ -16,16 +16,14 @@ from filters.extract_methods import (
     MAX_LINK_SHARE,
     extract_page,
     flatten_deep,
-    is_furniture,
-    is_metadata,
     link_share,
     mark_links,
     nesting_depth,
     resiliparse_text,
     skip_selector,
-    trim_boilerplate,
 )
 from filters.extract_sandbox import ChildCrashed, Sandbox
+from filters.extract_trim import is_furniture, is_metadata, is_names, page_title, trim_boilerplate
 from tests.conftest import SHARED
 
 PROSE = "<p>" + "Some real text that someone wrote here, with words enough to read as prose. " * 8 + "</p>"
@@ -220,6 +218,42 @@ def test_trim_drops_dates_bylines_and_credits_under_a_heading_but_keeps_the_rest
     assert is_metadata("By Carrie Arnold") and not is_metadata("Von der Leyen will mehr Geld für die Bundeswehr")
     assert all(map(is_metadata, ["31. Mai", "3 de mayo de 2019", "12 mars", "Nov 19", "2019-11-19", "19.11.2019"]))
     assert not any(map(is_metadata, ["4 Maiskolben", "2 Marshmallows", "3 Lipgloss", "Mayonnaise"]))
+
+
+def test_names_only_and_reading_times_under_a_heading_are_credits_not_text():
+    prose = "This is a real sentence with more than eight words in it."
+    text = (f"The Headline\nTom Davies Associated Press\nJupiterimages, Getty Images/Creatas RF\nLesezeit: 3 Min.\n"
+            f"A subtitle that stays put\nNeue Regeln für Geimpfte ab Montag\n{prose}")
+    assert trim_boilerplate(text, keep=frozenset({"The Headline"})).splitlines() == [
+        "The Headline", "A subtitle that stays put", "Neue Regeln für Geimpfte ab Montag", prose]
+    assert is_names("Kevin Johnson and Kevin McCoy USA TODAY") and is_names("Hans von Goethe / dpa Bild")
+    assert not any(map(is_names, ["Apfelkuchen", "Neue Regeln für Geimpfte", "200 g Mehl", "New Year 2020",
+                                  "Key Points Here.", "엔터 미디어 뉴스"]))
+
+
+def test_a_long_headline_does_not_open_the_prose_span():
+    # A headline that ends like a sentence is still a heading: the byline and date under it go.
+    headline = "South Dakota says its new campaign works, and Twitter asks: are you OK?"
+    prose = "This is a real sentence with more than eight words in it."
+    text = f"{headline}\nPublished 10:02 AM EST Nov 19, 2019\n{prose}"
+    assert trim_boilerplate(text, keep=frozenset({headline})).splitlines() == [headline, prose]
+    # A page whose only long lines are headings is left as it is.
+    assert trim_boilerplate(headline, keep=frozenset({headline})) == headline
+
+
+def test_the_heading_in_the_page_title_starts_the_article():
+    prose = "This is a real sentence with more than eight words in it."
+    html = ("<html><head><title>A grant to scale promising programs | The Example Blog</title></head><body>"
+            f"<h2>The Example Blog</h2><h1>A grant to scale promising programs</h1><p>{prose}</p></body></html>")
+    assert page_title(html) == "a grant to scale promising programs | the example blog"
+    text, _ = extract_page(html, {"extractor": "resiliparse", "trim_boilerplate": True, "cascade": False,
+                                  "max_depth": 256})
+    assert text.splitlines()[0] == "A grant to scale promising programs"
+    # Without a title to go by, the first heading leads, as before.
+    untitled = html.replace("<title>A grant to scale promising programs | The Example Blog</title>", "")
+    text, _ = extract_page(untitled, {"extractor": "resiliparse", "trim_boilerplate": True, "cascade": False,
+                                      "max_depth": 256})
+    assert text.splitlines()[0] == "The Example Blog"
 
 
 def test_a_bare_tag_line_is_dropped():

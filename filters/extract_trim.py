@@ -1,0 +1,152 @@
+"""The edge trim: which lines of the extracted text are the article, and which are the page around it.
+
+resiliparse's main-content pass keeps menus, share bars, footers, cookie notices, dates and bylines at the
+edges of the text; `trim_boilerplate` cuts them by how the lines read. Standard library only, as the extraction
+child process imports it (`filters/extract_methods.py`).
+"""
+
+from __future__ import annotations
+
+import html as html_lib
+import re
+
+# Page furniture that reads like text: cookie notices and share counters never anchor the article, and the
+# edge trim stops at them; dates, bylines and photo credits above the first sentence are metadata, not the
+# article. The words are English, German, French, Spanish, Portuguese and Polish.
+_COOKIE = re.compile(r"\bcookies?\b", re.I)
+_COOKIE_NOTICE = re.compile(
+    r"website|webseite|site|browser|consent|einwillig|zustimm|akzept|accept|agree|datenschutz|privacy|experience|"
+    r"politique|pol[ií]tica|utiliz|utilis|verwend|nutz|używa|korzyst|polityk|navega|privacidad", re.I)
+_COUNTER = re.compile(r"\d[\d.,]*\s*[kKmM]?\s*(?:shares?|likes?|comments?|kommentare?|views?|aufrufe|partages|"
+                      r"compartid[oa]s|komentarz\w*|udostępnie\w*)", re.I)
+# Month names as whole words ("4 Maiskolben" and "2 Marshmallows" are ingredients, not dates).
+_MONTHS = "|".join("""
+    january february march april may june july august september october november december
+    jan feb mar apr jun jul aug sep sept oct nov dec
+    januar jänner februar märz mär mai juni juli oktober okt dezember dez
+    janvier janv février févr mars avril avr juin juillet juil août septembre octobre décembre déc
+    enero ene febrero marzo abril mayo junio julio agosto septiembre setiembre octubre noviembre diciembre dic
+    janeiro fevereiro março maio junho julho setembro outubro novembro dezembro
+    styczeń stycznia luty lutego marzec marca kwiecień kwietnia maj maja czerwiec czerwca lipiec lipca
+    sierpień sierpnia wrzesień września październik października listopad listopada grudzień grudnia
+""".split())
+_MONTH = rf"(?:{_MONTHS})\.?(?!\w)"
+_DATE = re.compile(r"\b\d{1,2}\.\s?\d{1,2}\.\s?\d{2,4}\b|\b\d{4}-\d{2}-\d{2}\b|\b\d{1,2}/\d{1,2}/\d{2,4}\b|"
+                   rf"\b\d{{1,2}}:\d{{2}}\b|\b{_MONTH}\s*\d{{1,4}}\b|\b\d{{1,2}}\.?\s+(?:de\s+)?{_MONTH}", re.I)
+# "By"/"Von" open a byline only before a capital ("Von der Leyen will ..." is a subtitle).
+_BYLINE = re.compile(r"(?i:by|von|par|por|przez)\s+[A-ZÀ-ÞĄĆĘŁŃÓŚŹŻ]|(?i:autor|author|posted|published|veröffentlicht|"
+                     r"aktualisiert|updated|stand|erstellt|publié|publicado|opublikowano)\b|(?i:foto|fotos|bild|"
+                     r"bildquelle|quelle|photo|image|credit|crédit|fuente|źródło|fot)\b\.?\s*:")
+# Reading-time notes ("Lesezeit: 3 Min.", "5 min read") are metadata too.
+_READING_TIME = re.compile(r"(?i:lesezeit|lesedauer|reading time|read time|tempo de leitura|tiempo de lectura|"
+                           r"temps de lecture|czas czytania)\b|\d+\s*min(?:ute)?s?\.?\s+read\b", re.I)
+MAX_METADATA_WORDS = 10
+# Bylines and credits without a marker are names only: every word capitalised, no digit, no sentence end
+# ("Tom Davies Associated Press", "Jupiterimages, Getty Images/Creatas RF"). A German subtitle has a verb or an
+# article in lower case; an ingredient line opens with a number. In lower case a name line may hold only
+# joiners, particles and the agencies that write themselves so (dpa, epd, kna, sid).
+_NAME_SEPARATORS = re.compile(r"[,/|·•–—]")
+_NAME_LOWER = frozenset({"and", "und", "&", "et", "y", "e", "i", "of", "von", "van", "de", "der", "den", "del",
+                         "da", "do", "dos", "du", "la", "le", "al", "el", "bin", "ibn", "dpa", "epd", "kna", "sid",
+                         "afp", "apa", "ots"})
+MAX_NAME_WORDS = 8
+# A heading shorter than this is not taken for the page's title ("Home", "News" are in many <title>s).
+MIN_TITLE_CHARS = 12
+_TITLE = re.compile(r"<title[^>]*>(.*?)</title", re.I | re.S)
+_OG_TITLE = re.compile(r"""<meta[^>]+property=["']og:title["'][^>]+content=["']([^"']*)""", re.I)
+_TERMINAL = (".", "!", "?", '"', "”", "“", "»", "«", "。", "！", "？", ":", ";", ")", "’", "'", "…")
+
+
+def _is_prose(line: str, min_words: int) -> bool:
+    return len(line) >= 200 or (len(line.split()) >= min_words and line.rstrip().endswith(_TERMINAL))
+
+
+def is_furniture(line: str) -> bool:
+    """A cookie notice or a share/like/comment counter: text that belongs to the site, not to the article."""
+    stripped = line.strip()
+    if ("ookie" in stripped or "OOKIE" in stripped) and len(stripped) < 600:  # substring tests cost ~nothing
+        return bool(_COOKIE.search(stripped) and _COOKIE_NOTICE.search(stripped))
+    return stripped[:1].isdigit() and bool(_COUNTER.fullmatch(stripped))
+
+
+def is_metadata(line: str) -> bool:
+    """A short line with a date, a time or a reading time, one that opens like a byline or a photo credit, or
+    one made of names only."""
+    stripped = line.strip()
+    return len(stripped.split()) <= MAX_METADATA_WORDS and bool(
+        _BYLINE.match(stripped) or _DATE.search(stripped) or _READING_TIME.search(stripped) or is_names(stripped))
+
+
+def is_names(line: str) -> bool:
+    """Two to eight capitalised words (names may be joined by "and", "von", "de", ...), no digit, no sentence end."""
+    words = _NAME_SEPARATORS.sub(" ", line).split()
+    return (2 <= len(words) <= MAX_NAME_WORDS and words[0][0].isupper() and not line.endswith(_TERMINAL)
+            and not any(ch.isdigit() for ch in line) and all(w[0].isupper() or w in _NAME_LOWER for w in words))
+
+
+def page_title(html: str) -> str:
+    """The page's <title> and og:title, lower-cased and whitespace collapsed, to find its title among the lines."""
+    head = html[: html.find("<body")] if "<body" in html else html[:50_000]
+    found = [m.group(1) for m in (_TITLE.search(head), _OG_TITLE.search(head)) if m]
+    return " ".join(html_lib.unescape(" ".join(found)).split()).lower()
+
+
+def trim_boilerplate(text: str, min_words: int = 8, keep: frozenset[str] = frozenset(), title: str = "") -> str:
+    """Cut menus, share bars and footers at both ends of extracted text, keeping short real lines.
+
+    The prose span runs from the first to the last line that reads like prose (`min_words` words ending
+    like a sentence, or 200 characters for scripts without spaces), page furniture (cookie notices, share
+    counters) and the page's own headings aside: a long headline is not yet the article. At the end the span
+    grows over the lines next to it while they look like content (headings, list items, dialogue: two words or
+    more, a sentence end, or a line in `keep`, the page's own headings); the first other one-word line
+    ("Share", "Menu") or piece of furniture stops it. The top is `article_start`. What lies beyond is cut.
+    """
+    lines = text.splitlines()
+    furniture = [is_furniture(line) and line.strip() not in keep for line in lines]
+    prose_like = [not furniture[i] and _is_prose(line, min_words) for i, line in enumerate(lines)]
+    prose = [i for i, line in enumerate(lines) if prose_like[i] and line.strip() not in keep]
+    prose = prose or [i for i, is_prose in enumerate(prose_like) if is_prose]  # a page of long headings only
+    if not prose:
+        return text
+    first, end = prose[0], prose[-1]
+    while end + 1 < len(lines) and not furniture[end + 1] and _content_like(lines[end + 1], keep):
+        end += 1
+    start = article_start(lines, first, furniture, keep, title)
+    head = [line for line in lines[start:first] if line.strip() in keep or not is_metadata(line)]
+    return "\n".join(head + lines[first : end + 1]).strip("\n")
+
+
+def article_start(lines: list[str], first: int, furniture: list[bool], keep: frozenset[str], title: str) -> int:
+    """Where the article starts above its first prose line `first`.
+
+    Site names, dates, bylines and breadcrumbs sit there, so the start grows only over sentences, list items
+    and headings, unless a heading of the page stands above the content-like lines (two words or more, or a
+    sentence end): a heading starts the article, and the lines below it (a subtitle, an ingredient list) are
+    its own, though the caller still drops the dates, bylines and credits among them. Of several headings the
+    one found in the page's <title> wins, so that a site name or a section label above the headline goes.
+    """
+    start = lenient = first
+    while lenient > 0 and not furniture[lenient - 1] and _content_like(lines[lenient - 1], keep):
+        lenient -= 1
+    while start > 0 and not furniture[start - 1] and _sentence_like(lines[start - 1], keep):
+        start -= 1
+    headed = [i for i in range(lenient, first) if lines[i].strip() in keep]
+    titled = [i for i in headed if len(lines[i].strip()) >= MIN_TITLE_CHARS and " ".join(lines[i].split()).lower()
+              in title]
+    if titled:
+        return max(titled, key=lambda i: len(lines[i].strip()))
+    return min(headed[0], start) if headed else start
+
+
+def _sentence_like(line: str, keep: frozenset[str]) -> bool:
+    """Blank lines, headings of the page, list items, and lines of two words or more that end a sentence."""
+    stripped = line.strip()
+    return (not stripped or stripped in keep or stripped.startswith("•")
+            or (stripped.endswith(_TERMINAL) and len(stripped.split()) >= 2))
+
+
+def _content_like(line: str, keep: frozenset[str]) -> bool:
+    """Blank lines, headings of the page, and lines of two words or more or that end like a sentence."""
+    words = line.split()
+    return (not words or len(words) >= 2 or line.strip() in keep
+            or (line.rstrip().endswith(_TERMINAL) and len(line.strip()) > 3))
