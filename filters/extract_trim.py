@@ -50,6 +50,32 @@ _NAME_LOWER = frozenset({"and", "und", "&", "et", "y", "e", "i", "of", "von", "v
                          "da", "do", "dos", "du", "la", "le", "al", "el", "bin", "ibn", "dpa", "epd", "kna", "sid",
                          "afp", "apa", "ots"})
 MAX_NAME_WORDS = 8
+# Labels of the sections around an article, as whole lines, in English, German, French, Spanish, Polish and
+# Russian. After an end label comes what is not the article (other stories, comments, the author's box); the
+# others (tags, share bars, newsletters, ads) stop the bottom edge but may also stand inside an article.
+_END_LABEL = re.compile(r"""(?x)
+    related(?:\ (?:articles?|stories|posts|content|news|links|reading))? | more\ (?:on|in|from|about)\b.*
+    | more\ (?:stories|news|articles|like\ this|to\ read) | you\ (?:may|might)\ also\ (?:like|enjoy)
+    | (?:also\ )?recommended(?:\ for\ you)? | (?:most\ )?popular(?:\ (?:on|in)\b.*)? | most\ (?:read|viewed|shared)
+    | about\ the\ authors? | (?:\d+\ )?comments? | leave\ a\ (?:comment|reply)
+    | mehr\ (?:zum\ thema|zu\ diesem\ thema|aus\b.*|von\b.*) | auch\ interessant
+    | das\ könnte\ sie\ (?:auch\ )?interessieren | weitere\ (?:artikel|themen|nachrichten|beiträge|meldungen)
+    | ähnliche\ (?:artikel|beiträge|themen) | meistgelesen(?:e\ artikel)? | (?:\d+\ )?kommentare?
+    | über\ (?:den|die)\ autor(?:in)? | zu(?:r|m)\ autor(?:in)?
+    | sur\ le\ même\ sujet | articles?\ similaires | commentaires? | à\ propos\ de\ l'auteur | (?:les\ )?plus\ lus
+    | te\ puede\ interesar | noticias\ relacionadas | más\ noticias | comentarios | sobre\ el\ autor | lo\ más\ leído
+    | zobacz\ (?:także|też) | komentarze | podobne\ artykuły | polecane | najczęściej\ czytane | материалы\ по\ теме
+""")
+_SECTION_LABEL = re.compile(r"""(?x)
+    read\ (?:more|next|also) | trending(?:\ now)? | latest\ (?:news|stories|posts|articles) | tags
+    | share(?:\ this)?(?:\ (?:story|article|post))? | sponsored(?:\ links|\ content)?
+    | (?:sign\ up\ for\ (?:our|the)\ )?newsletter | subscribe | follow\ us(?:\ on\b.*)?
+    | lesen\ sie\ (?:auch|mehr) | empfehlungen | themen | schlagw(?:ö|o)rte(?:r)? | (?:artikel\ )?teilen | anzeige
+    | (?:à\ )?lire\ aussi | partager | lee\ también | compartir | czytaj\ (?:także|też) | udostępnij
+    | читайте\ также | теги
+""")
+# An end label ends the article only where less than this share of the text before it follows it.
+MAX_AFTER_END_LABEL = 0.5
 # A heading shorter than this is not taken for the page's title ("Home", "News" are in many <title>s).
 MIN_TITLE_CHARS = 12
 _TITLE = re.compile(r"<title[^>]*>(.*?)</title", re.I | re.S)
@@ -67,6 +93,21 @@ def is_furniture(line: str) -> bool:
     if ("ookie" in stripped or "OOKIE" in stripped) and len(stripped) < 600:  # substring tests cost ~nothing
         return bool(_COOKIE.search(stripped) and _COOKIE_NOTICE.search(stripped))
     return stripped[:1].isdigit() and bool(_COUNTER.fullmatch(stripped))
+
+
+def _label(line: str) -> str:
+    return " ".join(line.lower().rstrip(":.!…»›>→ ").split()) if len(line) < 80 else ""
+
+
+def is_end_label(line: str) -> bool:
+    """A label after which the page shows other pages or its readers: related stories, comments, the author."""
+    return bool(_END_LABEL.fullmatch(_label(line)))
+
+
+def is_section_label(line: str) -> bool:
+    """The label of any section around the article (an end label, or "Tags", "Share", "Newsletter", ...)."""
+    label = _label(line)
+    return bool(_END_LABEL.fullmatch(label) or _SECTION_LABEL.fullmatch(label))
 
 
 def is_metadata(line: str) -> bool:
@@ -96,10 +137,8 @@ def trim_boilerplate(text: str, min_words: int = 8, keep: frozenset[str] = froze
 
     The prose span runs from the first to the last line that reads like prose (`min_words` words ending
     like a sentence, or 200 characters for scripts without spaces), page furniture (cookie notices, share
-    counters) and the page's own headings aside: a long headline is not yet the article. At the end the span
-    grows over the lines next to it while they look like content (headings, list items, dialogue: two words or
-    more, a sentence end, or a line in `keep`, the page's own headings); the first other one-word line
-    ("Share", "Menu") or piece of furniture stops it. The top is `article_start`. What lies beyond is cut.
+    counters) and the page's own headings aside: a long headline is not yet the article. The bottom is
+    `article_end`, the top `article_start`. What lies beyond is cut.
     """
     lines = text.splitlines()
     furniture = [is_furniture(line) and line.strip() not in keep for line in lines]
@@ -108,12 +147,36 @@ def trim_boilerplate(text: str, min_words: int = 8, keep: frozenset[str] = froze
     prose = prose or [i for i, is_prose in enumerate(prose_like) if is_prose]  # a page of long headings only
     if not prose:
         return text
-    first, end = prose[0], prose[-1]
-    while end + 1 < len(lines) and not furniture[end + 1] and _content_like(lines[end + 1], keep):
-        end += 1
+    first = prose[0]
+    end = article_end(lines, prose, furniture, keep)
     start = article_start(lines, first, furniture, keep, title)
     head = [line for line in lines[start:first] if line.strip() in keep or not is_metadata(line)]
     return "\n".join(head + lines[first : end + 1]).strip("\n")
+
+
+def article_end(lines: list[str], prose: list[int], furniture: list[bool], keep: frozenset[str]) -> int:
+    """Where the article ends, given its prose lines `prose`.
+
+    A label that closes an article ("Related stories", "Comments", "Mehr zum Thema") ends it where less text
+    follows than came before: the teasers under it read like prose too. Below the last prose line the article
+    grows over the lines that look like content (headings, list items, dialogue: two words or more, a sentence
+    end, or a line in `keep`, the page's own headings) until the first other one-word line ("Share", "Menu"),
+    piece of furniture or section label ("Tags", "Newsletter", "Teilen").
+    """
+    first, end = prose[0], prose[-1]
+    labels = [i for i in range(first + 1, end) if is_end_label(lines[i])]
+    if labels:
+        sizes = [len(line) for line in lines[first:]]
+        total = sum(sizes)
+        for i in labels:
+            before = sum(sizes[: i - first])
+            if total - before < MAX_AFTER_END_LABEL * before:
+                end = max(p for p in prose if p < i)
+                break
+    while (end + 1 < len(lines) and not furniture[end + 1] and _content_like(lines[end + 1], keep)
+           and not is_section_label(lines[end + 1])):
+        end += 1
+    return end
 
 
 def article_start(lines: list[str], first: int, furniture: list[bool], keep: frozenset[str], title: str) -> int:

@@ -23,7 +23,15 @@ from filters.extract_methods import (
     skip_selector,
 )
 from filters.extract_sandbox import ChildCrashed, Sandbox
-from filters.extract_trim import is_furniture, is_metadata, is_names, page_title, trim_boilerplate
+from filters.extract_trim import (
+    is_end_label,
+    is_furniture,
+    is_metadata,
+    is_names,
+    is_section_label,
+    page_title,
+    trim_boilerplate,
+)
 from tests.conftest import SHARED
 
 PROSE = "<p>" + "Some real text that someone wrote here, with words enough to read as prose. " * 8 + "</p>"
@@ -254,6 +262,22 @@ def test_the_heading_in_the_page_title_starts_the_article():
     text, _ = extract_page(untitled, {"extractor": "resiliparse", "trim_boilerplate": True, "cascade": False,
                                       "max_depth": 256})
     assert text.splitlines()[0] == "The Example Blog"
+
+
+def test_an_end_label_closes_the_article_when_less_follows_than_came_before():
+    prose = "This is a real sentence with more than eight words in it."
+    teaser = "Another story from the same site, told in a sentence of its own."
+    article = "\n".join([prose] * 8)
+    text = f"{article}\nMehr zum Thema\n{teaser}\nDas könnte Sie auch interessieren:\n{teaser}"
+    assert trim_boilerplate(text).splitlines() == [prose] * 8
+    # Under the label comes more than the article before it: the label is read as text, nothing is cut.
+    early = f"{prose}\nComments\n{prose}\n{prose}"
+    assert trim_boilerplate(early) == early
+    # A share bar or a tag list inside the article stays; below the last sentence it ends the article.
+    inside = f"{prose}\nShare\n{prose}\nArtikel teilen\nFacebook Twitter E-Mail"
+    assert trim_boilerplate(inside).splitlines() == [prose, "Share", prose]
+    assert is_end_label("You may also like...") and is_end_label("3 Kommentare") and not is_end_label("Tags")
+    assert is_section_label("Artikel teilen") and not is_section_label("Comments are welcome on this story.")
 
 
 def test_a_bare_tag_line_is_dropped():
