@@ -133,6 +133,13 @@ def test_share_bars_captions_bylines_and_post_metadata_are_skipped(before, after
     assert "Some real text" in text and gone not in text
 
 
+def test_an_embedded_tweet_is_quoted_text_not_a_share_button():
+    tweet = ('<blockquote class="twitter-tweet"><p>Observe a minute silence in honour of the victims, said the '
+             'Senate today.</p>&mdash; The Senate (@Senate) <a href="https://t.co/x">October 9, 2018</a></blockquote>')
+    text = resiliparse_text(f"<html><body><div><div><article>{PROSE}{tweet}{PROSE}</article></div></div></body></html>")
+    assert "Observe a minute silence" in text and "The Senate (@Senate)" in text
+
+
 def test_an_element_that_holds_most_of_the_page_is_never_skipped():
     html = f'<html><body><div class="social">{PROSE * 4}</div><p>Short note.</p></body></html>'
     assert "Some real text" in resiliparse_text(html)
