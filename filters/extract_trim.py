@@ -68,11 +68,19 @@ _END_LABEL = re.compile(r"""(?x)
 """)
 _SECTION_LABEL = re.compile(r"""(?x)
     read\ (?:more|next|also) | trending(?:\ now)? | latest\ (?:news|stories|posts|articles) | tags
-    | share(?:\ this)?(?:\ (?:story|article|post))? | sponsored(?:\ links|\ content)?
+    | share(?:\ this)?(?:\ (?:story|article|post))? | share\ (?:on|via)\ \S+ | sharing\ is\ caring
+    | sponsored(?:\ links|\ content)?
     | (?:sign\ up\ for\ (?:our|the)\ )?newsletter | subscribe | follow\ us(?:\ on\b.*)?
     | lesen\ sie\ (?:auch|mehr) | empfehlungen | themen | schlagw(?:ö|o)rte(?:r)? | (?:artikel\ )?teilen | anzeige
     | (?:à\ )?lire\ aussi | partager | lee\ también | compartir | czytaj\ (?:także|też) | udostępnij
     | читайте\ также | теги
+""")
+# Lines that are only an ad slot's label or a control ("Advertisement", "Anzeige", "Back to top") are never text,
+# wherever they stand.
+_CHROME_LINE = re.compile(r"""(?x)
+    advertisement | advert | ad | anzeige | werbung | publicité | publicidad | reklama | реклама
+    | story\ continues\ below(?:\ advertisement)? | (?:artikel|text)\ wird\ unter\ der\ anzeige\ fortgesetzt
+    | back\ to\ top | nach\ oben | zurück\ nach\ oben | retour\ en\ haut | volver\ arriba | do\ góry
 """)
 # An end label ends the article only where less than this share of the text before it follows it.
 MAX_AFTER_END_LABEL = 0.5
@@ -97,6 +105,11 @@ def is_furniture(line: str) -> bool:
 
 def _label(line: str) -> str:
     return " ".join(line.lower().rstrip(":.!…»›>→ ").split()) if len(line) < 80 else ""
+
+
+def is_chrome(line: str) -> bool:
+    """An ad slot's label or a page control on a line of its own ("Advertisement", "Back to top")."""
+    return len(line) < 60 and bool(_CHROME_LINE.fullmatch(_label(line)))
 
 
 def is_end_label(line: str) -> bool:
@@ -151,7 +164,8 @@ def trim_boilerplate(text: str, min_words: int = 8, keep: frozenset[str] = froze
     end = article_end(lines, prose, furniture, keep)
     start = article_start(lines, first, furniture, keep, title)
     head = [line for line in lines[start:first] if line.strip() in keep or not is_metadata(line)]
-    return "\n".join(head + lines[first : end + 1]).strip("\n")
+    body = [line for line in lines[first : end + 1] if not is_chrome(line)]
+    return "\n".join(head + body).strip("\n")
 
 
 def article_end(lines: list[str], prose: list[int], furniture: list[bool], keep: frozenset[str]) -> int:
@@ -165,14 +179,11 @@ def article_end(lines: list[str], prose: list[int], furniture: list[bool], keep:
     """
     first, end = prose[0], prose[-1]
     labels = [i for i in range(first + 1, end) if is_end_label(lines[i])]
-    if labels:
-        sizes = [len(line) for line in lines[first:]]
-        total = sum(sizes)
-        for i in labels:
-            before = sum(sizes[: i - first])
-            if total - before < MAX_AFTER_END_LABEL * before:
-                end = max(p for p in prose if p < i)
-                break
+    for i in labels:
+        before = sum(len(lines[p]) for p in prose if p < i)
+        if sum(len(lines[p]) for p in prose if p > i) < MAX_AFTER_END_LABEL * before:
+            end = max(p for p in prose if p < i)
+            break
     while (end + 1 < len(lines) and not furniture[end + 1] and _content_like(lines[end + 1], keep)
            and not is_section_label(lines[end + 1])):
         end += 1

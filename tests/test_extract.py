@@ -24,6 +24,7 @@ from filters.extract_methods import (
 )
 from filters.extract_sandbox import ChildCrashed, Sandbox
 from filters.extract_trim import (
+    is_chrome,
     is_end_label,
     is_furniture,
     is_metadata,
@@ -284,7 +285,15 @@ def test_an_end_label_closes_the_article_when_less_follows_than_came_before():
     inside = f"{prose}\nShare\n{prose}\nArtikel teilen\nFacebook Twitter E-Mail"
     assert trim_boilerplate(inside).splitlines() == [prose, "Share", prose]
     assert is_end_label("You may also like...") and is_end_label("3 Kommentare") and not is_end_label("Tags")
+    assert is_section_label("Share on Facebook") and is_section_label("Sharing is caring!")
     assert is_section_label("Artikel teilen") and not is_section_label("Comments are welcome on this story.")
+
+
+def test_ad_labels_and_page_controls_go_wherever_they_stand():
+    prose = "This is a real sentence with more than eight words in it."
+    text = f"{prose}\nADVERTISEMENT\n{prose}\nAnzeige\n{prose}\nBack to top"
+    assert trim_boilerplate(text).splitlines() == [prose] * 3
+    assert not is_chrome("Ad hoc committees met twice.") and is_chrome("Story continues below advertisement")
 
 
 def test_a_bare_tag_line_is_dropped():
