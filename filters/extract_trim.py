@@ -82,6 +82,7 @@ _CHROME_LINE = re.compile(r"""(?x)
     | story\ continues\ below(?:\ advertisement)? | (?:artikel|text)\ wird\ unter\ der\ anzeige\ fortgesetzt
     | back\ to\ top | nach\ oben | zurück\ nach\ oben | retour\ en\ haut | volver\ arriba | do\ góry
 """)
+MAX_LABEL_CHARS = 80
 # An end label ends the article only where less than this share of the text before it follows it.
 MAX_AFTER_END_LABEL = 0.5
 # A heading shorter than this is not taken for the page's title ("Home", "News" are in many <title>s).
@@ -104,17 +105,18 @@ def is_furniture(line: str) -> bool:
 
 
 def _label(line: str) -> str:
-    return " ".join(line.lower().rstrip(":.!…»›>→ ").split()) if len(line) < 80 else ""
+    """The line as a label is written in the patterns ("" for a line too long to be one)."""
+    return " ".join(line.lower().rstrip(":.!…»›>→ ").split()) if len(line) < MAX_LABEL_CHARS else ""
 
 
 def is_chrome(line: str) -> bool:
     """An ad slot's label or a page control on a line of its own ("Advertisement", "Back to top")."""
-    return len(line) < 60 and bool(_CHROME_LINE.fullmatch(_label(line)))
+    return 1 < len(line) < MAX_LABEL_CHARS and bool(_CHROME_LINE.fullmatch(_label(line)))
 
 
 def is_end_label(line: str) -> bool:
     """A label after which the page shows other pages or its readers: related stories, comments, the author."""
-    return bool(_END_LABEL.fullmatch(_label(line)))
+    return 3 < len(line) < MAX_LABEL_CHARS and bool(_END_LABEL.fullmatch(_label(line)))
 
 
 def is_section_label(line: str) -> bool:
@@ -139,9 +141,17 @@ def is_names(line: str) -> bool:
 
 
 def page_title(html: str) -> str:
-    """The page's <title> and og:title, lower-cased and whitespace collapsed, to find its title among the lines."""
-    head = html[: html.find("<body")] if "<body" in html else html[:50_000]
-    found = [m.group(1) for m in (_TITLE.search(head), _OG_TITLE.search(head)) if m]
+    """The page's <title> and og:title, lower-cased and whitespace collapsed, to find its title among the lines.
+
+    Found by substring first and matched there: a regex search through the page costs more than the whole trim."""
+    found = []
+    at = html.find("<title")
+    at = at if at >= 0 else html.find("<TITLE")
+    if at >= 0 and (title := _TITLE.match(html, at)):
+        found.append(title.group(1))
+    at = html.find("og:title")
+    if at >= 0 and (og_title := _OG_TITLE.match(html, max(0, html.rfind("<meta", 0, at)))):
+        found.append(og_title.group(1))
     return " ".join(html_lib.unescape(" ".join(found)).split()).lower()
 
 
