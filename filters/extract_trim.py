@@ -83,6 +83,8 @@ _CHROME_LINE = re.compile(r"""(?x)
     | back\ to\ top | nach\ oben | zurück\ nach\ oben | retour\ en\ haut | volver\ arriba | do\ góry
 """)
 MAX_LABEL_CHARS = 80
+# Metadata under the lead paragraph: at most this many lines (a byline, a date, a credit, a reading time).
+MAX_UNDER_LEAD_LINES = 4
 # An end label ends the article only where less than this share of the text before it follows it.
 MAX_AFTER_END_LABEL = 0.5
 # A heading shorter than this is not taken for the page's title ("Home", "News" are in many <title>s).
@@ -94,6 +96,12 @@ _TERMINAL = (".", "!", "?", '"', "”", "“", "»", "«", "。", "！", "？", 
 
 def _is_prose(line: str, min_words: int) -> bool:
     return len(line) >= 200 or (len(line.split()) >= min_words and line.rstrip().endswith(_TERMINAL))
+
+
+def _is_sentence(line: str) -> bool:
+    """Three words or more ending in a full stop, a question or an exclamation mark ("On May 3 it rained.")."""
+    stripped = line.rstrip()
+    return stripped.endswith((".", "!", "?")) and len(stripped.split()) >= 3
 
 
 def is_furniture(line: str) -> bool:
@@ -134,9 +142,11 @@ def is_metadata(line: str) -> bool:
 
 
 def is_names(line: str) -> bool:
-    """Two to eight capitalised words (names may be joined by "and", "von", "de", ...), no digit, no sentence end."""
+    """Two to eight capitalised words (names may be joined by "and", "von", "de", ...), no digit, no sentence end.
+    Not all in capitals: that is a dateline ("BAAR, SWITZERLAND"), which opens the article's first sentence."""
     words = _NAME_SEPARATORS.sub(" ", line).split()
     return (2 <= len(words) <= MAX_NAME_WORDS and words[0][0].isupper() and not line.endswith(_TERMINAL)
+            and not line.isupper()
             and not any(ch.isdigit() for ch in line) and all(w[0].isupper() or w in _NAME_LOWER for w in words))
 
 
@@ -161,7 +171,9 @@ def trim_boilerplate(text: str, min_words: int = 8, keep: frozenset[str] = froze
     The prose span runs from the first to the last line that reads like prose (`min_words` words ending
     like a sentence, or 200 characters for scripts without spaces), page furniture (cookie notices, share
     counters) and the page's own headings aside: a long headline is not yet the article. The bottom is
-    `article_end`, the top `article_start`. What lies beyond is cut.
+    `article_end`, the top `article_start`. What lies beyond is cut, and so are the dates, bylines and credits
+    (`is_metadata`) above the second prose line when only a few lines part it from the first: news pages put
+    them under the lead paragraph as often as above it.
     """
     lines = text.splitlines()
     furniture = [is_furniture(line) and line.strip() not in keep for line in lines]
@@ -173,9 +185,13 @@ def trim_boilerplate(text: str, min_words: int = 8, keep: frozenset[str] = froze
     first = prose[0]
     end = article_end(lines, prose, furniture, keep)
     start = article_start(lines, first, furniture, keep, title)
-    head = [line for line in lines[start:first] if line.strip() in keep or not is_metadata(line)]
-    body = [line for line in lines[first : end + 1] if not is_chrome(line)]
-    return "\n".join(head + body).strip("\n")
+    lead_end = first
+    if len(prose) > 1 and sum(1 for line in lines[first + 1 : prose[1]] if line.strip()) <= MAX_UNDER_LEAD_LINES:
+        lead_end = prose[1]
+    head = [line for i, line in enumerate(lines[start:lead_end], start)
+            if line.strip() in keep or prose_like[i] or (i > first and _is_sentence(line)) or not is_metadata(line)]
+    body = [line for line in head + lines[lead_end : end + 1] if not is_chrome(line)]
+    return "\n".join(body).strip("\n")
 
 
 def article_end(lines: list[str], prose: list[int], furniture: list[bool], keep: frozenset[str]) -> int:

@@ -244,7 +244,16 @@ def test_names_only_and_reading_times_under_a_heading_are_credits_not_text():
         "The Headline", "A subtitle that stays put", "Neue Regeln für Geimpfte ab Montag", prose]
     assert is_names("Kevin Johnson and Kevin McCoy USA TODAY") and is_names("Hans von Goethe / dpa Bild")
     assert not any(map(is_names, ["Apfelkuchen", "Neue Regeln für Geimpfte", "200 g Mehl", "New Year 2020",
-                                  "Key Points Here.", "엔터 미디어 뉴스"]))
+                                  "Key Points Here.", "엔터 미디어 뉴스", "BAAR, SWITZERLAND"]))
+
+
+def test_the_byline_and_date_under_the_lead_paragraph_go_too():
+    lead = "Am 12. März streiken die Lokführer erneut, sagte die Gewerkschaft."  # a sentence with a date is text
+    prose = "This is a real sentence with more than eight words in it."
+    text = f"Bahnstreik\n{lead}\nVon Anna Schmidt\n12.03.2024, 10:15 Uhr\n{prose}\n12.03.2024\n{prose}"
+    assert is_metadata(lead)
+    assert trim_boilerplate(text, keep=frozenset({"Bahnstreik"})).splitlines() == [
+        "Bahnstreik", lead, prose, "12.03.2024", prose]
 
 
 def test_a_long_headline_does_not_open_the_prose_span():
