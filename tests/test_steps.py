@@ -235,6 +235,28 @@ def test_fast_tokenizer_keeps_the_same_gopher_decisions_on_real_text():
     assert agree >= 0.98, agree  # only C4's sentence count differs (a regex, not spaCy's sentencizer)
 
 
+def test_gopher_repetition_decides_as_datatrove_does_on_real_and_repetitive_text():
+    import random
+
+    from datatrove.data import Document
+    from datatrove.pipeline.filters import GopherRepetitionFilter
+
+    from filters.heuristics import fast_tokenizer, repeated_ngram_chars, top_ngram_chars
+
+    rng, texts = random.Random(0), _real_texts(120)
+    for text in texts[:60]:  # a run of words or a line repeated 2-11 times, then the real text: every check fires
+        words, k = text.split(), rng.randrange(2, 12)
+        texts += [" ".join(words[: rng.randrange(5, 60)] * k) + " " + text[:500],
+                  "\n".join([text[:80]] * k + [text[80:400]])]
+    ours = make("gopher_repetition").impl
+    theirs = GopherRepetitionFilter(language=fast_tokenizer("en"))
+    decisions = [ours.filter(Document(text=t, id="x")) for t in texts]
+    assert decisions == [theirs.filter(Document(text=t, id="x")) for t in texts]
+    assert len({d[1] for d in decisions if d is not True}) >= 5  # paragraph, line, top and repeated n-gram reasons
+    assert top_ngram_chars("a b a b c c".split(), 2) == len("a b") * 2  # ties: the first seen, as Counter's
+    assert repeated_ngram_chars(list("abcabcab"), 3) == 3 and repeated_ngram_chars(["a"], 5) == 0
+
+
 def test_heuristic_language_is_used_or_a_config_error():
     import html
     import re
