@@ -46,6 +46,7 @@ _FIGURE = re.compile(r"<fig(?:ure|caption)[\s>]", re.I)
 # A skipped element never holds this share of the body's text: then it is the article, whatever its class.
 MAX_SKIP_SHARE = 0.5
 
+# The class of the <blockquote> an embedded tweet is (see `unhide_embedded_posts`).
 EMBEDDED_TWEET = "twitter-tweet"
 
 # resiliparse's main-content pass costs time quadratic in the nesting depth of <div>/<article>

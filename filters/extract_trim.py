@@ -38,7 +38,7 @@ _BYLINE = re.compile(r"(?i:by|von|par|por|przez)\s+[A-ZÀ-ÞĄĆĘŁŃÓŚŹŻ]|
                      r"aktualisiert|updated|stand|erstellt|publié|publicado|opublikowano)\b|(?i:foto|fotos|bild|"
                      r"bildquelle|quelle|photo|image|credit|crédit|fuente|źródło|fot)\b\.?\s*:")
 # Reading-time notes ("Lesezeit: 3 Min.", "5 min read") are metadata too.
-_READING_TIME = re.compile(r"(?i:lesezeit|lesedauer|reading time|read time|tempo de leitura|tiempo de lectura|"
+_READING_TIME = re.compile(r"(?:lesezeit|lesedauer|reading time|read time|tempo de leitura|tiempo de lectura|"
                            r"temps de lecture|czas czytania)\b|\d+\s*min(?:ute)?s?\.?\s+read\b", re.I)
 MAX_METADATA_WORDS = 10
 # Bylines and credits without a marker are names only: every word capitalised, no digit, no sentence end
@@ -71,7 +71,7 @@ _SECTION_LABEL = re.compile(r"""(?x)
     | share(?:\ this)?(?:\ (?:story|article|post))? | share\ (?:on|via)\ \S+ | sharing\ is\ caring
     | sponsored(?:\ links|\ content)?
     | (?:sign\ up\ for\ (?:our|the)\ )?newsletter | subscribe | follow\ us(?:\ on\b.*)?
-    | lesen\ sie\ (?:auch|mehr) | empfehlungen | themen | schlagw(?:ö|o)rte(?:r)? | (?:artikel\ )?teilen | anzeige
+    | lesen\ sie\ (?:auch|mehr) | empfehlungen | themen | schlagw(?:ö|o)rte(?:r)? | (?:artikel\ )?teilen
     | (?:à\ )?lire\ aussi | partager | lee\ también | compartir | czytaj\ (?:także|też) | udostępnij
     | читайте\ также | теги
 """)
@@ -82,7 +82,7 @@ _CHROME_LINE = re.compile(r"""(?x)
     | story\ continues\ below(?:\ advertisement)? | (?:artikel|text)\ wird\ unter\ der\ anzeige\ fortgesetzt
     | back\ to\ top | nach\ oben | zurück\ nach\ oben | retour\ en\ haut | volver\ arriba | do\ góry
 """)
-MAX_LABEL_CHARS = 80
+MAX_LABEL_CHARS = 80  # a longer line is never a label
 # Metadata under the lead paragraph: at most this many lines (a byline, a date, a credit, a reading time).
 MAX_UNDER_LEAD_LINES = 4
 # An end label ends the article only where less than this share of the text before it follows it.
