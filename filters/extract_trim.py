@@ -186,7 +186,8 @@ def trim_boilerplate(text: str, min_words: int = 8, keep: frozenset[str] = froze
     end = article_end(lines, prose, furniture, keep)
     start = article_start(lines, first, furniture, keep, title)
     lead_end = first
-    if len(prose) > 1 and sum(1 for line in lines[first + 1 : prose[1]] if line.strip()) <= MAX_UNDER_LEAD_LINES:
+    if len(prose) > 1 and prose[1] <= end and sum(
+            1 for line in lines[first + 1 : prose[1]] if line.strip()) <= MAX_UNDER_LEAD_LINES:
         lead_end = prose[1]
     head = [line for i, line in enumerate(lines[start:lead_end], start)
             if line.strip() in keep or prose_like[i] or (i > first and _is_sentence(line)) or not is_metadata(line)]
@@ -197,11 +198,11 @@ def trim_boilerplate(text: str, min_words: int = 8, keep: frozenset[str] = froze
 def article_end(lines: list[str], prose: list[int], furniture: list[bool], keep: frozenset[str]) -> int:
     """Where the article ends, given its prose lines `prose`.
 
-    A label that closes an article ("Related stories", "Comments", "Mehr zum Thema") ends it where less text
-    follows than came before: the teasers under it read like prose too. Below the last prose line the article
-    grows over the lines that look like content (headings, list items, dialogue: two words or more, a sentence
-    end, or a line in `keep`, the page's own headings) until the first other one-word line ("Share", "Menu"),
-    piece of furniture or section label ("Tags", "Newsletter", "Teilen").
+    A label that closes an article ("Related stories", "Comments", "Mehr zum Thema") ends it where the prose
+    after it is less than half the prose before it: the teasers under it read like prose too. Below the last
+    prose line the article grows over the lines that look like content (headings, list items, dialogue: two
+    words or more, a sentence end, or a line in `keep`, the page's own headings) until the first other
+    one-word line ("Share", "Menu"), piece of furniture or section label ("Tags", "Newsletter", "Teilen").
     """
     first, end = prose[0], prose[-1]
     labels = [i for i in range(first + 1, end) if is_end_label(lines[i])]

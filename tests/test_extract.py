@@ -293,6 +293,9 @@ def test_an_end_label_closes_the_article_when_less_follows_than_came_before():
     # A share bar or a tag list inside the article stays; below the last sentence it ends the article.
     inside = f"{prose}\nShare\n{prose}\nArtikel teilen\nFacebook Twitter E-Mail"
     assert trim_boilerplate(inside).splitlines() == [prose, "Share", prose]
+    # The label right under the lead paragraph: the article is the lead, whatever sits between.
+    lead = " ".join(["A lead paragraph that is long enough to read as the first sentence of the story."] * 2)
+    assert trim_boilerplate(f"{lead}\nComments\n{prose}") == lead
     assert is_end_label("You may also like...") and is_end_label("3 Kommentare") and not is_end_label("Tags")
     assert is_section_label("Share on Facebook") and is_section_label("Sharing is caring!")
     assert is_section_label("Artikel teilen") and not is_section_label("Comments are welcome on this story.")
