@@ -221,27 +221,26 @@ def test_trim_never_anchors_on_cookie_notices_or_share_counters():
     assert not is_furniture("Chocolate chip cookies are best eaten warm from the oven.")
 
 
-def test_trim_drops_dates_bylines_and_credits_under_a_heading_but_keeps_the_rest():
+@pytest.mark.parametrize(("dropped", "kept"), [
+    (["Published 10:02 AM EST Nov 19, 2019", "Von Erika Mustermann", "Foto: dpa", "Stand: 12.03.2020"],
+     ["A subtitle that stays put", "200 g Mehl"]),
+    (["Tom Davies Associated Press", "Jupiterimages, Getty Images/Creatas RF", "Lesezeit: 3 Min."],
+     ["A subtitle that stays put", "Neue Regeln für Geimpfte ab Montag"]),
+])
+def test_trim_drops_dates_bylines_and_credits_under_a_heading_but_keeps_the_rest(dropped, kept):
     prose = "This is a real sentence with more than eight words in it."
-    text = (f"The Headline\nPublished 10:02 AM EST Nov 19, 2019\nVon Erika Mustermann\nFoto: dpa\n"
-            f"Stand: 12.03.2020\nA subtitle that stays put\n200 g Mehl\n{prose}")
-    assert trim_boilerplate(text, keep=frozenset({"The Headline"})).splitlines() == [
-        "The Headline", "A subtitle that stays put", "200 g Mehl", prose]
+    text = "\n".join(["The Headline", *dropped, *kept, prose])
+    assert trim_boilerplate(text, keep=frozenset({"The Headline"})).splitlines() == ["The Headline", *kept, prose]
     # Inside the article, a line with a date is text like any other.
     inside = f"{prose}\nOn March 3, 2019 it rained.\n{prose}"
     assert trim_boilerplate(inside) == inside
+
+
+def test_metadata_and_name_lines():
     assert is_metadata("18 NOV 2019") and is_metadata("Bild: Getty Images") and not is_metadata("200 g Mehl")
     assert is_metadata("By Carrie Arnold") and not is_metadata("Von der Leyen will mehr Geld für die Bundeswehr")
     assert all(map(is_metadata, ["31. Mai", "3 de mayo de 2019", "12 mars", "Nov 19", "2019-11-19", "19.11.2019"]))
     assert not any(map(is_metadata, ["4 Maiskolben", "2 Marshmallows", "3 Lipgloss", "Mayonnaise"]))
-
-
-def test_names_only_and_reading_times_under_a_heading_are_credits_not_text():
-    prose = "This is a real sentence with more than eight words in it."
-    text = (f"The Headline\nTom Davies Associated Press\nJupiterimages, Getty Images/Creatas RF\nLesezeit: 3 Min.\n"
-            f"A subtitle that stays put\nNeue Regeln für Geimpfte ab Montag\n{prose}")
-    assert trim_boilerplate(text, keep=frozenset({"The Headline"})).splitlines() == [
-        "The Headline", "A subtitle that stays put", "Neue Regeln für Geimpfte ab Montag", prose]
     assert is_names("Kevin Johnson and Kevin McCoy USA TODAY") and is_names("Hans von Goethe / dpa Bild")
     assert not any(map(is_names, ["Apfelkuchen", "Neue Regeln für Geimpfte", "200 g Mehl", "New Year 2020",
                                   "Key Points Here.", "엔터 미디어 뉴스", "BAAR, SWITZERLAND"]))
