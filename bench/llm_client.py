@@ -54,8 +54,8 @@ def prompt(i: int) -> str:
 # -- workers (each in its own process) ---------------------------------------------------------
 
 def work_winnow(url: str, n: int, concurrency: int, state: str) -> dict:
-    from pipeline.synth.cache import RequestCache
-    from pipeline.synth.client import AsyncLLMClient, Request, run_sync
+    from llmclient.cache import RequestCache
+    from llmclient.client import AsyncLLMClient, Request, run_sync
 
     client = AsyncLLMClient(url, "fake", concurrency=concurrency, cache=RequestCache(state, "bench"),
                             backoff_s=0.5, backoff_max_s=10)

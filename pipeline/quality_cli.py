@@ -60,7 +60,7 @@ def cmd_build_default(args: argparse.Namespace) -> int:
 
 
 def cmd_annotate(args: argparse.Namespace) -> int:
-    from pipeline.llm import LLMClient
+    from llmclient import LLMClient
     from pipeline.quality_edu import annotate
     from pipeline.quality_train import read_texts
 

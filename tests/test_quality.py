@@ -24,8 +24,8 @@ from filters.quality import (
     top_fraction_threshold,
 )
 from filters.quality_features import FEATURES, SIGNS, Combiner, features, fit_combiner
+from llmclient import LLMClient, LLMError
 from pipeline.config import load_config
-from pipeline.llm import LLMClient, LLMError
 from pipeline.quality_data import PAGE_SOURCES, default_documents, default_rows
 from pipeline.quality_edu import annotate, parse_score
 from pipeline.quality_train import roc_auc, train
