@@ -12,12 +12,12 @@ import time
 import fsspec
 import pytest
 
-from bench.fake_llm_server import ServerThread
 from llmclient import LLMClient, LLMError
 from llmclient.cache import RequestCache
 from llmclient.client import AsyncLLMClient, Request, parse_retry_after, run_sync
 from llmclient.ratelimit import BucketPair, LocalLimiter, make_limiter
 from tests.conftest import ROOT
+from tests.fake_llm_server import ServerThread
 
 
 def prompts(n: int, tag: str = "q") -> list[Request]:
