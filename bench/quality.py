@@ -37,9 +37,9 @@ from bench.paths import results_dir  # noqa: E402
 from filters import STEPS  # noqa: E402
 from filters.quality import Quality, QualityParams, combiner_path  # noqa: E402
 from filters.quality_features import Combiner, feature_matrix, fit_combiner  # noqa: E402
-from pipeline.quality_combine import fasttext_probs, page_features, source_weights  # noqa: E402
-from pipeline.quality_data import default_documents, passage_rows  # noqa: E402
 from pipeline.quality_train import roc_auc, train  # noqa: E402
+from tools.quality_combine import fasttext_probs, page_features, source_weights  # noqa: E402
+from tools.quality_data import default_documents, passage_rows  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 RESULTS = results_dir()

@@ -35,7 +35,7 @@ def s3():
     """moto's S3 server on 127.0.0.1 (a free port), a bucket, and the environment s3fs and botocore read."""
     import fsspec
 
-    from bench.loopback_s3 import loopback_s3
+    from tests.loopback_s3 import loopback_s3
 
     with loopback_s3():
         fs = fsspec.filesystem("s3")

@@ -212,7 +212,7 @@ def test_echo_logprobs_equal_the_models_own(served):
 def test_openai_clients_work_on_loopback(served):
     from openai import OpenAI
 
-    from pipeline.llm import LLMClient
+    from llmclient import LLMClient
 
     model, _, port = served
     base = f"http://127.0.0.1:{port}/v1"

@@ -223,9 +223,8 @@ def add_eval_parser(sub: argparse._SubParsersAction) -> None:
     ev = sub.add_parser("eval", help="bits per byte on held-out text and accuracy on multiple-choice tasks")
     ev.add_argument("checkpoint", help="a training out_dir or checkpoint.pt")
     ev.add_argument("--text", action="append", metavar="[NAME=]PATH",
-                    help="a held-out text set: JSONL, JSON, Parquet or .txt, or a folder of them (repeatable; "
-                         "default: the reference sets found under the shared data folder)")
-    ev.add_argument("--no-default-text", action="store_true", help="no text sets unless named with --text")
+                    help="a held-out text set: JSONL, JSON, Parquet or .txt, a folder of them, or a run directory "
+                         "(repeatable; --text or --task is required)")
     ev.add_argument("--task", action="append", metavar="[NAME=]PATH",
                     help="a multiple-choice task: JSONL rows of context, choices, label (repeatable)")
     ev.add_argument("--max-docs", type=int, default=200, help="documents per text set (default 200)")

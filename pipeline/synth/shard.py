@@ -25,15 +25,15 @@ import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from llmclient.cache import RequestCache
+from llmclient.client import AsyncLLMClient, Request, Result, run_sync
+from llmclient.ratelimit import make_limiter
 from pipeline.parquet_io import ShardWriter, iter_parquet
 from pipeline.schema import DOC_COLUMNS, REJECTED_COLUMNS, schema_for
 from pipeline.storage import write_bytes
 from pipeline.synth import webqa
-from pipeline.synth.cache import RequestCache
-from pipeline.synth.client import AsyncLLMClient, Request, Result, run_sync
 from pipeline.synth.params import SynthParams
 from pipeline.synth.qc import QC, REFUSAL
-from pipeline.synth.ratelimit import make_limiter
 from pipeline.synth.recipes import InvalidAnswer, Recipe, judge_prompt, load_seed_tasks, parse_judge
 
 log = logging.getLogger("winnow.synth")
