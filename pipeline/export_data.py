@@ -260,3 +260,29 @@ def export(source: str, fmt: str, out_dir: str, name: str | None = None) -> dict
         written["axolotl"] = str(axolotl_path)
     return written
 
+
+
+def cmd_export_data(args: Any) -> int:
+    import sys
+
+    try:
+        written = export(args.source, args.format, args.out, args.name)
+    except (ExportError, OSError) as exc:
+        print(f"winnow export-data: {exc}", file=sys.stderr)
+        return 2
+    readers = ", ".join(k for k in ("llamafactory", "axolotl") if k in written)
+    print(f"wrote {written['rows']:,} {'preference pairs' if written['kind'] == 'pairs' else 'examples'} "
+          f"({written['format']}) to {written['file']}" + (f"; entries for {readers} beside it" if readers else ""))
+    return 0
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser("export-data", help="instructions (or bestofn preference pairs) as JSONL for TRL, "
+                                           "LLaMA-Factory and axolotl")
+    p.add_argument("source", help="a run directory, a folder of instruction Parquet files, a `winnow bestofn` "
+                                  "output folder, or one .parquet/.jsonl file")
+    p.add_argument("--format", required=True, choices=FORMATS, help="the shape of each JSONL row")
+    p.add_argument("--out", required=True, help="the folder to write to (LLaMA-Factory's data/ folder works: "
+                                                "its dataset_info.json is updated, not replaced)")
+    p.add_argument("--name", help="the dataset's name and file stem (default winnow_instructions or winnow_pairs)")
+    p.set_defaults(func=cmd_export_data)
