@@ -150,6 +150,4 @@ def render_card(data: dict[str, Any], configs: list[dict[str, Any]] | None = Non
     return environment().get_template("card.md.j2").render(
         **data, dist=dist, header=yaml.safe_dump(header, sort_keys=False, allow_unicode=True), processing=processing,
         has_pii=any(s["stage"] == "pii" or any(st["name"] == "pii" for st in s["steps"]) for s in data["funnel"]),
-        chars_per_token=CHARS_PER_TOKEN, configs=shown, run_level=run_level,
-        # The run directory by its name, from inside it: `load_dataset` needs a folder with a name ("." has none).
-        run_path=json.dumps(f"../{data['run']['name']}"))
+        chars_per_token=CHARS_PER_TOKEN, configs=shown, run_level=run_level)
