@@ -480,3 +480,17 @@ def test_megatron_tokens_are_int32_above_65500_vocabulary_entries(tmp_path):
     write_indexed(tmp_path / "big", documents, eod_id=3, vocab_size=100_000)
     sequences, doc_index, code = read_megatron(tmp_path / "big")
     assert code == 4 and sequences == [[70000, 1, 65535, 3], [3], [99999, 3]] and doc_index == [0, 1, 2, 3]
+
+
+def test_card_configs_without_a_datasets_type_name_no_features(tmp_path):
+    """A run written before `pii_counts` became a list (an Arrow map): its card still names the config, and
+    `winnow report` does not fail on it; features are left for 🤗 Datasets to find (and refuse, by name)."""
+    from pipeline.report.hub import feature, hub_configs
+
+    (tmp_path / "output").mkdir()
+    old = pa.table({"id": ["a"], "pii_counts": pa.array([[("EMAIL_ADDRESS", 1)]], pa.map_(pa.string(), pa.int32()))})
+    pq.write_table(old, tmp_path / "output" / "part-00000-000.parquet")
+    assert hub_configs(str(tmp_path)) == [{"name": "default", "folder": "output", "rows": 1, "size": "n<1K",
+                                           "features": None}]
+    with pytest.raises(ValueError, match="column 'pii_counts': Arrow type map<string, int32"):
+        feature("pii_counts", old.schema.field("pii_counts").type)

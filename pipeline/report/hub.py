@@ -79,8 +79,12 @@ def hub_configs(run_dir: str) -> list[dict[str, Any]]:
                 schemas.append(meta.schema.to_arrow_schema())
         if rows:
             schema = pa.unify_schemas(schemas, promote_options="permissive")
+            try:
+                named = features(schema)
+            except ValueError:  # a run written before pii_counts was a list: the card names no features
+                named = None
             configs.append({"name": name, "folder": folder, "rows": rows, "size": size_category(rows),
-                            "features": features(schema)})
+                            "features": named})
     return configs
 
 
