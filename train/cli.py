@@ -30,9 +30,16 @@ def cmd_tokenize(args: argparse.Namespace) -> int:
         return 2
     from train.shards import tokenize_to_shards
 
-    meta = tokenize_to_shards(files, args.tokenizer, args.out, val_fraction=args.val_fraction)
+    try:
+        meta = tokenize_to_shards(files, args.tokenizer, args.out, val_fraction=args.val_fraction,
+                                  formats=tuple(f.strip() for f in args.format.split(",") if f.strip()))
+    except ValueError as exc:
+        print(f"winnow tokenize: {exc}", file=sys.stderr)
+        return 2
     print(f"wrote {len(meta['shards'])} train and validation shards to {args.out}: {meta['train_tokens']:,} train "
-          f"and {meta['val_tokens']:,} validation tokens from {meta['docs']:,} documents ({meta['dtype']})")
+          f"and {meta['val_tokens']:,} validation tokens from {meta['docs']:,} documents ({meta['dtype']})"
+          + (f"; Megatron-LM's indexed dataset: --data-path {args.out}/{meta['megatron']['train']}"
+             if "megatron" in meta else ""))
     return 0
 
 
@@ -169,6 +176,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     tok.add_argument("--vocab-size", type=int, default=8192, help="train: vocabulary size (default 8192)")
     tok.add_argument("--max-docs", type=int, help="train: at most this many documents")
     tok.add_argument("--val-fraction", type=float, default=0.01, help="shards: documents held out (default 0.01)")
+    tok.add_argument("--format", default="llmc", help="shards: llmc (the bundled trainer's, default), megatron "
+                                                      "(Megatron-LM's .bin/.idx under OUT/megatron/), or both: "
+                                                      "llmc,megatron")
     tok.set_defaults(func=cmd_tokenize)
 
     tr = sub.add_parser("train", help="pretrain, fine-tune or preference-tune the bundled GPT")

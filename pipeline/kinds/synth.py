@@ -151,6 +151,7 @@ def publish(ctx: StageContext) -> dict[str, list[str]]:
     for kind, target in (("instructions", rundir.instructions), ("rephrased", rundir.rephrased)):
         files = [f for s in sorted(ctx.done) for f in ctx.done[s].get("files", [])
                  if f.startswith(f"{kind}/part-")]
-        rundir.replace_published(target, {f.rsplit("/", 1)[-1]: f"{ctx.stage_dir}/{f}" for f in files})
+        rundir.replace_published(target, {f.rsplit("/", 1)[-1]: f"{ctx.stage_dir}/{f}" for f in files},
+                                 {"fingerprint": ctx.fingerprint})  # a rerun with other settings republishes
         published[kind] = [f.rsplit("/", 1)[-1] for f in files]
     return published
