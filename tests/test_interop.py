@@ -23,12 +23,12 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from bench.fake_llm_server import ServerThread
 from pipeline.cli import main
 from pipeline.config import load_config
 from pipeline.parquet_io import empty_parquet
 from pipeline.runner import Runner
 from tests.conftest import ROOT, SAMPLE
+from tests.fake_llm_server import ServerThread
 
 QUICKSTART = ROOT / "configs" / "quickstart.yaml"
 INPUT = [str(SAMPLE / "wget-2024-dolma-000*.warc.gz"), str(SAMPLE / "cc-2020-34-resiliparse.warc.gz"),
