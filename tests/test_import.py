@@ -5,6 +5,7 @@ errors for what cannot be imported."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 from pathlib import Path
 
@@ -169,3 +170,85 @@ def test_llama3_config_in_the_older_layout_reads_the_same(tmp_path):
            "rope_scaling": {**scaling, "type": scaling.pop("rope_type")}}
     assert model_config(old, "config.json") == model_config(new, "config.json")
     assert model_config(new, "config.json").rope_scaling["factor"] == 8.0
+
+
+def import_error(src: Path, tmp_path: Path, capsys) -> str:
+    """Run `winnow import`, expect it to refuse, and check it wrote nothing."""
+    out = tmp_path / "refused"
+    assert main(["import", str(src), "--out", str(out)]) == 2
+    assert not out.exists()
+    return capsys.readouterr().err
+
+
+def tiny_llama(folder: Path, vocab_size: int = 320, template: str | None = TEMPLATE) -> Path:
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    config = LlamaConfig(**{**SMALL, "vocab_size": vocab_size})
+    AutoModelForCausalLM.from_config(config).save_pretrained(str(folder))
+    save_tokenizer(folder, template)
+    return folder
+
+
+def test_a_folder_that_is_not_a_model_is_refused(tmp_path, capsys):
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "readme.txt").write_text("hello")
+    assert "no config.json" in import_error(tmp_path / "notes", tmp_path, capsys)
+    assert "no such file" in import_error(tmp_path / "missing", tmp_path, capsys)
+
+
+def test_an_unsupported_architecture_is_named_with_the_supported_ones(tmp_path, capsys):
+    folder = tmp_path / "gpt2"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"]}))
+    err = import_error(folder, tmp_path, capsys)
+    assert "config.json: model_type 'gpt2'" in err and "llama (LlamaForCausalLM)" in err and "qwen3" in err
+
+
+def test_unsupported_gguf_architecture_and_quantisation_are_refused(tmp_path, capsys):
+    import gguf
+    import numpy as np
+
+    def write(name: str, arch: str, qtype=None) -> Path:
+        writer = gguf.GGUFWriter(str(tmp_path / name), arch=arch)
+        data = np.zeros((2, 40), np.uint8) if qtype else np.zeros((2, 32), np.float32)
+        writer.add_tensor("token_embd.weight", data, raw_dtype=qtype)
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+        return tmp_path / name
+
+    err = import_error(write("q81.gguf", "llama", gguf.GGMLQuantizationType.Q8_1), tmp_path, capsys)
+    assert "q81.gguf: tensors quantised as Q8_1" in err and "Q4_K" in err
+    err = import_error(write("phi.gguf", "phi2"), tmp_path, capsys)
+    assert "phi.gguf: general.architecture is 'phi2'" in err
+
+
+def test_a_tokenizer_that_does_not_fit_the_embeddings_is_refused(tmp_path, capsys):
+    err = import_error(tiny_llama(tmp_path / "small", vocab_size=64), tmp_path, capsys)
+    assert "tokens but the embeddings have 64 rows" in err and "tokenizer.json" in err
+
+
+@pytest.mark.parametrize("template,expected", [
+    ("{{ raise_exception('System role not supported') }}", "refused the conversation: System role not supported"),
+    ("{% for m in messages %}{{ m.content }}", "does not parse"),
+    ("{{ messages[5]['content'] + 1 }}", "failed to render"),
+])
+def test_a_chat_template_that_fails_to_render_is_refused(template, expected, tmp_path, capsys):
+    err = import_error(tiny_llama(tmp_path / "model", template=template), tmp_path, capsys)
+    assert "tokenizer_config.json: chat_template" in err and expected in err
+
+
+def test_a_chat_template_cannot_reach_python(tmp_path):
+    """The sandbox: a template may format text, not call into the interpreter."""
+    from tokenizers import Tokenizer
+
+    from train.chat import TemplateError, render
+    from train.tokenizer import declared_vocab
+
+    save_tokenizer(tmp_path)
+    tok = Tokenizer.from_file(str(tmp_path / "tokenizer.json"))
+    vocab = declared_vocab(tok, str(tmp_path / "tokenizer.json"), {
+        "eos_token": "<|im_end|>", "chat_template": "{{ messages.__class__.__mro__[1].__subclasses__() }}"})
+    with pytest.raises(TemplateError, match="failed to render"):
+        render(vocab, [{"role": "user", "content": "hi"}], add_generation_prompt=True)
