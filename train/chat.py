@@ -41,6 +41,17 @@ def compile_template(template: str) -> Any:
         raise TemplateError(f"does not parse: {exc}") from exc
 
 
+def resolve_template(vocab: Vocab, template: str | None) -> str | None:
+    """`auto`: the model's own chat template when its tokenizer has one, else `chat` when it has role
+    tokens, else `alpaca`. `model` insists on the model's own."""
+    if template == "auto":
+        return "model" if vocab.chat_template else "chat" if {"user", "assistant"} <= set(vocab.role_ids) else "alpaca"
+    if template == "model" and not vocab.chat_template:
+        raise TemplateError(f"{template_file(vocab)}: no chat_template, so `template: model` has nothing to use; "
+                            "use alpaca or chat, or a model imported with its chat template")
+    return template
+
+
 def template_file(vocab: Vocab) -> str:
     """Where the template lives: `tokenizer_config.json` beside the tokenizer (or the GGUF file)."""
     return str(Path(vocab.path).with_name(TOKENIZER_CONFIG)) if vocab.path.endswith(".json") else vocab.path

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from train.model import GPT, ModelConfig
-from train.tokenizer import TOKENIZER_CONFIG, tokenizer_settings
+from train.tokenizer import TOKENIZER_CONFIG, tokenizer_file, tokenizer_settings
 
 LATEST = "checkpoint.pt"
 TOKENIZER = "tokenizer.json"  # a copy next to the checkpoint: the run directory can move
@@ -90,7 +90,7 @@ def load_model(path: str, device: str | torch.device = "cpu") -> tuple[GPT, dict
 def keep_tokenizer(tokenizer: str, out_dir: str) -> None:
     """Copy the tokenizer next to the checkpoint (atomically), unless it is already there, with its
     `tokenizer_config.json` when it has one (an imported model's special tokens and chat template)."""
-    source = Path(tokenizer)
+    source = Path(tokenizer_file(tokenizer))
     for name, src in ((TOKENIZER, source), (TOKENIZER_CONFIG, source.with_name(TOKENIZER_CONFIG))):
         target = Path(out_dir) / name
         if not src.exists() or (target.exists() and target.resolve() == src.resolve()):

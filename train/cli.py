@@ -30,8 +30,14 @@ def cmd_tokenize(args: argparse.Namespace) -> int:
         print("winnow tokenize: --tokenizer and --out are required to write token shards", file=sys.stderr)
         return 2
     from train.shards import tokenize_to_shards
+    from train.tokenizer import tokenizer_file
 
-    meta = tokenize_to_shards(files, args.tokenizer, args.out, val_fraction=args.val_fraction)
+    try:
+        tokenizer = tokenizer_file(args.tokenizer)
+    except FileNotFoundError as exc:
+        print(f"winnow tokenize: --tokenizer: {exc}", file=sys.stderr)
+        return 2
+    meta = tokenize_to_shards(files, tokenizer, args.out, val_fraction=args.val_fraction)
     print(f"wrote {len(meta['shards'])} train and validation shards to {args.out}: {meta['train_tokens']:,} train "
           f"and {meta['val_tokens']:,} validation tokens from {meta['docs']:,} documents ({meta['dtype']})")
     return 0
@@ -124,12 +130,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
     template = prompt_template(ckpt) if args.template == "auto" else args.template
     if template == "none":
         template = None
-    prompts = [prompt_ids(vocab, template, messages=[{"role": "user", "content": p}]) if template
-               else prompt_ids(vocab, None, text=p) for p in args.prompt]
     params = SamplingParams(max_new_tokens=args.max_tokens, temperature=args.temperature, top_k=args.top_k,
                             top_p=args.top_p, min_p=args.min_p, stop=args.stop or [], seed=args.seed,
                             best_of=args.best_of)
     try:
+        prompts = [prompt_ids(vocab, template, messages=[{"role": "user", "content": p}]) if template
+                   else prompt_ids(vocab, None, text=p) for p in args.prompt]
         outs = generate(model, vocab, prompts, params, device)
     except ValueError as exc:
         print(f"winnow generate: {exc}", file=sys.stderr)
@@ -182,7 +188,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     tok.add_argument("inputs", nargs="+", help="`train` first to train a tokenizer; then run directories, "
                                                "folders of Parquet files or files")
     tok.add_argument("--out", help="tokenizer.json to write (train), or the folder for token shards")
-    tok.add_argument("--tokenizer", help="the tokenizer.json to encode with (shards)")
+    tok.add_argument("--tokenizer", help="the tokenizer.json to encode with, or a checkpoint folder (an imported "
+                                         "model's: continued pretraining) whose tokenizer to use (shards)")
     tok.add_argument("--vocab-size", type=int, default=8192, help="train: vocabulary size (default 8192)")
     tok.add_argument("--max-docs", type=int, help="train: at most this many documents")
     tok.add_argument("--val-fraction", type=float, default=0.01, help="shards: documents held out (default 0.01)")
@@ -198,9 +205,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     gen = sub.add_parser("generate", help="sample from a checkpoint")
     gen.add_argument("checkpoint", help="a training out_dir or checkpoint.pt")
     gen.add_argument("--prompt", action="append", required=True, help="repeat for a batch of prompts")
-    gen.add_argument("--template", choices=["auto", "none", "alpaca", "chat"], default="auto",
-                     help="wrap each prompt as an SFT model expects (auto: the template it was tuned with; "
-                          "a base model continues the text)")
+    gen.add_argument("--template", choices=["auto", "none", "alpaca", "chat", "model"], default="auto",
+                     help="wrap each prompt as a chat model expects (auto: the template it was tuned with, or an "
+                          "imported model's own chat template; model: that template; a base model continues the text)")
     gen.add_argument("--max-tokens", type=int, default=64)
     gen.add_argument("--temperature", type=float, default=0.8, help="0: greedy")
     gen.add_argument("--top-k", type=int, default=0)

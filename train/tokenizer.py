@@ -119,9 +119,21 @@ def tokenizer_settings(path: str) -> dict:
     return settings
 
 
+def tokenizer_file(path: str) -> str:
+    """A tokenizer.json, or a checkpoint folder (an imported model's, or a training run's) holding one."""
+    p = Path(path)
+    if p.is_dir():
+        if not (p / "tokenizer.json").exists():
+            raise FileNotFoundError(f"{path}: a folder without tokenizer.json; name a tokenizer.json or a checkpoint "
+                                    "folder")
+        return str(p / "tokenizer.json")
+    return path
+
+
 def load_vocab(path: str) -> Vocab:
     from tokenizers import Tokenizer
 
+    path = tokenizer_file(path)
     tokenizer = Tokenizer.from_file(path)
     settings = tokenizer_settings(path)
     if settings:
@@ -176,5 +188,9 @@ def tokenizer_digest(path: str) -> str:
     """A short hash of the tokenizer's content, recorded with token shards and checkpoints."""
     import hashlib
 
+    path = tokenizer_file(path)
     data = json.loads(Path(path).read_text())
+    settings = tokenizer_settings(path)
+    if settings:  # declared special tokens change how documents are framed
+        data = {"tokenizer": data, "special": [settings.get(f"{k}_token") for k in ("bos", "eos", "pad")]}
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
