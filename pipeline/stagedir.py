@@ -54,6 +54,8 @@ class StageDir:
         self.path = path.rstrip("/")
 
     def __getstate__(self) -> dict[str, Any]:
+        # The filesystem is made again from the URL where the StageDir lands: an S3 client, with its
+        # sessions and connection pool, is not something to ship to every task.
         return {"url": self.url, "name": self.name, "folders": self.folders}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
