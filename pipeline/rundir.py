@@ -1,5 +1,8 @@
 """The run directory: every path Winnow writes, who owns it, and the lock that keeps one run in it.
 
+Paths inside a stage directory, and the protocol that reads and writes them, belong to
+`pipeline/stagedir.py`; `RunDir.stage` hands out a stage's `StageDir`.
+
 Winnow deletes only what it wrote. A directory becomes a run directory when `winnow run` claims
 it: it must be new, empty, or already a run (it holds `_winnow.json`, or the `run.yaml` and
 `manifest.json` of a run made before the marker existed). Inside it, stage directories carry
@@ -23,6 +26,8 @@ from typing import Any
 import fsspec
 
 from pipeline.jsonfile import read_json, write_json
+from pipeline.stagedir import MARKER as STAGE_MARKER
+from pipeline.stagedir import StageDir
 from pipeline.storage import is_local
 
 log = logging.getLogger("winnow.run")
@@ -80,7 +85,8 @@ class RunDir:
 
     def task_log(self, stage_dir: str, shard: str) -> str:
         """`logs/<NN_stage>/<shard>.log`: a shard task's own log lines, kept if the task dies. Only for
-        local run directories, where a task can append as it goes; "" elsewhere."""
+        local run directories, where a task can append as it goes; "" elsewhere. `stage_dir` is the stage
+        directory's path or its name (`<NN>_<stage>`)."""
         if not self.local:
             return ""
         return self.path("logs", stage_dir.rstrip("/").rsplit("/", 1)[-1], f"{shard}.log")
@@ -100,13 +106,9 @@ class RunDir:
     def stage_dir(self, index: int, name: str) -> str:
         return self.path("stages", f"{index:02d}_{name}")
 
-    @staticmethod
-    def done_dir(stage_dir: str) -> str:
-        return f"{stage_dir}/_done"
-
-    @staticmethod
-    def stage_marker(stage_dir: str) -> str:
-        return f"{stage_dir}/_stage.json"
+    def stage(self, index: int, name: str, folders: tuple[str, ...] = ()) -> StageDir:
+        """Stage `index` (`name`), whose kind writes `folders` beside its documents (StageKind.folders)."""
+        return StageDir(self.url(self.stage_dir(index, name)), name, folders)
 
     # -- ownership -------------------------------------------------------------------------------
     def is_run(self) -> bool:
@@ -136,7 +138,12 @@ class RunDir:
 
     def owned_stage_dirs(self) -> list[str]:
         """Stage directories Winnow made (they hold `_stage.json`); anything else in stages/ is left alone."""
-        return [p for p in self.fs.glob(self.path("stages", "*")) if self.fs.exists(self.stage_marker(p))]
+        return [p for p in self.fs.glob(self.path("stages", "*")) if self.fs.exists(f"{p}/{STAGE_MARKER}")]
+
+    def stages(self) -> list[StageDir]:
+        """The stage directories Winnow made, in stage order, for readers (status, inspect, report); they
+        name no kind folders, which only the shard protocol needs."""
+        return [StageDir(self.url(p), p.rsplit("/", 1)[-1].split("_", 1)[-1]) for p in sorted(self.owned_stage_dirs())]
 
     # -- the lock --------------------------------------------------------------------------------
     def lock(self) -> None:

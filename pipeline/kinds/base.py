@@ -10,6 +10,7 @@ if TYPE_CHECKING:
     from pipeline.config import StageConfig
     from pipeline.kinds.pool import ShardCalls
     from pipeline.rundir import RunDir
+    from pipeline.stagedir import StageDir
 
 
 @dataclass
@@ -19,7 +20,7 @@ class StageContext:
     rundir: RunDir
     index: int
     stage: StageConfig
-    stage_dir: str  # an fs path inside rundir
+    stagedir: StageDir  # its directory, and the shard protocol (pipeline/stagedir.py)
     fingerprint: str
     shards: dict[str, str]  # shard id -> input URL
     input_ids: dict[str, str]  # shard id -> identity of that input (see runner.input_identity)
@@ -30,10 +31,6 @@ class StageContext:
     @property
     def first(self) -> bool:
         return self.index == 0
-
-    @property
-    def stage_url(self) -> str:
-        return self.rundir.url(self.stage_dir)
 
 
 class StageKind:
@@ -47,6 +44,9 @@ class StageKind:
     section: ClassVar[str | None] = None
     # True when the stage's documents are its input, unchanged (it makes something else beside them).
     passes_documents_through: ClassVar[bool] = False
+    # Folders of the stage directory where its shards write beside their documents: a shard's files
+    # there are cleared when it begins and removed with it when it goes stale.
+    folders: ClassVar[tuple[str, ...]] = ()
 
     def validate(self, stage: StageConfig, index: int) -> None:
         """Raise ValueError, phrased for the user, when the stage cannot be of this kind."""
@@ -75,8 +75,7 @@ class StageKind:
         from pipeline.fingerprint import record_digest
 
         digest = record_digest(record)
-        return {(shard if chunk == 0 else f"{shard}.{chunk:03d}"): (ctx.rundir.url(f"{ctx.stage_dir}/{name}"),
-                                                                   f"{digest}:{name}")
+        return {(shard if chunk == 0 else f"{shard}.{chunk:03d}"): (ctx.stagedir.file_url(name), f"{digest}:{name}")
                 for chunk, name in enumerate(record["outputs"])}
 
     def next_inputs(self, ctx: StageContext) -> tuple[dict[str, str], dict[str, str]]:

@@ -38,11 +38,11 @@ class DedupKind(StageKind):
         from pipeline.dedup.stage import run_dedup  # datasketch and scipy load only when needed
 
         ctx.ensure_ray()
-        return run_dedup(ctx.stage, ctx.stage_url, ctx.fingerprint, ctx.shards, pending, ctx.done,
+        return run_dedup(ctx.stage, ctx.stagedir, ctx.fingerprint, ctx.shards, pending, ctx.done,
                          input_id=ctx.input_ids)
 
     def summarize(self, ctx: StageContext, summary: dict[str, Any]) -> None:
-        summary["dedup"] = read_json(ctx.rundir.fs, f"{ctx.stage_dir}/_dedup.json") or {}
+        summary["dedup"] = read_json(ctx.stagedir.fs, ctx.stagedir.file("_dedup.json")) or {}
         # The shuffle phases' CPU belongs to the stage too, not only the final writes.
         summary["cpu_s"] = round(summary["cpu_s"] + summary["dedup"].get("phase_cpu_s", 0), 3)
 

@@ -35,17 +35,17 @@ class MapKind(StageKind):
     def shard_calls(self, ctx: StageContext) -> ShardCalls:
         from pipeline.kinds.pool import ShardCalls
         from pipeline.progress import LiveCount
-        from pipeline.stage import ShardJob, run_shard
+        from pipeline.stage import ShardJob, map_shard
 
         stage, live = ctx.stage, LiveCount.start()
         stage_json = stage.model_dump_json()
 
         def args(shard: str) -> tuple:
-            return (ShardJob(stage.name, stage_json, ctx.stage_url, shard, ctx.shards[shard], ctx.first,
+            return (ShardJob(stage.name, stage_json, ctx.stagedir, shard, ctx.shards[shard], ctx.first,
                              ctx.fingerprint, input_id=ctx.input_ids[shard], progress=live.actor,
-                             log_path=ctx.rundir.task_log(ctx.stage_dir, shard)),)
+                             log_path=ctx.rundir.task_log(ctx.stagedir.dirname, shard)),)
 
-        return ShardCalls(run_shard, args, live.total, live.stop)
+        return ShardCalls(map_shard, args, live.total, live.stop)
 
     def describe(self, stage: dict[str, Any]) -> str:
         steps = []
