@@ -9,10 +9,6 @@ from typing import Any
 from pipeline.jsonfile import read_json
 from pipeline.kinds.base import StageContext, StageKind
 
-MODULES = ["pipeline.dedup.minhash", "pipeline.dedup.shuffle", "pipeline.dedup.components",
-           "pipeline.dedup.phases", "pipeline.dedup.params", "pipeline.dedup.stage",
-           "pipeline.stage", "pipeline.parquet_io", "pipeline.schema"]
-
 
 class DedupKind(StageKind):
     name = "dedup"
@@ -31,7 +27,8 @@ class DedupKind(StageKind):
         stage.dedup = stage.dedup or DedupParams()
 
     def fingerprint_parts(self, stage) -> tuple[list[str], dict[str, dict[str, str]]]:
-        return list(MODULES), {"dedup": {name: version(name) for name in ("datasketch", "xxhash", "numpy",
+        # This module's imports (pipeline.dedup.*) are the code that runs: see pipeline.fingerprint.
+        return [], {"dedup": {name: version(name) for name in ("datasketch", "xxhash", "numpy",
                                                                            "pyarrow")}}
 
     def run(self, ctx: StageContext, pending: list[str]) -> list[dict[str, str]]:

@@ -11,9 +11,6 @@ from pipeline.kinds.base import StageContext, StageKind
 if TYPE_CHECKING:
     from pipeline.kinds.pool import ShardCalls
 
-# Modules every map stage runs through, whatever its steps.
-RUNTIME_MODULES = ["filters.base", "pipeline.stage", "pipeline.parquet_io", "pipeline.schema"]
-
 
 class MapKind(StageKind):
     name = "map"
@@ -24,7 +21,8 @@ class MapKind(StageKind):
                 raise ValueError(f"stage {stage.name!r}: `{section}:` needs `kind: {section}`")
 
     def fingerprint_parts(self, stage) -> tuple[list[str], dict[str, dict[str, str]]]:
-        modules = list(RUNTIME_MODULES)
+        # The steps this stage runs: their modules join this one's imports in the stage's source digest.
+        modules = []
         versions: dict[str, dict[str, str]] = {}
         for i, step in enumerate(stage.steps):
             cls = STEPS[step["type"]]

@@ -22,9 +22,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("winnow.run")
 
-MODULES = ["pipeline.synth.shard", "pipeline.synth.params", "pipeline.synth.recipes", "pipeline.synth.qc",
-           "pipeline.synth.webqa", "pipeline.synth.jsonrepair", "pipeline.synth.client", "pipeline.synth.cache",
-           "pipeline.synth.local", "pipeline.kinds.synth", "pipeline.stage", "pipeline.parquet_io"]
 # Summed from the shards' records into the manifest's `synth` entry, then shown by status and the report.
 COUNTS = ("instructions", "rejected", "rephrased", "json_repaired", "judged", "requests", "completed",
           "cache_hits", "retries", "bad_requests", "failed_requests", "prompt_tokens", "completion_tokens")
@@ -54,7 +51,7 @@ class SynthKind(StageKind):
 
     def fingerprint_parts(self, stage) -> tuple[list[str], dict[str, dict[str, str]]]:
         versions = {name: version(name) for name in ("jinja2", "aiohttp", "lxml", "datasketch")}
-        return list(MODULES), {"synth": versions}
+        return [], {"synth": versions}
 
     def shard_calls(self, ctx: StageContext) -> ShardCalls:
         from pipeline.kinds.pool import ShardCalls
