@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from pipeline.kinds.base import StageContext, StageKind
 
 if TYPE_CHECKING:
+    from pipeline.config import SynthStage
     from pipeline.kinds.pool import ShardCalls
 
 log = logging.getLogger("winnow.run")
@@ -32,33 +33,20 @@ class SynthKind(StageKind):
     section = "synth"
     passes_documents_through = True
 
-    def validate(self, stage, index: int) -> None:
-        from pydantic import ValidationError
-
-        from pipeline.config import _describe
-        from pipeline.synth.params import SynthParams
-
+    def validate(self, stage: SynthStage, index: int) -> None:
+        # Its keys, `synth:` included, were checked by its config model (pipeline.config.SynthStage).
         if index == 0:
             raise ValueError(f"stage {stage.name!r}: a synth stage needs a stage before it that extracts text")
-        if stage.steps:
-            raise ValueError(f"stage {stage.name!r}: a synth stage takes a `synth:` section, not steps")
-        if stage.dedup is not None:
-            raise ValueError(f"stage {stage.name!r}: `dedup:` needs `kind: dedup`")
-        try:
-            stage.synth = SynthParams(**(stage.synth or {})).model_dump(mode="json")
-        except ValidationError as exc:
-            raise ValueError(f"stage {stage.name!r}: synth: {_describe(exc, SynthParams)}") from None
 
-    def fingerprint_parts(self, stage) -> tuple[list[str], dict[str, dict[str, str]]]:
+    def fingerprint_parts(self, stage: SynthStage) -> tuple[list[str], dict[str, dict[str, str]]]:
         versions = {name: version(name) for name in ("jinja2", "aiohttp", "lxml", "datasketch")}
         return [], {"synth": versions}
 
     def shard_calls(self, ctx: StageContext) -> ShardCalls:
         from pipeline.kinds.pool import ShardCalls
-        from pipeline.synth.params import SynthParams
         from pipeline.synth.ratelimit import make_limiter
 
-        stage, params = ctx.stage, SynthParams(**ctx.stage.synth)
+        stage, params = ctx.stage, ctx.stage.synth
         # One limiter for the whole cluster: a named actor every shard task finds by the endpoint.
         limiter = None
         if params.generator == "llm":
@@ -87,8 +75,8 @@ class SynthKind(StageKind):
             synth[key] = dict(sorted(merged.items()))
         synth["cost_usd"] = round(sum(r["synth"].get("cost_usd", 0) for r in ctx.done.values()), 6)
         params = ctx.stage.synth
-        synth |= {"generator": params["generator"], "model": params.get("model") or params.get("checkpoint"),
-                  "recipes": [r["name"] for r in params["recipes"]]}
+        synth |= {"generator": params.generator, "model": params.model or params.checkpoint,
+                  "recipes": [r.name for r in params.recipes]}
         summary["synth"] = synth
         if len(ctx.done) == len(ctx.shards):
             summary["published"] = publish(ctx)
