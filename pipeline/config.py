@@ -12,11 +12,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator
 
 from filters import STEPS
 from filters.warc import WarcReaderParams
 from pipeline.dedup.params import DedupParams
+from pipeline.writer_params import COMPRESSION_LEVELS, WriterConfig
+
+__all__ = ["COMPRESSION_LEVELS", "STAGE_MODELS", "ConfigError", "DedupStage", "MapStage", "RunConfig", "StageConfig",
+           "SynthStage", "WriterConfig", "load_config", "validate"]
 
 
 class ConfigError(ValueError):
@@ -36,28 +40,6 @@ class Resources(Strict):
     num_cpus: float = Field(1, gt=0)
     num_gpus: float = Field(0, ge=0)
     memory_mb: int | None = Field(2048, ge=1)  # what Ray reserves per task; the task itself stays within it
-
-
-# Codecs pyarrow's Parquet writer takes, with the compression levels each accepts (None: no level).
-COMPRESSION_LEVELS: dict[str, tuple[int, int] | None] = {
-    "zstd": (1, 22), "gzip": (1, 9), "brotli": (0, 11), "lz4": None, "snappy": None, "none": None}
-
-
-class WriterConfig(Strict):
-    target_shard_mb: int = Field(256, ge=1)  # a stage output file rolls over at this much uncompressed text
-    row_group_mb: int = Field(32, ge=1)  # readers fetch row groups; ~32 MB keeps them few and small
-    compression: Literal["zstd", "gzip", "brotli", "lz4", "snappy", "none"] = "zstd"
-    compression_level: int | None = 3
-
-    @model_validator(mode="after")
-    def _level_fits_codec(self) -> WriterConfig:
-        levels = COMPRESSION_LEVELS[self.compression]
-        if levels is None:
-            self.compression_level = None  # these codecs take no level
-        elif self.compression_level is not None and not levels[0] <= self.compression_level <= levels[1]:
-            raise ValueError(f"compression_level: {self.compression} takes {levels[0]} to {levels[1]}, "
-                             f"got {self.compression_level}")
-        return self
 
 
 class StageBase(Strict):

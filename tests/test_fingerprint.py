@@ -81,6 +81,8 @@ def test_closures_of_the_shipped_steps_and_kinds():
     # The step registry is hashed, but a stage depends only on the steps it runs.
     assert "filters" in closure("pii") and "filters.quality" not in closure("pii")
     assert "filters.pii" not in closure("extract") and "pipeline.synth.qc" not in closure("extract")
+    # Validation code is not shard code: the resolved config is in the fingerprint instead.
+    assert not any("pipeline.config" in closure(name) for name in cfg)
 
 
 def test_imports_are_found_statically(tmp_path, monkeypatch):
@@ -110,3 +112,19 @@ def test_imports_are_found_statically(tmp_path, monkeypatch):
     assert found == ("demo", "demo.helper", "demo.stage", "demo.sub", "demo.sub.deep", "demo.typed")
     with pytest.raises(ValueError, match="json: not a module of Winnow's own packages"):
         sources.closure(("json",))
+
+
+def test_a_changed_prompt_template_recomputes_the_synth_stage(tmp_path):
+    template = tmp_path / "qa.j2"
+    template.write_text((ROOT / "configs" / "synth" / "paragraph_qa.j2").read_text())
+    synth = ('stages.synth.synth={generator: llm, endpoint: "http://127.0.0.1:9/v1", model: m, '
+             f'recipes: [{{name: paragraph_qa, template: "{template}"}}]}}')
+
+    def synth_fingerprint() -> str:
+        stage = load_config(QUICKSTART, [synth]).stages[-1]
+        return stage_fingerprint(stage, "previous")
+
+    before = synth_fingerprint()
+    assert synth_fingerprint() == before
+    template.write_text(template.read_text() + "\nAnswer in one sentence.\n")
+    assert synth_fingerprint() != before

@@ -40,7 +40,7 @@ class SynthKind(StageKind):
 
     def fingerprint_parts(self, stage: SynthStage) -> tuple[list[str], dict[str, dict[str, str]]]:
         versions = {name: version(name) for name in ("jinja2", "aiohttp", "lxml", "datasketch")}
-        return [], {"synth": versions}
+        return [], {"synth": versions, "synth_files": data_digests(stage.synth)}
 
     def shard_calls(self, ctx: StageContext) -> ShardCalls:
         from pipeline.kinds.pool import ShardCalls
@@ -86,6 +86,39 @@ class SynthKind(StageKind):
         recipes = ", ".join(r.get("name", "?") for r in synth.get("recipes", []))
         return (f"synthetic instruction data (`{synth.get('generator')}` generator, recipes: {recipes}); "
                 "documents pass through unchanged")
+
+
+def data_digests(params: Any) -> dict[str, str]:
+    """Digests of the files a synth stage reads besides its input: the prompt templates of its recipes
+    (configs/synth/*.j2 or the recipe's own), the judge's, the seed tasks and the QC's eval sets. A changed
+    template makes other prompts, so other answers: the stage is recomputed (answers already paid for stay
+    in the LLM cache)."""
+    import hashlib
+
+    import fsspec
+
+    from pipeline.synth.recipes import TEMPLATES
+
+    def digest(path: Any) -> str:
+        try:
+            with fsspec.open(str(path), "rb") as f:
+                return hashlib.file_digest(f, "sha256").hexdigest()[:16]
+        except FileNotFoundError:
+            return "missing"  # the stage reports it when it runs
+
+    found = {}
+    if params.generator != "webqa":  # webqa mines pages: no prompt
+        for recipe in params.recipes:
+            found[f"recipe:{recipe.name}"] = digest(recipe.template or TEMPLATES / f"{recipe.name}.j2")
+        if params.qc.judge:
+            found["judge"] = digest(params.qc.judge_template or TEMPLATES / "judge.j2")
+        if params.seed_tasks:
+            found["seed_tasks"] = digest(params.seed_tasks)
+    if params.qc.decont:
+        from filters.decont import DecontParams, sets_digest
+
+        found["decont"] = sets_digest(DecontParams(**{**params.qc.decont, "type": "decont"}))
+    return found
 
 
 def synth_shard_task(stage_name: str, params_json: str, stage_url: str, shard: str, input_path: str, input_id: str,
