@@ -1,7 +1,9 @@
 """Run configuration: YAML in, validated pydantic models out, with `--set` overrides.
 
 Every model forbids unknown keys, so a typo fails before any work starts, with the key's path
-and the nearest valid name. Steps are validated against the parameter model of their `type`.
+and the nearest valid name. Each stage kind has its own model (MapStage, DedupStage, SynthStage),
+picked by the stage's `kind`: a key the kind does not use is an error that names the stage, the key
+and the kinds that do use it. Steps are validated against the parameter model of their `type`.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 import copy
 import difflib
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator
@@ -141,8 +143,8 @@ def _kind_of(stage: Any) -> str:
 
 
 # A stage of any kind: validated against its kind's model only, so a key its kind does not use is an error.
-StageConfig = Annotated[Union[tuple(Annotated[m, Tag(k)] for k, m in STAGE_MODELS.items())],  # noqa: UP007
-                        Discriminator(_kind_of)]
+StageConfig = Annotated[Annotated[MapStage, Tag("map")] | Annotated[DedupStage, Tag("dedup")]
+                        | Annotated[SynthStage, Tag("synth")], Discriminator(_kind_of)]
 
 
 class RunConfig(Strict):
