@@ -81,14 +81,19 @@ def _parsed(name: str) -> ast.Module:
     return ast.parse(path.read_bytes(), filename=str(path))
 
 
-def _runtime_nodes(tree: ast.AST) -> Iterable[ast.AST]:
-    """Every node that can run: all of them except the bodies of `if TYPE_CHECKING:`."""
-    for node in ast.iter_child_nodes(tree):
-        if isinstance(node, ast.If) and _type_checking(node.test):
-            yield from (n for child in node.orelse for n in [child, *_runtime_nodes(child)])
-            continue
-        yield node
-        yield from _runtime_nodes(node)
+def _runtime_imports(tree: ast.Module) -> Iterable[ast.Import | ast.ImportFrom]:
+    """Every import statement that can run: all of them but those under `if TYPE_CHECKING:`. Imports are
+    statements, so only statement bodies are searched, not expressions."""
+    stack: list[ast.AST] = list(tree.body)
+    while stack:
+        node = stack.pop()
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            yield node
+        elif isinstance(node, ast.If) and _type_checking(node.test):
+            stack.extend(node.orelse)
+        else:
+            for field in ("body", "orelse", "finalbody", "handlers", "cases"):
+                stack.extend(getattr(node, field, None) or ())
 
 
 def _type_checking(test: ast.expr) -> bool:
@@ -110,10 +115,10 @@ def imports(name: str) -> tuple[tuple[str, str | None], ...]:
     """(module, name or None) for each import in a first-party module: `import a.b` gives ("a.b", None),
     `from a import b` gives ("a", "b")."""
     found: list[tuple[str, str | None]] = []
-    for node in _runtime_nodes(_parsed(name)):
+    for node in _runtime_imports(_parsed(name)):
         if isinstance(node, ast.Import):
             found += [(alias.name, None) for alias in node.names]
-        elif isinstance(node, ast.ImportFrom):
+        else:
             source = _absolute(name, node)
             found += [(source, alias.name) for alias in node.names]
     return tuple(found)
