@@ -11,9 +11,7 @@ worker process itself, and every page gets that scan first.
 
 from __future__ import annotations
 
-import hashlib
 import logging
-from pathlib import Path
 from typing import Any, Literal
 
 import pyarrow as pa
@@ -83,11 +81,7 @@ class Extract(Filter):
         versions = {params.extractor: pkg_version(params.extractor)}
         if params.extractor == "resiliparse" and params.cascade:
             versions["trafilatura"] = pkg_version("trafilatura")
-        # The step's module is in the stage fingerprint already; its helpers are not.
-        helpers = hashlib.sha256()
-        for name in ("extract_methods.py", "extract_trim.py", "extract_sandbox.py"):
-            helpers.update(Path(__file__).with_name(name).read_bytes())
-        return versions | {"helpers": helpers.hexdigest()[:16]}
+        return versions
 
     def _extract(self, html: str, check_depth: bool) -> tuple[str, list[str]]:
         options = self.options | {"check_depth": check_depth}

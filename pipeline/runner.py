@@ -94,6 +94,7 @@ class Runner:
             shard_inputs = {f"{k:05d}": url for k, url in enumerate(inputs)}
             input_ids = {f"{k:05d}": identity for k, identity in enumerate(inputs.values())}
             for segment in self.segments():
+                self.rundir.check_lock()
                 plan = []
                 for index in segment:
                     stage = self.cfg.stages[index]

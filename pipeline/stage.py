@@ -24,10 +24,10 @@ import pyarrow.parquet as pq
 
 from filters import STEPS, Doc, Step
 from filters.warc import READER_COLUMNS, WarcReaderParams, read_warc
-from pipeline.config import WriterConfig
 from pipeline.parquet_io import ShardWriter, iter_parquet, writer_for
 from pipeline.schema import DOC_COLUMNS
 from pipeline.stagedir import REJECTED, StageDir, node_id
+from pipeline.writer_params import WriterConfig
 
 log = logging.getLogger("winnow.stage")
 

@@ -74,6 +74,7 @@ class Segment:
                 self.feed(0, shard, inputs[shard], input_ids[shard])
             self.close_finished()
             while self.futures:
+                self.runner.rundir.check_lock()  # another run took the directory over: stop here
                 ready, _ = ray.wait(list(self.futures), num_returns=len(self.futures), timeout=0.5)
                 for ref in ready:
                     self.collect(ref)

@@ -13,14 +13,13 @@ import logging
 import time
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import fsspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.config import StageConfig, WriterConfig
 from pipeline.dedup.components import connected_components
 from pipeline.dedup.params import DedupParams
 from pipeline.dedup.phases import (
@@ -42,6 +41,10 @@ from pipeline.progress import StageProgress
 from pipeline.stage import completion_record
 from pipeline.stagedir import REJECTED, StageDir, merge_counts, run_shard
 from pipeline.storage import write_bytes
+from pipeline.writer_params import WriterConfig
+
+if TYPE_CHECKING:
+    from pipeline.config import StageConfig
 
 log = logging.getLogger("winnow.dedup")
 

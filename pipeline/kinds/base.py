@@ -40,7 +40,7 @@ class StageKind:
     # True when a shard's output depends on every input shard (dedup): its completion records then
     # name the whole input set, and a changed set recomputes the whole stage.
     global_input: ClassVar[bool] = False
-    # The config section (a key of StageConfig) this kind takes instead of `steps`, if any.
+    # The config section (a key of its stage model in pipeline.config) this kind takes instead of `steps`, if any.
     section: ClassVar[str | None] = None
     # True when the stage's documents are its input, unchanged (it makes something else beside them).
     passes_documents_through: ClassVar[bool] = False
@@ -49,7 +49,8 @@ class StageKind:
     folders: ClassVar[tuple[str, ...]] = ()
 
     def validate(self, stage: StageConfig, index: int) -> None:
-        """Raise ValueError, phrased for the user, when the stage cannot be of this kind."""
+        """Raise ValueError, phrased for the user, when the stage cannot stand at `index` (its keys were
+        checked by its kind's model in pipeline.config)."""
 
     def fingerprint_parts(self, stage: StageConfig) -> tuple[list[str], dict[str, dict[str, str]]]:
         """The modules whose source and the library versions that decide what this stage writes."""

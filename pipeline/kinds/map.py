@@ -9,22 +9,16 @@ from filters import STEPS
 from pipeline.kinds.base import StageContext, StageKind
 
 if TYPE_CHECKING:
+    from pipeline.config import MapStage
     from pipeline.kinds.pool import ShardCalls
-
-# Modules every map stage runs through, whatever its steps.
-RUNTIME_MODULES = ["filters.base", "pipeline.stage", "pipeline.parquet_io", "pipeline.schema"]
 
 
 class MapKind(StageKind):
     name = "map"
 
-    def validate(self, stage, index: int) -> None:
-        for section in ("dedup", "synth"):
-            if getattr(stage, section) is not None:
-                raise ValueError(f"stage {stage.name!r}: `{section}:` needs `kind: {section}`")
-
-    def fingerprint_parts(self, stage) -> tuple[list[str], dict[str, dict[str, str]]]:
-        modules = list(RUNTIME_MODULES)
+    def fingerprint_parts(self, stage: MapStage) -> tuple[list[str], dict[str, dict[str, str]]]:
+        # The steps this stage runs: their modules join this one's imports in the stage's source digest.
+        modules = []
         versions: dict[str, dict[str, str]] = {}
         for i, step in enumerate(stage.steps):
             cls = STEPS[step["type"]]

@@ -20,14 +20,12 @@ import fsspec
 from pipeline.kinds.base import StageContext, StageKind
 
 if TYPE_CHECKING:
+    from pipeline.config import SynthStage
     from pipeline.kinds.pool import ShardCalls
     from pipeline.stagedir import StageDir
 
 log = logging.getLogger("winnow.run")
 
-MODULES = ["pipeline.synth.shard", "pipeline.synth.params", "pipeline.synth.recipes", "pipeline.synth.qc",
-           "pipeline.synth.webqa", "pipeline.synth.jsonrepair", "llmclient.client", "llmclient.cache",
-           "pipeline.synth.local", "pipeline.kinds.synth", "pipeline.stage", "pipeline.parquet_io"]
 # Summed from the shards' records into the manifest's `synth` entry, then shown by status and the report.
 COUNTS = ("instructions", "rejected", "rephrased", "json_repaired", "judged", "requests", "completed",
           "cache_hits", "retries", "bad_requests", "failed_requests", "prompt_tokens", "completion_tokens")
@@ -39,33 +37,20 @@ class SynthKind(StageKind):
     passes_documents_through = True
     folders = ("instructions", "instructions/rejected", "rephrased")
 
-    def validate(self, stage, index: int) -> None:
-        from pydantic import ValidationError
-
-        from pipeline.config import _describe
-        from pipeline.synth.params import SynthParams
-
+    def validate(self, stage: SynthStage, index: int) -> None:
+        # Its keys, `synth:` included, were checked by its config model (pipeline.config.SynthStage).
         if index == 0:
             raise ValueError(f"stage {stage.name!r}: a synth stage needs a stage before it that extracts text")
-        if stage.steps:
-            raise ValueError(f"stage {stage.name!r}: a synth stage takes a `synth:` section, not steps")
-        if stage.dedup is not None:
-            raise ValueError(f"stage {stage.name!r}: `dedup:` needs `kind: dedup`")
-        try:
-            stage.synth = SynthParams(**(stage.synth or {})).model_dump(mode="json")
-        except ValidationError as exc:
-            raise ValueError(f"stage {stage.name!r}: synth: {_describe(exc, SynthParams)}") from None
 
-    def fingerprint_parts(self, stage) -> tuple[list[str], dict[str, dict[str, str]]]:
+    def fingerprint_parts(self, stage: SynthStage) -> tuple[list[str], dict[str, dict[str, str]]]:
         versions = {name: version(name) for name in ("jinja2", "aiohttp", "lxml", "datasketch")}
-        return list(MODULES), {"synth": versions}
+        return [], {"synth": versions, "synth_files": data_digests(stage.synth)}
 
     def shard_calls(self, ctx: StageContext) -> ShardCalls:
         from llmclient.ratelimit import make_limiter
         from pipeline.kinds.pool import ShardCalls
-        from pipeline.synth.params import SynthParams
 
-        stage, params = ctx.stage, SynthParams(**ctx.stage.synth)
+        stage, params = ctx.stage, ctx.stage.synth
         # One limiter for the whole cluster: a named actor every shard task finds by the endpoint.
         limiter = None
         if params.generator == "llm":
@@ -92,8 +77,8 @@ class SynthKind(StageKind):
         synth |= {key: merged.get(key, {}) for key in ("drop_reasons", "by_recipe", "retry_causes")}
         synth["cost_usd"] = round(merged.get("cost_usd", 0), 6)
         params = ctx.stage.synth
-        synth |= {"generator": params["generator"], "model": params.get("model") or params.get("checkpoint"),
-                  "recipes": [r["name"] for r in params["recipes"]]}
+        synth |= {"generator": params.generator, "model": params.model or params.checkpoint,
+                  "recipes": [r.name for r in params.recipes]}
         summary["synth"] = synth
         if len(ctx.done) == len(ctx.shards):
             summary["published"] = publish(ctx)
@@ -103,6 +88,39 @@ class SynthKind(StageKind):
         recipes = ", ".join(r.get("name", "?") for r in synth.get("recipes", []))
         return (f"synthetic instruction data (`{synth.get('generator')}` generator, recipes: {recipes}); "
                 "documents pass through unchanged")
+
+
+def data_digests(params: Any) -> dict[str, str]:
+    """Digests of the files a synth stage reads besides its input: the prompt templates of its recipes
+    (configs/synth/*.j2 or the recipe's own), the judge's, the seed tasks and the QC's eval sets. A changed
+    template makes other prompts, so other answers: the stage is recomputed (answers already paid for stay
+    in the LLM cache)."""
+    import hashlib
+
+    import fsspec
+
+    from pipeline.synth.recipes import TEMPLATES
+
+    def digest(path: Any) -> str:
+        try:
+            with fsspec.open(str(path), "rb") as f:
+                return hashlib.file_digest(f, "sha256").hexdigest()[:16]
+        except FileNotFoundError:
+            return "missing"  # the stage reports it when it runs
+
+    found = {}
+    if params.generator != "webqa":  # webqa mines pages: no prompt
+        for recipe in params.recipes:
+            found[f"recipe:{recipe.name}"] = digest(recipe.template or TEMPLATES / f"{recipe.name}.j2")
+        if params.qc.judge:
+            found["judge"] = digest(params.qc.judge_template or TEMPLATES / "judge.j2")
+        if params.seed_tasks:
+            found["seed_tasks"] = digest(params.seed_tasks)
+    if params.qc.decont:
+        from filters.decont import DecontParams, sets_digest
+
+        found["decont"] = sets_digest(DecontParams(**{**params.qc.decont, "type": "decont"}))
+    return found
 
 
 def synth_shard_task(params_json: str, stagedir: StageDir, shard: str, input_path: str, input_id: str,
