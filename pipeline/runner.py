@@ -216,7 +216,7 @@ class Runner:
     def reset_if_changed(self, stage_dir: str, stage: StageConfig, fingerprint: str) -> None:
         marker = self.rundir.stage_marker(stage_dir)
         if self.fs.exists(marker):
-            if (read_json(self.fs, marker) or {}).get("fingerprint") == fingerprint:
+            if (read_json(self.fs, marker, damaged="missing") or {}).get("fingerprint") == fingerprint:
                 return
             log.info("stage %s changed: recomputing it", stage.name)
             self.fs.rm(stage_dir, recursive=True)
@@ -298,7 +298,7 @@ def done_records(fs: fsspec.AbstractFileSystem, stage_dir: str, fingerprint: str
     existing = set(fs.glob(f"{stage_dir}/part-*.parquet")) | set(fs.glob(f"{stage_dir}/rejected/part-*.parquet"))
     for path in paths:
         shard = path.rsplit("/", 1)[-1].removesuffix(".json")
-        record = read_json(fs, path)
+        record = read_json(fs, path, damaged="missing")  # a damaged record: the shard is recomputed
         if record is None or record.get("fingerprint") != fingerprint:
             continue
         files = ([f"{stage_dir}/{n}" for n in record["outputs"]] +
