@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import time
-from typing import Any
+from typing import Any, Literal
 
 import fsspec
 
 from pipeline.storage import write_bytes
+
+log = logging.getLogger("winnow.records")
 
 # A rewrite is over in milliseconds: 5 tries over about 0.75 s outlast one.
 ATTEMPTS = 5
@@ -42,12 +45,14 @@ def write_json(fs: fsspec.AbstractFileSystem, path: str, data: Any) -> None:
         raise
 
 
-def read_json(fs: fsspec.AbstractFileSystem, path: str) -> Any | None:
+def read_json(fs: fsspec.AbstractFileSystem, path: str, damaged: Literal["raise", "missing"] = "raise") -> Any | None:
     """The record at `path`, or None when there is none.
 
-    A record rewritten while it is read is read again. Raises RecordError when what is there is still
-    not JSON after that, and OSError for any other failure to read (a network error, a permission):
-    neither is taken for a missing record."""
+    A record rewritten while it is read is read again. What is still not JSON after that raises
+    RecordError, or, with `damaged="missing"` (for a caller that rewrites such a record, as a shard's
+    completion record is rewritten when the shard is recomputed), is logged and taken as no record. Any
+    other failure to read (a network error, a permission) raises OSError: it is never taken for a
+    missing record."""
     for attempt in range(ATTEMPTS):
         last = attempt == ATTEMPTS - 1
         try:
@@ -65,9 +70,12 @@ def read_json(fs: fsspec.AbstractFileSystem, path: str) -> Any | None:
                 # Only a filesystem without atomic replacement shows half a record; after the retries
                 # it is no record at all.
                 if last:
-                    raise RecordError(f"{path}: not a JSON record ({exc}); Winnow writes its records whole, so "
-                                      "it was damaged or written by something else: delete it or restore "
-                                      "it") from None
+                    problem = (f"{path}: not a JSON record ({exc}); Winnow writes its records whole, so it was "
+                               "damaged or written by something else")
+                    if damaged == "missing":
+                        log.warning("%s; taken as missing, to be written again", problem)
+                        return None
+                    raise RecordError(f"{problem}: delete it or restore it") from None
         time.sleep(BACKOFF_S * 2**attempt)
     raise AssertionError("unreachable")
 

@@ -147,7 +147,7 @@ class Runner:
     def run_segment(self, plan: list[tuple[int, StageConfig, str]], inputs: dict[str, str],
                     input_ids: dict[str, str]) -> list[tuple[dict[str, Any], StageContext]]:
         contexts = [self.context(*step) for step in plan]
-        levels = Segment(contexts, self.ray, expected_shards=len(inputs)).run(inputs, input_ids)
+        levels = Segment(contexts, self.ray, len(inputs), self.rundir.check_lock).run(inputs, input_ids)
         return [(self._summary(level.ctx, level.reused, level.failures, level.wall_s), level.ctx) for level in levels]
 
     def run_global_stage(self, index: int, stage: StageConfig, fingerprint: str, inputs: dict[str, str],

@@ -114,7 +114,7 @@ class StageDir:
         return the completion records of this fingerprint whose files all exist, by shard."""
         fs = self.fs
         if fs.exists(self.marker):
-            if (read_json(fs, self.marker) or {}).get("fingerprint") == fingerprint:
+            if (read_json(fs, self.marker, damaged="missing") or {}).get("fingerprint") == fingerprint:
                 return self.done(fingerprint)
             log.info("stage %s changed: recomputing it", self.name)
             fs.rm(self.path, recursive=True)
@@ -124,13 +124,13 @@ class StageDir:
 
     def fingerprint(self) -> str | None:
         """The fingerprint the shards on disk belong to (from `_stage.json`), or None."""
-        return (read_json(self.fs, self.marker) or {}).get("fingerprint")
+        return (read_json(self.fs, self.marker, damaged="missing") or {}).get("fingerprint")
 
     def records(self) -> dict[str, dict[str, Any]]:
         """Every readable completion record, by shard, whatever its fingerprint or files."""
         found = {}
         for path in self.fs.glob(self.file(f"{DONE}/*.json")):
-            record = read_json(self.fs, path)
+            record = read_json(self.fs, path, damaged="missing")  # a damaged record: recomputed
             if isinstance(record, dict):
                 found[path.rsplit("/", 1)[-1].removesuffix(".json")] = record
         return found

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -50,10 +51,12 @@ class Segment:
     """Runs consecutive per-shard stages as one stream of shards. Each stage comes as its context (its
     StageDir and fingerprint, no shards yet); `ray` is the connection, joined only when a shard must run."""
 
-    def __init__(self, stages: list[StageContext], ray: RayConnection, expected_shards: int) -> None:
+    def __init__(self, stages: list[StageContext], ray: RayConnection, expected_shards: int,
+                 check_lock: Callable[[], None]) -> None:
         from pipeline.progress import StageProgress
 
         self.ray = ray
+        self.check_lock = check_lock  # raises once another run has taken the run directory over
         self.expected = expected_shards  # sizes actor pools, before later stages know their shard counts
         self.levels: list[StreamedStage] = []
         self.futures: dict[Any, tuple[int, str]] = {}
@@ -74,7 +77,7 @@ class Segment:
                 self.feed(0, shard, inputs[shard], input_ids[shard])
             self.close_finished()
             while self.futures:
-                self.runner.rundir.check_lock()  # another run took the directory over: stop here
+                self.check_lock()
                 ready, _ = ray.wait(list(self.futures), num_returns=len(self.futures), timeout=0.5)
                 for ref in ready:
                     self.collect(ref)
