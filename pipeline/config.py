@@ -6,20 +6,17 @@ and the nearest valid name. Steps are validated against the parameter model of t
 
 from __future__ import annotations
 
-import difflib
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from filters import STEPS
 from filters.warc import WarcReaderParams
 from pipeline.dedup.params import DedupParams
-
-
-class ConfigError(ValueError):
-    """A config problem, phrased for the user: which key, what is wrong, what to do."""
+from train.overrides import ConfigError, read_config
+from train.overrides import describe as _describe
+from train.overrides import suggest as _suggest
 
 
 class Strict(BaseModel):
@@ -147,101 +144,8 @@ class RunConfig(Strict):
         return stages
 
 
-def _suggest(word: str, options: Any) -> str:
-    close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.5)
-    return f"; did you mean {close[0]!r}?" if close else f"; valid: {', '.join(sorted(options))}"
-
-
-def _model_in(annotation: Any) -> type[BaseModel] | None:
-    """The pydantic model inside an annotation such as `X`, `X | None` or `list[X]`."""
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    for arg in getattr(annotation, "__args__", ()):
-        found = _model_in(arg)
-        if found is not None:
-            return found
-    return None
-
-
-def _fields_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
-    """The valid field names of the section at `loc` inside `model`."""
-    current: type[BaseModel] | None = model
-    for part in loc:
-        if isinstance(part, int):
-            continue
-        field = current.model_fields.get(part) if current else None
-        current = _model_in(field.annotation) if field else None
-    return list(current.model_fields) if current else []
-
-
-def _describe(exc: ValidationError, model: type[BaseModel]) -> str:
-    lines = []
-    for err in exc.errors():
-        loc = tuple(err["loc"])
-        path = ".".join(str(p) for p in loc)
-        if err["type"] == "extra_forbidden":
-            valid = _fields_at(model, loc[:-1])
-            lines.append(f"unknown key {path!r}{_suggest(str(loc[-1]), valid) if valid else ''}")
-        else:
-            msg = err["msg"].removeprefix("Value error, ")
-            if loc and msg.startswith(f"{loc[-1]}."):  # the step validator already names its key
-                lines.append(".".join(str(p) for p in loc[:-1]) + "." + msg)
-            else:
-                lines.append(f"{path}: {msg}" if path else msg)
-    return "; ".join(lines)
-
-
-def apply_override(raw: dict[str, Any], assignment: str) -> None:
-    """Apply one `a.b.c=value`. List items are addressed by index or by their name/type."""
-    if "=" not in assignment:
-        raise ConfigError(f"--set {assignment!r}: expected key=value")
-    key, value = assignment.split("=", 1)
-    parsed = yaml.safe_load(value) if value else ""
-    parts = key.split(".")
-    node: Any = raw
-    for depth, part in enumerate(parts):
-        last = depth == len(parts) - 1
-        where = ".".join(parts[: depth + 1])
-        if isinstance(node, list):
-            index = _list_index(node, part, where)
-            if last:
-                node[index] = parsed
-            else:
-                node = node[index]
-        elif isinstance(node, dict):
-            if last:
-                node[part] = parsed
-            else:
-                node = node.setdefault(part, {})
-        else:
-            raise ConfigError(f"--set {key}: {'.'.join(parts[:depth])!r} is a value, not a section")
-
-
-def _list_index(items: list[Any], part: str, where: str) -> int:
-    if part.lstrip("-").isdigit():
-        index = int(part)
-        if not -len(items) <= index < len(items):
-            raise ConfigError(f"--set {where}: index out of range (the list has {len(items)} items)")
-        return index
-    names = [it.get("name") or it.get("type") if isinstance(it, dict) else None for it in items]
-    if part in names:
-        return names.index(part)
-    raise ConfigError(f"--set {where}: no item named {part!r}{_suggest(part, [n for n in names if n])}")
-
-
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
-    path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except FileNotFoundError:
-        raise ConfigError(f"config file {path} not found") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping of keys")
-    for assignment in overrides:
-        apply_override(raw, assignment)
-    return validate(raw, source=str(path))
+    return validate(read_config(path, overrides), source=str(path))
 
 
 def validate(raw: dict[str, Any], source: str = "config") -> RunConfig:
