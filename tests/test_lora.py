@@ -53,7 +53,10 @@ def base(tmp_path_factory):
     pq.write_table(pa.table({"text": texts}), root / "text.parquet")
     (root / "base").mkdir()
     train_tokenizer([str(root / "text.parquet")], 512, str(root / "base" / "tokenizer.json"))
-    checkpoint.save(str(root / "base"), small_gpt(), None, 0, {"tokenizer": checkpoint.TOKENIZER,
+    model = small_gpt()
+    with torch.no_grad():  # confident random predictions: a loss that a few adapter steps can visibly lower
+        model.embed_tokens.weight.mul_(10)
+    checkpoint.save(str(root / "base"), model, None, 0, {"tokenizer": checkpoint.TOKENIZER,
                                                                "train_config": {"sft": {"template": "chat"}}})
     (root / "pairs.json").write_text(json.dumps(json.loads(PAIRS.read_text())[:32]))
     return root
@@ -63,7 +66,7 @@ def write_config(root: Path, name: str, base: Path, **extra) -> object:
     raw = {"out_dir": str(root / name), "init_from": str(base / "base"), "seq_len": 64, "micro_batch": 4,
            "max_steps": 8, "log_every": 1, "eval_every": 4, "ckpt_every": 0, "tensorboard": False,
            "schedule": {"kind": "cosine", "warmup_steps": 1}, "optimizer": {"lr": 1e-2, "weight_decay": 0.0},
-           "lora": {"r": 4, "alpha": 8, "dropout": 0.1, "targets": ALL},
+           "lora": {"r": 4, "alpha": 16, "dropout": 0.1, "targets": ALL},
            "sft": {"data": [str(ALPACA)], "template": "chat", "val_fraction": 0.1}, **extra}
     (root / f"{name}.yaml").write_text(yaml.safe_dump(raw))
     return load_train_config(str(root / f"{name}.yaml"))
@@ -175,7 +178,8 @@ def test_lora_sft_learns_resumes_exactly_and_saves_adapters_that_load_merged(bas
     a = [(r["step"], r["loss"], r.get("val_loss")) for r in log_of(unbroken) if "loss" in r]
     b = [(r["step"], r["loss"], r.get("val_loss")) for r in log_of(stopped) if "loss" in r]
     assert [s for s, *_ in b] == list(range(1, 9)) and a == b  # dropout on: the RNG resumes too
-    assert a[-1][2] < a[0][2] - 0.3 and a[-1][1] < a[0][1]  # validation and training loss fall
+    vals = [v for *_, v in a if v is not None]
+    assert a[-1][1] < a[0][1] - 1 and vals[-1] < vals[0] - 1  # training and validation loss fall
     start = log_of(unbroken)[0]
     assert start["trainable_params"] / start["params"] < 0.1
     ckpt = checkpoint.load(unbroken.out_dir)
