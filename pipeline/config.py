@@ -6,17 +6,20 @@ and the nearest valid name. Steps are validated against the parameter model of t
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 from typing import Any, Literal
 
+import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from filters import STEPS
 from filters.warc import WarcReaderParams
 from pipeline.dedup.params import DedupParams
-from train.overrides import ConfigError, read_config
-from train.overrides import describe as _describe
-from train.overrides import suggest as _suggest
+
+
+class ConfigError(ValueError):
+    """A config problem, phrased for the user: which key, what is wrong, what to do."""
 
 
 class Strict(BaseModel):
@@ -144,8 +147,71 @@ class RunConfig(Strict):
         return stages
 
 
+def _suggest(word: str, options: Any) -> str:
+    close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.5)
+    return f"; did you mean {close[0]!r}?" if close else f"; valid: {', '.join(sorted(options))}"
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The pydantic model inside an annotation such as `X`, `X | None` or `list[X]`."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _fields_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """The valid field names of the section at `loc` inside `model`."""
+    current: type[BaseModel] | None = model
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = current.model_fields.get(part) if current else None
+        current = _model_in(field.annotation) if field else None
+    return list(current.model_fields) if current else []
+
+
+def _describe(exc: ValidationError, model: type[BaseModel]) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = tuple(err["loc"])
+        path = ".".join(str(p) for p in loc)
+        if err["type"] == "extra_forbidden":
+            valid = _fields_at(model, loc[:-1])
+            lines.append(f"unknown key {path!r}{_suggest(str(loc[-1]), valid) if valid else ''}")
+        else:
+            msg = err["msg"].removeprefix("Value error, ")
+            if loc and msg.startswith(f"{loc[-1]}."):  # the step validator already names its key
+                lines.append(".".join(str(p) for p in loc[:-1]) + "." + msg)
+            else:
+                lines.append(f"{path}: {msg}" if path else msg)
+    return "; ".join(lines)
+
+
+def apply_override(raw: dict[str, Any], assignment: str) -> None:
+    """Apply one `a.b.c=value`. List items are addressed by index or by their name/type. The same
+    parsing and messages serve `winnow train --set` (train/overrides.py)."""
+    from train.overrides import apply_override as apply
+
+    apply(raw, assignment, error=ConfigError)
+
+
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
-    return validate(read_config(path, overrides), source=str(path))
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} not found") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of keys")
+    for assignment in overrides:
+        apply_override(raw, assignment)
+    return validate(raw, source=str(path))
 
 
 def validate(raw: dict[str, Any], source: str = "config") -> RunConfig:

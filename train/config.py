@@ -112,11 +112,9 @@ class TrainConfigError(ConfigError):
 
 def load_train_config(path: str, overrides: list[str] | None = None) -> TrainConfig:
     """The config at `path`, with `key.sub=value` overrides applied; errors name the key."""
+    raw = read_config(path, overrides or [], error=TrainConfigError)
     try:
-        raw = read_config(path, overrides or [])
         cfg = TrainConfig.model_validate(raw)
-    except ConfigError as exc:
-        raise TrainConfigError(str(exc)) from None
     except ValidationError as exc:
         raise TrainConfigError(f"{path}: {describe(exc, TrainConfig)}") from None
     if [cfg.data, cfg.sft, cfg.dpo].count(None) != 2:

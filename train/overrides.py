@@ -1,8 +1,9 @@
 """YAML configs with `--set key=value` overrides, and validation errors phrased for the user.
 
-Shared by `winnow run` (pipeline/config.py) and `winnow train` (train/config.py), so both read a
-config, apply overrides and name a bad key the same way. Only PyYAML and pydantic: importing this
-pulls in neither the pipeline nor torch.
+`winnow run` (pipeline/config.py) and `winnow train` (train/config.py) apply `--set` with the same
+code, so both parse overrides and word their errors the same way; `describe` words a validation
+error as the pipeline's does (unknown keys with the nearest valid name). Only PyYAML and pydantic:
+importing this pulls in neither the pipeline nor torch.
 """
 
 from __future__ import annotations
@@ -19,38 +20,39 @@ class ConfigError(ValueError):
     """A config problem, phrased for the user: which key, what is wrong, what to do."""
 
 
-def read_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
-    """The YAML mapping at `path` with each `a.b.c=value` override applied."""
+def read_config(path: str | Path, overrides: list[str] | tuple[str, ...] = (),
+                error: type[ValueError] = ConfigError) -> dict[str, Any]:
+    """The YAML mapping at `path` with each `a.b.c=value` override applied; problems raise `error`."""
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except FileNotFoundError:
-        raise ConfigError(f"config file {path} not found") from None
+        raise error(f"config file {path} not found") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        raise error(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping of keys")
+        raise error(f"{path}: the top level must be a mapping of keys")
     for assignment in overrides:
-        apply_override(raw, assignment)
+        apply_override(raw, assignment, error)
     return raw
 
 
-def apply_override(raw: dict[str, Any], assignment: str) -> None:
+def apply_override(raw: dict[str, Any], assignment: str, error: type[ValueError] = ConfigError) -> None:
     """Apply one `a.b.c=value`. List items are addressed by index or by their name/type."""
     if "=" not in assignment:
-        raise ConfigError(f"--set {assignment!r}: expected key=value")
+        raise error(f"--set {assignment!r}: expected key=value")
     key, value = assignment.split("=", 1)
     try:
         parsed = yaml.safe_load(value) if value else ""
     except yaml.YAMLError as exc:
-        raise ConfigError(f"--set {key}: the value is not valid YAML: {exc}") from None
+        raise error(f"--set {key}: the value is not valid YAML: {exc}") from None
     parts = key.split(".")
     node: Any = raw
     for depth, part in enumerate(parts):
         last = depth == len(parts) - 1
         where = ".".join(parts[: depth + 1])
         if isinstance(node, list):
-            index = _list_index(node, part, where)
+            index = _list_index(node, part, where, error)
             if last:
                 node[index] = parsed
             else:
@@ -63,19 +65,19 @@ def apply_override(raw: dict[str, Any], assignment: str) -> None:
                     node[part] = {}
                 node = node[part]
         else:
-            raise ConfigError(f"--set {key}: {'.'.join(parts[:depth])!r} is a value, not a section")
+            raise error(f"--set {key}: {'.'.join(parts[:depth])!r} is a value, not a section")
 
 
-def _list_index(items: list[Any], part: str, where: str) -> int:
+def _list_index(items: list[Any], part: str, where: str, error: type[ValueError]) -> int:
     if part.lstrip("-").isdigit():
         index = int(part)
         if not -len(items) <= index < len(items):
-            raise ConfigError(f"--set {where}: index out of range (the list has {len(items)} items)")
+            raise error(f"--set {where}: index out of range (the list has {len(items)} items)")
         return index
     names = [it.get("name") or it.get("type") if isinstance(it, dict) else None for it in items]
     if part in names:
         return names.index(part)
-    raise ConfigError(f"--set {where}: no item named {part!r}{suggest(part, [n for n in names if n])}")
+    raise error(f"--set {where}: no item named {part!r}{suggest(part, [n for n in names if n])}")
 
 
 def suggest(word: str, options: Any) -> str:
