@@ -60,13 +60,12 @@ def load(path: str, map_location: str | torch.device = "cpu") -> dict[str, Any]:
 def load_model(path: str, device: str | torch.device = "cpu") -> tuple[GPT, dict[str, Any]]:
     """A model ready for inference, and its checkpoint, with `tokenizer` resolved to a path."""
     ckpt = load(path, map_location=device)
-    if "lora" in ckpt:  # adapters only: the base they name, with them merged in (train/lora.py)
-        from train.lora import merged_model
+    if "lora" in ckpt:  # adapters only: the weights of their base with them merged in (train/lora.py)
+        from train.lora import merged_checkpoint
 
-        model = merged_model(ckpt, str(path), device)
-    else:
-        model = GPT(ModelConfig(**ckpt["model_config"]))
-        model.load_state_dict(ckpt["model"])
+        ckpt = merged_checkpoint(ckpt, str(path), device)
+    model = GPT(ModelConfig(**ckpt["model_config"]))
+    model.load_state_dict(ckpt["model"])
     folder = Path(path) if Path(path).is_dir() else Path(path).parent
     ckpt["tokenizer"] = str(folder / ckpt["tokenizer"]) if not Path(ckpt["tokenizer"]).is_absolute() \
         else ckpt["tokenizer"]

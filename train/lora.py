@@ -161,6 +161,12 @@ def merged_model(ckpt: dict[str, Any], where: str, device: str | torch.device) -
     return merge(model).eval()
 
 
+def merged_checkpoint(ckpt: dict[str, Any], where: str, device: str | torch.device) -> dict[str, Any]:
+    """The checkpoint with `model` holding the merged weights, as a full checkpoint would."""
+    model = merged_model(ckpt, where, device)
+    return {**ckpt, "model": model.state_dict(), "model_config": model.cfg.to_dict()}
+
+
 def training_model(cfg: TrainConfig, ckpt: dict[str, Any] | None, device: torch.device
                    ) -> tuple[GPT, dict[str, Any]]:
     """The base from `init_from` (or, resuming, the one this run's checkpoint names) with adapters
