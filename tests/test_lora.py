@@ -251,3 +251,28 @@ def test_lora_dpo_takes_reference_logps_from_the_base_with_adapters_off(base, tm
     with torch.no_grad():
         on = compute_logps(policy.eval(), batches.rows, 2, torch.device("cpu"), nullcontext())
     assert not np.allclose(on, expected, atol=1e-3)
+
+
+@pytest.mark.slow
+def test_lora_under_torchrun_equals_one_process(base, tmp_path):
+    """2 ranks x 2 rows per step see what 1 process x 4 sees: the adapters must agree; DDP leaves the
+    frozen base out of its gradient all-reduce."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    ddp = write_config(tmp_path, "ddp", base, micro_batch=2, max_steps=3, eval_every=0,
+                       lora={"r": 4, "alpha": 8, "dropout": 0.0, "targets": ALL})
+    single = write_config(tmp_path, "single", base, micro_batch=4, max_steps=3, eval_every=0,
+                          lora={"r": 4, "alpha": 8, "dropout": 0.0, "targets": ALL})
+    torchrun = Path(sys.executable).parent / "torchrun"
+    done = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node=2", "-m", "pipeline.cli", "train", "sft",
+                           str(tmp_path / "ddp.yaml")], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    run_sft(single)
+    assert log_of(ddp)[0]["world_size"] == 2
+    a, b = checkpoint.load(ddp.out_dir)["model"], checkpoint.load(single.out_dir)["model"]
+    assert a.keys() == b.keys() and len(a) == 28
+    for name in a:
+        assert torch.allclose(a[name], b[name], atol=1e-5), name

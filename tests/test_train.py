@@ -301,3 +301,14 @@ def test_continued_pretraining_takes_the_model_and_tokenizer_from_init_from(trai
 
     with pytest.raises(TrainConfigError, match=r"model: n_layer=6 \(the checkpoint has 2\)"):
         run_pretrain(load_train_config(str(root / "conflict.yaml")))
+
+
+def test_the_shipped_train_configs_are_valid():
+    from train.config import TrainConfig
+
+    paths = sorted((ROOT / "configs" / "train").glob("*.yaml"))
+    assert any(p.name == "sft-lora.yaml" for p in paths)
+    for path in paths:
+        cfg = TrainConfig.model_validate(yaml.safe_load(path.read_text()))
+        assert cfg.tokenizer or cfg.init_from, path.name
+        assert [cfg.data, cfg.sft, cfg.dpo].count(None) == 2, path.name

@@ -247,6 +247,7 @@ def run(cfg: TrainConfig, objective: Objective, stop_at: int | None = None,
     if resume:
         logger.drop_after(start_step)  # steps logged after the checkpoint are about to be redone
     info = objective.setup(model, env, autocast)
+    note = info.pop("note", None)
     if env.main:
         checkpoint.keep_tokenizer(cfg.tokenizer, cfg.out_dir)
     raw_model = model
@@ -265,7 +266,7 @@ def run(cfg: TrainConfig, objective: Objective, stop_at: int | None = None,
     logger.log(start, f"{'resuming' if resume else 'training'} {params:,} parameters"
                + (f" ({trainable:,} trainable, LoRA)" if lora_ref else "") + f" on {device} x{env.world_size}, "
                f"{tokens_per_step:,} tokens per step at most, {'bf16' if bf16 else 'fp32'}"
-               + (f"; {info['note']}" if "note" in info else ""))
+               + (f"; {note}" if note else ""))
     stop = StopRequest()
 
     def evaluate() -> dict[str, float]:
