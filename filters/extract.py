@@ -11,13 +11,7 @@ worker process itself, and every page gets that scan first.
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import signal
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
 from typing import Any, Literal
 
 import pyarrow as pa
@@ -56,29 +50,6 @@ class ExtractParams(StepParams):
     favor_precision: bool = True
 
 
-class ExtractTimeout(BaseException):
-    """A BaseException, like KeyboardInterrupt: extractors' own `except Exception` must not swallow it."""
-
-
-def _on_alarm(signum, frame):
-    raise ExtractTimeout()
-
-
-@contextmanager
-def time_limit(seconds: float) -> Iterator[None]:
-    """Raise ExtractTimeout after `seconds`; a no-op off the main thread, where signals can't go."""
-    if seconds <= 0 or threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGALRM, _on_alarm)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
-
-
 class Extract(Filter):
     type_name = "extract"
     Params = ExtractParams
@@ -110,11 +81,7 @@ class Extract(Filter):
         versions = {params.extractor: pkg_version(params.extractor)}
         if params.extractor == "resiliparse" and params.cascade:
             versions["trafilatura"] = pkg_version("trafilatura")
-        # The step's module is in the stage fingerprint already; its helpers are not.
-        helpers = hashlib.sha256()
-        for name in ("extract_methods.py", "extract_trim.py", "extract_sandbox.py"):
-            helpers.update(Path(__file__).with_name(name).read_bytes())
-        return versions | {"helpers": helpers.hexdigest()[:16]}
+        return versions
 
     def _extract(self, html: str, check_depth: bool) -> tuple[str, list[str]]:
         options = self.options | {"check_depth": check_depth}
