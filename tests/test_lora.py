@@ -276,3 +276,42 @@ def test_lora_under_torchrun_equals_one_process(base, tmp_path):
     assert a.keys() == b.keys() and len(a) == 28
     for name in a:
         assert torch.allclose(a[name], b[name], atol=1e-5), name
+
+
+def test_an_imported_model_fine_tunes_with_lora_and_exports_merged(tmp_path, capsys):
+    """The usual path: `winnow import`, then `init_from:` + `lora:` with neither `tokenizer:` nor `model:`,
+    then generate and export the merged model; transformers reads the export with the same logits."""
+    from transformers import AutoModelForCausalLM
+
+    from pipeline.cli import main
+    from tests.test_import import tiny_llama
+
+    tiny_llama(tmp_path / "hf")
+    assert main(["import", str(tmp_path / "hf"), "--out", str(tmp_path / "base")]) == 0
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("\n".join(json.dumps({"instruction": f"the fox {k}", "output": "jumps over the lazy dog"})
+                              for k in range(16)))
+    raw = {"out_dir": str(tmp_path / "tuned"), "init_from": str(tmp_path / "base"), "seq_len": 64, "micro_batch": 4,
+           "max_steps": 6, "log_every": 1, "eval_every": 0, "ckpt_every": 0, "tensorboard": False,
+           "schedule": {"kind": "constant", "warmup_steps": 0}, "optimizer": {"lr": 1e-2, "weight_decay": 0.0},
+           "lora": {"r": 4, "alpha": 8, "targets": ["q_proj", "v_proj", "down_proj"]},
+           "sft": {"data": [str(data)], "template": "model", "val_fraction": 0}}
+    (tmp_path / "sft.yaml").write_text(yaml.safe_dump(raw))
+    assert main(["train", "sft", str(tmp_path / "sft.yaml")]) == 0
+    log = [json.loads(line) for line in (tmp_path / "tuned" / "log.jsonl").read_text().splitlines()]
+    assert log[-1]["loss"] < log[1]["loss"] and log[0]["trainable_params"] < log[0]["params"] / 10
+    merged, ckpt = checkpoint.load_model(str(tmp_path / "tuned"))
+    assert checkpoint.prompt_template(ckpt) == "model" and ckpt["chat_template"]
+    capsys.readouterr()
+    assert main(["generate", str(tmp_path / "tuned"), "--prompt", "the fox", "--max-tokens", "4", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[0])["tokens"] <= 4
+    assert main(["export", str(tmp_path / "tuned"), "--hf", str(tmp_path / "export")]) == 0
+    hf = AutoModelForCausalLM.from_pretrained(str(tmp_path / "export"), dtype=torch.float32).eval()
+    x = torch.randint(0, 320, (2, 16))
+    with torch.no_grad():
+        assert torch.allclose(hf(x).logits, merged(x)[0], atol=1e-4)
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump({**raw, "out_dir": str(tmp_path / "bad"),
+                                                        "lora": {"targets": ["q_proj", "query"]}}))
+    assert main(["train", "sft", str(tmp_path / "bad.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert "config error" in err and "'query' names no linear layer" in err and "gate_proj" in err
