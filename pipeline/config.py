@@ -287,41 +287,11 @@ def _from_old_run_yaml(raw: dict[str, Any]) -> dict[str, Any]:
 
 
 def apply_override(raw: dict[str, Any], assignment: str) -> None:
-    """Apply one `a.b.c=value`. List items are addressed by index or by their name/type."""
-    if "=" not in assignment:
-        raise ConfigError(f"--set {assignment!r}: expected key=value")
-    key, value = assignment.split("=", 1)
-    parsed = yaml.safe_load(value) if value else ""
-    parts = key.split(".")
-    node: Any = raw
-    for depth, part in enumerate(parts):
-        last = depth == len(parts) - 1
-        where = ".".join(parts[: depth + 1])
-        if isinstance(node, list):
-            index = _list_index(node, part, where)
-            if last:
-                node[index] = parsed
-            else:
-                node = node[index]
-        elif isinstance(node, dict):
-            if last:
-                node[part] = parsed
-            else:
-                node = node.setdefault(part, {})
-        else:
-            raise ConfigError(f"--set {key}: {'.'.join(parts[:depth])!r} is a value, not a section")
+    """Apply one `a.b.c=value`. List items are addressed by index or by their name/type. The same
+    parsing and messages serve `winnow train --set` (train/overrides.py)."""
+    from train.overrides import apply_override as apply
 
-
-def _list_index(items: list[Any], part: str, where: str) -> int:
-    if part.lstrip("-").isdigit():
-        index = int(part)
-        if not -len(items) <= index < len(items):
-            raise ConfigError(f"--set {where}: index out of range (the list has {len(items)} items)")
-        return index
-    names = [it.get("name") or it.get("type") if isinstance(it, dict) else None for it in items]
-    if part in names:
-        return names.index(part)
-    raise ConfigError(f"--set {where}: no item named {part!r}{_suggest(part, [n for n in names if n])}")
+    apply(raw, assignment, error=ConfigError)
 
 
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
