@@ -45,6 +45,10 @@ _CLASS_ATTRS = (re.compile(r"""class\s*=\s*["']?([^"'>]*)"""), re.compile(r"""(?
 _FIGURE = re.compile(r"<fig(?:ure|caption)[\s>]", re.I)
 # A skipped element never holds this share of the body's text: then it is the article, whatever its class.
 MAX_SKIP_SHARE = 0.5
+# Nor the page's largest run of text between two tags, outside scripts and styles: the article's main prose.
+# Blogger wraps the post in `class="widget Blog"`, and its sidebar widgets may hold more text than the post.
+_TEXT_RUN = re.compile(r"<(?!/?(?:script|style)\b)[a-zA-Z/][^>]*>([^<]{100,})", re.I)
+PROBE_CHARS = 60
 
 # The class of the <blockquote> an embedded tweet is (see `unhide_embedded_posts`).
 EMBEDDED_TWEET = "twitter-tweet"
@@ -71,6 +75,9 @@ _TAG_LINE = re.compile(r"\s*<[a-zA-Z/!][^>]*>\s*")
 
 _HEADING = re.compile(r"<h([1-6])(?:\s[^>]*)?>(.*?)</h\1\s*>", re.I | re.S)
 _TAG = re.compile(r"<[^>]*>")
+
+# The space separators of Unicode (category Zs) but the plain space: no-break, thin, ideographic, ...
+_UNICODE_SPACE = re.compile("[\u00a0\u1680\u2000-\u200a\u202f\u205f\u3000]")
 
 # Shorter results go to trafilatura, when the cascade is on (bench/extraction.py measures the choice).
 CASCADE_MIN_CHARS = 300
@@ -168,6 +175,14 @@ def skip_selector(html: str) -> str:
     return ", ".join([*SKIP_TAGS, *(f'[class~="{token}"]' for token in sorted(tokens))])
 
 
+def main_prose_probe(html: str) -> str:
+    """A piece of the page's largest run of text between tags, whitespace collapsed ("" if none is long)."""
+    runs = (m.group(1) for m in _TEXT_RUN.finditer(html))
+    longest = " ".join(html_lib.unescape(max(runs, key=len, default="")).split())
+    middle = max(0, len(longest) // 2 - PROBE_CHARS // 2)
+    return longest[middle : middle + PROBE_CHARS] if len(longest) >= PROBE_CHARS else ""
+
+
 def resiliparse_main(html: str) -> tuple[str, frozenset[str]]:
     """resiliparse's main content, without link-dense lines, and the page's heading texts."""
     from resiliparse.extract.html2text import extract_plain_text
@@ -178,15 +193,16 @@ def resiliparse_main(html: str) -> tuple[str, frozenset[str]]:
     if body is None:
         return "", frozenset()
     headings = heading_texts(html)
-    total = -1
+    total, probe = -1, None
     selector = skip_selector(html)
     for node in body.query_selector_all(selector) if selector else ():
         if node.parent is None:
             continue  # nothing to remove it from
-        size = len(node.text)
-        if size > 200:  # only a sizeable element can hold most of the page: measure the page once
+        text = node.text
+        if len(text) > 200:  # only a sizeable element can hold the article: measure the page once
             total = len(body.text) if total < 0 else total
-            if size > MAX_SKIP_SHARE * total:
+            probe = main_prose_probe(html) if probe is None else probe
+            if len(text) > MAX_SKIP_SHARE * total or (probe and probe in " ".join(text.split())):
                 continue  # it is the article, whatever its class says
         node.parent.remove_child(node)
     text = extract_plain_text(tree, main_content=True, alt_texts=False, links=False, form_fields=False,
@@ -195,7 +211,10 @@ def resiliparse_main(html: str) -> tuple[str, frozenset[str]]:
 
 
 def clean_text(text: str) -> str:
-    """Trim trailing spaces and collapse runs of blank lines, which both extractors leave."""
+    """Trim trailing spaces and collapse runs of blank lines, which both extractors leave; non-breaking and the
+    other Unicode spaces become plain ones (tokenizers, dedup and the line rules all split on " ")."""
+    if not text.isascii():
+        text = _UNICODE_SPACE.sub(" ", text)
     lines = [line.rstrip() for line in text.strip().splitlines()]
     out: list[str] = []
     for line in lines:

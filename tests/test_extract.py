@@ -363,3 +363,41 @@ def test_heading_texts_read_from_the_raw_html_match_the_extracted_lines():
 
     html = '<h2 class="x">Fish &amp; <em>Chips</em></h2><H1>A\n  B</H1><h3></h3><h4>Unclosed<p>text'
     assert heading_texts(html) == {"Fish & Chips", "A B"}
+
+
+# -- fixes found on pages in many languages ------------------------------------------------------------
+def test_a_blogger_post_survives_a_sidebar_longer_than_the_post():
+    # Blogger wraps the post in `class="widget Blog"` too; here the sidebar's widgets hold more text than it.
+    post = "<p>" + "The post itself, written by the blog's author, with words enough to read as prose. " * 4 + "</p>"
+    blurb = "Some sidebar words about the blog and its author. " * 6
+    side = "".join(f'<div class="widget HTML"><h2>About {i}</h2><p>{blurb}</p></div>' for i in range(4))
+    html = (f'<html><body><div class="main"><div class="widget Blog" id="Blog1"><h3>Post title here</h3>{post}'
+            f'</div></div><div class="sidebar">{side}</div></body></html>')
+    assert "The post itself" in resiliparse_text(html)
+
+
+def test_chinese_and_japanese_paragraphs_under_200_characters_are_prose():
+    zh = "北京时间昨天晚上，中国女排在世界杯比赛中以三比零战胜了对手，取得了本届比赛的第五场胜利。"
+    ja = "東京都は昨日、新しい公園の建設計画を発表し、来年の春に工事を始める予定だと説明しました。"
+    long_zh = zh * 5
+    for short in (zh, ja):
+        text = f"首页\n新闻\n{short}\n{long_zh}\n{short}"
+        assert trim_boilerplate(text).splitlines() == [short, long_zh, short]
+
+
+def test_non_breaking_and_other_unicode_spaces_become_plain_spaces():
+    from filters.extract_methods import clean_text
+
+    assert clean_text("10\u00a0km and\u202fmore\u2009here\u3000now") == "10 km and more here now"
+    html = f"<html><body><article><p>Price:&nbsp;10&nbsp;EUR for&nbsp;everyone.</p>{PROSE}</article></body></html>"
+    text, _ = extract_page(html, {"extractor": "resiliparse", "trim_boilerplate": True, "cascade": False,
+                                  "max_depth": 256})
+    assert "\u00a0" not in text and "10 EUR" in text
+
+
+@pytest.mark.parametrize("credit", ["(Foto: dpa)", "(Photo: Getty Images)", "[Foto: Anna Schmidt]"])
+def test_a_credit_in_brackets_is_metadata(credit):
+    prose = "This is a real sentence with more than eight words in it."
+    assert is_metadata(credit)
+    text = "\n".join(["The Headline", credit, prose])
+    assert trim_boilerplate(text, keep=frozenset({"The Headline"})).splitlines() == ["The Headline", prose]
