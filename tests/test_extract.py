@@ -83,13 +83,31 @@ def test_without_a_limit_the_guard_runs_first():
 
 
 def test_a_dead_child_costs_one_page():
-    step = make(timeout_s=5, cascade=False)
+    step = make(timeout_s=5, cascade=False, isolate="all")
     assert run(step, [{"id": "a", "html": article("post")}]) == [None]
     os.kill(step.sandbox.proc.pid, signal.SIGKILL)
     step.sandbox.proc.wait()
     docs = [{"id": "b", "html": article("post")}, {"id": "c", "html": article("post")}]
     assert run(step, docs) == ["extract:error", None]
     assert step.stats["dropped:error"] == 1
+
+
+def test_only_risky_pages_go_to_the_child():
+    step = make(timeout_s=5, cascade=False)
+    docs = [{"id": "a", "html": article("post")}, {"id": "deep", "html": DEEP[:2000] + PROSE},
+            {"id": "b", "html": article("post")}]
+    assert run(step, docs) == [None, None, None]
+    assert step.stats["isolated"] == 1 and step.sandbox.starts == 1
+    assert all("Some real text" in d["text"] for d in docs)
+
+
+def test_no_real_page_is_risky():
+    from filters.extract_methods import is_risky
+
+    root = SHARED / "html-extraction" / "scrapinghub-aeb" / "html"
+    pages = [gzip.decompress(p.read_bytes()).decode("utf-8", "replace") for p in sorted(root.glob("*.html.gz"))]
+    assert len(pages) > 100 and not any(map(is_risky, pages))
+    assert is_risky(DEEP) and is_risky("<p>" * 100_001) and is_risky("x" * 1_600_001)
 
 
 def test_sandbox_reports_a_crash_and_restarts():
