@@ -21,6 +21,7 @@ from typing import Any, Literal
 import pyarrow as pa
 
 from filters.base import Doc, Filter, StepParams, pkg_version
+from filters.extract_boundary import load_model, model_digest
 from filters.extract_methods import (  # noqa: F401 - re-exported: the methods' historical home
     clean_text,
     extract_page,
@@ -47,8 +48,11 @@ class ExtractParams(StepParams):
     isolate: Literal["risky", "all"] = "risky"
     max_html_chars: int = 2_000_000
     min_text_chars: int = 1
-    # resiliparse only: cut menus and footers at both ends, keeping headings and short real lines.
+    # resiliparse only: cut menus, footers and the boilerplate between, keeping headings and short real lines.
     trim_boilerplate: bool = True
+    # How: "model", the learned article boundary (filters/extract_boundary.py, its model shipped in
+    # filters/models/), or "rules", the word-list edge trim alone (filters/extract_trim.py).
+    boundary: Literal["model", "rules"] = "model"
     # resiliparse only: send the pages whose result looks wrong (too short) to trafilatura.
     cascade: bool = True
     # resiliparse only: <div>/<article> nesting beyond this is flattened on a page that overran its limit.
@@ -67,7 +71,10 @@ class Extract(Filter):
         super().__init__(params)
         self.options: dict[str, Any] = {
             "extractor": params.extractor, "trim_boilerplate": params.trim_boilerplate, "cascade": params.cascade,
+            "boundary": params.boundary,
             "favor_precision": params.favor_precision, "max_depth": params.max_depth, "check_depth": False}
+        if params.extractor == "resiliparse" and params.trim_boilerplate and params.boundary == "model":
+            load_model()  # once per worker process, and a missing or stale model file fails here, not per page
         uses_trafilatura = params.extractor == "trafilatura" or params.cascade
         if params.timeout_s > 0:
             self.sandbox = Sandbox(preload=("trafilatura",) if uses_trafilatura else ())
@@ -90,9 +97,12 @@ class Extract(Filter):
             versions["trafilatura"] = pkg_version("trafilatura")
         # The step's module is in the stage fingerprint already; its helpers are not.
         helpers = hashlib.sha256()
-        for name in ("extract_methods.py", "extract_trim.py", "extract_sandbox.py"):
+        for name in ("extract_methods.py", "extract_trim.py", "extract_sandbox.py", "extract_boundary.py"):
             helpers.update(Path(__file__).with_name(name).read_bytes())
-        return versions | {"helpers": helpers.hexdigest()[:16]}
+        versions["helpers"] = helpers.hexdigest()[:16]
+        if params.extractor == "resiliparse" and params.trim_boilerplate and params.boundary == "model":
+            versions["boundary_model"] = model_digest()
+        return versions
 
     def _extract(self, html: str, check_depth: bool, isolated: bool) -> tuple[str, list[str]]:
         options = self.options | {"check_depth": check_depth}

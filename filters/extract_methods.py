@@ -13,8 +13,10 @@ import re
 from typing import Any
 
 if __package__:
+    from filters.extract_boundary import article_lines
     from filters.extract_trim import page_title, trim_boilerplate
 else:  # the child process runs this file as a script, with filters/ on sys.path and no package loaded
+    from extract_boundary import article_lines
     from extract_trim import page_title, trim_boilerplate
 
 # Share bars, "related" boxes, captions, cookie notices and post metadata survive resiliparse's main-content heuristic.
@@ -163,15 +165,22 @@ def link_share(line: str) -> float:
     return linked / total if total else 0.0
 
 
-def drop_link_lines(text: str, keep: frozenset[str] = frozenset()) -> str:
-    """Drop the marked lines that are mostly link text, except the page's headings; remove the marks."""
+def link_lines(text: str, keep: frozenset[str] = frozenset()) -> list[tuple[str, float]]:
+    """The marked lines with their link share, without the marks, the lines that are mostly link text (but
+    the page's headings) and bare tags."""
     out = []
     for line in text.splitlines():
         plain = unmark(line)
-        if _TAG_LINE.fullmatch(plain) or (link_share(line) >= MAX_LINK_SHARE and plain.strip() not in keep):
+        share = link_share(line)
+        if _TAG_LINE.fullmatch(plain) or (share >= MAX_LINK_SHARE and plain.strip() not in keep):
             continue
-        out.append(plain)
-    return "\n".join(out)
+        out.append((plain, share))
+    return out
+
+
+def drop_link_lines(text: str, keep: frozenset[str] = frozenset()) -> str:
+    """Drop the marked lines that are mostly link text, except the page's headings; remove the marks."""
+    return "\n".join(line for line, _ in link_lines(text, keep))
 
 
 def heading_texts(html: str) -> frozenset[str]:
@@ -199,6 +208,12 @@ def main_prose_probe(html: str) -> str:
 
 def resiliparse_main(html: str) -> tuple[str, frozenset[str]]:
     """resiliparse's main content, without link-dense lines, and the page's heading texts."""
+    marked, headings = resiliparse_marked(html)
+    return drop_link_lines(marked, headings), headings
+
+
+def resiliparse_marked(html: str) -> tuple[str, frozenset[str]]:
+    """resiliparse's main content with link text fenced (see mark_links), and the page's heading texts."""
     from resiliparse.extract.html2text import extract_plain_text
     from resiliparse.parse.html import HTMLTree
 
@@ -221,7 +236,7 @@ def resiliparse_main(html: str) -> tuple[str, frozenset[str]]:
         node.parent.remove_child(node)
     text = extract_plain_text(tree, main_content=True, alt_texts=False, links=False, form_fields=False,
                               noscript=False, comments=False)
-    return drop_link_lines(text, headings), headings
+    return text, headings
 
 
 def clean_text(text: str) -> str:
@@ -270,10 +285,14 @@ def extract_page(html: str, options: dict[str, Any], seen: object = True) -> tup
     if options.get("check_depth") and nesting_depth(html) > options["max_depth"]:
         html = flatten_deep(html, options["max_depth"])
         events.append("guarded")
-    raw, headings = resiliparse_main(html)
-    text = clean_text(raw)
-    if options["trim_boilerplate"]:
-        text = trim_boilerplate(text, keep=headings, title=page_title(html))
+    if options["trim_boilerplate"] and options.get("boundary", "model") == "model":
+        marked, headings = resiliparse_marked(html)
+        text = clean_text(article_lines(link_lines(marked, headings), headings, page_title(html)))
+    else:
+        raw, headings = resiliparse_main(html)
+        text = clean_text(raw)
+        if options["trim_boilerplate"]:
+            text = trim_boilerplate(text, keep=headings, title=page_title(html))
     if options.get("cascade") and looks_wrong(text):
         events.append("cascade")
         # Without trafilatura's cross-page dedup: a page's text must not depend on which pages went before.

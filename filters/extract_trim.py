@@ -195,12 +195,19 @@ def trim_boilerplate(text: str, min_words: int = 8, keep: frozenset[str] = froze
     them under the lead paragraph as often as above it.
     """
     lines = text.splitlines()
+    kept = trim_kept(lines, min_words, keep, title)
+    return text if kept is None else "\n".join(lines[i] for i in kept).strip("\n")
+
+
+def trim_kept(lines: list[str], min_words: int = 8, keep: frozenset[str] = frozenset(),
+              title: str = "") -> list[int] | None:
+    """The indices of the lines `trim_boilerplate` keeps, or None where it finds no prose (it keeps all)."""
     furniture = [is_furniture(line) and line.strip() not in keep for line in lines]
     prose_like = [not furniture[i] and _is_prose(line, min_words) for i, line in enumerate(lines)]
     prose = [i for i, line in enumerate(lines) if prose_like[i] and line.strip() not in keep]
     prose = prose or [i for i, is_prose in enumerate(prose_like) if is_prose]  # a page of long headings only
     if not prose:
-        return text
+        return None
     first = prose[0]
     end = article_end(lines, prose, furniture, keep)
     start = article_start(lines, first, furniture, keep, title)
@@ -208,10 +215,9 @@ def trim_boilerplate(text: str, min_words: int = 8, keep: frozenset[str] = froze
     if len(prose) > 1 and prose[1] <= end and sum(
             1 for line in lines[first + 1 : prose[1]] if line.strip()) <= MAX_UNDER_LEAD_LINES:
         lead_end = prose[1]
-    head = [line for i, line in enumerate(lines[start:lead_end], start)
-            if line.strip() in keep or prose_like[i] or (i > first and _is_sentence(line)) or not is_metadata(line)]
-    body = [line for line in head + lines[lead_end : end + 1] if not is_chrome(line)]
-    return "\n".join(body).strip("\n")
+    head = [i for i in range(start, lead_end) if lines[i].strip() in keep or prose_like[i]
+            or (i > first and _is_sentence(lines[i])) or not is_metadata(lines[i])]
+    return [i for i in [*head, *range(lead_end, end + 1)] if not is_chrome(lines[i])]
 
 
 def article_end(lines: list[str], prose: list[int], furniture: list[bool], keep: frozenset[str]) -> int:

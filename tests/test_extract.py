@@ -288,13 +288,13 @@ def test_the_heading_in_the_page_title_starts_the_article():
     html = ("<html><head><title>A grant to scale promising programs | The Example Blog</title></head><body>"
             f"<h2>The Example Blog</h2><h1>A grant to scale promising programs</h1><p>{prose}</p></body></html>")
     assert page_title(html) == "a grant to scale promising programs | the example blog"
-    text, _ = extract_page(html, {"extractor": "resiliparse", "trim_boilerplate": True, "cascade": False,
-                                  "max_depth": 256})
+    rules = {"extractor": "resiliparse", "trim_boilerplate": True, "cascade": False, "max_depth": 256,
+             "boundary": "rules"}
+    text, _ = extract_page(html, rules)
     assert text.splitlines()[0] == "A grant to scale promising programs"
     # Without a title to go by, the first heading leads, as before.
     untitled = html.replace("<title>A grant to scale promising programs | The Example Blog</title>", "")
-    text, _ = extract_page(untitled, {"extractor": "resiliparse", "trim_boilerplate": True, "cascade": False,
-                                      "max_depth": 256})
+    text, _ = extract_page(untitled, rules)
     assert text.splitlines()[0] == "The Example Blog"
 
 
@@ -419,3 +419,52 @@ def test_a_credit_in_brackets_is_metadata(credit):
     assert is_metadata(credit)
     text = "\n".join(["The Headline", credit, prose])
     assert trim_boilerplate(text, keep=frozenset({"The Headline"})).splitlines() == ["The Headline", prose]
+
+
+# -- the learned boundary ---------------------------------------------------------------------------
+def test_the_boundary_model_ships_and_its_digest_is_in_the_fingerprint():
+    import hashlib
+
+    from filters.extract_boundary import MODEL
+
+    cls = STEPS["extract"]
+    digest = hashlib.sha256(MODEL.read_bytes()).hexdigest()[:16]
+    assert cls.versions(cls.Params())["boundary_model"] == digest
+    assert "boundary_model" not in cls.versions(cls.Params(boundary="rules"))
+
+
+def test_a_model_file_for_other_features_is_refused(tmp_path):
+    from filters.extract_boundary import MODEL, load_model
+
+    stale = json.loads(MODEL.read_text())
+    stale["features"] = stale["features"][:-1]
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps(stale))
+    with pytest.raises(ValueError, match="old.json.*retrain"):
+        load_model(str(path))
+
+
+def test_best_span_is_the_run_with_the_largest_sum():
+    import numpy as np
+
+    from filters.extract_boundary import best_span
+
+    assert best_span(np.array([-1.0, 2, -0.5, 3, -4, 1])) == (1, 3)
+    assert best_span(np.array([-3.0, -1, -2])) == (1, 1)
+
+
+def test_the_model_ranks_the_article_above_the_footer_and_the_span_cuts_there():
+    from filters.extract_boundary import article_lines, blocks, features, load_model, probabilities
+    from filters.extract_methods import link_lines, resiliparse_marked
+
+    footer = "".join(f"<p>{w}</p>" for w in ("Privacy", "Imprint 2024", "All rights reserved", "Terms of use"))
+    html = f"<html><body><article><h1>A walk along the river</h1>{PROSE * 3}</article><div>{footer}</div></body></html>"
+    marked, headings = resiliparse_marked(html)
+    text_lines = link_lines(marked, headings)
+    lines, links, blanks = blocks(text_lines)
+    p = probabilities(features(lines, links, headings, "", blanks), load_model())
+    assert lines[1].startswith("Some real text") and lines[-1] == "Terms of use"
+    assert min(p[1:4]) > 0.9 > 0.5 > max(p[4:])
+    strict = load_model() | {"span_threshold": 0.5, "drop_threshold": 0.5}
+    kept = [line for line in article_lines(text_lines, headings, "", strict).splitlines() if line]
+    assert kept[-3:] == lines[1:4] and "Privacy" not in kept
