@@ -253,7 +253,7 @@ def row_of(name: str, texts: list[str], cases: list[dict], seconds: float) -> di
         row[f"sources_{split}"] = {s: part(lambda c, s=s, split=split: c["source"] == s and c["split"] == split)
                                    for s in dict.fromkeys(c["source"] for c in cases)}
     row["languages_test"] = {g: part(lambda c, g=g: c["language"] == g and c["split"] == "test")
-                             for g in sorted({c["language"] for c in cases})}
+                             for g in sorted({c["language"] for c in cases if c["split"] == "test"})}
     shub = [(t, c) for t, c in zip(texts, cases, strict=True) if c["source"] == "scrapinghub-aeb"]
     if shub:
         row["token_f1_scrapinghub"] = round(sum(token_f1(t, c["truth"]) for t, c in shub) / len(shub), 4)

@@ -1,9 +1,10 @@
-"""The extraction methods: resiliparse with its guards, trafilatura, and the cascade (the edge trim is
-`filters/extract_trim.py`).
+"""The extraction methods: resiliparse with its guards, trafilatura, and the cascade (the learned article
+boundary is `filters/extract_boundary.py`, the word-list edge trim `filters/extract_trim.py`).
 
-`extract_page` is what the `extract` step runs for each page, inside the child process of
-`filters/extract_sandbox.py`. This module imports only the standard library and resiliparse at the top
-(trafilatura on first use), so that the child starts fast; it is also the child's entry point.
+`extract_page` is what the `extract` step runs for each page, in the worker or, for a risky page, inside the
+child process of `filters/extract_sandbox.py`. This module imports only the standard library, numpy and
+resiliparse at the top (trafilatura on first use), so that the child starts fast; it is also the child's
+entry point.
 """
 
 from __future__ import annotations

@@ -1,8 +1,10 @@
 """The edge trim: which lines of the extracted text are the article, and which are the page around it.
 
 resiliparse's main-content pass keeps menus, share bars, footers, cookie notices, dates and bylines at the
-edges of the text; `trim_boilerplate` cuts them by how the lines read. Standard library only, as the extraction
-child process imports it (`filters/extract_methods.py`).
+edges of the text; `trim_boilerplate` cuts them by how the lines read. With `boundary: model` (the default)
+the trim's verdict and its line predicates are features of the learned boundary (`filters/extract_boundary.py`),
+which decides; with `boundary: rules` the trim decides alone. Standard library only, as the extraction child
+process imports it (`filters/extract_methods.py`).
 """
 
 from __future__ import annotations
