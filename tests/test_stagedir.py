@@ -228,7 +228,7 @@ def test_a_map_shard_counts_the_cpu_of_the_extract_child(tmp_path):
     warc = SAMPLE / "cc-2020-34-resiliparse.warc.gz"
     # A stage name of its own: build_steps caches steps (and their child) per stage config.
     cfg = validate({"input": [str(warc)], "output_dir": str(tmp_path / "run"), "stages": [
-        {"name": f"extract_{uuid.uuid4().hex[:8]}", "steps": [{"type": "extract", "timeout_s": 30}]}]})
+        {"name": f"extract_{uuid.uuid4().hex[:8]}", "steps": [{"type": "extract", "timeout_s": 30, "isolate": "all"}]}]})
     stage = cfg.stages[0]
     stagedir = RunDir(cfg.output_dir).stage(0, stage.name)
     stagedir.prepare("fp", {})
@@ -258,7 +258,7 @@ def test_a_stale_synth_shard_leaves_nothing_behind_and_cpu_adds_up(ray_local, tm
                      html_page(f"What is the river valley known for?\n{PROSE}"))] for name in ("a", "b")}
     inputs = [str(write_warc(tmp_path / f"{name}.warc.gz", page)) for name, page in pages.items()]
     raw = {"input": inputs, "output_dir": str(tmp_path / "run"), "stages": [
-        {"name": "extract", "steps": [{"type": "extract", "timeout_s": 30}]},
+        {"name": "extract", "steps": [{"type": "extract", "timeout_s": 30, "isolate": "all"}]},
         {"name": "synth", "kind": "synth", "synth": {"generator": "webqa"}}]}
     first = Runner(validate(raw)).run()
     synth_dir = Path(raw["output_dir"]) / "stages" / "01_synth"
