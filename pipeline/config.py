@@ -9,7 +9,6 @@ and the kinds that do use it. Steps are validated against the parameter model of
 from __future__ import annotations
 
 import copy
-import difflib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -20,6 +19,8 @@ from filters import STEPS
 from filters.warc import WarcReaderParams
 from pipeline.dedup.params import DedupParams
 from pipeline.writer_params import COMPRESSION_LEVELS, WriterConfig
+from train.overrides import fields_at as _fields_at
+from train.overrides import suggest as _suggest
 
 __all__ = ["COMPRESSION_LEVELS", "STAGE_MODELS", "ConfigError", "DedupStage", "MapStage", "RunConfig", "StageConfig",
            "SynthStage", "WriterConfig", "load_config", "validate"]
@@ -193,33 +194,6 @@ class RunConfig(Strict):
         for index, s in enumerate(stages):
             KINDS[s.kind].validate(s, index)
         return stages
-
-
-def _suggest(word: str, options: Any) -> str:
-    close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.5)
-    return f"; did you mean {close[0]!r}?" if close else f"; valid: {', '.join(sorted(options))}"
-
-
-def _model_in(annotation: Any) -> type[BaseModel] | None:
-    """The pydantic model inside an annotation such as `X`, `X | None` or `list[X]`."""
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    for arg in getattr(annotation, "__args__", ()):
-        found = _model_in(arg)
-        if found is not None:
-            return found
-    return None
-
-
-def _fields_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
-    """The valid field names of the section at `loc` inside `model`."""
-    current: type[BaseModel] | None = model
-    for part in loc:
-        if isinstance(part, int):
-            continue
-        field = current.model_fields.get(part) if current else None
-        current = _model_in(field.annotation) if field else None
-    return list(current.model_fields) if current else []
 
 
 def _describe(exc: ValidationError, model: type[BaseModel], raw: Any = None) -> str:

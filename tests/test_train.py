@@ -295,6 +295,12 @@ def test_continued_pretraining_takes_the_model_and_tokenizer_from_init_from(trai
     log = run_pretrain(cfg)
     start, base = load_model(folder)[0], load_model(cfg.out_dir)[0]
     assert log[0]["params"] == start.num_params() and base.cfg == start.cfg and log[-1]["step"] == 3
+    (root / "lora.yaml").write_text(yaml.safe_dump({**raw, "out_dir": str(root / "continued-lora"),
+                                                     "lora": {"r": 2, "targets": ["q_proj", "v_proj"]}}))
+    lora_log = run_pretrain(load_train_config(str(root / "lora.yaml")))  # continued pretraining of adapters only
+    # 2 layers x (q_proj: A 2x64 + B 64x2; v_proj, 2 kv heads of 16: A 2x64 + B 32x2)
+    assert lora_log[0]["trainable_params"] == 2 * ((2 * 64 + 64 * 2) + (2 * 64 + 32 * 2)) and lora_log[-1]["step"] == 3
+    assert "lora" in torch.load(root / "continued-lora" / "checkpoint.pt", weights_only=True)
     (root / "conflict.yaml").write_text(yaml.safe_dump({**raw, "out_dir": str(root / "conflict"),
                                                          "model": {"n_layer": 6, "n_head": 4}}))
     from train.config import TrainConfigError

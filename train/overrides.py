@@ -1,9 +1,10 @@
 """YAML configs with `--set key=value` overrides, and validation errors phrased for the user.
 
 `winnow run` (pipeline/config.py) and `winnow train` (train/config.py) apply `--set` with the same
-code, so both parse overrides and word their errors the same way; `describe` words a validation
-error as the pipeline's does (unknown keys with the nearest valid name). Only PyYAML and pydantic:
-importing this pulls in neither the pipeline nor torch.
+code, so both parse overrides and word their errors the same way. `describe` words a validation
+error (unknown keys with the nearest valid name); the pipeline's own adds stage names on top of the
+same `fields_at` and `suggest`. Only PyYAML and pydantic: importing this pulls in neither the
+pipeline nor torch.
 """
 
 from __future__ import annotations
@@ -85,25 +86,25 @@ def suggest(word: str, options: Any) -> str:
     return f"; did you mean {close[0]!r}?" if close else f"; valid: {', '.join(sorted(options))}"
 
 
-def _model_in(annotation: Any) -> type[BaseModel] | None:
+def model_in(annotation: Any) -> type[BaseModel] | None:
     """The pydantic model inside an annotation such as `X`, `X | None` or `list[X]`."""
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return annotation
     for arg in getattr(annotation, "__args__", ()):
-        found = _model_in(arg)
+        found = model_in(arg)
         if found is not None:
             return found
     return None
 
 
-def _fields_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+def fields_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
     """The valid field names of the section at `loc` inside `model`."""
     current: type[BaseModel] | None = model
     for part in loc:
         if isinstance(part, int):
             continue
         field = current.model_fields.get(part) if current else None
-        current = _model_in(field.annotation) if field else None
+        current = model_in(field.annotation) if field else None
     return list(current.model_fields) if current else []
 
 
@@ -114,7 +115,7 @@ def describe(exc: ValidationError, model: type[BaseModel]) -> str:
         loc = tuple(err["loc"])
         path = ".".join(str(p) for p in loc)
         if err["type"] == "extra_forbidden":
-            valid = _fields_at(model, loc[:-1])
+            valid = fields_at(model, loc[:-1])
             lines.append(f"unknown key {path!r}{suggest(str(loc[-1]), valid) if valid else ''}")
         else:
             msg = err["msg"].removeprefix("Value error, ")
