@@ -228,7 +228,8 @@ def test_a_map_shard_counts_the_cpu_of_the_extract_child(tmp_path):
     warc = SAMPLE / "cc-2020-34-resiliparse.warc.gz"
     # A stage name of its own: build_steps caches steps (and their child) per stage config.
     cfg = validate({"input": [str(warc)], "output_dir": str(tmp_path / "run"), "stages": [
-        {"name": f"extract_{uuid.uuid4().hex[:8]}", "steps": [{"type": "extract", "timeout_s": 30, "isolate": "all"}]}]})
+        {"name": f"extract_{uuid.uuid4().hex[:8]}",
+         "steps": [{"type": "extract", "timeout_s": 30, "isolate": "all"}]}]})
     stage = cfg.stages[0]
     stagedir = RunDir(cfg.output_dir).stage(0, stage.name)
     stagedir.prepare("fp", {})
