@@ -22,6 +22,7 @@ import hashlib
 import importlib.util
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -313,7 +314,7 @@ def sha256(files: list[Path]) -> dict[str, str]:
     return digests
 
 
-def import_model(src: str, out_dir: str) -> Path:
+def import_model(src: str, out_dir: str, log: Callable[[str], None] = lambda line: None) -> Path:
     """Read and check `src`, then convert its weights and write the checkpoint folder `out_dir`."""
     from tokenizers import Tokenizer
 
@@ -338,13 +339,16 @@ def import_model(src: str, out_dir: str) -> Path:
                 "eos_token": tokens["eos"], "pad_token": tokens["pad"], "stop_tokens": tokens["stop"],
                 "chat_template": template, "model_max_length": cfg.max_seq_len}
     check_template(tokenizer, settings, source.where if source.kind == "gguf" else f"{path}/tokenizer.json")
-
+    log(f"{source.config['model_type']}: {cfg.n_layer} layers, {cfg.n_embd} wide, {cfg.n_head} heads "
+        f"({cfg.n_kv_head} for keys and values), {cfg.vocab_size:,} tokens; reading the weights")
     state = gguf_weights(reader, cfg, source.where) if source.kind == "gguf" else read_weights(source.weight_files)
     weights = convert_weights(state, cfg, source.where)
     ckpt = {"model": weights, "model_config": cfg.to_dict(), "step": 0, "tokenizer": TOKENIZER,
             "chat_template": template, "special_tokens": tokens,
             "source": {"path": str(path.resolve()), "format": source.kind, "model_type": source.config["model_type"],
                        "sha256": sha256(source.weight_files)}}
+    log(f"{sum(t.numel() for n, t in weights.items() if n != 'lm_head.weight' or not cfg.tie_embeddings):,} "
+        f"parameters; writing {out_dir}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     for name, text in ((TOKENIZER, source.tokenizer_json), (TOKENIZER_CONFIG, json.dumps(settings, indent=1))):
