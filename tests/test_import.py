@@ -57,6 +57,7 @@ def test_smollm2_matches_transformers_and_exports_back(smol, tmp_path):
              "def fibonacci(n):\n    return n if n < 2 else fibonacci(n - 1) +"]
     ids = torch.tensor([vocab.encode(t)[:12] for t in texts])
     ours, theirs = logits_of(model, ids), reference(ids).logits
+    print(f"SmolLM2-135M-Instruct: max abs logit difference {(ours - theirs).abs().max().item():.2e}")
     assert (ours - theirs).abs().max().item() < TOL
     assert theirs[0, -1].argmax() == ours[0, -1].argmax()
 
@@ -291,6 +292,14 @@ def test_sft_with_the_model_template_masks_exactly_the_answers(tmp_path):
                  "{% if add_generation_prompt %}assistant:{% endif %}")
     with pytest.raises(TemplateError, match="not a token prefix"):
         encode_example({"messages": messages}, chatml_vocab(tmp_path / "f", forgetful), "model")
+    # Preference data: the prompt as the template writes it, the answer closed by the model's EOS.
+    from train.prefdata import encode_answer
+
+    prompt = prompt_ids(vocab, "auto", messages=messages[:2])
+    tokens, mask, cut = encode_answer(vocab, "auto", prompt, "jumps", 100)
+    assert tokens[:len(prompt)] == prompt and not cut
+    assert vocab.decode([t for t, m in zip(tokens, mask, strict=True) if m]) == "jumps<|im_end|>"
+
     without = chatml_vocab(tmp_path / "none", "")
     with pytest.raises(TemplateError, match="no chat_template"):
         encode_example({"messages": messages}, without, "model")
@@ -322,6 +331,18 @@ def test_an_imported_model_fine_tunes_with_its_template_and_generates(tmp_path, 
     assert vocab.tokenizer.id_to_token(vocab.bos_id) == "<|endoftext|>" and vocab.stop_ids == (vocab.eos_id,)
     capsys.readouterr()
     assert main(["generate", str(tmp_path / "tuned"), "--prompt", "the fox", "--max-tokens", "4", "--json"]) == 0
+
+    # Continued pretraining: documents tokenized with the checkpoint's tokenizer start with its declared BOS.
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from train.shards import read_shard, tokenize_file
+
+    pq.write_table(pa.table({"id": ["a"], "text": ["the quick brown fox"]}), tmp_path / "docs.parquet")
+    (tmp_path / "tokens").mkdir()
+    tokenize_file(0, str(tmp_path / "docs.parquet"), str(tmp_path / "tuned"), str(tmp_path / "tokens"), 0.0)
+    assert vocab.decode(read_shard(tmp_path / "tokens" / "train-00000.bin").tolist()) == \
+        "<|endoftext|>the quick brown fox"
     assert json.loads(capsys.readouterr().out.splitlines()[0])["tokens"] <= 4
 
 

@@ -203,12 +203,12 @@ def model_config(config: dict[str, Any], where: str) -> ModelConfig:
         if bad:
             raise ModelImportError(f"{where}: {key} = {config.get(key)!r} is not supported for {kind}")
     theta, scaling = rope_settings(config, where)
-    heads = config["num_attention_heads"]
     context = config.get("max_position_embeddings", 4096)
     window = config.get("sliding_window") if kind == "mistral" or config.get("use_sliding_window") else None
     if window:  # within the window, sliding-window attention is full attention: cap the context there
         context = min(context, window)
     try:
+        heads = config["num_attention_heads"]
         return ModelConfig(vocab_size=config["vocab_size"], n_layer=config["num_hidden_layers"], n_head=heads,
                            n_kv_head=config.get("num_key_value_heads") or heads, n_embd=config["hidden_size"],
                            max_seq_len=context, mlp_hidden=config["intermediate_size"], rope_theta=theta,
@@ -218,6 +218,8 @@ def model_config(config: dict[str, Any], where: str) -> ModelConfig:
                            qkv_bias=kind == "qwen2", rope_scaling=scaling)
     except KeyError as exc:
         raise ModelImportError(f"{where}: no {exc.args[0]}") from exc
+    except (ValueError, TypeError) as exc:
+        raise ModelImportError(f"{where}: {exc}") from exc
 
 
 def read_weights(files: list[Path]) -> dict[str, torch.Tensor]:
@@ -328,7 +330,7 @@ def import_model(src: str, out_dir: str, log: Callable[[str], None] = lambda lin
         source, reader = read_gguf(path)
     else:
         raise ModelImportError(f"{path}: neither a model folder nor a .gguf file")
-    cfg = model_config(source.config, source.where)
+    cfg = model_config(source.config, source.where if source.kind == "gguf" else f"{path}/config.json")
     tokenizer = Tokenizer.from_str(source.tokenizer_json)
     tokens = special_tokens(source, tokenizer)
     check_tokenizer(tokenizer, tokens, cfg, source.where)
