@@ -406,3 +406,19 @@ def test_checkpoints_load_weights_only_and_older_ones_still_load(tmp_path):
         torch.load(tmp_path / "old.pt", weights_only=True)
     loaded = checkpoint.load(str(tmp_path / "old.pt"))
     assert loaded["step"] == 3 and torch.equal(loaded["model"]["norm.weight"], model.norm.weight)
+
+
+def test_templates_render_as_transformers_renders_them(tmp_path):
+    from transformers import AutoTokenizer
+
+    from train.chat import render
+
+    template = ("{% for m in messages %}{% if m['role'] == 'system' %}{{ bos_token + m['content'] | trim }}"
+                "{% else %}{{ '<|im_start|>' + m['role'] + '\\n' + (m['content'] | tojson) + '<|im_end|>\\n' }}"
+                "{% endif %}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
+    vocab = chatml_vocab(tmp_path, template)
+    reference = AutoTokenizer.from_pretrained(str(tmp_path), local_files_only=True)
+    messages = [{"role": "system", "content": " be <brief> "}, {"role": "user", "content": "café & \"fox\""}]
+    for prompt in (True, False):
+        assert render(vocab, messages, prompt) == reference.apply_chat_template(
+            messages, chat_template=template, tokenize=False, add_generation_prompt=prompt)

@@ -321,7 +321,7 @@ def import_model(src: str, out_dir: str, log: Callable[[str], None] = lambda lin
     from tokenizers import Tokenizer
 
     from train.checkpoint import LATEST, TOKENIZER
-    from train.tokenizer import TOKENIZER_CONFIG
+    from train.tokenizer import TOKENIZER_CONFIG, chat_template_of
 
     path = resolve(src)
     if path.is_dir():
@@ -334,9 +334,7 @@ def import_model(src: str, out_dir: str, log: Callable[[str], None] = lambda lin
     tokenizer = Tokenizer.from_str(source.tokenizer_json)
     tokens = special_tokens(source, tokenizer)
     check_tokenizer(tokenizer, tokens, cfg, source.where)
-    template = source.tokenizer_config.get("chat_template")
-    if isinstance(template, list):  # an older layout: named templates
-        template = {t.get("name"): t.get("template") for t in template}.get("default")
+    template = chat_template_of(source.tokenizer_config.get("chat_template"))
     settings = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": tokens["bos"],
                 "eos_token": tokens["eos"], "pad_token": tokens["pad"], "stop_tokens": tokens["stop"],
                 "chat_template": template, "model_max_length": cfg.max_seq_len}
