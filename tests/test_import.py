@@ -57,6 +57,7 @@ def test_smollm2_matches_transformers_and_exports_back(smol, tmp_path):
              "def fibonacci(n):\n    return n if n < 2 else fibonacci(n - 1) +"]
     ids = torch.tensor([vocab.encode(t)[:12] for t in texts])
     ours, theirs = logits_of(model, ids), reference(ids).logits
+    print(f"SmolLM2-135M-Instruct: max abs logit difference {(ours - theirs).abs().max().item():.2e}")
     assert (ours - theirs).abs().max().item() < TOL
     assert theirs[0, -1].argmax() == ours[0, -1].argmax()
 
@@ -126,6 +127,11 @@ def hf_model(name: str, folder: Path):
     model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     randomize(model)
     model.save_pretrained(str(folder))
+    if name == "mistral":  # the older weights file, read with torch.load(weights_only=True)
+        from safetensors.torch import load_file
+
+        torch.save(load_file(str(folder / "model.safetensors")), folder / "pytorch_model.bin")
+        (folder / "model.safetensors").unlink()
     save_tokenizer(folder)
     return model.eval()
 
@@ -153,7 +159,9 @@ def test_random_weights_match_transformers_and_export_back(name, tmp_path):
         assert (logits_of(model, ids) - reference(ids).logits).abs().max().item() > 1e-3
 
     out = export_hf(str(tmp_path / "ckpt"), str(tmp_path / "back"))
-    source = load_file(str(tmp_path / "hf" / "model.safetensors"))
+    source = load_file(str(tmp_path / "hf" / "model.safetensors")) if name != "mistral" else \
+        torch.load(tmp_path / "hf" / "pytorch_model.bin", weights_only=True)
+    assert list(ckpt["source"]["sha256"]) == (["pytorch_model.bin"] if name == "mistral" else ["model.safetensors"])
     exported = load_file(str(out / "model.safetensors"))
     assert exported.keys() == source.keys() and all(torch.equal(exported[k], source[k]) for k in source)
     back = AutoModelForCausalLM.from_pretrained(str(out), local_files_only=True, dtype=torch.float32).eval()
@@ -291,6 +299,14 @@ def test_sft_with_the_model_template_masks_exactly_the_answers(tmp_path):
                  "{% if add_generation_prompt %}assistant:{% endif %}")
     with pytest.raises(TemplateError, match="not a token prefix"):
         encode_example({"messages": messages}, chatml_vocab(tmp_path / "f", forgetful), "model")
+    # Preference data: the prompt as the template writes it, the answer closed by the model's EOS.
+    from train.prefdata import encode_answer
+
+    prompt = prompt_ids(vocab, "auto", messages=messages[:2])
+    tokens, mask, cut = encode_answer(vocab, "auto", prompt, "jumps", 100)
+    assert tokens[:len(prompt)] == prompt and not cut
+    assert vocab.decode([t for t, m in zip(tokens, mask, strict=True) if m]) == "jumps<|im_end|>"
+
     without = chatml_vocab(tmp_path / "none", "")
     with pytest.raises(TemplateError, match="no chat_template"):
         encode_example({"messages": messages}, without, "model")
@@ -322,6 +338,18 @@ def test_an_imported_model_fine_tunes_with_its_template_and_generates(tmp_path, 
     assert vocab.tokenizer.id_to_token(vocab.bos_id) == "<|endoftext|>" and vocab.stop_ids == (vocab.eos_id,)
     capsys.readouterr()
     assert main(["generate", str(tmp_path / "tuned"), "--prompt", "the fox", "--max-tokens", "4", "--json"]) == 0
+
+    # Continued pretraining: documents tokenized with the checkpoint's tokenizer start with its declared BOS.
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from train.shards import read_shard, tokenize_file
+
+    pq.write_table(pa.table({"id": ["a"], "text": ["the quick brown fox"]}), tmp_path / "docs.parquet")
+    (tmp_path / "tokens").mkdir()
+    tokenize_file(0, str(tmp_path / "docs.parquet"), str(tmp_path / "tuned"), str(tmp_path / "tokens"), 0.0)
+    assert vocab.decode(read_shard(tmp_path / "tokens" / "train-00000.bin").tolist()) == \
+        "<|endoftext|>the quick brown fox"
     assert json.loads(capsys.readouterr().out.splitlines()[0])["tokens"] <= 4
 
 
@@ -378,3 +406,19 @@ def test_checkpoints_load_weights_only_and_older_ones_still_load(tmp_path):
         torch.load(tmp_path / "old.pt", weights_only=True)
     loaded = checkpoint.load(str(tmp_path / "old.pt"))
     assert loaded["step"] == 3 and torch.equal(loaded["model"]["norm.weight"], model.norm.weight)
+
+
+def test_templates_render_as_transformers_renders_them(tmp_path):
+    from transformers import AutoTokenizer
+
+    from train.chat import render
+
+    template = ("{% for m in messages %}{% if m['role'] == 'system' %}{{ bos_token + m['content'] | trim }}"
+                "{% else %}{{ '<|im_start|>' + m['role'] + '\\n' + (m['content'] | tojson) + '<|im_end|>\\n' }}"
+                "{% endif %}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
+    vocab = chatml_vocab(tmp_path, template)
+    reference = AutoTokenizer.from_pretrained(str(tmp_path), local_files_only=True)
+    messages = [{"role": "system", "content": " be <brief> "}, {"role": "user", "content": "café & \"fox\""}]
+    for prompt in (True, False):
+        assert render(vocab, messages, prompt) == reference.apply_chat_template(
+            messages, chat_template=template, tokenize=False, add_generation_prompt=prompt)

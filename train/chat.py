@@ -2,7 +2,7 @@
 
 Published models ship their prompt format as a Jinja template (`chat_template` in
 `tokenizer_config.json`). It is rendered in Jinja's sandbox, with the helpers Hugging Face templates
-call (`raise_exception`, `strftime_now`), so a template can format text but not reach Python.
+call (`raise_exception`, `strftime_now`, its `tojson`), so a template can format text but not reach Python.
 
 For training, the loss mask comes from rendering twice: the conversation up to an assistant turn
 (with the generation prompt) and the conversation through that turn. The first must be a token
@@ -12,6 +12,7 @@ earlier turns (some strip reasoning from past answers) breaks that, and is repor
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
@@ -35,6 +36,9 @@ def compile_template(template: str) -> Any:
     env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
     env.globals["raise_exception"] = raise_exception
     env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
+    # As transformers renders it: JSON without HTML escaping (Jinja's own tojson escapes `<` and `&`).
+    env.filters["tojson"] = lambda value, ensure_ascii=False, indent=None, separators=None, sort_keys=False: \
+        json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
     try:
         return env.from_string(template)
     except JinjaError as exc:

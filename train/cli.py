@@ -162,7 +162,7 @@ def cmd_import(args: argparse.Namespace) -> int:
 
     start = time.time()
     try:
-        out = import_model(args.source, args.out)
+        out = import_model(args.source, args.out, log=lambda line: print(line, file=sys.stderr, flush=True))
     except (ModelImportError, FileNotFoundError) as exc:
         print(f"winnow import: {exc}", file=sys.stderr)
         return 2

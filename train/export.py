@@ -36,7 +36,7 @@ def model_type(cfg: Any, ckpt: dict[str, Any]) -> str:
     return "qwen3" if cfg.qk_norm else "qwen2" if cfg.qkv_bias else "llama"
 
 
-def hf_config(cfg: Any, bos_id: int, eos_id: int | list[int], kind: str = "llama") -> dict[str, Any]:
+def hf_config(cfg: Any, bos_id: int, eos_id: int, kind: str = "llama") -> dict[str, Any]:
     scaling = cfg.rope_scaling or {"rope_type": "default"}
     config = {
         "architectures": [FAMILIES[kind]],
@@ -84,9 +84,9 @@ def export_hf(checkpoint: str, out_dir: str) -> Path:
         else:
             weights[f"model.{name}"] = tensor.contiguous()
     save_file(weights, str(out / "model.safetensors"), metadata={"format": "pt"})
-    stops = sorted({vocab.eos_id, vocab.end_of_turn_id, *vocab.stop_ids})
-    eos = vocab.eos_id if len(stops) == 1 else stops
-    (out / "config.json").write_text(json.dumps(hf_config(cfg, vocab.bos_id, eos, model_type(cfg, ckpt)), indent=1))
+    stops = sorted({vocab.eos_id, vocab.end_of_turn_id, *vocab.stop_ids})  # generation_config's: all of them
+    (out / "config.json").write_text(json.dumps(hf_config(cfg, vocab.bos_id, vocab.eos_id, model_type(cfg, ckpt)),
+                                                indent=1))
     settings = tokenizer_settings(ckpt["tokenizer"])
     if settings:  # an imported model's tokenizer: back as it came
         shutil.copyfile(ckpt["tokenizer"], out / "tokenizer.json")

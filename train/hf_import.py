@@ -22,6 +22,7 @@ import hashlib
 import importlib.util
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -202,12 +203,12 @@ def model_config(config: dict[str, Any], where: str) -> ModelConfig:
         if bad:
             raise ModelImportError(f"{where}: {key} = {config.get(key)!r} is not supported for {kind}")
     theta, scaling = rope_settings(config, where)
-    heads = config["num_attention_heads"]
     context = config.get("max_position_embeddings", 4096)
     window = config.get("sliding_window") if kind == "mistral" or config.get("use_sliding_window") else None
     if window:  # within the window, sliding-window attention is full attention: cap the context there
         context = min(context, window)
     try:
+        heads = config["num_attention_heads"]
         return ModelConfig(vocab_size=config["vocab_size"], n_layer=config["num_hidden_layers"], n_head=heads,
                            n_kv_head=config.get("num_key_value_heads") or heads, n_embd=config["hidden_size"],
                            max_seq_len=context, mlp_hidden=config["intermediate_size"], rope_theta=theta,
@@ -217,6 +218,8 @@ def model_config(config: dict[str, Any], where: str) -> ModelConfig:
                            qkv_bias=kind == "qwen2", rope_scaling=scaling)
     except KeyError as exc:
         raise ModelImportError(f"{where}: no {exc.args[0]}") from exc
+    except (ValueError, TypeError) as exc:
+        raise ModelImportError(f"{where}: {exc}") from exc
 
 
 def read_weights(files: list[Path]) -> dict[str, torch.Tensor]:
@@ -313,12 +316,12 @@ def sha256(files: list[Path]) -> dict[str, str]:
     return digests
 
 
-def import_model(src: str, out_dir: str) -> Path:
+def import_model(src: str, out_dir: str, log: Callable[[str], None] = lambda line: None) -> Path:
     """Read and check `src`, then convert its weights and write the checkpoint folder `out_dir`."""
     from tokenizers import Tokenizer
 
     from train.checkpoint import LATEST, TOKENIZER
-    from train.tokenizer import TOKENIZER_CONFIG
+    from train.tokenizer import TOKENIZER_CONFIG, chat_template_of
 
     path = resolve(src)
     if path.is_dir():
@@ -327,24 +330,25 @@ def import_model(src: str, out_dir: str) -> Path:
         source, reader = read_gguf(path)
     else:
         raise ModelImportError(f"{path}: neither a model folder nor a .gguf file")
-    cfg = model_config(source.config, source.where)
+    cfg = model_config(source.config, source.where if source.kind == "gguf" else f"{path}/config.json")
     tokenizer = Tokenizer.from_str(source.tokenizer_json)
     tokens = special_tokens(source, tokenizer)
     check_tokenizer(tokenizer, tokens, cfg, source.where)
-    template = source.tokenizer_config.get("chat_template")
-    if isinstance(template, list):  # an older layout: named templates
-        template = {t.get("name"): t.get("template") for t in template}.get("default")
+    template = chat_template_of(source.tokenizer_config.get("chat_template"))
     settings = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": tokens["bos"],
                 "eos_token": tokens["eos"], "pad_token": tokens["pad"], "stop_tokens": tokens["stop"],
                 "chat_template": template, "model_max_length": cfg.max_seq_len}
     check_template(tokenizer, settings, source.where if source.kind == "gguf" else f"{path}/tokenizer.json")
-
+    log(f"{source.config['model_type']}: {cfg.n_layer} layers, {cfg.n_embd} wide, {cfg.n_head} heads "
+        f"({cfg.n_kv_head} for keys and values), {cfg.vocab_size:,} tokens; reading the weights")
     state = gguf_weights(reader, cfg, source.where) if source.kind == "gguf" else read_weights(source.weight_files)
     weights = convert_weights(state, cfg, source.where)
     ckpt = {"model": weights, "model_config": cfg.to_dict(), "step": 0, "tokenizer": TOKENIZER,
             "chat_template": template, "special_tokens": tokens,
             "source": {"path": str(path.resolve()), "format": source.kind, "model_type": source.config["model_type"],
                        "sha256": sha256(source.weight_files)}}
+    log(f"{sum(t.numel() for n, t in weights.items() if n != 'lm_head.weight' or not cfg.tie_embeddings):,} "
+        f"parameters; writing {out_dir}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     for name, text in ((TOKENIZER, source.tokenizer_json), (TOKENIZER_CONFIG, json.dumps(settings, indent=1))):

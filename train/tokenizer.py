@@ -112,11 +112,16 @@ def tokenizer_settings(path: str) -> dict:
     if not p.exists():
         return {}
     settings = json.loads(p.read_text())
-    template = settings.get("chat_template")
-    if isinstance(template, list):
-        named = {t.get("name"): t.get("template") for t in template}
-        settings["chat_template"] = named.get("default")
+    settings["chat_template"] = chat_template_of(settings.get("chat_template"))
     return settings
+
+
+def chat_template_of(value: object) -> str | None:
+    """A chat template as `tokenizer_config.json` holds it: a string, or (an older layout) a list of
+    named templates, of which the one named `default` is the chat template."""
+    if isinstance(value, list):
+        return {t.get("name"): t.get("template") for t in value}.get("default")
+    return value  # type: ignore[return-value]
 
 
 def tokenizer_file(path: str) -> str:
