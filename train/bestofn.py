@@ -66,13 +66,14 @@ def judge_logprob(judge: str, prompts: list[list[dict[str, str]]], answers: list
     """Mean log-probability per answer token under the judge checkpoint."""
     import torch
 
+    from train.chat import resolve_template
     from train.checkpoint import load_model, prompt_template
     from train.sft import prompt_ids
     from train.tokenizer import load_vocab
 
     model, ckpt = load_model(judge, device)
     vocab = load_vocab(ckpt["tokenizer"])
-    template = prompt_template(ckpt)
+    template = resolve_template(vocab, prompt_template(ckpt))  # `auto` as training resolved it
     closing = vocab.end_of_turn_id if template == "chat" else vocab.eos_id
     scores = []
     with torch.no_grad():
