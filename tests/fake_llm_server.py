@@ -10,6 +10,10 @@ twice is a request the client paid for twice (`GET /stats`).
 Answers are deterministic text built from the prompt. A prompt that asks for JSON gets a JSON list of
 question/answer pairs about the text between `<document>` tags; `FAKE:<word>` in a prompt forces an
 answer for tests (`FAKE:refuse`, `FAKE:fenced`, `FAKE:score=N`, `FAKE:badjson`, `FAKE:400`).
+Hostile answers for the same: `FAKE:error200` answers HTTP 200 with an `error` body and no `choices`
+("overloaded", so transient) for the first N tries of a body (`FAKE:error200=N`, default forever),
+`FAKE:fatal200` the same with a non-transient error, `FAKE:badusage` a normal answer whose `usage` is
+not counts, `FAKE:down` a 503 on every try.
 
     python tests/fake_llm_server.py --port 8001 --latency-s 0.05 --rate-429 0.05
 """
@@ -109,6 +113,17 @@ class FakeLLM:
         prompt = _prompt_text(payload)
         if "FAKE:400" in prompt:
             return web.json_response({"error": {"message": "prompt too long"}}, status=400)
+        if "FAKE:down" in prompt:
+            self.faults["down"] += 1
+            return web.json_response({"error": {"message": "service unavailable"}}, status=503)
+        error200 = re.search(r"FAKE:error200(?:=(\d+))?", prompt)
+        if error200 and (error200.group(1) is None or attempt < int(error200.group(1))):
+            self.faults["error200"] += 1
+            return web.json_response({"error": {"message": "The server is overloaded, please try again",
+                                                "type": "overloaded_error"}})
+        if "FAKE:fatal200" in prompt:
+            self.faults["fatal200"] += 1
+            return web.json_response({"error": {"message": "content policy violation", "type": "invalid_request"}})
         draw = _draw(body, attempt)
         if draw < self.rate_drop:
             self.faults["drop"] += 1
@@ -135,11 +150,14 @@ class FakeLLM:
         chat = request.path.endswith("chat/completions")
         choice = ({"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"} if chat
                   else {"index": 0, "text": text, "finish_reason": "stop", "logprobs": None})
+        usage: Any = {"prompt_tokens": len(prompt) // 4, "completion_tokens": completion_tokens,
+                      "total_tokens": len(prompt) // 4 + completion_tokens}
+        if "FAKE:badusage" in prompt:  # what a broken proxy sends: each sample a different malformation
+            usage = [{"prompt_tokens": "many", "completion_tokens": None}, "n/a", {"prompt_tokens": -3},
+                     {"prompt_tokens": [1], "completion_tokens": {"n": 2}}][int(payload.get("seed") or 0) % 4]
         response = web.json_response({
             "id": f"cmpl-{key[:16]}", "object": "chat.completion" if chat else "text_completion",
-            "created": 0, "model": payload.get("model"), "choices": [choice],
-            "usage": {"prompt_tokens": len(prompt) // 4, "completion_tokens": completion_tokens,
-                      "total_tokens": len(prompt) // 4 + completion_tokens}})
+            "created": 0, "model": payload.get("model"), "choices": [choice], "usage": usage})
         # Counted as the answer goes out, not after: a client may read it before this coroutine resumes.
         self.answered[key] += 1
         self.answered_prompts[prompt] += 1

@@ -1,0 +1,58 @@
+"""The synth path against a hostile loopback endpoint (tests/fake_llm_server.py): answers that are not
+answers, broken accounting, requests that never succeed. Nothing is mocked: a real HTTP server answers."""
+
+from __future__ import annotations
+
+from llmclient.cache import RequestCache
+from llmclient.client import AsyncLLMClient, Request, run_sync
+from tests.fake_llm_server import ServerThread
+
+
+def ask(text: str, sample: int = 0) -> Request:
+    return Request([{"role": "user", "content": text}], {"max_tokens": 16, "seed": sample}, sample)
+
+
+def client(url: str, cache: RequestCache | None = None, max_retries: int = 3) -> AsyncLLMClient:
+    return AsyncLLMClient(url, "fake", backoff_s=0.005, backoff_max_s=0.01, max_retries=max_retries, cache=cache)
+
+
+def test_an_error_under_http_200_is_never_cached_and_a_transient_one_is_retried(tmp_path):
+    requests = [ask("FAKE:error200=2 recovers on the third try"), ask("FAKE:error200 never recovers"),
+                ask("FAKE:fatal200 refused for good"), ask("plain question")]
+    with ServerThread() as server:
+        first = client(server.url, RequestCache(str(tmp_path), "s0"))
+        results = run_sync(first.run(requests))
+        again = client(server.url, RequestCache(str(tmp_path), "s0"))
+        rerun = run_sync(again.run(requests))
+    assert [r.status for r in results] == ["ok", "failed", "bad_request", "ok"]
+    assert results[0].text.startswith("In other words") and "HTTP 200 without an answer" in results[1].error
+    assert first.stats.retry_causes["200_error"] == 2 + 3  # two for the first, three for the second (4 tries)
+    # Only the two answers were stored: the rerun asks the other two again.
+    assert again.stats.cache_hits == 2 and [r.cached for r in rerun] == [True, False, False, True]
+
+
+def test_an_error_an_older_version_cached_is_asked_again(tmp_path):
+    request = ask("plain question")
+    stale = RequestCache(str(tmp_path), "s0")
+    stale.entries.clear()
+    stale._handle = open(tmp_path / "s0" / "0-old.jsonl", "ab")  # noqa: SIM115 - what an older version wrote
+    stale._handle.write(b'{"key": "%s", "status": "bad_request", "error": "answer without choices"}\n'
+                        % request.key("fake").encode())
+    stale.close()
+    with ServerThread() as server:
+        c = client(server.url, RequestCache(str(tmp_path), "s0"))
+        (result,) = run_sync(c.run([request]))
+    assert result.status == "ok" and not result.cached and c.stats.requests == 1
+
+
+def test_malformed_usage_is_counted_and_every_answer_is_kept(tmp_path):
+    requests = [ask("FAKE:badusage tell me", sample) for sample in range(4)] + [ask("plain question")]
+    with ServerThread() as server:
+        first = client(server.url, RequestCache(str(tmp_path), "s0"))
+        results = run_sync(first.run(requests))
+        again = client(server.url, RequestCache(str(tmp_path), "s0"))
+        rerun = run_sync(again.run(requests))
+    assert [r.status for r in results] == ["ok"] * 5
+    assert all(r.prompt_tokens >= 0 and r.completion_tokens > 0 for r in results)
+    assert first.stats.bad_usage >= 4 and first.stats.completed == 5
+    assert again.stats.requests == 0 and [r.text for r in rerun] == [r.text for r in results]
