@@ -13,7 +13,8 @@ answer for tests (`FAKE:refuse`, `FAKE:fenced`, `FAKE:score=N`, `FAKE:badjson`, 
 Hostile answers for the same: `FAKE:error200` answers HTTP 200 with an `error` body and no `choices`
 ("overloaded", so transient) for the first N tries of a body (`FAKE:error200=N`, default forever),
 `FAKE:fatal200` the same with a non-transient error, `FAKE:badusage` a normal answer whose `usage` is
-not counts, `FAKE:down` a 503 on every try.
+not counts, `FAKE:down` a 503 on every try. `down_for`, set on a running server, answers 503 to every
+prompt that contains it (an endpoint that is down for some requests, then back).
 
     python tests/fake_llm_server.py --port 8001 --latency-s 0.05 --rate-429 0.05
 """
@@ -95,6 +96,7 @@ class FakeLLM:
         self.answered: Counter = Counter()  # per body: 200 answers completed
         self.answered_prompts: Counter = Counter()  # per prompt text: 200 answers completed
         self.faults: Counter = Counter()
+        self.down_for: str | None = None
 
     def stats(self) -> dict[str, Any]:
         return {"requests": sum(self.tries.values()), "distinct": len(self.tries),
@@ -113,7 +115,7 @@ class FakeLLM:
         prompt = _prompt_text(payload)
         if "FAKE:400" in prompt:
             return web.json_response({"error": {"message": "prompt too long"}}, status=400)
-        if "FAKE:down" in prompt:
+        if "FAKE:down" in prompt or (self.down_for and self.down_for in prompt):
             self.faults["down"] += 1
             return web.json_response({"error": {"message": "service unavailable"}}, status=503)
         error200 = re.search(r"FAKE:error200(?:=(\d+))?", prompt)

@@ -3,9 +3,17 @@ answers, broken accounting, requests that never succeed. Nothing is mocked: a re
 
 from __future__ import annotations
 
+import pytest
+
 from llmclient.cache import RequestCache
 from llmclient.client import AsyncLLMClient, Request, run_sync
+from pipeline.kinds.synth import SynthKind, synth_shard_task
+from pipeline.rundir import RunDir
+from pipeline.stagedir import run_shard
+from pipeline.synth.params import SynthParams
+from pipeline.synth.recipes import RecipeConfig
 from tests.fake_llm_server import ServerThread
+from tests.test_synth_qc import real_docs
 
 
 def ask(text: str, sample: int = 0) -> Request:
@@ -56,3 +64,23 @@ def test_malformed_usage_is_counted_and_every_answer_is_kept(tmp_path):
     assert all(r.prompt_tokens >= 0 and r.completion_tokens > 0 for r in results)
     assert first.stats.bad_usage >= 4 and first.stats.completed == 5
     assert again.stats.requests == 0 and [r.text for r in rerun] == [r.text for r in results]
+
+
+def test_a_shard_with_requests_that_never_succeeded_is_failed_and_asked_again(tmp_path):
+    shard_in = real_docs(tmp_path, 6)
+    stagedir = RunDir(str(tmp_path / "run")).stage(6, "synth", SynthKind.folders)
+    stagedir.prepare("fp", {"name": "synth"})
+    with ServerThread() as server:
+        params = SynthParams(generator="llm", endpoint=server.url, model="fake", backoff_s=0.005, backoff_max_s=0.01,
+                             max_retries=2, recipes=[RecipeConfig(name="paragraph_qa")])
+        args = (params.model_dump_json(), stagedir, "00000", shard_in, "in-id", "fp", str(tmp_path / "cache"), None)
+        server.llm.down_for = "FAKE:refuse"  # the endpoint fails every request about one document
+        with pytest.raises(RuntimeError, match=r"1 request\(s\) still failed after 2 retries.*rows are missing"):
+            run_shard(stagedir, "00000", synth_shard_task, *args)
+        assert stagedir.done("fp") == {}  # not complete: the next run computes it again
+        answered = server.stats()["answered"]
+        server.llm.down_for = None  # the endpoint is back
+        record = run_shard(stagedir, "00000", synth_shard_task, *args)
+        assert server.stats()["answered"] == answered + 1  # only the missing answer was asked for
+    assert record["synth"]["failed_requests"] == 0 and record["synth"]["cache_hits"] == answered
+    assert set(stagedir.done("fp")) == {"00000"}
