@@ -11,7 +11,7 @@ from pipeline.kinds.synth import SynthKind, synth_shard_task
 from pipeline.rundir import RunDir
 from pipeline.stagedir import run_shard
 from pipeline.synth.params import SynthParams
-from pipeline.synth.recipes import RecipeConfig
+from pipeline.synth.recipes import Recipe, RecipeConfig, judge_prompt
 from tests.fake_llm_server import ServerThread
 from tests.test_synth_qc import real_docs
 
@@ -84,3 +84,22 @@ def test_a_shard_with_requests_that_never_succeeded_is_failed_and_asked_again(tm
         assert server.stats()["answered"] == answered + 1  # only the missing answer was asked for
     assert record["synth"]["failed_requests"] == 0 and record["synth"]["cache_hits"] == answered
     assert set(stagedir.done("fp")) == {"00000"}
+
+
+@pytest.mark.parametrize("body", [
+    "{{ text.__class__.__mro__[1].__subclasses__() }}",  # the classic escape to Python's object graph
+    "{{ ''.join.__globals__ }}",
+    "{% set _ = seed_tasks.append({'instruction': 'planted'}) %}{{ text }}",  # changing what it was given
+])
+def test_a_recipe_template_cannot_reach_outside_its_variables(tmp_path, body):
+    template = tmp_path / "evil.j2"
+    template.write_text(body)
+    with pytest.raises(ValueError, match=r"evil\.j2"):
+        Recipe(RecipeConfig(name="evil", template=str(template), output="text"), [{"instruction": "x"}])
+
+
+def test_a_judge_template_is_sandboxed_too(tmp_path):
+    template = tmp_path / "judge.j2"
+    template.write_text("{{ output.__class__.__base__.__subclasses__() }}")
+    with pytest.raises(ValueError, match=r"judge\.j2: the template reaches outside"):
+        judge_prompt({"instruction": "q", "input": "", "output": "a"}, str(template))
