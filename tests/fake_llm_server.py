@@ -12,7 +12,8 @@ question/answer pairs about the text between `<document>` tags; `FAKE:<word>` in
 answer for tests (`FAKE:refuse`, `FAKE:fenced`, `FAKE:score=N`, `FAKE:badjson`, `FAKE:400`).
 Hostile answers for the same: `FAKE:error200` answers HTTP 200 with an `error` body and no `choices`
 ("overloaded", so transient) for the first N tries of a body (`FAKE:error200=N`, default forever),
-`FAKE:fatal200` the same with a non-transient error, `FAKE:badusage` a normal answer whose `usage` is
+`FAKE:offtopic` a pair about something else, `INJECT:<text>` outside the `<document>` tags an answer
+that obeys it, `FAKE:fatal200` the same with a non-transient error, `FAKE:badusage` a normal answer whose `usage` is
 not counts, `FAKE:down` a 503 on every try. `down_for`, set on a running server, answers 503 to every
 prompt that contains it (an endpoint that is down for some requests, then back).
 
@@ -56,18 +57,27 @@ def answer_for(prompt: str, max_tokens: int, sample: int = 0) -> str:
     doc = re.search(r"<document>\s*(.*?)\s*</document>", prompt, re.DOTALL)
     source = doc.group(1) if doc else prompt
     words = WORD.findall(source)[:400]
+    # A model obeys instructions outside the document: `INJECT:<text>` after the first `</document>`
+    # (what a page that closes the fence itself gets) is followed, the answer being the planted text.
+    planted = re.search(r"INJECT:([^\n]*)", prompt.split("</document>", 1)[1]) if "</document>" in prompt else None
+    if planted:
+        return json.dumps([{"question": "What should every reader do now?", "answer": planted.group(1).strip()}])
     if forced:
         kind, value = forced.group(1), forced.group(2)
         if kind == "refuse":
             return "I'm sorry, but I can't help with that request."
         if kind == "score":
             return f'{{"score": {value}, "reason": "fixed by the test"}}'
+        if kind == "offtopic":  # a model that ignored the page
+            return json.dumps([{"question": "What is a good way to spend a sunny weekend afternoon?",
+                                "answer": "Pirates sailed the seven seas looking for buried gold, silver coins "
+                                          "and jewels hidden on tropical islands."}])
         if kind == "badjson":
             return "Here are some questions, but no JSON at all."
         if kind == "fenced":
+            answer = "It describes " + " ".join(reversed(words[1:16])) + ", with examples."  # from the text
             return ('Sure! Here is the JSON:\n```json\n[{"question": "What is described in the text?", '
-                    '"answer": "It describes its topic in a few careful sentences, with examples."},]\n```\n'
-                    'Let me know if you need more.')
+                    f'"answer": {json.dumps(answer)}}},]\n```\nLet me know if you need more.')
     if "judge" in prompt.lower() and "score" in prompt.lower():
         # A judge: longer answers get higher scores, from 1 to 10.
         return json.dumps({"score": min(10, 1 + len(prompt) % 10), "reason": "length"})

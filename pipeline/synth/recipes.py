@@ -12,6 +12,12 @@ Nemotron-CC routed documents by quality: its four "high" prompts (diverse QA, di
 knowledge, knowledge list) ran on the best documents and the Wikipedia-style paraphrase on the worst.
 `min_quality`/`max_quality` on a recipe do the same with the `quality_score` column.
 
+A page is untrusted text pasted between the template's own tags (`<document>…</document>`): a page
+that holds `</document>` could end the fence and write its own instruction after it. Every tag name
+the template closes (and `document`) is defused in the variables before rendering (`<` becomes
+`&lt;`), so only the template's own tags open and close, and a page without such tags renders the
+same prompt as before (its cached answer still applies).
+
 A template is configuration, but configs get shared: templates render in Jinja's immutable sandbox, so
 one can read the variables it is given (`text`, `url`, `language`, `max_pairs`, `seed_tasks`; the judge's
 `instruction`, `input`, `output`) and nothing else: no Python attributes, no changing what it is given.
@@ -39,6 +45,7 @@ BUILTIN: dict[str, OutputKind] = {
     "diverse_qa": "text", "distill": "text", "extract_knowledge": "text", "knowledge_list": "text",
     "wikipedia_paraphrase": "text",
 }
+_CLOSING_TAG = re.compile(r"</\s*([A-Za-z][\w:-]*)\s*>")
 _PARAPHRASE_LEAD = re.compile(r"^\s*here is a paraphrased version:?\s*", re.IGNORECASE)
 
 
@@ -76,6 +83,7 @@ class Recipe:
         self.path = path
         self.source = path.read_text()
         self.template = _compile(path, self.source)
+        self.fence = fence_pattern(self.source)
         self.seed_tasks = seed_tasks or []
         if cfg.name == "self_instruct" and not self.seed_tasks:
             raise ValueError("synth.seed_tasks: the self_instruct recipe needs seed tasks (a JSONL file)")
@@ -99,8 +107,10 @@ class Recipe:
         if self.seed_tasks:  # a few seed tasks per document, chosen by its id so a rerun picks the same
             rng = random.Random(str(doc.get("id")))
             extra["seed_tasks"] = rng.sample(self.seed_tasks, min(3, len(self.seed_tasks)))
-        content = _render(self.path, self.template, text=self.passage(doc), url=doc.get("url") or "",
-                          language=doc.get("language") or "en", max_pairs=self.cfg.max_pairs, **extra)
+        defuse = self.fence.sub  # the page's text, URL and language are the page's: none may close a fence
+        content = _render(self.path, self.template, text=defuse("&lt;", self.passage(doc)),
+                          url=defuse("&lt;", doc.get("url") or ""),
+                          language=defuse("&lt;", doc.get("language") or "en"), max_pairs=self.cfg.max_pairs, **extra)
         messages = [{"role": "system", "content": self.cfg.system}] if self.cfg.system else []
         return messages + [{"role": "user", "content": content}]
 
@@ -136,6 +146,12 @@ class Recipe:
         task_input = value.get("input") if isinstance(value.get("input"), str) else ""
         return [{"instruction": value["instruction"].strip(), "input": task_input.strip(), "output": out.strip()}], \
             repaired
+
+
+def fence_pattern(source: str) -> re.Pattern[str]:
+    """The `<` of any opening or closing tag, in a variable, named like a tag the template closes."""
+    names = sorted({"document", *(m.group(1).lower() for m in _CLOSING_TAG.finditer(source))})
+    return re.compile(r"<(?=\s*/?\s*(?:" + "|".join(map(re.escape, names)) + r")\b)", re.IGNORECASE)
 
 
 @cache

@@ -217,7 +217,8 @@ class _ShardJob:
                 continue
             for k, fields in enumerate(rows):
                 row = self.row(doc, fields, recipe.name, result, k == 0)
-                reason = self.qc.check_instruction(row, doc, echo_exempt=recipe.output == "instruction")
+                reason = self.qc.check_instruction(row, doc, echo_exempt=recipe.output == "instruction",
+                                                   grounded=recipe.output == "pairs")
                 if reason:
                     rejected.append(self.reject(row, reason, result.text))
                 else:
