@@ -93,7 +93,8 @@ class SynthKind(StageKind):
 
 def data_digests(params: Any) -> dict[str, str]:
     """Digests of the files a synth stage reads besides its input: the prompt templates of its recipes
-    (configs/synth/*.j2 or the recipe's own), the judge's, the seed tasks and the QC's eval sets. A changed
+    (configs/synth/*.j2 or the recipe's own), the judge's, the seed tasks, a `local` generator's
+    checkpoint and the QC's eval sets. A changed
     template makes other prompts, so other answers: the stage is recomputed (answers already paid for stay
     in the LLM cache)."""
     import hashlib
@@ -117,6 +118,13 @@ def data_digests(params: Any) -> dict[str, str]:
             found["judge"] = digest(params.qc.judge_template or TEMPLATES / "judge.j2")
         if params.seed_tasks:
             found["seed_tasks"] = digest(params.seed_tasks)
+        if params.generator == "local" and params.checkpoint:  # the model itself: its weights, not its path
+            from pipeline.synth.checkpoint_digest import checkpoint_digest
+
+            try:
+                found["checkpoint"] = checkpoint_digest(params.checkpoint)
+            except FileNotFoundError:
+                found["checkpoint"] = "missing"  # the stage reports it when it runs
     if params.qc.decont:
         from filters.decont import DecontParams, sets_digest
 

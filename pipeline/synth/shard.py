@@ -83,9 +83,12 @@ class _Output:
 
 def _make_generator(p: SynthParams, shard: str, cache: RequestCache, limiter: Any) -> Any:
     if p.generator == "local":
+        from pipeline.synth.checkpoint_digest import checkpoint_digest
         from pipeline.synth.local import LocalGenerator
 
-        return LocalGenerator(p.checkpoint, p.model or os.path.basename(p.checkpoint.rstrip("/")), p.device, cache)
+        # Answers are cached under the checkpoint's contents: a new model at the same path asks again.
+        name = p.model or os.path.basename(p.checkpoint.rstrip("/"))
+        return LocalGenerator(p.checkpoint, f"{name}@{checkpoint_digest(p.checkpoint)}", p.device, cache)
     limiter = limiter if limiter is not None else make_limiter(p.endpoint, p.requests_per_s, p.tokens_per_min,
                                                                p.rate_limiter)
     return AsyncLLMClient(p.endpoint, p.model, os.environ.get(p.api_key_env), concurrency=p.concurrency,
