@@ -142,3 +142,35 @@ def test_planted_instructions_and_off_topic_answers_do_not_become_rows(tmp_path)
     assert {r["source_id"] for r in kept} == {"planted", "plain"}  # the planted page is still used, as a page
     assert [r["drop_reason"] for r in rejected if r["source_id"] == "offtopic"] == ["synth:ungrounded"]
     assert stats["drop_reasons"].get("synth:ungrounded") == 1
+
+
+@pytest.mark.slow
+def test_a_run_with_requests_that_never_succeeded_says_so_and_retry_failed_finishes_it(ray_local, tmp_path):
+    import json
+
+    import yaml
+
+    from pipeline.cli import main
+    from tests.test_decont import WIKI, wiki_warc
+
+    articles = [a[:2500] for a in WIKI.read_text().splitlines()[:5]]
+    wiki_warc(tmp_path / "wiki.warc.gz", articles)
+    with ServerThread() as server:
+        synth = {"generator": "llm", "endpoint": server.url, "model": "fake", "backoff_s": 0.005,
+                 "backoff_max_s": 0.01, "max_retries": 1, "recipes": [{"name": "paragraph_qa"}]}
+        config = {"input": [str(tmp_path / "wiki.warc.gz")], "output_dir": str(tmp_path / "run"), "stages": [
+            {"name": "extract", "steps": [{"type": "extract"}]}, {"name": "synth", "kind": "synth", "synth": synth}]}
+        (tmp_path / "run.yaml").write_text(yaml.safe_dump(config))
+        server.llm.down_for = " ".join(articles[3].split()[:6])  # one page's requests fail, every try
+        assert main(["run", str(tmp_path / "run.yaml")]) == 1
+        manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+        stage = manifest["stages"][1]
+        assert stage["status"] == "failed" and manifest["status"] != "done"
+        assert "rows are missing" in stage["errors"][0]["error"]
+        assert main(["run", str(tmp_path / "run")]) == 1  # a plain rerun asks again (the endpoint is still down)
+        answered = server.stats()["answered"]
+        server.llm.down_for = None
+        assert main(["run", str(tmp_path / "run"), "--retry-failed"]) == 0
+        assert server.stats()["answered"] == answered + 1  # only the page that was missing
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert manifest["status"] == "done" and manifest["stages"][1]["synth"]["instructions"] > 0
