@@ -33,7 +33,7 @@ import pyarrow.parquet as pq
 import regex
 import xxhash
 from datatrove.utils.text import TextNormConfig, simplify_text
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from filters.base import Doc, Filter, StepParams, pkg_version
 
@@ -98,6 +98,14 @@ class DecontParams(StepParams):
                 raise ValueError(f"sets.{name}: {bad[0]} is not {'/'.join(SUFFIXES)}")
         return sets
 
+    @model_validator(mode="after")
+    def _sets_yield_ngrams(self, info: ValidationInfo) -> DecontParams:
+        # A set that indexes nothing would drop nothing, silently: build (or load) the index now, so that
+        # is a config error. The build itself parses these params with `building` set, to not recurse.
+        if not (info.context or {}).get("building"):
+            index_for(self)
+        return self
+
 
 def sets_digest(params: DecontParams) -> str:
     """Digest of everything the index depends on: set names and file contents, n, min_words, fields."""
@@ -161,22 +169,37 @@ class Index:
         return None
 
 
+class EmptyEvalSet(ValueError):
+    """An eval set whose files index no n-gram: it could never drop anything."""
+
+
 def _build(params: DecontParams) -> Index:
     BUILDS["count"] += 1
     hashes: list[np.ndarray] = []
     owners: list[np.ndarray] = []
     lengths = {params.n}
-    for s, path in enumerate(params.sets.values()):
+    for s, (name, path) in enumerate(params.sets.items()):
+        rows = texts = short = indexed = 0
         for file in resolve(path):
             for row in _rows(file, params.fields):
+                rows += 1
                 for text in (t for field in params.fields for t in _strings(row.get(field))):
+                    texts += 1
                     words = normalise(text)
                     if len(words) < min(params.n, params.min_words):
+                        short += 1
                         continue
+                    indexed += 1
                     k = min(len(words), params.n)
                     lengths.add(k)
                     hashes.append(_gram_hashes(_word_hashes(words), k))
                     owners.append(np.full(len(hashes[-1]), s, dtype=np.uint16))
+        if not indexed:
+            why = ("its files hold no rows" if not rows else
+                   f"none of its {rows} rows has a string in fields {params.fields}" if not texts else
+                   f"all {texts} of its texts are shorter than min_words={params.min_words} words")
+            raise EmptyEvalSet(f"sets.{name}: {path} yields no n-gram to match ({why}), so it would drop nothing; "
+                               "fix the file, list its text columns in `fields`, or lower `min_words`")
     flat = np.concatenate(hashes) if hashes else np.array([], dtype=np.uint64)
     unique, first = np.unique(flat, return_index=True)  # a gram in two sets counts for the first
     owner = np.concatenate(owners)[first] if owners else np.array([], dtype=np.uint16)
@@ -196,7 +219,7 @@ def _index(digest: str, params_json: str) -> Index:
     if path.exists():
         data = np.load(path)
         return Index(data["hashes"], data["owner"], tuple(data["lengths"].tolist()), tuple(data["names"].tolist()))
-    index = _build(DecontParams.model_validate_json(params_json))
+    index = _build(DecontParams.model_validate_json(params_json, context={"building": True}))
     tmp = path.with_name(f"{digest}.tmp{os.getpid()}.npz")
     np.savez(tmp, hashes=index.hashes, owner=index.owner, lengths=np.array(index.lengths), names=np.array(index.names))
     os.replace(tmp, path)

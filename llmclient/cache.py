@@ -37,6 +37,18 @@ def request_key(model: str, prompt: Any, sampling: dict[str, Any], sample: int) 
     return hashlib.sha256(payload).hexdigest()
 
 
+def is_answer(record: dict[str, Any]) -> bool:
+    """Text from the model, or a refusal of the request itself (an HTTP 4xx, or a prompt the local
+    generator cannot fit): what a rerun would get again. Not an error that came under HTTP 200, nor
+    the "answer without choices" records older versions stored for one."""
+    if record.get("status") == "ok":
+        return isinstance(record.get("text"), str)
+    if record.get("status") != "bad_request" or str(record.get("error")).startswith("answer without choices"):
+        return False
+    status = record.get("http_status")
+    return status is None or (isinstance(status, int) and 400 <= status < 500)
+
+
 class RequestCache:
     """Answers by key for one shard; `put` stores a new one durably."""
 
@@ -49,6 +61,7 @@ class RequestCache:
         self.fs.makedirs(self.dir, exist_ok=True)
         self.entries: dict[str, dict[str, Any]] = {}
         self.torn = 0  # lines that could not be read (a write cut by a kill)
+        self.not_answers = 0  # records that hold no answer, skipped
         self._load()
         self.writer_id = f"{time.time_ns():020d}-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self._handle = None
@@ -68,8 +81,11 @@ class RequestCache:
                     continue
                 try:
                     record = orjson.loads(line)
+                    if not is_answer(record):
+                        self.not_answers += 1  # an error stored by an older version: asked again
+                        continue
                     self.entries.setdefault(record["key"], record)
-                except (orjson.JSONDecodeError, KeyError, TypeError):
+                except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
                     self.torn += 1
         if self.torn:
             log.warning("request cache %s: skipped %d unreadable line(s) (a write cut short by a kill)",
@@ -79,11 +95,14 @@ class RequestCache:
         return len(self.entries)
 
     def get(self, key: str) -> dict[str, Any] | None:
+        """The stored answer, or None. Only answers are kept: text from the model, or a refusal the
+        endpoint gave with an HTTP 4xx; a record of anything else (an error an older version stored
+        under an HTTP 200) is skipped on load, so it is asked again."""
         return self.entries.get(key)
 
     def put(self, key: str, record: dict[str, Any]) -> None:
         record = {"key": key, **record}
-        if key in self.entries:
+        if not is_answer(record) or key in self.entries:  # only answers are kept: anything else is asked again
             return
         self.entries[key] = record
         line = orjson.dumps(record) + b"\n"

@@ -7,6 +7,11 @@ aiohttp sends, tenacity retries, and the request cache makes every completed ans
   jitter, or after the server's `Retry-After` (seconds or an HTTP date), up to `max_retries` times;
 - any other 4xx is the request's own fault: it is recorded (and cached, so a rerun does not pay for it
   again) and the job goes on; 401, 403 and 404 are not cached, as they are the endpoint's setup;
+- an HTTP 200 is an answer only when it holds a choice with text: an `error` body under a 200 (proxies
+  and some servers answer an overload that way) is retried when it looks transient and otherwise
+  recorded as a bad request, but never cached, so a rerun asks again;
+- an answer is cached before anything else is read from it: a malformed `usage` is counted
+  (`bad_usage`) and its tokens estimated, never a failure;
 - a cache hit sends nothing.
 
 `run` returns one Result per request, in request order, never raising for a request's failure.
@@ -22,6 +27,7 @@ import asyncio
 import email.utils
 import logging
 import random
+import re
 import threading
 import time
 from collections import Counter
@@ -41,6 +47,9 @@ T = TypeVar("T")
 
 RETRY_STATUS = {408, 409, 425, 429}  # and every 5xx
 UNCACHED_STATUS = {401, 403, 404}  # the endpoint's configuration, not the request: a rerun should ask again
+# Words in an error body under HTTP 200 that say "try again later" rather than "this request is wrong".
+TRANSIENT = re.compile(r"overload|rate.?limit|too many|timeout|timed out|unavailable|capacity|busy|try again|"
+                       r"temporar|server.?error|internal|503|502|504|529|429", re.IGNORECASE)
 
 
 @dataclass
@@ -75,6 +84,7 @@ class ClientStats:
     retries: int = 0
     bad_requests: int = 0
     failed: int = 0
+    bad_usage: int = 0  # answers whose `usage` could not be read: their tokens are estimated
     prompt_tokens: int = 0  # tokens of the answers received in this run (what was paid for)
     completion_tokens: int = 0
     retry_causes: Counter = field(default_factory=Counter)
@@ -92,9 +102,40 @@ class Retryable(Exception):
 
 
 class BadRequest(Exception):
-    def __init__(self, status: int, message: str):
+    """The request's own fault; `cacheable` when a rerun would get the same refusal (a real 4xx)."""
+
+    def __init__(self, status: int, message: str, cacheable: bool | None = None):
         super().__init__(message)
         self.status = status
+        self.cacheable = status not in UNCACHED_STATUS if cacheable is None else cacheable
+
+
+def answer_text(body: Any) -> str | None:
+    """The text of the first choice of an HTTP 200 body (chat or completions), or None when it holds none."""
+    try:
+        choice = body["choices"][0]
+        text = choice["message"]["content"] if "message" in choice else choice["text"]
+    except (KeyError, IndexError, TypeError):
+        return None
+    return text if isinstance(text, str) else None
+
+
+def _not_an_answer(url: str, body: Any) -> Exception:
+    """What a 200 without an answer means: a transient-looking `error` (or no body at all) is retried;
+    any other error is the request's fault, recorded but not cached (it was never an answer)."""
+    error = body.get("error") if isinstance(body, dict) else None
+    detail = orjson.dumps(error if error is not None else body)[:300].decode(errors="replace")
+    message = f"{url}: HTTP 200 without an answer: {detail}"
+    if error is None or TRANSIENT.search(detail):
+        return Retryable("200_error", message)
+    return BadRequest(200, message, cacheable=False)
+
+
+def _count(value: Any) -> int | None:
+    """A token count from `usage`, or None when it is not a plain non-negative number."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0 or value == float("inf"):
+        return None
+    return int(value)
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
@@ -132,7 +173,11 @@ class _Wait:
 def estimate_tokens(request: Request) -> int:
     """Prompt plus completion tokens, before sending: about four characters a token."""
     text = request.prompt if isinstance(request.prompt, str) else "".join(m.get("content", "") for m in request.prompt)
-    return len(text) // 4 + int(request.sampling.get("max_tokens", 256))
+    return len(text) // 4 + _max_tokens(request)
+
+
+def _max_tokens(request: Request) -> int:
+    return _count(request.sampling.get("max_tokens", 256)) or 0
 
 
 class AsyncLLMClient:
@@ -169,9 +214,12 @@ class AsyncLLMClient:
             raise Retryable("connection", f"{url}: {type(exc).__name__}: {exc}") from None
         if status == 200:
             try:
-                return orjson.loads(body)
+                parsed = orjson.loads(body)
             except orjson.JSONDecodeError:
                 raise Retryable("bad_body", f"{url}: HTTP 200 with a body that is not JSON") from None
+            if answer_text(parsed) is None:
+                raise _not_an_answer(url, parsed)
+            return parsed
         detail = body[:300].decode(errors="replace")
         if status in RETRY_STATUS or status >= 500:
             raise Retryable(str(status), f"{url}: HTTP {status}: {detail}", parse_retry_after(retry_after))
@@ -203,39 +251,46 @@ class AsyncLLMClient:
             except BadRequest as exc:
                 self.stats.bad_requests += 1
                 log.warning("skipped a bad request (key %s): %s", key[:12], exc)
-                if self.cache is not None and exc.status not in UNCACHED_STATUS:
-                    self.cache.put(key, {"status": "bad_request", "error": str(exc)})
+                if self.cache is not None and exc.cacheable:
+                    self.cache.put(key, {"status": "bad_request", "error": str(exc), "http_status": exc.status})
                 return Result(None, "bad_request", error=str(exc))
             except Retryable as exc:
                 self.stats.failed += 1
                 log.warning("gave up after %d tries (key %s): %s", self.max_retries + 1, key[:12], exc)
                 return Result(None, "failed", error=str(exc))
-        result = self._parse(body, request)
+        text = answer_text(body) or ""  # _send_once returns only bodies that hold an answer
+        try:
+            result = self._accounted(body, text, request)
+        except Exception:  # noqa: BLE001 - accounting must never lose an answer that was paid for
+            self.stats.bad_usage += 1
+            result = Result(text, "ok", estimate_tokens(request) - _max_tokens(request), len(text) // 4)
+        if self.cache is not None:
+            self.cache.put(key, {"status": "ok", "text": text, "prompt_tokens": result.prompt_tokens,
+                                 "completion_tokens": result.completion_tokens,
+                                 "finish_reason": result.finish_reason})
         self.stats.completed += 1
         self.stats.prompt_tokens += result.prompt_tokens
         self.stats.completion_tokens += result.completion_tokens
-        if self.cache is not None:
-            self.cache.put(key, {"status": result.status, "text": result.text, "error": result.error,
-                                 "prompt_tokens": result.prompt_tokens,
-                                 "completion_tokens": result.completion_tokens,
-                                 "finish_reason": result.finish_reason})
         return result
 
-    @staticmethod
-    def _parse(body: dict[str, Any], request: Request) -> Result:
-        try:
-            choice = body["choices"][0]
-            text = choice["message"]["content"] if "message" in choice else choice["text"]
-        except (KeyError, IndexError, TypeError):
-            return Result(None, "bad_request", error=f"answer without choices: {str(body)[:200]}")
-        usage = body.get("usage") or {}
-        prompt_tokens = usage.get("prompt_tokens")
-        completion_tokens = usage.get("completion_tokens")
-        if prompt_tokens is None:  # a server that reports no usage: estimate, so cost is not silently zero
-            prompt_tokens = estimate_tokens(request) - int(request.sampling.get("max_tokens", 256))
-        if completion_tokens is None:
-            completion_tokens = len(text or "") // 4
-        return Result(text, "ok", int(prompt_tokens), int(completion_tokens), choice.get("finish_reason"))
+    def _accounted(self, body: dict[str, Any], text: str, request: Request) -> Result:
+        """The answer with its token counts: from `usage`, estimated where the server gave none, and
+        estimated and counted (`bad_usage`) where what it gave is not a count."""
+        usage = body.get("usage")
+        usage = usage if isinstance(usage, dict) else ({} if usage is None else None)
+        if usage is None:
+            self.stats.bad_usage += 1
+            usage = {}
+        counts = []
+        for name, estimate in (("prompt_tokens", estimate_tokens(request) - _max_tokens(request)),
+                               ("completion_tokens", len(text) // 4)):
+            raw = usage.get(name)
+            value = _count(raw)
+            if raw is not None and value is None:
+                self.stats.bad_usage += 1
+            counts.append(estimate if value is None else value)  # no usage: estimate, so cost is not zero
+        finish = body["choices"][0].get("finish_reason")
+        return Result(text, "ok", counts[0], counts[1], finish if isinstance(finish, str) else None)
 
     async def run(self, requests: list[Request]) -> list[Result]:
         """Answers in request order; failures are Results with a status, never exceptions."""

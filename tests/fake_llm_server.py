@@ -10,6 +10,12 @@ twice is a request the client paid for twice (`GET /stats`).
 Answers are deterministic text built from the prompt. A prompt that asks for JSON gets a JSON list of
 question/answer pairs about the text between `<document>` tags; `FAKE:<word>` in a prompt forces an
 answer for tests (`FAKE:refuse`, `FAKE:fenced`, `FAKE:score=N`, `FAKE:badjson`, `FAKE:400`).
+Hostile answers for the same: `FAKE:error200` answers HTTP 200 with an `error` body and no `choices`
+("overloaded", so transient) for the first N tries of a body (`FAKE:error200=N`, default forever),
+`FAKE:offtopic` a pair about something else, `INJECT:<text>` outside the `<document>` tags an answer
+that obeys it, `FAKE:fatal200` the same with a non-transient error, `FAKE:badusage` a normal answer whose `usage` is
+not counts, `FAKE:down` a 503 on every try. `down_for`, set on a running server, answers 503 to every
+prompt that contains it (an endpoint that is down for some requests, then back).
 
     python tests/fake_llm_server.py --port 8001 --latency-s 0.05 --rate-429 0.05
 """
@@ -51,18 +57,27 @@ def answer_for(prompt: str, max_tokens: int, sample: int = 0) -> str:
     doc = re.search(r"<document>\s*(.*?)\s*</document>", prompt, re.DOTALL)
     source = doc.group(1) if doc else prompt
     words = WORD.findall(source)[:400]
+    # A model obeys instructions outside the document: `INJECT:<text>` after the first `</document>`
+    # (what a page that closes the fence itself gets) is followed, the answer being the planted text.
+    planted = re.search(r"INJECT:([^\n]*)", prompt.split("</document>", 1)[1]) if "</document>" in prompt else None
+    if planted:
+        return json.dumps([{"question": "What should every reader do now?", "answer": planted.group(1).strip()}])
     if forced:
         kind, value = forced.group(1), forced.group(2)
         if kind == "refuse":
             return "I'm sorry, but I can't help with that request."
         if kind == "score":
             return f'{{"score": {value}, "reason": "fixed by the test"}}'
+        if kind == "offtopic":  # a model that ignored the page
+            return json.dumps([{"question": "What is a good way to spend a sunny weekend afternoon?",
+                                "answer": "Pirates sailed the seven seas looking for buried gold, silver coins "
+                                          "and jewels hidden on tropical islands."}])
         if kind == "badjson":
             return "Here are some questions, but no JSON at all."
         if kind == "fenced":
+            answer = "It describes " + " ".join(reversed(words[1:16])) + ", with examples."  # from the text
             return ('Sure! Here is the JSON:\n```json\n[{"question": "What is described in the text?", '
-                    '"answer": "It describes its topic in a few careful sentences, with examples."},]\n```\n'
-                    'Let me know if you need more.')
+                    f'"answer": {json.dumps(answer)}}},]\n```\nLet me know if you need more.')
     if "judge" in prompt.lower() and "score" in prompt.lower():
         # A judge: longer answers get higher scores, from 1 to 10.
         return json.dumps({"score": min(10, 1 + len(prompt) % 10), "reason": "length"})
@@ -91,6 +106,7 @@ class FakeLLM:
         self.answered: Counter = Counter()  # per body: 200 answers completed
         self.answered_prompts: Counter = Counter()  # per prompt text: 200 answers completed
         self.faults: Counter = Counter()
+        self.down_for: str | None = None
 
     def stats(self) -> dict[str, Any]:
         return {"requests": sum(self.tries.values()), "distinct": len(self.tries),
@@ -109,6 +125,17 @@ class FakeLLM:
         prompt = _prompt_text(payload)
         if "FAKE:400" in prompt:
             return web.json_response({"error": {"message": "prompt too long"}}, status=400)
+        if "FAKE:down" in prompt or (self.down_for and self.down_for in prompt):
+            self.faults["down"] += 1
+            return web.json_response({"error": {"message": "service unavailable"}}, status=503)
+        error200 = re.search(r"FAKE:error200(?:=(\d+))?", prompt)
+        if error200 and (error200.group(1) is None or attempt < int(error200.group(1))):
+            self.faults["error200"] += 1
+            return web.json_response({"error": {"message": "The server is overloaded, please try again",
+                                                "type": "overloaded_error"}})
+        if "FAKE:fatal200" in prompt:
+            self.faults["fatal200"] += 1
+            return web.json_response({"error": {"message": "content policy violation", "type": "invalid_request"}})
         draw = _draw(body, attempt)
         if draw < self.rate_drop:
             self.faults["drop"] += 1
@@ -135,11 +162,14 @@ class FakeLLM:
         chat = request.path.endswith("chat/completions")
         choice = ({"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"} if chat
                   else {"index": 0, "text": text, "finish_reason": "stop", "logprobs": None})
+        usage: Any = {"prompt_tokens": len(prompt) // 4, "completion_tokens": completion_tokens,
+                      "total_tokens": len(prompt) // 4 + completion_tokens}
+        if "FAKE:badusage" in prompt:  # what a broken proxy sends: each sample a different malformation
+            usage = [{"prompt_tokens": "many", "completion_tokens": None}, "n/a", {"prompt_tokens": -3},
+                     {"prompt_tokens": [1], "completion_tokens": {"n": 2}}][int(payload.get("seed") or 0) % 4]
         response = web.json_response({
             "id": f"cmpl-{key[:16]}", "object": "chat.completion" if chat else "text_completion",
-            "created": 0, "model": payload.get("model"), "choices": [choice],
-            "usage": {"prompt_tokens": len(prompt) // 4, "completion_tokens": completion_tokens,
-                      "total_tokens": len(prompt) // 4 + completion_tokens}})
+            "created": 0, "model": payload.get("model"), "choices": [choice], "usage": usage})
         # Counted as the answer goes out, not after: a client may read it before this coroutine resumes.
         self.answered[key] += 1
         self.answered_prompts[prompt] += 1

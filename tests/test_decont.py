@@ -103,6 +103,30 @@ def test_short_eval_texts_match_whole_and_tiny_ones_are_skipped(tmp_path, tasks,
     assert step.index.lengths == (13, len(short.split()))
 
 
+def test_a_set_that_yields_no_ngram_is_a_config_error_naming_it(tmp_path, tasks, eval_jsonl):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    other_keys = tmp_path / "keys.jsonl"
+    other_keys.write_text("".join(json.dumps({"prompt": t["instruction"]}) + "\n" for t in tasks))
+    short = tmp_path / "short.jsonl"
+    short.write_text("".join(json.dumps({"answer": t["output"]}) + "\n" for t in tasks
+                             if len(t["output"].split()) < 4))
+    good = {"si": eval_jsonl}
+    cases = [(empty, "its files hold no rows"), (other_keys, r"none of its 60 rows has a string in fields"),
+             (short, r"shorter than min_words=8 words")]
+    for path, why in cases:
+        with pytest.raises(ValidationError, match=rf"sets\.odd: .*{path.name} yields no n-gram.*{why}"):
+            STEPS["decont"].Params(sets={**good, "odd": str(path)})
+    with pytest.raises(ValueError, match=r"steps\.0 \(decont\).*sets\.odd: .*yields no n-gram"):
+        MapStage(name="decont", steps=[{"type": "decont", "sets": {"odd": str(empty)}}])
+    with pytest.raises(ValidationError, match=r"sets\.odd: .*yields no n-gram"):
+        from pipeline.synth.params import SynthParams
+
+        SynthParams(qc={"decont": {"sets": {"odd": str(other_keys)}}})
+    # The same files are fine once they are read the right way.
+    assert len(STEPS["decont"].Params(sets={"odd": str(other_keys)}, fields=["prompt"]).sets) == 1
+
+
 def test_parquet_set_with_a_list_field_indexes_each_element(tmp_path, pages):
     article = WIKI.read_text().splitlines()[0]
     a, b = words_of(article, 0, 30), words_of(article, 40, 30)

@@ -239,3 +239,40 @@ def test_winnow_serve_and_the_local_generator_give_the_same_answers(tiny_checkpo
     again = LocalGenerator(tiny_checkpoint, "tiny", cache=RequestCache(str(tmp_path / "local"), "s"))
     assert [r.text for r in run_sync(again.run(requests))] == [r.text for r in inproc]
     assert again.stats.cache_hits == 5 and again.stats.requests == 0
+
+
+def test_a_new_local_model_at_the_same_path_is_asked_again(tiny_checkpoint, tmp_path, monkeypatch):
+    """The synth fingerprint and the request cache key follow the checkpoint's contents, not its folder."""
+    import shutil
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import torch
+
+    from pipeline.kinds.synth import data_digests
+    from pipeline.synth.params import SynthParams
+    from pipeline.synth.recipes import RecipeConfig
+    from pipeline.synth.shard import run_synth_shard
+    from train.checkpoint import TOKENIZER, load_model, save
+
+    monkeypatch.setenv("WINNOW_CACHE", str(tmp_path / "winnow-cache"))
+    ckpt = tmp_path / "model"
+    shutil.copytree(tiny_checkpoint, ckpt)
+    shard = tmp_path / "docs.parquet"
+    pq.write_table(pa.Table.from_pylist([{"id": f"d{i}", "text": f"Document {i} is about rivers and hills. " * 5,
+                                          "language": "en"} for i in range(3)]), shard)
+    params = SynthParams(generator="local", checkpoint=str(ckpt), max_tokens=4,
+                         qc={"language_match": False}, recipes=[RecipeConfig(name="wikipedia_paraphrase")])
+
+    def run(tag: str) -> dict:
+        return run_synth_shard(params, str(shard), str(tmp_path / tag), "0", str(tmp_path / "cache"))
+
+    before, first = data_digests(params)["checkpoint"], run("a")
+    assert data_digests(params)["checkpoint"] == before and run("b")["requests"] == 0  # same model: from the cache
+    model, saved = load_model(str(ckpt))
+    torch.manual_seed(1)
+    for weight in model.parameters():  # another model, written where the first one was
+        torch.nn.init.normal_(weight)
+    save(str(ckpt), model, None, 1, {"tokenizer": TOKENIZER, "train_config": {}})
+    assert data_digests(params)["checkpoint"] != before
+    assert run("c")["requests"] == first["requests"] == 3

@@ -67,6 +67,8 @@ def qc():
     ({"instruction": "What causes the tides?", "output": "Les marées sont causées surtout par l'attraction de la "
                                                           "Lune sur les océans de la Terre."},
      "synth:language_mismatch"),
+    ({"instruction": "What causes the tides?", "output": "Pirates sailed the seven seas looking for buried gold "
+                                                          "and silver treasure."}, "synth:ungrounded"),
     ({"instruction": "What causes the tides?", "output": "Mostly the Moon's gravity, with some help from the Sun."},
      None),
 ])

@@ -28,7 +28,8 @@ log = logging.getLogger("winnow.run")
 
 # Summed from the shards' records into the manifest's `synth` entry, then shown by status and the report.
 COUNTS = ("instructions", "rejected", "rephrased", "json_repaired", "judged", "requests", "completed",
-          "cache_hits", "retries", "bad_requests", "failed_requests", "prompt_tokens", "completion_tokens")
+          "cache_hits", "retries", "bad_requests", "failed_requests", "bad_usage", "prompt_tokens",
+          "completion_tokens")
 
 
 class SynthKind(StageKind):
@@ -92,7 +93,8 @@ class SynthKind(StageKind):
 
 def data_digests(params: Any) -> dict[str, str]:
     """Digests of the files a synth stage reads besides its input: the prompt templates of its recipes
-    (configs/synth/*.j2 or the recipe's own), the judge's, the seed tasks and the QC's eval sets. A changed
+    (configs/synth/*.j2 or the recipe's own), the judge's, the seed tasks, a `local` generator's
+    checkpoint and the QC's eval sets. A changed
     template makes other prompts, so other answers: the stage is recomputed (answers already paid for stay
     in the LLM cache)."""
     import hashlib
@@ -116,6 +118,13 @@ def data_digests(params: Any) -> dict[str, str]:
             found["judge"] = digest(params.qc.judge_template or TEMPLATES / "judge.j2")
         if params.seed_tasks:
             found["seed_tasks"] = digest(params.seed_tasks)
+        if params.generator == "local" and params.checkpoint:  # the model itself: its weights, not its path
+            from pipeline.synth.checkpoint_digest import checkpoint_digest
+
+            try:
+                found["checkpoint"] = checkpoint_digest(params.checkpoint)
+            except FileNotFoundError:
+                found["checkpoint"] = "missing"  # the stage reports it when it runs
     if params.qc.decont:
         from filters.decont import DecontParams, sets_digest
 
@@ -139,6 +148,15 @@ def synth_shard_task(params_json: str, stagedir: StageDir, shard: str, input_pat
     result = run_synth_shard(params, input_path, stagedir.file_url("instructions"), shard, cache_dir,
                              rephrased_dir=stagedir.file_url("rephrased"), limiter=limiter)
     outputs = result.pop("outputs")
+    failure = result.pop("first_failure", None)
+    if result["failed_requests"]:
+        # Rows are missing: the shard is not complete. Raising leaves no completion record, so the stage
+        # reports the shard failed (and the run exits non-zero), and the next run or --retry-failed asks
+        # again; the answers that did come back are in the LLM cache and are not paid for twice.
+        raise RuntimeError(f"synth shard {shard}: {result['failed_requests']} request(s) still failed after "
+                           f"{params.max_retries} retries, so their rows are missing (first: {failure}); the "
+                           f"{result['completed'] + result['cache_hits']} answers received are kept in the LLM "
+                           "cache: run again, or `winnow run RUN_DIR --retry-failed`, once the endpoint answers")
     names = {k: [v.rsplit("/", 1)[-1]] if v else [] for k, v in outputs.items()}
     docs = result["docs_in"]
     with fsspec.open(input_path, "rb") as f:  # the upstream stage's text, counted as this stage's output

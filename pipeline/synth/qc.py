@@ -5,6 +5,14 @@ Checks, in order, the first failure naming the row's reason:
 - refusals ("I'm sorry, but I can't ...", "As an AI language model ...") -> `synth:refusal`;
 - an output that copies the source (`synth:echo_source`): the share of its word 8-grams found in the source
   document. Backtranslation rows are exempt, since their output is the source by design;
+- an answer not grounded in its source (`synth:ungrounded`): the share of the output's distinct content
+  words (letters/digits, three or more characters, not a stopword, cut to their first five characters
+  so that "gravity" finds "gravitational"; each CJK character counts as one) found in the source
+  document is below `min_grounding`. Answers are asked for in the model's own words, so the bar is low:
+  it catches answers about something else, not paraphrase. A page that planted its own instruction gets
+  an answer about something else, and a model that ignored the page writes words it does not hold.
+  Applied to question/answer pairs, to rephrased documents and to webqa rows; not to self-instruct
+  tasks (written about the topic, not from the text) nor backtranslation (the output is the page);
 - a language other than the source's (`synth:language_mismatch`), by filters/langid.py's lid.176 model,
   only when the model is confident about the output (short texts are often misread);
 - near-duplicate instructions within the shard (`synth:near_duplicate`), with the dedup stage's MinHash
@@ -20,6 +28,7 @@ from collections import defaultdict
 from typing import Any
 
 import numpy as np
+import regex
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from pipeline.dedup import minhash
@@ -29,6 +38,30 @@ REFUSAL = re.compile(
     r"i cannot (?:help|assist|provide|comply)|i(?:'m| am) (?:not able|unable) to|as an ai\b|as a language model)"
     r"|\bas an ai (?:language )?model\b|\bi(?:'m| am) just an ai\b",
     re.IGNORECASE)
+
+
+# Latin-script runs of three or more letters/digits, or one CJK character: a "content word" candidate.
+_CONTENT = regex.compile(r"[\p{Han}\p{Hiragana}\p{Katakana}\p{Hangul}]|[^\W_\p{Han}\p{Hiragana}\p{Katakana}]{3,}")
+_STOPWORDS = frozenset("""
+the and for are but not you all any can had her was one our out has him his how its may new now old see two way
+who did get let say she too use this that with from they will would there their what about which when your
+into than then them these some could other more also only been were have each such most very like just over
+does what where here those being both after before while because should many much same well even through
+der die das und ist ein eine mit von den dem des les une est pour que qui dans par sur pas los las por con
+""".split())
+
+
+def content_words(text: str) -> set[str]:
+    """Distinct content words, each cut to five characters (a crude stem that works across languages)."""
+    return {w[:5] for w in (m.lower() for m in _CONTENT.findall(text)) if w not in _STOPWORDS}
+
+
+def grounding(output: str, source: str) -> float:
+    """Share of the output's distinct content words that the source holds (1.0 when it has none)."""
+    words = content_words(output)
+    if not words:
+        return 1.0
+    return len(words & content_words(source)) / len(words)
 
 
 class QCParams(BaseModel):
@@ -41,6 +74,7 @@ class QCParams(BaseModel):
     refusals: bool = True
     max_echo: float | None = Field(0.6, ge=0, le=1)  # None: keep outputs however much they copy
     echo_ngram: int = Field(8, ge=2)
+    min_grounding: float | None = Field(0.35, ge=0, le=1)  # None: keep answers whatever words they use
     language_match: bool = True
     language_min_score: float = Field(0.6, ge=0, le=1)  # trust the language model only from this score on
     near_dup_threshold: float | None = Field(0.7, gt=0, le=1)  # None: keep near-duplicates
@@ -134,7 +168,11 @@ class QC:
                 return "synth:language_mismatch"
         return None
 
-    def check_instruction(self, row: dict[str, Any], source: dict[str, Any], echo_exempt: bool = False) -> str | None:
+    def ungrounded(self, output: str, source: dict[str, Any]) -> bool:
+        return self.p.min_grounding is not None and grounding(output, source.get("text") or "") < self.p.min_grounding
+
+    def check_instruction(self, row: dict[str, Any], source: dict[str, Any], echo_exempt: bool = False,
+                          grounded: bool = True) -> str | None:
         """The drop reason for an instruction row, or None to keep it (near-duplicates are checked last,
         in `is_near_duplicate`, so only rows that pass everything else enter the index)."""
         p = self.p
@@ -150,11 +188,14 @@ class QC:
         if p.max_echo is not None and not echo_exempt and \
                 echo_fraction(row["output"], source.get("text") or "", p.echo_ngram) > p.max_echo:
             return "synth:echo_source"
+        if grounded and self.ungrounded(row["output"], source):
+            return "synth:ungrounded"
         return None
 
     def check_text(self, text: str, source: dict[str, Any]) -> str | None:
         """The drop reason for a rephrased document, or None."""
-        return self._common(text, source, max(self.p.min_output_chars, 50), 4 * self.p.max_output_chars, "output")
+        reason = self._common(text, source, max(self.p.min_output_chars, 50), 4 * self.p.max_output_chars, "output")
+        return reason or ("synth:ungrounded" if self.ungrounded(text, source) else None)
 
     def is_near_duplicate(self, instruction: str) -> bool:
         return self.near_dups is not None and not self.near_dups.add_if_new(instruction)

@@ -11,6 +11,16 @@ What a recipe makes is its `output`:
 Nemotron-CC routed documents by quality: its four "high" prompts (diverse QA, distill, extract
 knowledge, knowledge list) ran on the best documents and the Wikipedia-style paraphrase on the worst.
 `min_quality`/`max_quality` on a recipe do the same with the `quality_score` column.
+
+A page is untrusted text pasted between the template's own tags (`<document>…</document>`): a page
+that holds `</document>` could end the fence and write its own instruction after it. Every tag name
+the template closes (and `document`) is defused in the variables before rendering (`<` becomes
+`&lt;`), so only the template's own tags open and close, and a page without such tags renders the
+same prompt as before (its cached answer still applies).
+
+A template is configuration, but configs get shared: templates render in Jinja's immutable sandbox, so
+one can read the variables it is given (`text`, `url`, `language`, `max_pairs`, `seed_tasks`; the judge's
+`instruction`, `input`, `output`) and nothing else: no Python attributes, no changing what it is given.
 """
 
 from __future__ import annotations
@@ -23,6 +33,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import jinja2
+from jinja2.sandbox import ImmutableSandboxedEnvironment
 from pydantic import BaseModel, ConfigDict, Field
 
 from pipeline.synth.jsonrepair import JSONRepairError, parse_json
@@ -34,6 +45,7 @@ BUILTIN: dict[str, OutputKind] = {
     "diverse_qa": "text", "distill": "text", "extract_knowledge": "text", "knowledge_list": "text",
     "wikipedia_paraphrase": "text",
 }
+_CLOSING_TAG = re.compile(r"</\s*([A-Za-z][\w:-]*)\s*>")
 _PARAPHRASE_LEAD = re.compile(r"^\s*here is a paraphrased version:?\s*", re.IGNORECASE)
 
 
@@ -70,10 +82,12 @@ class Recipe:
             raise ValueError(f"synth.recipes.{cfg.name}.template: {path} does not exist")
         self.path = path
         self.source = path.read_text()
-        self.template = _env().from_string(self.source)
+        self.template = _compile(path, self.source)
+        self.fence = fence_pattern(self.source)
         self.seed_tasks = seed_tasks or []
         if cfg.name == "self_instruct" and not self.seed_tasks:
             raise ValueError("synth.seed_tasks: the self_instruct recipe needs seed tasks (a JSONL file)")
+        self.render({"id": "check", "text": "A sample passage.", "url": "https://example.org/"})  # fail now, named
 
     def applies(self, doc: dict[str, Any]) -> bool:
         score = doc.get("quality_score")
@@ -93,9 +107,10 @@ class Recipe:
         if self.seed_tasks:  # a few seed tasks per document, chosen by its id so a rerun picks the same
             rng = random.Random(str(doc.get("id")))
             extra["seed_tasks"] = rng.sample(self.seed_tasks, min(3, len(self.seed_tasks)))
-        content = self.template.render(text=self.passage(doc), url=doc.get("url") or "",
-                                       language=doc.get("language") or "en", max_pairs=self.cfg.max_pairs,
-                                       **extra).strip()
+        defuse = self.fence.sub  # the page's text, URL and language are the page's: none may close a fence
+        content = _render(self.path, self.template, text=defuse("&lt;", self.passage(doc)),
+                          url=defuse("&lt;", doc.get("url") or ""),
+                          language=defuse("&lt;", doc.get("language") or "en"), max_pairs=self.cfg.max_pairs, **extra)
         messages = [{"role": "system", "content": self.cfg.system}] if self.cfg.system else []
         return messages + [{"role": "user", "content": content}]
 
@@ -133,16 +148,47 @@ class Recipe:
             repaired
 
 
+def fence_pattern(source: str) -> re.Pattern[str]:
+    """The `<` of any opening or closing tag, in a variable, named like a tag the template closes."""
+    names = sorted({"document", *(m.group(1).lower() for m in _CLOSING_TAG.finditer(source))})
+    return re.compile(r"<(?=\s*/?\s*(?:" + "|".join(map(re.escape, names)) + r")\b)", re.IGNORECASE)
+
+
 @cache
 def _env() -> jinja2.Environment:
-    # Prompts are plain text: no HTML escaping; undefined variables are errors, not empty strings.
-    return jinja2.Environment(autoescape=False, undefined=jinja2.StrictUndefined, keep_trailing_newline=False)
+    # Prompts are plain text: no HTML escaping; undefined variables are errors, not empty strings. The
+    # immutable sandbox: a template reads what it is given and cannot reach Python (see the docstring).
+    return ImmutableSandboxedEnvironment(autoescape=False, undefined=jinja2.StrictUndefined,
+                                         keep_trailing_newline=False)
+
+
+def _compile(path: Path, source: str) -> jinja2.Template:
+    try:
+        return _env().from_string(source)
+    except jinja2.TemplateSyntaxError as exc:
+        raise ValueError(f"{path}:{exc.lineno}: not a valid Jinja template: {exc.message}") from None
+
+
+def _render(path: Path, template: jinja2.Template, **variables: Any) -> str:
+    try:
+        return template.render(**variables).strip()
+    except jinja2.exceptions.SecurityError as exc:
+        raise ValueError(f"{path}: the template reaches outside what it is given ({exc}); a template may "
+                         f"only use its variables: {', '.join(sorted(variables))}") from None
+    except jinja2.TemplateError as exc:
+        raise ValueError(f"{path}: cannot render the template: {exc}; its variables are "
+                         f"{', '.join(sorted(variables))}") from None
+
+
+@cache
+def _judge_template(path: Path, source: str) -> jinja2.Template:  # by source too: an edited file recompiles
+    return _compile(path, source)
 
 
 def judge_prompt(row: dict[str, str], template: str | None = None) -> list[dict[str, str]]:
     path = Path(template) if template else TEMPLATES / "judge.j2"
-    content = _env().from_string(path.read_text()).render(instruction=row["instruction"], input=row["input"],
-                                                          output=row["output"]).strip()
+    content = _render(path, _judge_template(path, path.read_text()), instruction=row["instruction"], input=row["input"],
+                      output=row["output"])
     return [{"role": "user", "content": content}]
 
 

@@ -83,9 +83,12 @@ class _Output:
 
 def _make_generator(p: SynthParams, shard: str, cache: RequestCache, limiter: Any) -> Any:
     if p.generator == "local":
+        from pipeline.synth.checkpoint_digest import checkpoint_digest
         from pipeline.synth.local import LocalGenerator
 
-        return LocalGenerator(p.checkpoint, p.model or os.path.basename(p.checkpoint.rstrip("/")), p.device, cache)
+        # Answers are cached under the checkpoint's contents: a new model at the same path asks again.
+        name = p.model or os.path.basename(p.checkpoint.rstrip("/"))
+        return LocalGenerator(p.checkpoint, f"{name}@{checkpoint_digest(p.checkpoint)}", p.device, cache)
     limiter = limiter if limiter is not None else make_limiter(p.endpoint, p.requests_per_s, p.tokens_per_min,
                                                                p.rate_limiter)
     return AsyncLLMClient(p.endpoint, p.model, os.environ.get(p.api_key_env), concurrency=p.concurrency,
@@ -104,6 +107,7 @@ class _ShardJob:
         self.cache = None
         self.generator = None
         self.decont_index = None
+        self.failure: str | None = None  # the first request that failed for good: what the shard's error names
         if p.generator != "webqa":
             seeds = load_seed_tasks(p.seed_tasks) if p.seed_tasks else None
             self.recipes = [Recipe(r, seeds) for r in p.recipes]
@@ -189,6 +193,8 @@ class _ShardJob:
             empty = self.row(doc, {"instruction": "", "input": "", "output": ""}, recipe.name, result, True)
             if result.status != "ok":
                 reason = "synth:bad_request" if result.status == "bad_request" else "synth:request_failed"
+                if result.status == "failed" and self.failure is None:
+                    self.failure = result.error
                 rejected.append(self.reject(empty, reason, result.error))
                 continue
             if self.p.qc.refusals and REFUSAL.search((result.text or "")[:300]):
@@ -214,7 +220,8 @@ class _ShardJob:
                 continue
             for k, fields in enumerate(rows):
                 row = self.row(doc, fields, recipe.name, result, k == 0)
-                reason = self.qc.check_instruction(row, doc, echo_exempt=recipe.output == "instruction")
+                reason = self.qc.check_instruction(row, doc, echo_exempt=recipe.output == "instruction",
+                                                   grounded=recipe.output == "pairs")
                 if reason:
                     rejected.append(self.reject(row, reason, result.text))
                 else:
@@ -227,6 +234,7 @@ class _ShardJob:
         if self.generator is None:  # webqa has no model to judge with
             return candidates, []
         results = run_sync(self.generator.run(requests))
+        self.failure = self.failure or next((r.error for r in results if r.status == "failed"), None)
         kept, rejected = [], []
         for (row, doc, group), result in zip(candidates, results, strict=True):
             row["score"] = parse_judge(result.text) if result.status == "ok" else None
@@ -309,7 +317,8 @@ def run_synth_shard(params: SynthParams, input_path: str, out_dir: str, shard: s
         "requests": stats.get("requests", 0), "completed": stats.get("completed", 0),
         "cache_hits": stats.get("cache_hits", 0), "retries": stats.get("retries", 0),
         "retry_causes": stats.get("retry_causes", {}), "bad_requests": stats.get("bad_requests", 0),
-        "failed_requests": stats.get("failed", 0), "prompt_tokens": stats.get("prompt_tokens", 0),
+        "failed_requests": stats.get("failed", 0), "first_failure": job.failure,
+        "bad_usage": stats.get("bad_usage", 0), "prompt_tokens": stats.get("prompt_tokens", 0),
         "completion_tokens": stats.get("completion_tokens", 0), "cost_usd": round(cost, 6),
         "generator": params.generator, "model": job.model_name, "outputs": paths,
         "wall_s": round(time.monotonic() - start, 3),
