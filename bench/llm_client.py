@@ -1,7 +1,7 @@
 """Winnow's LLM client against datatrove's InferenceRunner (server type `endpoint`) and distilabel's
 OpenAILLM: same loopback server, same prompts, same concurrency, same machine.
 
-The server is bench/fake_llm_server.py in its own process, answering every request after a fixed
+The server is tests/fake_llm_server.py in its own process, answering every request after a fixed
 `latency_s` plus `per_token_s` per completion token, so what differs between runs is the client.
 Each tool runs in a fresh subprocess (`--worker`), three ways:
 
@@ -54,8 +54,8 @@ def prompt(i: int) -> str:
 # -- workers (each in its own process) ---------------------------------------------------------
 
 def work_winnow(url: str, n: int, concurrency: int, state: str) -> dict:
-    from pipeline.synth.cache import RequestCache
-    from pipeline.synth.client import AsyncLLMClient, Request, run_sync
+    from llmclient.cache import RequestCache
+    from llmclient.client import AsyncLLMClient, Request, run_sync
 
     client = AsyncLLMClient(url, "fake", concurrency=concurrency, cache=RequestCache(state, "bench"),
                             backoff_s=0.5, backoff_max_s=10)
@@ -157,7 +157,7 @@ def free_port() -> int:
 class Server:
     def __init__(self, latency_s: float, per_token_s: float, faults: bool):
         self.port = free_port()
-        args = [PYTHON, str(ROOT / "bench" / "fake_llm_server.py"), "--port", str(self.port),
+        args = [PYTHON, str(ROOT / "tests" / "fake_llm_server.py"), "--port", str(self.port),
                 "--latency-s", str(latency_s), "--per-token-s", str(per_token_s)]
         if faults:
             args += ["--rate-429", "0.05", "--rate-500", "0.02", "--rate-drop", "0.01"]

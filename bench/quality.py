@@ -2,10 +2,10 @@
 
 Run: `.venv/bin/python bench/quality.py` (a few minutes on 2 cores: it trains 16 fastText models).
 
-* Data: whole documents of ../shared/data (pipeline/quality_data.py). The split is by source: each
+* Data: whole documents of ../shared/data (tools/quality_data.py). The split is by source: each
   fold holds out one good source and one web source (CCNet head or Wikipedia pages against raw
   CC-MAIN-2019-30 or C4), trains fastText and the combiner on everything else exactly as
-  `winnow quality build-default` does (3 inner folds instead of 5), and scores the held-out pair.
+  tools/build_quality_model.py does (3 inner folds instead of 5), and scores the held-out pair.
   No held-out document, nor any other document of its source, is seen in training.
 * Scorers, each an AUC of "good source" against "web source":
   - `length`: words in the document.
@@ -13,7 +13,7 @@ Run: `.venv/bin/python bench/quality.py` (a few minutes on 2 cores: it trains 16
     quality, C4 without its terminal-punctuation rule, FineWeb) keep the document, 0 to 4.
   - `c4_no_punct_keep`: 1 if C4's rules without the terminal-punctuation rule keep it.
   - `fasttext`: fastText's P(hq) alone (`features: false`).
-  - `combined`: the default scorer (`winnow quality build-default`'s recipe): fastText's log-odds and
+  - `combined`: the default scorer (tools/build_quality_model.py's recipe): fastText's log-odds and
     the form features, each standardized and counted +1 or -1 by its sign, calibrated by a logistic fit.
   - `combined_fitted`: the same features with every weight fitted (sign-bounded logistic regression).
 * Also the shipped default model on the group-split validation passages it reports (in-source).
@@ -37,9 +37,9 @@ from bench.paths import results_dir  # noqa: E402
 from filters import STEPS  # noqa: E402
 from filters.quality import Quality, QualityParams, combiner_path  # noqa: E402
 from filters.quality_features import Combiner, feature_matrix, fit_combiner  # noqa: E402
-from pipeline.quality_combine import fasttext_probs, page_features, source_weights  # noqa: E402
-from pipeline.quality_data import default_documents, passage_rows  # noqa: E402
 from pipeline.quality_train import roc_auc, train  # noqa: E402
+from tools.quality_combine import fasttext_probs, page_features, source_weights  # noqa: E402
+from tools.quality_data import default_documents, passage_rows  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 RESULTS = results_dir()

@@ -27,8 +27,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 WINNOW = str(Path(sys.executable).parent / "winnow")
 
-from bench.loopback_s3 import loopback_s3  # noqa: E402
 from bench.paths import results_dir  # noqa: E402
+from tests.loopback_s3 import loopback_s3  # noqa: E402
 
 
 def timed_run(inputs: str, output_dir: str, env: dict[str, str]) -> float:

@@ -54,8 +54,8 @@ TINY: dict[str, list[str]] = {
     "warc_reader": ["--repeat", "1"],
     "webqa_precision": ["--limit", "100"],
 }
-# Scripts in bench/ that are not benchmarks: corpora, loopback servers, and this runner.
-HELPERS = {"build_corpus", "dedup_corpus", "fake_llm_server", "loopback_s3", "paths", "smoke"}
+# Scripts in bench/ that are not benchmarks: corpora, paths, and this runner.
+HELPERS = {"build_corpus", "dedup_corpus", "paths", "smoke"}
 # straggler.py --tiny keeps its figures to itself: they would replace the full-size ones.
 NO_FIGURES = {"straggler"}
 

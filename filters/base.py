@@ -1,6 +1,6 @@
 """The document-step contract shared by every module in `filters/`.
 
-A document is a plain dict (columns in DESIGN.md). A batch is a list of them. A step takes a
+A document is a plain dict (columns in pipeline/schema.py). A batch is a list of them. A step takes a
 batch and returns it; a filter never removes rows, it sets `drop_reason` on the documents it
 rejects, and later steps skip those. Every step counts what it saw and why it dropped things,
 so a stage's stats add up to its row counts.

@@ -13,10 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import signal
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
@@ -54,29 +50,6 @@ class ExtractParams(StepParams):
     max_depth: int = 256
     # trafilatura (and the cascade): FineWeb ran it with favor_precision.
     favor_precision: bool = True
-
-
-class ExtractTimeout(BaseException):
-    """A BaseException, like KeyboardInterrupt: extractors' own `except Exception` must not swallow it."""
-
-
-def _on_alarm(signum, frame):
-    raise ExtractTimeout()
-
-
-@contextmanager
-def time_limit(seconds: float) -> Iterator[None]:
-    """Raise ExtractTimeout after `seconds`; a no-op off the main thread, where signals can't go."""
-    if seconds <= 0 or threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGALRM, _on_alarm)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 class Extract(Filter):

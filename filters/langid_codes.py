@@ -62,7 +62,7 @@ def canonical(code: str) -> str:
 # lid.176's scores are lower for some languages even when it is right. Per language: the score that
 # 90% of its correctly identified UDHR paragraphs and Tatoeba sentences reach (rounded down to 0.05,
 # never below 0.3; 0.3 for a language it gets right fewer than 10 times). Made and checked by
-# `derive_thresholds` in bench/langid.py; the step uses min(min_score, this).
+# tools/langid_thresholds.py; the step uses min(min_score, this).
 MEASURED_THRESHOLDS: dict[str, float] = {
     "af": 0.5, "als": 0.3, "am": 0.35, "ar": 0.95, "ast": 0.35, "az": 0.95, "azb": 0.3, "bcl": 0.3, "be": 0.8,
     "bg": 0.8, "bn": 0.95, "bo": 0.95, "br": 0.55, "bs": 0.3, "ca": 0.55, "ceb": 0.55, "ckb": 0.3, "co": 0.3,

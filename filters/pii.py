@@ -197,13 +197,32 @@ def build_analyzer(params_json: str, stock: bool = False) -> Any:
                           context_aware_enhancer=LemmaContextAwareEnhancer(context_matching_mode="whole_word"))
 
 
+# `pii_counts` is a list of {entity, count}, one per entity found, sorted by entity. Not an Arrow map:
+# 🤗 Datasets (and so the Hub's viewer) has no type for one. Not a column per entity: the schema would
+# change with the entities a config names, and runs could no longer be read as one dataset.
+PII_COUNTS_TYPE = pa.list_(pa.struct([("entity", pa.string()), ("count", pa.int32())]))
+
+
+def pii_counts_list(counts: Counter[str]) -> list[dict[str, Any]]:
+    return [{"entity": entity, "count": n} for entity, n in sorted(counts.items())]
+
+
+def pii_counts_dict(value: Any) -> dict[str, int]:
+    """A `pii_counts` cell as {entity: count}: the list of structs, or the map that older runs wrote
+    (which Arrow gives as (key, value) pairs)."""
+    out: dict[str, int] = {}
+    for item in value or []:
+        entity, n = (item["entity"], item["count"]) if isinstance(item, dict) else item
+        out[entity] = out.get(entity, 0) + int(n)
+    return out
+
+
 class Pii(Step):
     """Finds PII with presidio and replaces each span; adds `pii_count` and `pii_counts`."""
 
     type_name = "pii"
     Params = PiiParams
-    output_columns: ClassVar[dict[str, pa.DataType]] = {
-        "pii_count": pa.int32(), "pii_counts": pa.map_(pa.string(), pa.int32())}
+    output_columns: ClassVar[dict[str, pa.DataType]] = {"pii_count": pa.int32(), "pii_counts": PII_COUNTS_TYPE}
 
     def __init__(self, params: PiiParams):
         super().__init__(params)
@@ -235,7 +254,7 @@ class Pii(Step):
         for doc, findings in zip(docs, all_findings, strict=True):
             counts = Counter(f[0] for f in findings)
             doc["pii_count"] = len(findings)
-            doc["pii_counts"] = dict(counts)
+            doc["pii_counts"] = pii_counts_list(counts)
             if findings:
                 doc["text"] = self.replace(doc["text"], findings, doc.get("id") or "")
                 self.stats["docs_with_pii"] += 1

@@ -199,10 +199,12 @@ def main(argv: list[str] | None = None) -> int:
     inspect.add_argument("--width", type=int, default=None, help="terminal width")
     inspect.set_defaults(func=cmd_inspect)
 
+    from pipeline.export_data import add_parser as add_export_data
     from pipeline.quality_cli import add_parser as add_quality
     from train.cli import add_parsers as add_training
 
     add_quality(sub)
+    add_export_data(sub)
     add_training(sub)
 
     args = parser.parse_args(argv)

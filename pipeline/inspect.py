@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
-from pipeline.report.collect import dataset, read_rows, smallest_keys
+from pipeline.report.collect import dataset, read_rows, readable_counts, smallest_keys
 
 PLACEHOLDER = re.compile(r"<[A-Z]+_\d+>")  # what the PII step leaves in the text
 RED, YELLOW, CYAN, DIM, BOLD, RESET = "\033[31m", "\033[33m", "\033[36m", "\033[2m", "\033[1m", "\033[0m"
@@ -106,10 +106,9 @@ def find_documents(path: str, query: Query, n: int) -> tuple[int, Iterator[dict[
 
 
 def all_rows(data: ds.Dataset, condition: ds.Expression | None) -> Iterator[dict[str, Any]]:
-    maps = [f.name for f in data.schema if pa.types.is_map(f.type)]
     for batch in data.to_batches(filter=condition, batch_size=1024):
         for row in batch.to_pylist():
-            row.update({name: dict(row[name]) for name in maps if row.get(name) is not None})
+            readable_counts(row, data.schema)
             yield row
 
 

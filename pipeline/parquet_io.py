@@ -45,6 +45,16 @@ def iter_parquet(path: str, batch_size: int) -> Iterator[list[dict[str, Any]]]:
             yield batch.to_pylist()
 
 
+def empty_parquet(schema: pa.Schema, compression: str = "zstd") -> bytes:
+    """A Parquet file of `schema` with no row group at all, for a shard that must exist but has no rows.
+    Writing an empty table instead makes one row group of zero rows, which 🤗 Datasets refuses
+    (`ArrowInvalid: BatchSize must be greater than 0`); a file with none is read as zero rows by it,
+    DuckDB, Polars and pandas alike."""
+    sink = pa.BufferOutputStream()
+    pq.ParquetWriter(sink, schema, compression=compression).close()
+    return sink.getvalue().to_pybytes()
+
+
 ROW_OVERHEAD = 256  # bytes counted per row on top of its text, for the non-text columns
 
 

@@ -1,4 +1,7 @@
-"""`winnow quality train | build-default | annotate`."""
+"""`winnow quality train | annotate`.
+
+The default scorer that ships in filters/models is rebuilt by tools/build_quality_model.py, outside the package.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +10,8 @@ import json
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
 
-
-def _print_report(report: dict, out: str) -> None:
+def print_report(report: dict, out: str) -> None:
     shown = {k: v for k, v in report.items() if k not in ("negative_score_percentiles", "params")}
     print(json.dumps(shown, indent=1))
     print(f"model: {out}\nreport: {out}.json")
@@ -34,33 +35,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"winnow quality train: {exc}", file=sys.stderr)
         return 2
-    _print_report(report, args.out)
-    return 0
-
-
-def cmd_build_default(args: argparse.Namespace) -> int:
-    from pipeline.quality_combine import build_combiner
-    from pipeline.quality_data import default_documents, passage_rows
-    from pipeline.quality_train import train
-
-    data = Path(args.data)
-    if not data.exists():
-        print(f"winnow quality build-default: {data} not found (the real data of ../shared/data)", file=sys.stderr)
-        return 2
-    docs = default_documents(data)
-    rows, groups = passage_rows(docs)
-    print(f"fastText on {len(rows)} passages of {len(docs)} documents ...", file=sys.stderr)
-    report = train(rows, args.out, positive="hq", groups=groups)
-    _print_report(report, args.out)
-    print(f"combiner: {args.folds} out-of-fold fastText models, then the logistic model ...", file=sys.stderr)
-    spec = build_combiner(docs, Path(args.out), folds=args.folds)
-    shown = {k: v for k, v in spec["report"].items() if k != "negative_score_percentiles"}
-    print(json.dumps(shown, indent=1))
+    print_report(report, args.out)
     return 0
 
 
 def cmd_annotate(args: argparse.Namespace) -> int:
-    from pipeline.llm import LLMClient
+    from llmclient import LLMClient
     from pipeline.quality_edu import annotate
     from pipeline.quality_train import read_texts
 
@@ -92,12 +72,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     tr.add_argument("--epoch", type=int, default=20)
     tr.add_argument("--out", required=True, help="model path (.ftz is quantized, .bin is not)")
     tr.set_defaults(func=cmd_train)
-
-    bd = qsub.add_parser("build-default", help="rebuild Winnow's default model from ../shared/data")
-    bd.add_argument("--data", default=str(ROOT.parent / "shared" / "data"))
-    bd.add_argument("--out", default=str(ROOT / "filters" / "models" / "quality-default.ftz"))
-    bd.add_argument("--folds", type=int, default=5, help="out-of-fold fastText models for the combiner")
-    bd.set_defaults(func=cmd_build_default)
 
     an = qsub.add_parser("annotate", help="rate documents 0-5 for educational value with an LLM endpoint")
     an.add_argument("input", nargs="+", help="Parquet/JSONL files, e.g. RUN/output")

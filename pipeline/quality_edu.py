@@ -11,7 +11,7 @@ import random
 import re
 from typing import Any
 
-from pipeline.llm import LLMClient
+from llmclient import LLMClient
 
 RUBRIC = """Rate how useful the web page below would be for teaching, from primary school to college.
 Add up points:

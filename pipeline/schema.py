@@ -1,4 +1,4 @@
-"""Column order and types of document shards (DESIGN.md, "Columns")."""
+"""Column order and types of document shards."""
 
 from __future__ import annotations
 

@@ -65,7 +65,7 @@ def test_multiple_choice_accuracy_equals_a_hand_computation(tiny, tmp_path, caps
     task = tmp_path / "two.jsonl"
     task.write_text("".join(json.dumps({"context": q, "choices": c, "label": label}) + "\n"
                             for (q, c), label in zip(questions, labels, strict=True)))
-    code, result = run_eval(capsys, str(folder), "--no-default-text", "--task", str(task))
+    code, result = run_eval(capsys, str(folder), "--task", str(task))
     assert code == 0
     r = result["tasks"]["two"]
     chance = (1 / 2 + 1 / 3) / 2
@@ -136,22 +136,20 @@ def test_windows_score_every_token_once():
     assert sorted(s + j for s, w in pieces for j in range(1, len(w))) == list(range(1, 10))
 
 
-def test_bad_task_rows_are_counted_and_missing_sets_reported(tiny, tmp_path, capsys, monkeypatch):
+def test_bad_task_rows_are_counted_and_missing_sets_reported(tiny, tmp_path, capsys):
     folder = tiny[0]
     rows = ['{"context": "A", "choices": ["b", "c"], "label": 1}', "{oops",
             '{"context": "A", "choices": "bc", "label": 0}', '{"context": "A", "choices": ["b", "c"], "label": 2}',
             '{"context": "A", "choices": ["b", "c"], "label": true}', "[1, 2]"]
     (tmp_path / "task.jsonl").write_text("\n".join(rows) + "\n")
-    code, result = run_eval(capsys, str(folder), "--no-default-text", "--task", f"t={tmp_path / 'task.jsonl'}")
+    code, result = run_eval(capsys, str(folder), "--task", f"t={tmp_path / 'task.jsonl'}")
     assert code == 0 and result["tasks"]["t"]["questions"] == 1 and result["tasks"]["t"]["skipped"] == 5
     assert any("task.jsonl:4" in n and "`label`" in n for n in result["notes"])
-    monkeypatch.setenv("WINNOW_SHARED_DATA", str(tmp_path / "nowhere"))
-    code, result = run_eval(capsys, str(folder))  # the default reference sets are not here: said, not fatal
-    assert code == 0 and result["text"] == {} and len(result["notes"]) == 3
-    assert all("not found" in note for note in result["notes"])
+    assert main(["eval", str(folder)]) == 2  # nothing named to score
+    assert "--text NAME=PATH" in capsys.readouterr().err
     assert main(["eval", str(folder), "--task", str(tmp_path / "missing.jsonl")]) == 2
     assert "missing.jsonl" in capsys.readouterr().err
-    assert main(["eval", str(tmp_path / "no-checkpoint"), "--no-default-text"]) == 2
+    assert main(["eval", str(tmp_path / "no-checkpoint"), "--task", str(tmp_path / "task.jsonl")]) == 2
     assert "no checkpoint" in capsys.readouterr().err
 
 
@@ -178,7 +176,7 @@ def test_lm_eval_scores_the_served_and_the_exported_model_like_winnow_eval(tiny,
     from train.eval_data import Skipped, load_task
 
     folder, model, vocab = tiny
-    code, ours = run_eval(capsys, str(folder), "--no-default-text", "--task", str(TASK / "winnow_mc.jsonl"))
+    code, ours = run_eval(capsys, str(folder), "--task", str(TASK / "winnow_mc.jsonl"))
     ours = ours["tasks"]["winnow_mc"]
     our_lls = choice_logprobs(model, vocab, load_task(str(TASK / "winnow_mc.jsonl"), Skipped()))
     assert main(["export", str(folder), "--hf", str(tmp_path / "hf")]) == 0

@@ -103,7 +103,7 @@ def test_per_language_thresholds():
 
 
 def test_shipped_thresholds_are_what_the_measurement_gives():
-    from bench.langid import derive_thresholds
+    from tools.langid_thresholds import derive_thresholds
 
     assert derive_thresholds() == MEASURED_THRESHOLDS
 

@@ -12,12 +12,12 @@ import time
 import fsspec
 import pytest
 
-from bench.fake_llm_server import ServerThread
-from pipeline.llm import LLMClient, LLMError
-from pipeline.synth.cache import RequestCache
-from pipeline.synth.client import AsyncLLMClient, Request, parse_retry_after, run_sync
-from pipeline.synth.ratelimit import BucketPair, LocalLimiter, make_limiter
+from llmclient import LLMClient, LLMError
+from llmclient.cache import RequestCache
+from llmclient.client import AsyncLLMClient, Request, parse_retry_after, run_sync
+from llmclient.ratelimit import BucketPair, LocalLimiter, make_limiter
 from tests.conftest import ROOT
+from tests.fake_llm_server import ServerThread
 
 
 def prompts(n: int, tag: str = "q") -> list[Request]:
@@ -110,8 +110,8 @@ def test_cache_on_an_object_store_writes_segments():
 KILLED_JOB = """
 import sys
 sys.path.insert(0, {root!r})
-from pipeline.synth.cache import RequestCache
-from pipeline.synth.client import AsyncLLMClient, Request, run_sync
+from llmclient.cache import RequestCache
+from llmclient.client import AsyncLLMClient, Request, run_sync
 requests = [Request([{{"role": "user", "content": f"job {{i}}"}}], {{"max_tokens": 16}}) for i in range(400)]
 client = AsyncLLMClient({url!r}, "fake", concurrency=8, cache=RequestCache({cache!r}, "s0"))
 run_sync(client.run(requests))

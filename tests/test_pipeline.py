@@ -151,6 +151,37 @@ def test_changing_gopher_parameters_recomputes_only_that_stage(ray_local, tmp_pa
     assert [s["shards"]["computed"] for s in same["stages"]] == [0] * 7
 
 
+def session_processes(sid: int) -> list[int]:
+    """The live (not zombie) processes of session `sid`, from /proc."""
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text() if entry.isdigit() else ""
+        except OSError:  # it ended while we looked
+            continue
+        fields = stat[stat.rfind(")") + 2:].split()
+        if fields and fields[0] != "Z" and int(fields[3]) == sid:
+            found.append(int(entry))
+    return found
+
+
+def kill_session(proc: subprocess.Popen, timeout_s: float = 60) -> None:
+    """SIGKILL a process started with start_new_session and everything it started, and return once none
+    is left. Ray's workers leave the driver's process group but not its session, and one killed with
+    its group alone can still finish the task it holds."""
+    deadline = time.monotonic() + timeout_s
+    while pids := session_processes(proc.pid):
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        proc.poll()  # reap the driver, our own child
+        assert time.monotonic() < deadline, f"processes {pids} of the killed run outlived SIGKILL"
+        time.sleep(0.05)
+    proc.wait()
+
+
 @pytest.mark.parametrize("kill_when", [
     pytest.param("stages/00_extract/_done/*.json", id="during-extraction", marks=pytest.mark.slow),
     pytest.param("stages/02_dedup/_stage.json", id="during-dedup", marks=pytest.mark.slow),
@@ -172,14 +203,9 @@ def test_killed_run_resumes_to_identical_bytes(ray_local, tmp_path, kill_when):
     deadline = time.time() + 120
     while time.time() < deadline and not list(killed.glob(kill_when)) and proc.poll() is None:
         time.sleep(0.02)
-    os.killpg(proc.pid, signal.SIGKILL)  # the driver and its local Ray: a lost machine
-    proc.wait()
-    # A Ray worker may finish the task it holds after its driver dies; let that settle.
-    counts = [-1]
-    while counts[-1] != len(list(done_dir.glob("*.json"))):
-        counts.append(len(list(done_dir.glob("*.json"))))
-        time.sleep(1.5)
-    finished_before_resume = counts[-1]
+    assert list(killed.glob(kill_when)), f"the run ended or stalled before {kill_when} appeared"
+    kill_session(proc)  # the driver and every Ray process it started: a lost machine
+    finished_before_resume = len(list(done_dir.glob("*.json")))  # final: nothing that could write is left
     assert finished_before_resume >= 1
     assert not (killed / "output").exists(), "the run must be killed before it finished"
 

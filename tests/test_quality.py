@@ -18,19 +18,18 @@ from filters.quality import (
     Quality,
     QualityParams,
     class_scores,
-    combiner_path,
     load_model,
     top_cut,
     top_fraction_threshold,
 )
 from filters.quality_features import FEATURES, SIGNS, Combiner, features, fit_combiner
+from llmclient import LLMClient, LLMError
 from pipeline.config import load_config
-from pipeline.llm import LLMClient, LLMError
-from pipeline.quality_data import PAGE_SOURCES, default_documents, default_rows
 from pipeline.quality_edu import annotate, parse_score
 from pipeline.quality_train import roc_auc, train
 from pipeline.runner import Runner
 from tests.conftest import OUTPUT_EXTRAS, ROOT, SAMPLE, SHARED
+from tools.quality_data import PAGE_SOURCES, default_documents, default_rows
 
 
 @pytest.fixture(scope="module")
@@ -58,13 +57,19 @@ def test_the_classifier_trains_and_scores_deterministically(rows, tmp_path):
     assert scores[0] == scores[1]
 
 
-def test_the_default_model_separates_reference_text_from_web_text(rows):
-    report = json.loads(DEFAULT_MODEL.with_suffix(".ftz.json").read_text())
-    assert report["auc"] > 0.9 and len(report["negative_score_percentiles"]) == 101
-    combiner = json.loads(combiner_path(DEFAULT_MODEL).read_text())
-    assert combiner["features"] == FEATURES
-    reference = combiner["report"]["negative_score_percentiles"]
-    assert top_fraction_threshold(DEFAULT_MODEL, 0.1, combiner_path(DEFAULT_MODEL)) == pytest.approx(reference[90])
+def test_reference_cut_reads_the_score_that_share_of_reference_pages_reach(tmp_path):
+    scores = np.random.default_rng(3).beta(2, 5, size=5000)
+    model = tmp_path / "m.ftz"
+    report = {"negative_score_percentiles": np.percentile(scores, np.arange(101)).tolist()}
+    model.with_suffix(".ftz.json").write_text(json.dumps(report))
+    for fraction in (0.05, 0.1, 0.25, 0.333, 0.5):
+        assert np.mean(scores >= top_fraction_threshold(model, fraction)) == pytest.approx(fraction, abs=0.005)
+    combiner = tmp_path / "m.combiner.json"
+    combiner.write_text(json.dumps({"report": {"negative_score_percentiles": [0.0] * 50}}))
+    with pytest.raises(ValueError, match="m.combiner.json has no negative_score_percentiles"):
+        top_fraction_threshold(model, 0.1, combiner)
+    with pytest.raises(ValueError, match="use cut: shard"):
+        top_fraction_threshold(tmp_path / "other.ftz", 0.1)
 
 
 @pytest.fixture(scope="module")
@@ -88,6 +93,18 @@ def test_the_default_score_ranks_pages_better_than_length(pages):
     model = load_model(str(DEFAULT_MODEL))
     expected = class_scores(model, texts[:20], ["cc", "hq"])[:, 1]
     assert [d["quality_score"] for d in alone[:20]] == [round(float(v), 6) for v in expected]
+
+
+@pytest.mark.parametrize("fraction", [0.1, 0.2])
+def test_the_default_scorer_keeps_that_share_of_its_reference_web_pages(pages, fraction):
+    # The shipped percentiles must describe the shipped model and combiner: a rebuilt model with a stale
+    # report, or percentiles of the wrong class, keep a different share of the web pages.
+    docs = [{"text": d["text"]} for d in pages]
+    Quality(QualityParams(top_fraction=fraction, cut="reference"))(docs)
+    kept = np.array([d.get("drop_reason") is None for d in docs])
+    good = np.array([d["label"] == "hq" for d in pages])
+    assert kept[~good].mean() == pytest.approx(fraction, abs=0.04)
+    assert kept[good].mean() > 0.75
 
 
 def test_form_features_reward_prose_and_punish_boilerplate():

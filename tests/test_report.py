@@ -105,7 +105,7 @@ def expected_numbers(run_dir: Path) -> dict[str, int | float]:
     out |= {f"language.{k}": n for k, n in Counter(output["language"].to_pylist()).items()}
     pii = Counter()
     for counts in output["pii_counts"].to_pylist():
-        pii.update(dict(counts))
+        pii.update({c["entity"]: c["count"] for c in counts})
     out |= {f"pii.{k}": n for k, n in pii.items()}
     out["pii.total"] = pc.sum(output["pii_count"]).as_py()
     return out

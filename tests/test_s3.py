@@ -35,7 +35,7 @@ def s3():
     """moto's S3 server on 127.0.0.1 (a free port), a bucket, and the environment s3fs and botocore read."""
     import fsspec
 
-    from bench.loopback_s3 import loopback_s3
+    from tests.loopback_s3 import loopback_s3
 
     with loopback_s3():
         fs = fsspec.filesystem("s3")
@@ -270,9 +270,17 @@ def test_quickstart_on_s3_equals_the_local_run_and_reruns_reuse_everything(s3, r
     assert all(f.startswith(f"s3://{BUCKET}/in/") for f in ours["source_file"].to_pylist())
     assert not [k for k in s3.find(f"{BUCKET}/quickstart") if k.endswith(".tmp")]
 
-    # The run directory on S3 has what a local one has: card, log, instructions.
+    # The run directory on S3 has what a local one has: card, log, instructions. The card's funnel
+    # (documents in and out of each stage) is the local run's, and it counts the rows written.
     card = s3.cat_file(f"{BUCKET}/quickstart/output/README.md").decode()
-    assert "quickstart" in card or "Winnow" in card
+    local_card = (local_dir / "output" / "README.md").read_text()
+
+    def funnel(text: str) -> list[str]:
+        return [line for line in text.splitlines() if line.startswith("| ") and line.split(" | ")[3:4]
+                and line.split(" | ")[3].endswith("%")]
+
+    assert funnel(card) == funnel(local_card) and len(funnel(card)) >= 3
+    assert f"{ours.num_rows:,} documents" in card
     log_text = s3.cat_file(f"{BUCKET}/quickstart/logs/run.log").decode()
     assert "stage extract: 2 shards computed" in log_text
     assert s3.glob(f"{BUCKET}/quickstart/instructions/part-*.parquet")

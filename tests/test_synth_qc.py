@@ -11,12 +11,12 @@ import pyarrow.parquet as pq
 import pytest
 from pydantic import ValidationError
 
-from bench.fake_llm_server import ServerThread
 from pipeline.synth import SynthParams, run_synth_shard
 from pipeline.synth.jsonrepair import JSONRepairError, parse_json
 from pipeline.synth.qc import QC, QCParams, echo_fraction
 from pipeline.synth.recipes import InvalidAnswer, Recipe, RecipeConfig, load_seed_tasks
 from tests.conftest import SHARED
+from tests.fake_llm_server import ServerThread
 
 SEEDS = SHARED / "sft" / "self-instruct-human" / "user_oriented_instructions.jsonl"
 

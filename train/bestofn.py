@@ -10,7 +10,7 @@ Judges:
 - `--judge-checkpoint CKPT`: the mean log-probability of the answer's tokens under another
   checkpoint (for instance a larger or later model), in the template that model was tuned with;
 - `--judge-endpoint URL --judge-model NAME`: an OpenAI-compatible server, through the same client
-  as the synthetic-data stage (pipeline/llm.py), asked for a score from 1 to 10.
+  as the synthetic-data stage (the `llmclient` package), asked for a score from 1 to 10.
 
 Prompts with fewer than two distinct answers, or whose best and worst scores tie, give SFT data
 but no pair: a pair must tell the model something.
@@ -142,7 +142,7 @@ def best_of_n(args: argparse.Namespace) -> dict[str, Any]:
     del model
     failed = 0
     if args.judge_endpoint:
-        from pipeline.llm import LLMClient
+        from llmclient import LLMClient
 
         client = LLMClient(base_url=args.judge_endpoint, model=args.judge_model or "judge")
         scores, failed = judge_endpoint(client, prompts, answers)

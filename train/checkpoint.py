@@ -3,11 +3,18 @@
 A checkpoint holds the model and optimizer states, the step, the data loader's position, every
 random generator's state, the model config and the training config. It is written to a temporary
 file and renamed, so a run killed while saving keeps its previous checkpoint.
+
+Everything in it is tensors and plain Python values, so it loads with `torch.load(weights_only=True)`,
+which runs no code from the file. (Checkpoints from before kept NumPy's generator state as an array,
+which only the full unpickler reads; those still load.) A model imported from Hugging Face or GGUF
+(train/hf_import.py) is the same file at step 0, plus `chat_template`, `special_tokens` and `source`;
+its tokenizer's `tokenizer_config.json` (special tokens, chat template) sits next to `tokenizer.json`.
 """
 
 from __future__ import annotations
 
 import os
+import pickle
 import random
 import shutil
 from pathlib import Path
@@ -17,13 +24,16 @@ import numpy as np
 import torch
 
 from train.model import GPT, ModelConfig
+from train.tokenizer import TOKENIZER_CONFIG, tokenizer_file, tokenizer_settings
 
 LATEST = "checkpoint.pt"
 TOKENIZER = "tokenizer.json"  # a copy next to the checkpoint: the run directory can move
 
 
 def rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    numpy_state = (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss)  # a tensor: weights-only
+    state = {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -31,7 +41,8 @@ def rng_state() -> dict[str, Any]:
 
 def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    kind, keys, *rest = state["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), *rest))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -54,32 +65,46 @@ def load(path: str, map_location: str | torch.device = "cpu") -> dict[str, Any]:
         p = p / LATEST
     if not p.exists():
         raise FileNotFoundError(f"no checkpoint at {path}")
-    return torch.load(p, map_location=map_location, weights_only=False)
+    try:
+        return torch.load(p, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError:  # written before the RNG state was made plain: a file this project wrote
+        return torch.load(p, map_location=map_location, weights_only=False)
 
 
 def load_model(path: str, device: str | torch.device = "cpu") -> tuple[GPT, dict[str, Any]]:
     """A model ready for inference, and its checkpoint, with `tokenizer` resolved to a path."""
     ckpt = load(path, map_location=device)
-    model = GPT(ModelConfig(**ckpt["model_config"]))
-    model.load_state_dict(ckpt["model"])
+    with torch.device("meta"):  # no random init of weights about to be replaced: seconds for a real model
+        model = GPT(ModelConfig(**ckpt["model_config"]))
+    model.load_state_dict(ckpt["model"], assign=True)
+    if model.cfg.tie_embeddings:  # assign gives each name its own tensor: tie them again
+        model.lm_head.weight = model.embed_tokens.weight
     folder = Path(path) if Path(path).is_dir() else Path(path).parent
     ckpt["tokenizer"] = str(folder / ckpt["tokenizer"]) if not Path(ckpt["tokenizer"]).is_absolute() \
         else ckpt["tokenizer"]
+    if "chat_template" not in ckpt:  # fine-tuned from an imported model: its tokenizer files keep the template
+        ckpt["chat_template"] = tokenizer_settings(ckpt["tokenizer"]).get("chat_template")
     return model.to(device).eval(), ckpt
 
 
 def keep_tokenizer(tokenizer: str, out_dir: str) -> None:
-    """Copy the tokenizer next to the checkpoint (atomically), unless it is already there."""
-    target = Path(out_dir) / TOKENIZER
-    if target.exists() and target.resolve() == Path(tokenizer).resolve():
-        return
-    tmp = target.with_name(target.name + ".tmp")
-    shutil.copyfile(tokenizer, tmp)
-    os.replace(tmp, target)
+    """Copy the tokenizer next to the checkpoint (atomically), unless it is already there, with its
+    `tokenizer_config.json` when it has one (an imported model's special tokens and chat template)."""
+    source = Path(tokenizer_file(tokenizer))
+    for name, src in ((TOKENIZER, source), (TOKENIZER_CONFIG, source.with_name(TOKENIZER_CONFIG))):
+        target = Path(out_dir) / name
+        if not src.exists() or (target.exists() and target.resolve() == src.resolve()):
+            continue
+        tmp = target.with_name(target.name + ".tmp")
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, target)
 
 
 def prompt_template(ckpt: dict[str, Any]) -> str | None:
-    """The template the model was fine-tuned with ("alpaca" or "chat"), or None for a base model."""
+    """The template the model was fine-tuned with ("alpaca", "chat" or "model": its own chat
+    template), "model" for an imported model that has a chat template, or None for a base model."""
     tuned = ckpt.get("train_config") or {}
     section = tuned.get("sft") or tuned.get("dpo")  # a preference-tuned model keeps its SFT template
-    return section["template"] if section else None
+    if section:
+        return section["template"]
+    return "model" if ckpt.get("chat_template") else None

@@ -1,4 +1,5 @@
-"""`winnow tokenize`, `winnow train`, `winnow generate`, `winnow export`, `winnow serve` and `winnow eval`."""
+"""`winnow tokenize`, `winnow train`, `winnow generate`, `winnow import`, `winnow export`, `winnow serve` and
+`winnow eval`."""
 
 from __future__ import annotations
 
@@ -29,10 +30,23 @@ def cmd_tokenize(args: argparse.Namespace) -> int:
         print("winnow tokenize: --tokenizer and --out are required to write token shards", file=sys.stderr)
         return 2
     from train.shards import tokenize_to_shards
+    from train.tokenizer import tokenizer_file
 
-    meta = tokenize_to_shards(files, args.tokenizer, args.out, val_fraction=args.val_fraction)
+    try:
+        tokenizer = tokenizer_file(args.tokenizer)
+    except FileNotFoundError as exc:
+        print(f"winnow tokenize: --tokenizer: {exc}", file=sys.stderr)
+        return 2
+    try:
+        meta = tokenize_to_shards(files, tokenizer, args.out, val_fraction=args.val_fraction,
+                                  formats=tuple(f.strip() for f in args.format.split(",") if f.strip()))
+    except ValueError as exc:
+        print(f"winnow tokenize: {exc}", file=sys.stderr)
+        return 2
     print(f"wrote {len(meta['shards'])} train and validation shards to {args.out}: {meta['train_tokens']:,} train "
-          f"and {meta['val_tokens']:,} validation tokens from {meta['docs']:,} documents ({meta['dtype']})")
+          f"and {meta['val_tokens']:,} validation tokens from {meta['docs']:,} documents ({meta['dtype']})"
+          + (f"; Megatron-LM's indexed dataset: --data-path {args.out}/{meta['megatron']['train']}"
+             if "megatron" in meta else ""))
     return 0
 
 
@@ -123,12 +137,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
     template = prompt_template(ckpt) if args.template == "auto" else args.template
     if template == "none":
         template = None
-    prompts = [prompt_ids(vocab, template, messages=[{"role": "user", "content": p}]) if template
-               else prompt_ids(vocab, None, text=p) for p in args.prompt]
     params = SamplingParams(max_new_tokens=args.max_tokens, temperature=args.temperature, top_k=args.top_k,
                             top_p=args.top_p, min_p=args.min_p, stop=args.stop or [], seed=args.seed,
                             best_of=args.best_of)
     try:
+        prompts = [prompt_ids(vocab, template, messages=[{"role": "user", "content": p}]) if template
+                   else prompt_ids(vocab, None, text=p) for p in args.prompt]
         outs = generate(model, vocab, prompts, params, device)
     except ValueError as exc:
         print(f"winnow generate: {exc}", file=sys.stderr)
@@ -140,6 +154,22 @@ def cmd_generate(args: argparse.Namespace) -> int:
         else:
             print(f"{prompt}\033[1m{out.text}\033[0m" if sys.stdout.isatty() else prompt + out.text)
             print(f"  [{len(out.tokens)} tokens, mean log-prob {out.score:.3f}, {out.finish_reason}]")
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    import time
+
+    os.environ["HF_HUB_OFFLINE"] = "1"  # a published model is read from disk, never fetched
+    from train.hf_import import ModelImportError, import_model
+
+    start = time.time()
+    try:
+        out = import_model(args.source, args.out)
+    except (ModelImportError, FileNotFoundError) as exc:
+        print(f"winnow import: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {out} in {time.time() - start:.0f}s: `winnow generate {out} --prompt ...`, or `init_from: {out}`")
     return 0
 
 
@@ -165,10 +195,14 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     tok.add_argument("inputs", nargs="+", help="`train` first to train a tokenizer; then run directories, "
                                                "folders of Parquet files or files")
     tok.add_argument("--out", help="tokenizer.json to write (train), or the folder for token shards")
-    tok.add_argument("--tokenizer", help="the tokenizer.json to encode with (shards)")
+    tok.add_argument("--tokenizer", help="the tokenizer.json to encode with, or a checkpoint folder (an imported "
+                                         "model's: continued pretraining) whose tokenizer to use (shards)")
     tok.add_argument("--vocab-size", type=int, default=8192, help="train: vocabulary size (default 8192)")
     tok.add_argument("--max-docs", type=int, help="train: at most this many documents")
     tok.add_argument("--val-fraction", type=float, default=0.01, help="shards: documents held out (default 0.01)")
+    tok.add_argument("--format", default="llmc", help="shards: llmc (the bundled trainer's, default), megatron "
+                                                      "(Megatron-LM's .bin/.idx under OUT/megatron/), or both: "
+                                                      "llmc,megatron")
     tok.set_defaults(func=cmd_tokenize)
 
     tr = sub.add_parser("train", help="pretrain, fine-tune or preference-tune the bundled GPT")
@@ -181,9 +215,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     gen = sub.add_parser("generate", help="sample from a checkpoint")
     gen.add_argument("checkpoint", help="a training out_dir or checkpoint.pt")
     gen.add_argument("--prompt", action="append", required=True, help="repeat for a batch of prompts")
-    gen.add_argument("--template", choices=["auto", "none", "alpaca", "chat"], default="auto",
-                     help="wrap each prompt as an SFT model expects (auto: the template it was tuned with; "
-                          "a base model continues the text)")
+    gen.add_argument("--template", choices=["auto", "none", "alpaca", "chat", "model"], default="auto",
+                     help="wrap each prompt as a chat model expects (auto: the template it was tuned with, or an "
+                          "imported model's own chat template; model: that template; a base model continues the text)")
     gen.add_argument("--max-tokens", type=int, default=64)
     gen.add_argument("--temperature", type=float, default=0.8, help="0: greedy")
     gen.add_argument("--top-k", type=int, default=0)
@@ -195,6 +229,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     gen.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     gen.add_argument("--json", action="store_true")
     gen.set_defaults(func=cmd_generate)
+
+    imp = sub.add_parser("import", help="a published model (Hugging Face folder, GGUF file, or bundled name) "
+                                        "as a checkpoint")
+    imp.add_argument("source", metavar="SRC", help="a Hugging Face model folder, a .gguf file, or "
+                                                   "smollm2-135m-instruct (the bundled SmolLM2)")
+    imp.add_argument("--out", required=True, metavar="CKPT", help="the checkpoint folder to write")
+    imp.set_defaults(func=cmd_import)
 
     exp = sub.add_parser("export", help="export a checkpoint for Hugging Face transformers")
     exp.add_argument("checkpoint")
@@ -223,9 +264,8 @@ def add_eval_parser(sub: argparse._SubParsersAction) -> None:
     ev = sub.add_parser("eval", help="bits per byte on held-out text and accuracy on multiple-choice tasks")
     ev.add_argument("checkpoint", help="a training out_dir or checkpoint.pt")
     ev.add_argument("--text", action="append", metavar="[NAME=]PATH",
-                    help="a held-out text set: JSONL, JSON, Parquet or .txt, or a folder of them (repeatable; "
-                         "default: the reference sets found under the shared data folder)")
-    ev.add_argument("--no-default-text", action="store_true", help="no text sets unless named with --text")
+                    help="a held-out text set: JSONL, JSON, Parquet or .txt, a folder of them, or a run directory "
+                         "(repeatable; --text or --task is required)")
     ev.add_argument("--task", action="append", metavar="[NAME=]PATH",
                     help="a multiple-choice task: JSONL rows of context, choices, label (repeatable)")
     ev.add_argument("--max-docs", type=int, default=200, help="documents per text set (default 200)")

@@ -48,14 +48,14 @@ class DataSection(Strict):
 
 class SftSection(Strict):
     data: list[str]  # Parquet or JSONL files in the alpaca or chat shape
-    template: Literal["alpaca", "chat"] = "alpaca"
+    template: Literal["alpaca", "chat", "model", "auto"] = "alpaca"  # model: the imported model's chat template
     packing: bool = True  # pack examples into full rows (attention stays inside each), else pad
     val_fraction: float = Field(0.05, ge=0, lt=1)
 
 
 class DpoSection(Strict):
     data: list[str]  # Parquet, JSON or JSONL files of pairs, or of labelled answers for kto
-    template: Literal["alpaca", "chat"] = "chat"  # as the SFT checkpoint was tuned with
+    template: Literal["alpaca", "chat", "model", "auto"] = "chat"  # as the SFT checkpoint was tuned with
     packing: bool = True  # pack whole pairs into rows (attention stays inside each answer), else pad
     val_fraction: float = Field(0.1, ge=0, lt=1)
     eval_batches: int = Field(8, ge=1)

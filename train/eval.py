@@ -21,7 +21,7 @@ import math
 import sys
 from typing import Any
 
-from train.eval_data import Doc, Question, Skipped, default_text_sets, load_task, load_text_set
+from train.eval_data import Doc, Question, Skipped, load_task, load_text_set
 from train.model import GPT
 from train.score import score
 from train.sft import alpaca_prompt, prompt_ids
@@ -168,16 +168,15 @@ def evaluate(checkpoint: str, text_sets: dict[str, str], tasks: dict[str, str], 
 
 
 def run(args: argparse.Namespace) -> int:
+    if not args.text and not args.task:
+        print("winnow eval: nothing to score; name held-out text with --text NAME=PATH "
+              "and/or a multiple-choice task with --task NAME=PATH", file=sys.stderr)
+        return 2
     import torch
 
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     notes: list[str] = []
-    if args.text:
-        text_sets = dict(named(spec) for spec in args.text)
-    elif args.no_default_text:
-        text_sets = {}
-    else:
-        text_sets, notes = default_text_sets()
+    text_sets = dict(named(spec) for spec in args.text or [])
     tasks = dict(named(spec) for spec in args.task or [])
     try:
         result = evaluate(args.checkpoint, text_sets, tasks, notes, args.max_docs, device, args.delimiter)

@@ -11,17 +11,12 @@ by file and line; the rest still count.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 SUFFIXES = (".jsonl", ".json", ".parquet", ".txt")
-# Reference sets the project looks for when none are named: Wikipedia articles, web text, and
-# instruction answers, under the shared data folder (WINNOW_SHARED_DATA, or ../shared/data).
-DEFAULT_TEXT_SETS = {"wiki": "pretrain-text/wiki-demo", "c4": "cc-text/c4-demo",
-                     "sft-answers": "sft/llamafactory-demo/alpaca_en_demo.json"}
 
 
 @dataclass
@@ -48,23 +43,6 @@ class Skipped:
         self.count += 1
         if len(self.examples) < 5:
             self.examples.append(f"{where}: {why}")
-
-
-def shared_data_root() -> Path:
-    root = os.environ.get("WINNOW_SHARED_DATA")
-    return Path(root) if root else Path(__file__).resolve().parents[2] / "shared" / "data"
-
-
-def default_text_sets() -> tuple[dict[str, str], list[str]]:
-    """The reference sets found here, and a note for each one that is not."""
-    root, found, missing = shared_data_root(), {}, []
-    for name, relative in DEFAULT_TEXT_SETS.items():
-        path = root / relative
-        if path.exists():
-            found[name] = str(path)
-        else:
-            missing.append(f"{name}: not found at {path} (name text sets with --text NAME=PATH)")
-    return found, missing
 
 
 def data_files(path: str) -> list[Path]:

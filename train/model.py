@@ -3,6 +3,9 @@ optional QK-norm, SDPA attention (flash kernels on GPU), optional weight tying.
 
 The layout and conventions are Llama's (rotate-half RoPE, pre-norm, no biases), so a checkpoint
 exports to Hugging Face's `LlamaForCausalLM` without rearranging weights (see train/export.py).
+The few switches published models need are config fields, off by default: q/k/v biases (Qwen2),
+QK-norm (Qwen3), a head size other than n_embd / n_head (Qwen3), and RoPE frequency scaling
+(Llama 3's `llama3`, or `linear`). train/hf_import.py maps each family onto them.
 """
 
 from __future__ import annotations
@@ -28,25 +31,51 @@ class ModelConfig:
     norm_eps: float = 1e-5
     qk_norm: bool = False
     tie_embeddings: bool = True
+    head_dim: int = 0  # 0: n_embd / n_head
+    qkv_bias: bool = False  # biases on the query, key and value projections (Qwen2)
+    rope_scaling: dict | None = None  # {"rope_type": "llama3" or "linear", "factor": ..., ...}
 
     def __post_init__(self) -> None:
-        if self.n_embd % self.n_head or self.n_head % self.n_kv_head:
+        if (self.head_dim == 0 and self.n_embd % self.n_head) or self.n_head % self.n_kv_head:
             raise ValueError(f"n_embd ({self.n_embd}) must divide by n_head ({self.n_head}), "
                              f"and n_head by n_kv_head ({self.n_kv_head})")
+        if self.head_dim == 0:
+            self.head_dim = self.n_embd // self.n_head
         if self.mlp_hidden == 0:
             self.mlp_hidden = 64 * math.ceil(8 * self.n_embd / 3 / 64)
-
-    @property
-    def head_dim(self) -> int:
-        return self.n_embd // self.n_head
+        kind = (self.rope_scaling or {}).get("rope_type", "default")
+        if kind not in ("default", "linear", "llama3"):
+            raise ValueError(f"rope_scaling: unsupported rope_type {kind!r} (default, linear and llama3 are)")
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def rope_tables(head_dim: int, positions: torch.Tensor, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+def scale_frequencies(inv_freq: torch.Tensor, scaling: dict | None) -> torch.Tensor:
+    """Stretch RoPE's wavelengths for a longer context. `linear` divides every frequency by the
+    factor; Llama 3's `llama3` divides only the low ones (wavelengths past the original context
+    over `low_freq_factor`), keeps the high ones, and blends smoothly in between."""
+    kind = (scaling or {}).get("rope_type", "default")
+    if kind == "default":
+        return inv_freq
+    factor = scaling["factor"]
+    if kind == "linear":
+        return inv_freq / factor
+    low, high = scaling["low_freq_factor"], scaling["high_freq_factor"]
+    context = scaling["original_max_position_embeddings"]
+    wavelen = 2 * math.pi / inv_freq
+    scaled = torch.where(wavelen > context / low, inv_freq / factor, inv_freq)
+    smooth = (context / wavelen - low) / (high - low)
+    blended = (1 - smooth) * scaled / factor + smooth * scaled
+    medium = (wavelen >= context / high) & (wavelen <= context / low)
+    return torch.where(medium, blended, scaled)
+
+
+def rope_tables(head_dim: int, positions: torch.Tensor, theta: float, scaling: dict | None = None,
+                ) -> tuple[torch.Tensor, torch.Tensor]:
     """cos and sin for the given positions, in the rotate-half layout: (..., T, head_dim)."""
     inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim))
+    inv_freq = scale_frequencies(inv_freq, scaling)
     freqs = positions.float()[..., None] * inv_freq
     emb = torch.cat([freqs, freqs], dim=-1)
     return emb.cos(), emb.sin()
@@ -90,9 +119,9 @@ class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig, layer: int):
         super().__init__()
         self.cfg, self.layer = cfg, layer
-        self.q_proj = nn.Linear(cfg.n_embd, cfg.n_head * cfg.head_dim, bias=False)
-        self.k_proj = nn.Linear(cfg.n_embd, cfg.n_kv_head * cfg.head_dim, bias=False)
-        self.v_proj = nn.Linear(cfg.n_embd, cfg.n_kv_head * cfg.head_dim, bias=False)
+        self.q_proj = nn.Linear(cfg.n_embd, cfg.n_head * cfg.head_dim, bias=cfg.qkv_bias)
+        self.k_proj = nn.Linear(cfg.n_embd, cfg.n_kv_head * cfg.head_dim, bias=cfg.qkv_bias)
+        self.v_proj = nn.Linear(cfg.n_embd, cfg.n_kv_head * cfg.head_dim, bias=cfg.qkv_bias)
         self.o_proj = nn.Linear(cfg.n_head * cfg.head_dim, cfg.n_embd, bias=False)
         self.q_norm = RMSNorm(cfg.head_dim, cfg.norm_eps) if cfg.qk_norm else None
         self.k_norm = RMSNorm(cfg.head_dim, cfg.norm_eps) if cfg.qk_norm else None
@@ -194,7 +223,7 @@ class GPT(nn.Module):
         start = cache.length if cache is not None else 0
         if positions is None:
             positions = torch.arange(start, start + T, device=idx.device).expand(B, T)
-        cos, sin = rope_tables(self.cfg.head_dim, positions, self.cfg.rope_theta)
+        cos, sin = rope_tables(self.cfg.head_dim, positions, self.cfg.rope_theta, self.cfg.rope_scaling)
         cos, sin = cos[:, None], sin[:, None]  # broadcast over heads
         mask = attn_mask
         if doc_ids is not None:

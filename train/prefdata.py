@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from train.chat import resolve_template
 from train.sft import held_out, prompt_ids, read_examples
 from train.tokenizer import Vocab
 
@@ -83,7 +84,9 @@ def encode_answer(vocab: Vocab, template: str, prompt: list[int], answer: str, w
                   ) -> tuple[list[int], list[int], bool]:
     """Prompt then answer and its closing token, at most `width` tokens, and a mask on the answer.
     Too long: the prompt keeps BOS and its last tokens, at least half the width (more when the answer
-    is short), and the answer is cut to what is left."""
+    is short), and the answer is cut to what is left. A model's own chat template closes an answer
+    with its EOS (`<|im_end|>`, `<|eot_id|>`: the end of its turn)."""
+    template = resolve_template(vocab, template)
     closing = vocab.end_of_turn_id if template == "chat" else vocab.eos_id
     body = [*vocab.encode(answer), closing]
     cut = len(prompt) + len(body) > width

@@ -171,13 +171,13 @@ def check_limits(request: CompletionRequest | ChatRequest, limits: Limits) -> No
     if isinstance(request, CompletionRequest):
         count = len(request.prompts())
         if count > limits.max_prompts:
-            raise BadRequest(f"{count} prompts in one request; this server allows at most {limits.max_prompts} "
+            raise BadRequest(f"`prompt` holds {count} prompts; this server allows at most {limits.max_prompts} "
                              "(winnow serve --max-prompts)", "prompt")
         if request.logprobs is not None and request.logprobs > limits.max_logprobs:
             raise BadRequest(f"`logprobs` is {request.logprobs}; at most {limits.max_logprobs}", "logprobs")
         if request.stream and (request.echo or request.logprobs is not None):
-            raise BadRequest("`echo` and `logprobs` are not available when streaming", "stream")
+            raise BadRequest("`echo` and `logprobs` are not available with `stream`", "stream")
         if request.stream and count != 1:
-            raise BadRequest("streaming takes one prompt", "prompt")
+            raise BadRequest("`stream` takes one `prompt`, not a list", "prompt")
     if request.stream and (request.n > 1 or (best_of or 1) > 1):
         raise BadRequest("`n` and `best_of` above 1 cannot be streamed", "n" if request.n > 1 else "best_of")

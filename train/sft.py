@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from train.chat import encode_conversation, prompt_tokens, resolve_template
 from train.tokenizer import Vocab, load_vocab
 
 VAL_BATCHES = 8  # the first rows of the held-out split, the same at every evaluation
@@ -75,6 +76,9 @@ def alpaca_prompt(instruction: str, input_text: str | None = None) -> str:
 
 def encode_example(row: dict[str, Any], vocab: Vocab, template: str) -> tuple[list[int], list[int]]:
     """Tokens and a loss mask (1 on the answer tokens) for one example."""
+    template = resolve_template(vocab, template)
+    if template == "model":
+        return encode_conversation(vocab, as_messages(row))
     if template == "alpaca":
         if "messages" in row:
             turns = as_messages(row)
@@ -113,10 +117,13 @@ def prompt_ids(vocab: Vocab, template: str | None, messages: list[dict[str, str]
     """What a model sees before it answers: plain `text` (a base model continues it), or a
     conversation in the template the model was fine-tuned with. Alpaca has no turns: earlier
     turns become the instruction."""
+    template = resolve_template(vocab, template)
     if messages is None:
         messages = [{"role": "user", "content": text or ""}]
         if template is None:
             return [vocab.bos_id, *vocab.encode(text or "")]
+    if template == "model":
+        return prompt_tokens(vocab, messages)
     if template == "chat" or (template is None and {"user", "assistant"} <= set(vocab.role_ids)):
         return chat_prompt(messages, vocab)
     instruction = "\n\n".join(m["content"] for m in messages)

@@ -6,7 +6,9 @@ Winnow's addition, stores uint32 for vocabularies over 65,536. Each document is 
 followed by its tokens, so BOS marks every document boundary.
 
 One Ray task per input file writes `train-NNNNN.bin` and `val-NNNNN.bin`, numbered by the input's
-position in the sorted list, so the shard order never depends on which task finished first. A
+position in the sorted list, so the shard order never depends on which task finished first. With the
+`megatron` format it also writes Megatron-LM's indexed dataset (train/megatron.py), merged at the end
+into one `megatron/train_text_document` and one `megatron/val_text_document`. A
 document goes to validation when a hash of its id falls below `val_fraction`: the split is the
 same on every rerun and for every tokenizer.
 """
@@ -52,16 +54,19 @@ def is_validation(doc_id: str, val_fraction: float) -> bool:
     return int.from_bytes(digest, "big") / 2**64 < val_fraction
 
 
+FORMATS = ("llmc", "megatron")
+
+
 def tokenize_file(index: int, path: str, tokenizer_path: str, out_dir: str, val_fraction: float,
-                  batch_size: int = 512) -> dict[str, Any]:
-    """One input file to one train and one validation shard; returns their token and document counts."""
+                  batch_size: int = 512, formats: tuple[str, ...] = ("llmc",)) -> dict[str, Any]:
+    """One input file to one train and one validation shard per format; returns their token and document
+    counts (llm.c's figures, BOS included, when it is among the formats)."""
     import pyarrow.dataset as ds
 
     from train.tokenizer import load_vocab
 
     vocab = load_vocab(tokenizer_path)
-    parts: dict[str, list[np.ndarray]] = {"train": [], "val": []}
-    docs = {"train": 0, "val": 0}
+    parts: dict[str, list[np.ndarray]] = {"train": [], "val": []}  # each document's tokens, no special token
     data = ds.dataset(path, format="parquet")
     columns = ["id", "text"] if "id" in data.schema.names else ["text"]
     row = 0
@@ -71,31 +76,42 @@ def tokenize_file(index: int, path: str, tokenizer_path: str, out_dir: str, val_
         row += len(texts)
         for doc_id, encoded in zip(ids, vocab.encode_batch(texts), strict=True):
             split = "val" if is_validation(str(doc_id), val_fraction) else "train"
-            parts[split].append(np.asarray([vocab.bos_id, *encoded], dtype=np.uint32))
-            docs[split] += 1
+            parts[split].append(np.asarray(encoded, dtype=np.uint32))
     out = {}
-    for split, chunks in parts.items():
-        tokens = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.uint32)
-        name = f"{split}-{index:05d}.bin"
-        write_shard(Path(out_dir) / name, tokens, vocab.size)
-        out[split] = {"file": name, "tokens": int(len(tokens)), "docs": docs[split]}
+    for split, docs in parts.items():
+        out[split] = {"tokens": sum(len(d) + 1 for d in docs), "docs": len(docs)}
+        if "llmc" in formats:
+            bos = np.array([vocab.bos_id], dtype=np.uint32)
+            tokens = np.concatenate([piece for d in docs for piece in (bos, d)]) if docs else np.zeros(0, np.uint32)
+            name = f"{split}-{index:05d}.bin"
+            write_shard(Path(out_dir) / name, tokens, vocab.size)
+            out[split]["file"] = name
+        if "megatron" in formats:
+            from train.megatron import write_indexed
+
+            (Path(out_dir) / "megatron").mkdir(exist_ok=True)
+            write_indexed(Path(out_dir) / "megatron" / f"{split}-{index:05d}", docs, vocab.eos_id, vocab.size)
     return {"input": path, **out}
 
 
 def tokenize_to_shards(inputs: list[str], tokenizer_path: str, out_dir: str, val_fraction: float = 0.01,
-                       num_cpus: int | None = None) -> dict[str, Any]:
-    """Tokenizes every input file on Ray and writes `meta.json` describing the shards."""
+                       num_cpus: int | None = None, formats: tuple[str, ...] = ("llmc",)) -> dict[str, Any]:
+    """Tokenizes every input file on Ray and writes `meta.json` describing the shards: llm.c's
+    `train-NNNNN.bin` and `val-NNNNN.bin`, and/or Megatron-LM's `megatron/{train,val}_text_document`."""
     import ray
 
     from train.tokenizer import load_vocab, tokenizer_digest
 
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown or not formats:
+        raise ValueError(f"--format {','.join(formats)}: choose from {', '.join(FORMATS)} (comma-separated)")
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     started = not ray.is_initialized()
     if started:
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, logging_level="WARNING")
     try:
         task = ray.remote(tokenize_file)
-        results = ray.get([task.remote(k, path, tokenizer_path, out_dir, val_fraction)
+        results = ray.get([task.remote(k, path, tokenizer_path, out_dir, val_fraction, formats=tuple(formats))
                            for k, path in enumerate(inputs)])
     finally:
         if started:
@@ -104,11 +120,19 @@ def tokenize_to_shards(inputs: list[str], tokenizer_path: str, out_dir: str, val
     meta = {
         "tokenizer": str(Path(tokenizer_path).resolve()), "tokenizer_digest": tokenizer_digest(tokenizer_path),
         "vocab_size": vocab.size, "bos_id": vocab.bos_id, "dtype": "uint16" if vocab.size <= 2**16 else "uint32",
-        "val_fraction": val_fraction, "shards": results,
+        "val_fraction": val_fraction, "formats": list(formats), "shards": results,
         "train_tokens": sum(r["train"]["tokens"] for r in results),
         "val_tokens": sum(r["val"]["tokens"] for r in results),
         "docs": sum(r["train"]["docs"] + r["val"]["docs"] for r in results),
     }
+    if "megatron" in formats:
+        from train.megatron import merge, token_dtype
+
+        folder = Path(out_dir) / "megatron"
+        for split in ("train", "val"):
+            merge([folder / f"{split}-{k:05d}" for k in range(len(inputs))], folder / f"{split}_text_document")
+        meta["megatron"] = {"train": "megatron/train_text_document", "val": "megatron/val_text_document",
+                            "dtype": str(token_dtype(vocab.size)), "eod_id": vocab.eos_id}
     tmp = Path(out_dir) / "meta.json.tmp"
     tmp.write_text(json.dumps(meta, indent=1))
     tmp.replace(Path(out_dir) / "meta.json")

@@ -15,7 +15,7 @@ from functools import lru_cache
 
 import numpy as np
 import xxhash
-from datasketch import LeanMinHash, MinHash
+from datasketch import MinHash
 from datasketch.lsh import _optimal_param
 from datasketch.minhash import _fmix
 
@@ -84,11 +84,6 @@ def signatures(shingles: list[np.ndarray], num_perm: int, seed: int) -> np.ndarr
         out[nonempty[doc:end]] = np.minimum.reduceat(permuted, starts[doc:end] - lo, axis=0)
         doc = end
     return out
-
-
-def lean_minhash(signature: np.ndarray, seed: int) -> LeanMinHash:
-    """A datasketch LeanMinHash for one signature row, for its estimators and serialization."""
-    return LeanMinHash(seed=seed, hashvalues=signature, scheme="affine32")
 
 
 def band_keys(sigs: np.ndarray, bands: int, rows: int) -> np.ndarray:

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("winnow.run")
 
 MODULES = ["pipeline.synth.shard", "pipeline.synth.params", "pipeline.synth.recipes", "pipeline.synth.qc",
-           "pipeline.synth.webqa", "pipeline.synth.jsonrepair", "pipeline.synth.client", "pipeline.synth.cache",
+           "pipeline.synth.webqa", "pipeline.synth.jsonrepair", "llmclient.client", "llmclient.cache",
            "pipeline.synth.local", "pipeline.kinds.synth", "pipeline.stage", "pipeline.parquet_io"]
 # Summed from the shards' records into the manifest's `synth` entry, then shown by status and the report.
 COUNTS = ("instructions", "rejected", "rephrased", "json_repaired", "judged", "requests", "completed",
@@ -57,9 +57,9 @@ class SynthKind(StageKind):
         return list(MODULES), {"synth": versions}
 
     def shard_calls(self, ctx: StageContext) -> ShardCalls:
+        from llmclient.ratelimit import make_limiter
         from pipeline.kinds.pool import ShardCalls
         from pipeline.synth.params import SynthParams
-        from pipeline.synth.ratelimit import make_limiter
 
         stage, params = ctx.stage, SynthParams(**ctx.stage.synth)
         # One limiter for the whole cluster: a named actor every shard task finds by the endpoint.
@@ -151,6 +151,7 @@ def publish(ctx: StageContext) -> dict[str, list[str]]:
     for kind, target in (("instructions", rundir.instructions), ("rephrased", rundir.rephrased)):
         files = [f for s in sorted(ctx.done) for f in ctx.done[s].get("files", [])
                  if f.startswith(f"{kind}/part-")]
-        rundir.replace_published(target, {f.rsplit("/", 1)[-1]: f"{ctx.stage_dir}/{f}" for f in files})
+        rundir.replace_published(target, {f.rsplit("/", 1)[-1]: f"{ctx.stage_dir}/{f}" for f in files},
+                                 {"fingerprint": ctx.fingerprint})  # a rerun with other settings republishes
         published[kind] = [f.rsplit("/", 1)[-1] for f in files]
     return published

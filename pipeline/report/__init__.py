@@ -45,13 +45,18 @@ def write_comparison(run_a: str, run_b: str, assumptions: Assumptions | None = N
 
 
 def write_card(run_dir: str, data: dict | None = None) -> Target:
-    """Writes RUN_DIR/output/README.md, the Hugging Face-style dataset card."""
+    """Writes the Hugging Face-style dataset cards: RUN_DIR/output/README.md, for the documents' folder on
+    its own, and RUN_DIR/README.md, which names `output/`, `instructions/` and `rephrased/` as the configs
+    of one dataset (the layout a Hub repository holding those folders has too). Returns the first."""
     from pipeline.report.collect import collect
+    from pipeline.report.hub import hub_configs
     from pipeline.report.render import render_card
 
     data = data or collect(run_dir, samples=0, samples_per_reason=0)
+    configs = hub_configs(run_dir)
     path = _join(run_dir, "output", "README.md")
-    write_text(path, render_card(data))
+    write_text(path, render_card(data, configs))
+    write_text(_join(run_dir, "README.md"), render_card(data, configs, run_level=True))
     return path
 
 

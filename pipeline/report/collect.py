@@ -123,11 +123,24 @@ def read_rows(data: ds.Dataset, ids: list[str], where: pc.Expression | None = No
         return []
     condition = ds.field("id").isin(ids) if where is None else ds.field("id").isin(ids) & where
     rows = data.to_table(filter=condition).to_pylist()
-    maps = [f.name for f in data.schema if pa.types.is_map(f.type)]
-    for row in rows:  # Arrow gives a map as (key, value) pairs
-        row.update({name: dict(row[name]) for name in maps if row.get(name) is not None})
+    for row in rows:
+        readable_counts(row, data.schema)
     order = {doc_id: k for k, doc_id in enumerate(ids)}
     return sorted(rows, key=lambda r: order[r["id"]])
+
+
+def readable_counts(row: dict[str, Any], schema: pa.Schema) -> None:
+    """Per-key counts as a dict, for people: `pii_counts` (a list of {entity, count}), and any map
+    column (which Arrow gives as (key, value) pairs)."""
+    from filters.pii import pii_counts_dict
+
+    for field in schema:
+        if row.get(field.name) is None:
+            continue
+        if field.name == "pii_counts":
+            row[field.name] = pii_counts_dict(row[field.name])
+        elif pa.types.is_map(field.type):
+            row[field.name] = dict(row[field.name])
 
 
 def sample_rows(data: ds.Dataset, n: int, where: pc.Expression | None = None) -> list[dict[str, Any]]:
@@ -173,6 +186,8 @@ def score_edges(data: ds.Dataset, column: str) -> list[float]:
 def output_distributions(data: ds.Dataset | None, tld_of: Any) -> dict[str, Any]:
     """Distributions over the output documents, streamed batch by batch with bounded memory:
     counters per distinct value, fixed-bin histograms, and length counts for an exact median."""
+    from filters.pii import pii_counts_dict
+
     languages, domains, pii = Counter(), Counter(), Counter()
     lengths = Histogram(LENGTH_EDGES, open_ended=True)
     length_counts = np.zeros(MEDIAN_CAP + 1, dtype=np.int64)  # lengths at or over the cap share a slot
@@ -205,7 +220,7 @@ def output_distributions(data: ds.Dataset | None, tld_of: Any) -> dict[str, Any]
                 pii_total += int(pc.sum(batch.column("pii_count")).as_py() or 0)
             if "pii_counts" in columns:
                 for counts in batch.column("pii_counts").to_pylist():
-                    pii.update(dict(counts or []))
+                    pii.update(pii_counts_dict(counts))
     tlds: Counter[str] = Counter()
     for domain, n in domains.items():  # one suffix lookup per distinct domain, not per document
         tlds[tld_of(domain) if domain != "(none)" else "(none)"] += n

@@ -22,6 +22,7 @@ from markupsafe import Markup
 
 from pipeline.report import svg
 from pipeline.report.budget import CHARS_PER_TOKEN, TOKENS_PER_PARAMETER
+from pipeline.report.hub import header_configs, size_category
 
 # Printing shows every collapsed sample; the screen keeps them folded.
 PRINT_SCRIPT = ("addEventListener('beforeprint',()=>document.querySelectorAll('details').forEach(d=>"
@@ -121,11 +122,6 @@ def render_compare(comparison: dict[str, Any]) -> str:
     return environment().get_template("compare.html.j2").render(**context)
 
 
-SIZE_CATEGORIES = [(1e3, "n<1K"), (1e4, "1K<n<10K"), (1e5, "10K<n<100K"), (1e6, "100K<n<1M"), (1e7, "1M<n<10M"),
-                   (1e8, "10M<n<100M"), (1e9, "100M<n<1B"), (1e10, "1B<n<10B"), (1e11, "10B<n<100B"),
-                   (1e12, "100B<n<1T")]
-
-
 def stage_description(stage: dict[str, Any]) -> str:
     """One line per stage for the card: what it did, with the parameters the config set."""
     from pipeline.kinds import KINDS
@@ -133,19 +129,25 @@ def stage_description(stage: dict[str, Any]) -> str:
     return KINDS[stage.get("kind", "map")].describe(stage)
 
 
-def render_card(data: dict[str, Any]) -> str:
-    """The dataset card, Markdown with a Hugging Face YAML header (not HTML: no escaping applies)."""
+def render_card(data: dict[str, Any], configs: list[dict[str, Any]] | None = None, run_level: bool = False) -> str:
+    """The dataset card, Markdown with a Hugging Face YAML header (not HTML: no escaping applies).
+
+    `configs` (pipeline.report.hub.hub_configs) name the published folders; the card in `output/`
+    (`run_level` False) can name only the documents, the one at the run directory's root names them all."""
     dist = data["distributions"]
     languages = [x["label"] for x in dist["language"] if x["label"] != "unknown" and not x["label"].startswith("(")]
-    size = next((label for limit, label in SIZE_CATEGORIES if data["output"]["docs"] < limit), "n>1T")
+    if configs is None:  # no folder was read: the documents alone, without features
+        configs = [{"name": "default", "folder": "output", "rows": data["output"]["docs"],
+                    "size": size_category(data["output"]["docs"]), "features": None}]
+    shown = configs if run_level else [c for c in configs if c["name"] == "default"]
+    size = size_category(max([c["rows"] for c in shown], default=0))
     processing = [(s["name"], stage_description(s)) for s in data["run"]["config"].get("stages", [])]
     # The header is YAML written by a YAML library: a language code such as "no" stays a string, and a
     # run name with quotes stays valid.
     header = {"pretty_name": f"{data['run']['name']} (Winnow)", **({"language": languages} if languages else {}),
               "license": "other", "task_categories": ["text-generation"], "size_categories": [size],
-              "tags": ["winnow", "web-crawl"],
-              "configs": [{"config_name": "default", "data_files": [{"split": "train", "path": "part-*.parquet"}]}]}
+              "tags": ["winnow", "web-crawl"], **header_configs(configs, prefix=run_level)}
     return environment().get_template("card.md.j2").render(
         **data, dist=dist, header=yaml.safe_dump(header, sort_keys=False, allow_unicode=True), processing=processing,
         has_pii=any(s["stage"] == "pii" or any(st["name"] == "pii" for st in s["steps"]) for s in data["funnel"]),
-        chars_per_token=CHARS_PER_TOKEN)
+        chars_per_token=CHARS_PER_TOKEN, configs=shown, run_level=run_level)

@@ -11,8 +11,8 @@ import asyncio
 from functools import cache
 from typing import Any
 
-from pipeline.synth.cache import RequestCache
-from pipeline.synth.client import ClientStats, Request, Result
+from llmclient.cache import RequestCache
+from llmclient.client import ClientStats, Request, Result
 
 
 @cache

@@ -23,17 +23,16 @@ from typing import Any
 
 import fsspec
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from pipeline.parquet_io import ShardWriter, iter_parquet
+from llmclient.cache import RequestCache
+from llmclient.client import AsyncLLMClient, Request, Result, run_sync
+from llmclient.ratelimit import make_limiter
+from pipeline.parquet_io import ShardWriter, empty_parquet, iter_parquet
 from pipeline.schema import DOC_COLUMNS, REJECTED_COLUMNS, schema_for
 from pipeline.storage import write_bytes
 from pipeline.synth import webqa
-from pipeline.synth.cache import RequestCache
-from pipeline.synth.client import AsyncLLMClient, Request, Result, run_sync
 from pipeline.synth.params import SynthParams
 from pipeline.synth.qc import QC, REFUSAL
-from pipeline.synth.ratelimit import make_limiter
 from pipeline.synth.recipes import InvalidAnswer, Recipe, judge_prompt, load_seed_tasks, parse_judge
 
 log = logging.getLogger("winnow.synth")
@@ -74,9 +73,7 @@ class _Output:
         if paths:
             return paths[0]
         final = f"{self.prefix}-000.parquet"
-        empty = pa.BufferOutputStream()
-        pq.write_table(self.schema.empty_table(), empty, compression="zstd")
-        write_bytes(self.fs, final, empty.getvalue().to_pybytes())
+        write_bytes(self.fs, final, empty_parquet(self.schema))
         return final
 
     def abort(self) -> None:

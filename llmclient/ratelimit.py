@@ -14,7 +14,7 @@ import logging
 import time
 from typing import Protocol
 
-log = logging.getLogger("winnow.synth.ratelimit")
+log = logging.getLogger("winnow.llm.ratelimit")
 
 ACTOR_PREFIX = "winnow-llm-ratelimit"
 

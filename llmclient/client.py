@@ -33,10 +33,10 @@ import aiohttp
 import orjson
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
 
-from pipeline.synth.cache import RequestCache, request_key
-from pipeline.synth.ratelimit import Limiter, NoLimit
+from llmclient.cache import RequestCache, request_key
+from llmclient.ratelimit import Limiter, NoLimit
 
-log = logging.getLogger("winnow.synth.client")
+log = logging.getLogger("winnow.llm.client")
 T = TypeVar("T")
 
 RETRY_STATUS = {408, 409, 425, 429}  # and every 5xx

@@ -1,6 +1,6 @@
-"""A synchronous client for OpenAI-compatible endpoints, for scripts and the quality annotator.
+"""A synchronous client for OpenAI-compatible endpoints, for scripts, the quality annotator and the judge.
 
-It is a thin face over the synthetic-data stage's async client (pipeline/synth/client.py): the same
+It is a thin face over the async client the synthetic-data stage uses (llmclient/client.py): the same
 bounded concurrency, retries with back-off and jitter on 429, 5xx and dropped connections,
 `Retry-After` in seconds or as an HTTP date, and optional request cache and rate limit.
 `chat` raises LLMError naming the endpoint when a request cannot be answered; `chat_many` answers
@@ -14,9 +14,9 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.synth.cache import RequestCache
-from pipeline.synth.client import AsyncLLMClient, Request, Result, run_sync
-from pipeline.synth.ratelimit import Limiter
+from llmclient.cache import RequestCache
+from llmclient.client import AsyncLLMClient, Request, Result, run_sync
+from llmclient.ratelimit import Limiter
 
 log = logging.getLogger("winnow.llm")
 

@@ -27,7 +27,7 @@ from typing import Any
 import fsspec
 import orjson
 
-log = logging.getLogger("winnow.synth.cache")
+log = logging.getLogger("winnow.llm.cache")
 
 
 def request_key(model: str, prompt: Any, sampling: dict[str, Any], sample: int) -> str:

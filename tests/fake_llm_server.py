@@ -1,4 +1,4 @@
-"""A loopback OpenAI-compatible server with a fixed latency and injected faults, for tests and benches.
+"""A loopback OpenAI-compatible server with a fixed latency and injected faults, for tests and bench/llm_client.py.
 
 Every answer takes `latency_s` plus `per_token_s` for each completion token, so a client bench measures
 the client, not a model. Faults are drawn per try from a hash of the request body and its try number,
@@ -11,7 +11,7 @@ Answers are deterministic text built from the prompt. A prompt that asks for JSO
 question/answer pairs about the text between `<document>` tags; `FAKE:<word>` in a prompt forces an
 answer for tests (`FAKE:refuse`, `FAKE:fenced`, `FAKE:score=N`, `FAKE:badjson`, `FAKE:400`).
 
-    python bench/fake_llm_server.py --port 8001 --latency-s 0.05 --rate-429 0.05
+    python tests/fake_llm_server.py --port 8001 --latency-s 0.05 --rate-429 0.05
 """
 
 from __future__ import annotations

@@ -24,8 +24,8 @@ import xxhash
 
 from filters.quality import class_scores, combiner_path, load_model
 from filters.quality_features import FEATURES, Combiner, feature_matrix, fit_combiner
-from pipeline.quality_data import PAGE_SOURCES, passage_rows
 from pipeline.quality_train import fit, roc_auc
+from tools.quality_data import PAGE_SOURCES, passage_rows
 
 
 def fold_of(group: str, folds: int) -> int:
