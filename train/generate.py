@@ -209,7 +209,7 @@ def generate(model: GPT, vocab: Vocab, prompts: list[list[int]], p: SamplingPara
     """One completion per prompt (the best of `best_of` samples). `p` is one parameter set for every
     prompt or one per prompt. Without `want_scores`, greedy rows skip the log-softmax (score 0)."""
     params = _row_params(prompts, p)
-    stop_ids = stop_ids if stop_ids is not None else {vocab.eos_id, vocab.end_of_turn_id}
+    stop_ids = stop_ids if stop_ids is not None else {vocab.eos_id, vocab.end_of_turn_id, *vocab.stop_ids}
     expanded = [(k, q) for k, q in enumerate(params) for _ in range(q.best_of)]
     rows = [prompts[k] for k, _ in expanded]
     row_params: SamplingParams | list[SamplingParams] = p if isinstance(p, SamplingParams) else \
