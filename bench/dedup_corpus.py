@@ -145,11 +145,11 @@ def run_winnow_dedup(files: list[Path], out: Path, params: dict[str, Any], num_c
     import fsspec
     import ray
 
-    from pipeline.config import StageConfig
+    from pipeline.config import DedupStage
     from pipeline.dedup.stage import run_dedup
     from pipeline.jsonfile import read_json
 
-    stage = StageConfig(name="dedup", kind="dedup", dedup=params, batch_size=1024)
+    stage = DedupStage(name="dedup", kind="dedup", dedup=params, batch_size=1024)
     out.mkdir(parents=True, exist_ok=True)
     shards = {f"{k:05d}": str(p) for k, p in enumerate(files)}
     from pipeline.raycluster import WORKER_ENV

@@ -1,27 +1,29 @@
-"""HTML text extraction: resiliparse with a trafilatura cascade (default), or trafilatura, hard time-boxed.
+"""HTML text extraction: resiliparse with a trafilatura cascade (default), or trafilatura; risky pages hard time-boxed.
 
 The methods live in `filters/extract_methods.py`; `bench/extraction.py` measures them (the README has
-the table). Each page is extracted in a child process that is killed when the page overruns
-`timeout_s` (`filters/extract_sandbox.py`): resiliparse runs in C code that no signal can interrupt,
-so only a process boundary makes the limit hard. A page that overran is scanned for deep <div> nesting,
-which costs resiliparse quadratic time; beyond `max_depth` the excess levels are flattened (linear time)
-and the page is extracted again (`guarded` in the stats). With `timeout_s: 0` pages are extracted in the
-worker process itself, and every page gets that scan first.
+the table). A cheap scan (`is_risky`: size, tag count, <div> nesting depth) picks the pages that may run
+long; they are extracted in a child process that is killed when the page overruns `timeout_s`
+(`filters/extract_sandbox.py`, `isolated` in the stats): resiliparse runs in C code that no signal can
+interrupt, so only a process boundary makes the limit hard. Every other page is extracted in the worker
+itself, which saves the process hop (about a quarter of the step's CPU time). A page that overran is
+scanned for deep <div> nesting, which costs resiliparse quadratic time; beyond `max_depth` the excess
+levels are flattened (linear time) and the page is extracted again (`guarded`). With `isolate: all` every
+page goes to the child; with `timeout_s: 0` none does, and every page gets the depth guard first.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
-from pathlib import Path
 from typing import Any, Literal
 
 import pyarrow as pa
 
 from filters.base import Doc, Filter, StepParams, pkg_version
+from filters.extract_boundary import load_model, model_digest
 from filters.extract_methods import (  # noqa: F401 - re-exported: the methods' historical home
     clean_text,
     extract_page,
+    is_risky,
     nesting_depth,
     new_dedup_cache,
     resiliparse_text,
@@ -40,10 +42,15 @@ class ExtractParams(StepParams):
     extractor: Extractor = "resiliparse"
     # A hard limit per page (a killed child process); 0 extracts in the worker itself, without a limit.
     timeout_s: float = 5.0
+    # Which pages the limit applies to: "risky" ones (by a cheap scan of size, tags and nesting), or "all".
+    isolate: Literal["risky", "all"] = "risky"
     max_html_chars: int = 2_000_000
     min_text_chars: int = 1
-    # resiliparse only: cut menus and footers at both ends, keeping headings and short real lines.
+    # resiliparse only: cut menus, footers and the boilerplate between, keeping headings and short real lines.
     trim_boilerplate: bool = True
+    # How: "model", the learned article boundary (filters/extract_boundary.py, its model shipped in
+    # filters/models/), or "rules", the word-list edge trim alone (filters/extract_trim.py).
+    boundary: Literal["model", "rules"] = "model"
     # resiliparse only: send the pages whose result looks wrong (too short) to trafilatura.
     cascade: bool = True
     # resiliparse only: <div>/<article> nesting beyond this is flattened on a page that overran its limit.
@@ -62,7 +69,10 @@ class Extract(Filter):
         super().__init__(params)
         self.options: dict[str, Any] = {
             "extractor": params.extractor, "trim_boilerplate": params.trim_boilerplate, "cascade": params.cascade,
+            "boundary": params.boundary,
             "favor_precision": params.favor_precision, "max_depth": params.max_depth, "check_depth": False}
+        if params.extractor == "resiliparse" and params.trim_boilerplate and params.boundary == "model":
+            load_model()  # once per worker process, and a missing or stale model file fails here, not per page
         uses_trafilatura = params.extractor == "trafilatura" or params.cascade
         if params.timeout_s > 0:
             self.sandbox = Sandbox(preload=("trafilatura",) if uses_trafilatura else ())
@@ -83,16 +93,15 @@ class Extract(Filter):
         versions = {params.extractor: pkg_version(params.extractor)}
         if params.extractor == "resiliparse" and params.cascade:
             versions["trafilatura"] = pkg_version("trafilatura")
-        # The step's module is in the stage fingerprint already; its helpers are not.
-        helpers = hashlib.sha256()
-        for name in ("extract_methods.py", "extract_trim.py", "extract_sandbox.py"):
-            helpers.update(Path(__file__).with_name(name).read_bytes())
-        return versions | {"helpers": helpers.hexdigest()[:16]}
+        if params.extractor == "resiliparse" and params.trim_boilerplate and params.boundary == "model":
+            versions["boundary_model"] = model_digest()
+        return versions
 
-    def _extract(self, html: str, check_depth: bool) -> tuple[str, list[str]]:
+    def _extract(self, html: str, check_depth: bool, isolated: bool) -> tuple[str, list[str]]:
         options = self.options | {"check_depth": check_depth}
-        if self.sandbox is None:
+        if not isolated:
             return extract_page(html, options, self.seen)
+        assert self.sandbox is not None
         return self.sandbox.call(("page", html, options), self.params.timeout_s)
 
     def filter(self, doc: Doc) -> str | None:
@@ -101,15 +110,19 @@ class Extract(Filter):
         if len(html) > self.params.max_html_chars:
             self.stats["html_clipped"] += 1
             html = html[: self.params.max_html_chars]
+        isolated = self.sandbox is not None and (self.params.isolate == "all" or is_risky(html))
+        if isolated:
+            self.stats["isolated"] += 1
         try:
             try:
-                text, events = self._extract(html, check_depth=self.sandbox is None)
+                # In the worker the depth guard runs first: no limit would stop a page that nests deep.
+                text, events = self._extract(html, check_depth=not isolated, isolated=isolated)
             except PageTimeout:
                 self.stats["overran"] += 1
                 # Deep nesting is the known way to make resiliparse slow: flatten it and try once more.
                 if self.params.extractor != "resiliparse" or nesting_depth(html) <= self.params.max_depth:
                     raise
-                text, events = self._extract(html, check_depth=True)
+                text, events = self._extract(html, check_depth=True, isolated=True)
         except PageTimeout:
             log.warning("extraction overran its %.1fs limit on %s (%s); the page is dropped", self.params.timeout_s,
                         doc.get("id"), doc.get("url"))

@@ -1,9 +1,10 @@
-"""The extraction methods: resiliparse with its guards, trafilatura, and the cascade (the edge trim is
-`filters/extract_trim.py`).
+"""The extraction methods: resiliparse with its guards, trafilatura, and the cascade (the learned article
+boundary is `filters/extract_boundary.py`, the word-list edge trim `filters/extract_trim.py`).
 
-`extract_page` is what the `extract` step runs for each page, inside the child process of
-`filters/extract_sandbox.py`. This module imports only the standard library and resiliparse at the top
-(trafilatura on first use), so that the child starts fast; it is also the child's entry point.
+`extract_page` is what the `extract` step runs for each page, in the worker or, for a risky page, inside the
+child process of `filters/extract_sandbox.py`. This module imports only the standard library, numpy and
+resiliparse at the top (trafilatura on first use), so that the child starts fast; it is also the child's
+entry point.
 """
 
 from __future__ import annotations
@@ -13,8 +14,10 @@ import re
 from typing import Any
 
 if __package__:
+    from filters.extract_boundary import article_lines
     from filters.extract_trim import page_title, trim_boilerplate
 else:  # the child process runs this file as a script, with filters/ on sys.path and no package loaded
+    from extract_boundary import article_lines
     from extract_trim import page_title, trim_boilerplate
 
 # Share bars, "related" boxes, captions, cookie notices and post metadata survive resiliparse's main-content heuristic.
@@ -45,6 +48,10 @@ _CLASS_ATTRS = (re.compile(r"""class\s*=\s*["']?([^"'>]*)"""), re.compile(r"""(?
 _FIGURE = re.compile(r"<fig(?:ure|caption)[\s>]", re.I)
 # A skipped element never holds this share of the body's text: then it is the article, whatever its class.
 MAX_SKIP_SHARE = 0.5
+# Nor the page's largest run of text between two tags, outside scripts and styles: the article's main prose.
+# Blogger wraps the post in `class="widget Blog"`, and its sidebar widgets may hold more text than the post.
+_TEXT_RUN = re.compile(r"<(?!/?(?:script|style)\b)[a-zA-Z/][^>]*>([^<]{100,})", re.I)
+PROBE_CHARS = 60
 
 # The class of the <blockquote> an embedded tweet is (see `unhide_embedded_posts`).
 EMBEDDED_TWEET = "twitter-tweet"
@@ -72,6 +79,9 @@ _TAG_LINE = re.compile(r"\s*<[a-zA-Z/!][^>]*>\s*")
 _HEADING = re.compile(r"<h([1-6])(?:\s[^>]*)?>(.*?)</h\1\s*>", re.I | re.S)
 _TAG = re.compile(r"<[^>]*>")
 
+# The space separators of Unicode (category Zs) but the plain space: no-break, thin, ideographic, ...
+_UNICODE_SPACE = re.compile("[\u00a0\u1680\u2000-\u200a\u202f\u205f\u3000]")
+
 # Shorter results go to trafilatura, when the cascade is on (bench/extraction.py measures the choice).
 CASCADE_MIN_CHARS = 300
 
@@ -86,6 +96,20 @@ def nesting_depth(html: str) -> int:
             depth += 1
             deepest = max(deepest, depth)
     return deepest
+
+
+# A page is risky, and goes to the killable child, beyond any of these (bench/extraction.py prints the scan on
+# the real pages of ../shared/data: at most 1.5 MB, 71,000 tags and 53 levels of <div> nesting; 99% of them
+# under 600 KB, 3,600 tags and 21 levels). Extraction time grows linearly in size and tags, quadratically in depth.
+RISKY_CHARS = 1_600_000
+RISKY_TAGS = 100_000
+RISKY_DEPTH = 128
+
+
+def is_risky(html: str) -> bool:
+    """Whether a page may take resiliparse or trafilatura long enough to need a hard limit (a cheap scan:
+    its length, then a count of "<", then the nesting depth; 0.1 ms on a typical page)."""
+    return len(html) > RISKY_CHARS or html.count("<") > RISKY_TAGS or nesting_depth(html) > RISKY_DEPTH
 
 
 def flatten_deep(html: str, max_depth: int = MAX_DEPTH) -> str:
@@ -142,15 +166,22 @@ def link_share(line: str) -> float:
     return linked / total if total else 0.0
 
 
-def drop_link_lines(text: str, keep: frozenset[str] = frozenset()) -> str:
-    """Drop the marked lines that are mostly link text, except the page's headings; remove the marks."""
+def link_lines(text: str, keep: frozenset[str] = frozenset()) -> list[tuple[str, float]]:
+    """The marked lines with their link share, without the marks, the lines that are mostly link text (but
+    the page's headings) and bare tags."""
     out = []
     for line in text.splitlines():
         plain = unmark(line)
-        if _TAG_LINE.fullmatch(plain) or (link_share(line) >= MAX_LINK_SHARE and plain.strip() not in keep):
+        share = link_share(line)
+        if _TAG_LINE.fullmatch(plain) or (share >= MAX_LINK_SHARE and plain.strip() not in keep):
             continue
-        out.append(plain)
-    return "\n".join(out)
+        out.append((plain, share))
+    return out
+
+
+def drop_link_lines(text: str, keep: frozenset[str] = frozenset()) -> str:
+    """Drop the marked lines that are mostly link text, except the page's headings; remove the marks."""
+    return "\n".join(line for line, _ in link_lines(text, keep))
 
 
 def heading_texts(html: str) -> frozenset[str]:
@@ -168,8 +199,22 @@ def skip_selector(html: str) -> str:
     return ", ".join([*SKIP_TAGS, *(f'[class~="{token}"]' for token in sorted(tokens))])
 
 
+def main_prose_probe(html: str) -> str:
+    """A piece of the page's largest run of text between tags, whitespace collapsed ("" if none is long)."""
+    runs = (m.group(1) for m in _TEXT_RUN.finditer(html))
+    longest = " ".join(html_lib.unescape(max(runs, key=len, default="")).split())
+    middle = max(0, len(longest) // 2 - PROBE_CHARS // 2)
+    return longest[middle : middle + PROBE_CHARS] if len(longest) >= PROBE_CHARS else ""
+
+
 def resiliparse_main(html: str) -> tuple[str, frozenset[str]]:
     """resiliparse's main content, without link-dense lines, and the page's heading texts."""
+    marked, headings = resiliparse_marked(html)
+    return drop_link_lines(marked, headings), headings
+
+
+def resiliparse_marked(html: str) -> tuple[str, frozenset[str]]:
+    """resiliparse's main content with link text fenced (see mark_links), and the page's heading texts."""
     from resiliparse.extract.html2text import extract_plain_text
     from resiliparse.parse.html import HTMLTree
 
@@ -178,24 +223,28 @@ def resiliparse_main(html: str) -> tuple[str, frozenset[str]]:
     if body is None:
         return "", frozenset()
     headings = heading_texts(html)
-    total = -1
+    total, probe = -1, None
     selector = skip_selector(html)
     for node in body.query_selector_all(selector) if selector else ():
         if node.parent is None:
             continue  # nothing to remove it from
-        size = len(node.text)
-        if size > 200:  # only a sizeable element can hold most of the page: measure the page once
+        text = node.text
+        if len(text) > 200:  # only a sizeable element can hold the article: measure the page once
             total = len(body.text) if total < 0 else total
-            if size > MAX_SKIP_SHARE * total:
+            probe = main_prose_probe(html) if probe is None else probe
+            if len(text) > MAX_SKIP_SHARE * total or (probe and probe in " ".join(text.split())):
                 continue  # it is the article, whatever its class says
         node.parent.remove_child(node)
     text = extract_plain_text(tree, main_content=True, alt_texts=False, links=False, form_fields=False,
                               noscript=False, comments=False)
-    return drop_link_lines(text, headings), headings
+    return text, headings
 
 
 def clean_text(text: str) -> str:
-    """Trim trailing spaces and collapse runs of blank lines, which both extractors leave."""
+    """Trim trailing spaces and collapse runs of blank lines, which both extractors leave; non-breaking and the
+    other Unicode spaces become plain ones (tokenizers, dedup and the line rules all split on " ")."""
+    if not text.isascii():
+        text = _UNICODE_SPACE.sub(" ", text)
     lines = [line.rstrip() for line in text.strip().splitlines()]
     out: list[str] = []
     for line in lines:
@@ -237,10 +286,14 @@ def extract_page(html: str, options: dict[str, Any], seen: object = True) -> tup
     if options.get("check_depth") and nesting_depth(html) > options["max_depth"]:
         html = flatten_deep(html, options["max_depth"])
         events.append("guarded")
-    raw, headings = resiliparse_main(html)
-    text = clean_text(raw)
-    if options["trim_boilerplate"]:
-        text = trim_boilerplate(text, keep=headings, title=page_title(html))
+    if options["trim_boilerplate"] and options.get("boundary", "model") == "model":
+        marked, headings = resiliparse_marked(html)
+        text = clean_text(article_lines(link_lines(marked, headings), headings, page_title(html)))
+    else:
+        raw, headings = resiliparse_main(html)
+        text = clean_text(raw)
+        if options["trim_boilerplate"]:
+            text = trim_boilerplate(text, keep=headings, title=page_title(html))
     if options.get("cascade") and looks_wrong(text):
         events.append("cascade")
         # Without trafilatura's cross-page dedup: a page's text must not depend on which pages went before.

@@ -2,7 +2,8 @@
 
 resiliparse spends its time in C code that no signal can interrupt, so a limit inside the worker
 process is not hard. Each `extract` step keeps one child (`python filters/extract_methods.py`, which
-imports only resiliparse until trafilatura is needed) and sends it one page at a time over a pipe;
+imports only resiliparse until trafilatura is needed), started with the first risky page, and sends it
+those pages one at a time over a pipe;
 the round trip costs tens of microseconds against milliseconds of extraction. When a page takes longer
 than the limit, or the child dies (a crash in C code), the child is killed, the page is reported,
 and the next page starts a fresh child. A child whose parent dies exits at its next read.

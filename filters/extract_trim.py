@@ -1,8 +1,10 @@
 """The edge trim: which lines of the extracted text are the article, and which are the page around it.
 
 resiliparse's main-content pass keeps menus, share bars, footers, cookie notices, dates and bylines at the
-edges of the text; `trim_boilerplate` cuts them by how the lines read. Standard library only, as the extraction
-child process imports it (`filters/extract_methods.py`).
+edges of the text; `trim_boilerplate` cuts them by how the lines read. With `boundary: model` (the default)
+the trim's verdict and its line predicates are features of the learned boundary (`filters/extract_boundary.py`),
+which decides; with `boundary: rules` the trim decides alone. Standard library only, as the extraction child
+process imports it (`filters/extract_methods.py`).
 """
 
 from __future__ import annotations
@@ -33,9 +35,10 @@ _MONTHS = "|".join("""
 _MONTH = rf"(?:{_MONTHS})\.?(?!\w)"
 _DATE = re.compile(r"\b\d{1,2}\.\s?\d{1,2}\.\s?\d{2,4}\b|\b\d{4}-\d{2}-\d{2}\b|\b\d{1,2}/\d{1,2}/\d{2,4}\b|"
                    rf"\b\d{{1,2}}:\d{{2}}\b|\b{_MONTH}\s*\d{{1,4}}\b|\b\d{{1,2}}\.?\s+(?:de\s+)?{_MONTH}", re.I)
-# "By"/"Von" open a byline only before a capital ("Von der Leyen will ..." is a subtitle).
+# "By"/"Von" open a byline only before a capital ("Von der Leyen will ..." is a subtitle); a credit may stand in
+# brackets ("(Foto: dpa)").
 _BYLINE = re.compile(r"(?i:by|von|par|por|przez)\s+[A-ZÀ-ÞĄĆĘŁŃÓŚŹŻ]|(?i:autor|author|posted|published|veröffentlicht|"
-                     r"aktualisiert|updated|stand|erstellt|publié|publicado|opublikowano)\b|(?i:foto|fotos|bild|"
+                     r"aktualisiert|updated|stand|erstellt|publié|publicado|opublikowano)\b|[(\[]?\s*(?i:foto|fotos|bild|"
                      r"bildquelle|quelle|photo|image|credit|crédit|fuente|źródło|fot)\b\.?\s*:")
 # Reading-time notes ("Lesezeit: 3 Min.", "5 min read") are metadata too.
 _READING_TIME = re.compile(r"(?:lesezeit|lesedauer|reading time|read time|tempo de leitura|tiempo de lectura|"
@@ -91,17 +94,35 @@ MAX_AFTER_END_LABEL = 0.5
 MIN_TITLE_CHARS = 12
 _TITLE = re.compile(r"<title[^>]*>(.*?)</title", re.I | re.S)
 _OG_TITLE = re.compile(r"""<meta[^>]+property=["']og:title["'][^>]+content=["']([^"']*)""", re.I)
+# Chinese and Japanese are written without spaces: a word is about two characters, so each character of
+# theirs counts half a word, and weighs three in a line's length (200 letters of a spaced script hold about
+# as much as 67 Han characters). Thai, Lao, Khmer and Burmese words run about five characters.
+_CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff66-\uff9f]")
+_UNSPACED = re.compile(r"[\u0e00-\u0eff\u1000-\u109f\u1780-\u17ff]")
 _TERMINAL = (".", "!", "?", '"', "”", "“", "»", "«", "。", "！", "？", ":", ";", ")", "’", "'", "…")
 
 
+def word_count(line: str) -> int:
+    """Words in a line, in scripts with spaces and without (see _CJK)."""
+    words = len(line.split())
+    if line.isascii():
+        return words
+    return words + len(_CJK.findall(line)) // 2 + len(_UNSPACED.findall(line)) // 5
+
+
+def weighted_length(line: str) -> int:
+    """A line's length with each Chinese or Japanese character weighing three."""
+    return len(line) if line.isascii() else len(line) + 2 * len(_CJK.findall(line))
+
+
 def _is_prose(line: str, min_words: int) -> bool:
-    return len(line) >= 200 or (len(line.split()) >= min_words and line.rstrip().endswith(_TERMINAL))
+    return weighted_length(line) >= 200 or (word_count(line) >= min_words and line.rstrip().endswith(_TERMINAL))
 
 
 def _is_sentence(line: str) -> bool:
     """Three words or more ending in a full stop, a question or an exclamation mark ("On May 3 it rained.")."""
     stripped = line.rstrip()
-    return stripped.endswith((".", "!", "?")) and len(stripped.split()) >= 3
+    return stripped.endswith((".", "!", "?", "。", "！", "？")) and word_count(stripped) >= 3
 
 
 def is_furniture(line: str) -> bool:
@@ -137,7 +158,7 @@ def is_metadata(line: str) -> bool:
     """A short line with a date, a time or a reading time, one that opens like a byline or a photo credit, or
     one made of names only."""
     stripped = line.strip()
-    return len(stripped.split()) <= MAX_METADATA_WORDS and bool(
+    return word_count(stripped) <= MAX_METADATA_WORDS and bool(
         _BYLINE.match(stripped) or _DATE.search(stripped) or _READING_TIME.search(stripped) or is_names(stripped))
 
 
@@ -176,12 +197,19 @@ def trim_boilerplate(text: str, min_words: int = 8, keep: frozenset[str] = froze
     them under the lead paragraph as often as above it.
     """
     lines = text.splitlines()
+    kept = trim_kept(lines, min_words, keep, title)
+    return text if kept is None else "\n".join(lines[i] for i in kept).strip("\n")
+
+
+def trim_kept(lines: list[str], min_words: int = 8, keep: frozenset[str] = frozenset(),
+              title: str = "") -> list[int] | None:
+    """The indices of the lines `trim_boilerplate` keeps, or None where it finds no prose (it keeps all)."""
     furniture = [is_furniture(line) and line.strip() not in keep for line in lines]
     prose_like = [not furniture[i] and _is_prose(line, min_words) for i, line in enumerate(lines)]
     prose = [i for i, line in enumerate(lines) if prose_like[i] and line.strip() not in keep]
     prose = prose or [i for i, is_prose in enumerate(prose_like) if is_prose]  # a page of long headings only
     if not prose:
-        return text
+        return None
     first = prose[0]
     end = article_end(lines, prose, furniture, keep)
     start = article_start(lines, first, furniture, keep, title)
@@ -189,10 +217,9 @@ def trim_boilerplate(text: str, min_words: int = 8, keep: frozenset[str] = froze
     if len(prose) > 1 and prose[1] <= end and sum(
             1 for line in lines[first + 1 : prose[1]] if line.strip()) <= MAX_UNDER_LEAD_LINES:
         lead_end = prose[1]
-    head = [line for i, line in enumerate(lines[start:lead_end], start)
-            if line.strip() in keep or prose_like[i] or (i > first and _is_sentence(line)) or not is_metadata(line)]
-    body = [line for line in head + lines[lead_end : end + 1] if not is_chrome(line)]
-    return "\n".join(body).strip("\n")
+    head = [i for i in range(start, lead_end) if lines[i].strip() in keep or prose_like[i]
+            or (i > first and _is_sentence(lines[i])) or not is_metadata(lines[i])]
+    return [i for i in [*head, *range(lead_end, end + 1)] if not is_chrome(lines[i])]
 
 
 def article_end(lines: list[str], prose: list[int], furniture: list[bool], keep: frozenset[str]) -> int:
@@ -243,11 +270,11 @@ def _sentence_like(line: str, keep: frozenset[str]) -> bool:
     """Blank lines, headings of the page, list items, and lines of two words or more that end a sentence."""
     stripped = line.strip()
     return (not stripped or stripped in keep or stripped.startswith("•")
-            or (stripped.endswith(_TERMINAL) and len(stripped.split()) >= 2))
+            or (stripped.endswith(_TERMINAL) and word_count(stripped) >= 2))
 
 
 def _content_like(line: str, keep: frozenset[str]) -> bool:
     """Blank lines, headings of the page, and lines of two words or more or that end like a sentence."""
-    words = line.split()
-    return (not words or len(words) >= 2 or line.strip() in keep
+    words = len(line.split())  # a CJK menu item is one "word" here: a CJK sentence passes by its ending
+    return (not words or words >= 2 or line.strip() in keep
             or (line.rstrip().endswith(_TERMINAL) and len(line.strip()) > 3))

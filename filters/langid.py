@@ -14,15 +14,18 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import logging
 from functools import cache
 from pathlib import Path
 from typing import Literal
 
 import pyarrow as pa
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from filters.base import Doc, Filter, StepParams, pkg_version
 from filters.langid_codes import MEASURED_THRESHOLDS, canonical
+
+log = logging.getLogger("winnow.langid")
 
 
 def bundled_model_path() -> Path:
@@ -60,6 +63,19 @@ class LangIdParams(StepParams):
     model_path: str | None = None
     # fastText sees one line; the first few thousand characters decide as well as all of them.
     max_chars: int = 4000
+
+    @field_validator("languages", "thresholds", mode="before")
+    @classmethod
+    def _unquoted_no(cls, v: object, info: ValidationInfo) -> object:
+        # YAML 1.1 reads an unquoted `no` as false; no other language code turns into a bool.
+        if isinstance(v, list) and any(code is False for code in v):
+            v = ["no" if code is False else code for code in v]
+        elif isinstance(v, dict) and any(code is False for code in v):
+            v = {"no" if code is False else code: s for code, s in v.items()}
+        else:
+            return v
+        log.warning("langid.%s: read YAML's false as `no` (Norwegian); write it \"no\" to say so", info.field_name)
+        return v
 
     @field_validator("thresholds")
     @classmethod

@@ -37,12 +37,10 @@ from filters.base import Doc, StepParams
 from filters.html_encoding import decode_html, whatwg_codec
 from filters.warc_framing import MAX_HEAD, Framer, gzip_pieces, head_end, plain_pieces
 
-__all__ = ["READER_COLUMNS", "READER_MODULES", "WarcReaderParams", "clean_uri", "decode_html", "parse_warc_date",
+__all__ = ["READER_COLUMNS", "WarcReaderParams", "clean_uri", "decode_html", "parse_warc_date",
            "read_warc", "whatwg_codec"]
 log = logging.getLogger("winnow.warc")
 
-# The modules whose source decides what the reader writes (for stage fingerprints).
-READER_MODULES = ("filters.warc", "filters.warc_framing", "filters.html_encoding")
 _DATE = re.compile(r"(\d{4})-(\d{2})-(\d{2})(?:T(\d{2}):(\d{2}):(\d{2}))?")
 _CONTENT_TYPE = re.compile(rb"\ncontent-type:[ \t]*([^\r\n]*)", re.I)
 _HTTP_CHARSET = re.compile(r"""charset\s*=\s*["']?([^"';\s]+)""", re.I)

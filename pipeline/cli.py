@@ -208,8 +208,13 @@ def main(argv: list[str] | None = None) -> int:
     add_training(sub)
 
     args = parser.parse_args(argv)
+    from pipeline.jsonfile import RecordError
+
     try:
         return args.func(args)
+    except RecordError as exc:  # a damaged record in a run directory: the message names it
+        print(f"winnow: {exc}", file=sys.stderr)
+        return 2
     except BrokenPipeError:  # `winnow inspect ... | head` closed the pipe: not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0

@@ -1,40 +1,51 @@
 """Stage fingerprints: what decides whether a stage's finished shards can be reused.
 
 A fingerprint hashes the stage's resolved config, the fingerprint of the stage before it, the
-source of the code that runs it, and the versions of the libraries and models its steps use.
-Change any of these and the stage, and so every stage after it, is recomputed.
+source of the code that runs it (its modules and every first-party module they import: see
+pipeline.sources), and the versions of the libraries and models its steps use (model files by
+their digest). Change any of these and the stage, and so every stage after it, is recomputed.
 """
 
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 from importlib.metadata import version
-from pathlib import Path
+from typing import TYPE_CHECKING
 
-from pipeline.config import StageConfig
+from pipeline.sources import closure, module_file
+
+if TYPE_CHECKING:
+    from pipeline.config import StageConfig
 
 
-def _source_digest(module_names: list[str]) -> str:
+def source_digest(modules: list[str]) -> str:
+    """A digest of the source of `modules` and of every first-party module they import (pipeline.sources)."""
     h = hashlib.sha256()
-    for name in sorted(set(module_names)):
-        # Read the source file without importing it: a rerun that has nothing to do stays fast.
-        spec = importlib.util.find_spec(name)
-        h.update(name.encode())
-        h.update(Path(spec.origin).read_bytes())
+    for name in closure(tuple(sorted(set(modules)))):
+        h.update(name.encode() + b"\0")
+        h.update(module_file(name).read_bytes())
     return h.hexdigest()[:16]
+
+
+def stage_modules(stage: StageConfig) -> list[str]:
+    """The modules a stage runs: its kind's module, the reader's for the first stage, and what the kind adds
+    from its config (a map stage's step classes, say). Their imports are followed by source_digest."""
+    from pipeline.kinds import KINDS
+
+    kind = KINDS[stage.kind]
+    modules = [type(kind).__module__, *kind.fingerprint_parts(stage)[0]]
+    if getattr(stage, "reader", None) is not None:
+        modules.append("filters.warc")
+    return modules
 
 
 def stage_fingerprint(stage: StageConfig, previous: str, inputs: list[str] | None = None) -> str:
     from pipeline.kinds import KINDS
 
-    modules, kind_versions = KINDS[stage.kind].fingerprint_parts(stage)
+    kind_versions = KINDS[stage.kind].fingerprint_parts(stage)[1]
     versions: dict[str, dict[str, str]] = {"winnow": {"version": version("winnow")}}
-    if stage.reader is not None:
-        from filters.warc import READER_MODULES
-
-        modules += READER_MODULES
+    if getattr(stage, "reader", None) is not None:
         versions["reader"] = {"resiliparse": version("resiliparse"), "faust-cchardet": version("faust-cchardet")}
     versions |= kind_versions
     payload = {
@@ -42,7 +53,7 @@ def stage_fingerprint(stage: StageConfig, previous: str, inputs: list[str] | Non
         "stage": stage.model_dump(mode="json", exclude={"resources", "max_retries", "actors"}),
         "previous": previous,
         "inputs": inputs,
-        "code": _source_digest(modules),
+        "code": source_digest(stage_modules(stage)),
         "versions": versions,
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:20]

@@ -24,6 +24,8 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
 from pipeline.report.collect import dataset, read_rows, readable_counts, smallest_keys
+from pipeline.rundir import RunDir
+from pipeline.stagedir import REJECTED
 
 PLACEHOLDER = re.compile(r"<[A-Z]+_\d+>")  # what the PII step leaves in the text
 RED, YELLOW, CYAN, DIM, BOLD, RESET = "\033[31m", "\033[33m", "\033[36m", "\033[2m", "\033[1m", "\033[0m"
@@ -50,16 +52,16 @@ def source_files(path: str, query: Query) -> list[str]:
     dropped = query.dropped or query.reason is not None
     if not (p / "run.yaml").exists():  # a plain directory of Parquet files
         return sorted(str(f) for f in p.rglob("*.parquet"))
+    rundir = RunDir(path)
     if query.stage is None:
-        pattern = "stages/*/rejected/part-*.parquet" if dropped else "output/part-*.parquet"
-        return sorted(str(f) for f in p.glob(pattern))
-    all_stages = sorted(d for d in (p / "stages").glob("*_*") if d.is_dir())
-    stages = [d for d in all_stages if d.name.split("_", 1)[1] == query.stage]
+        if dropped:
+            return sorted(f for stage in rundir.stages() for f in stage.parts(REJECTED))
+        return sorted(str(f) for f in Path(rundir.output).glob("part-*.parquet"))
+    stages = [stage for stage in rundir.stages() if stage.name == query.stage]
     if not stages:
-        known = ", ".join(d.name.split("_", 1)[1] for d in all_stages)
+        known = ", ".join(stage.name for stage in rundir.stages())
         raise FileNotFoundError(f"no stage {query.stage!r} in {path} (stages: {known})")
-    folder = stages[0] / "rejected" if dropped else stages[0]
-    return sorted(str(f) for f in folder.glob("part-*.parquet"))
+    return stages[0].parts(REJECTED if dropped else "")
 
 
 def expression(query: Query, schema: pa.Schema) -> ds.Expression | None:
@@ -188,16 +190,14 @@ def inspect_documents(path: str, query: Query | None = None, n: int = 5, as_json
     return 0 if total else 1
 
 
-def _dedup_dirs(run_dir: str) -> list[Path]:
-    return sorted(p.parent for p in Path(run_dir).glob("stages/*/_dedup.json"))
-
-
 def cluster_members(run_dir: str, cluster: str) -> list[dict]:
     """Every member of a duplicate cluster, kept one first; `largest` picks the biggest cluster."""
     import pyarrow.compute as pc
 
-    for stage_dir in _dedup_dirs(run_dir):
-        files = [str(f) for f in stage_dir.rglob("part-*.parquet")]
+    for stage in RunDir(run_dir).stages():
+        if not stage.fs.exists(stage.file("_dedup.json")):  # not a dedup stage
+            continue
+        files = stage.parts() + stage.parts(REJECTED)
         if not files:
             continue
         data = dataset(files)  # rejected files add columns: the schemas are unified

@@ -1,13 +1,35 @@
-"""Small JSON records on any fsspec filesystem: written atomically, read leniently."""
+"""Small JSON records on any fsspec filesystem: written atomically, read honestly.
+
+Reading a record has three outcomes, and callers need to tell them apart: there is no record (None),
+there is one (its value), or there is something at the path that is not a record (RecordError, naming
+the path). A record being rewritten while it is read is none of these: the read is tried again. On
+object storage that happens when a writer replaces the object between the reader's metadata request
+and its GET (s3fs raises FileExpired, an OSError); taking it for a missing record once made the lock
+code delete a live run's lock.
+"""
 
 from __future__ import annotations
 
+import errno
 import json
-from typing import Any
+import logging
+import time
+from typing import Any, Literal
 
 import fsspec
 
 from pipeline.storage import write_bytes
+
+log = logging.getLogger("winnow.records")
+
+# A rewrite is over in milliseconds: 5 tries over about 0.75 s outlast one.
+ATTEMPTS = 5
+BACKOFF_S = 0.05
+
+
+class RecordError(ValueError):
+    """Something at a record's path that is not a JSON record (Winnow writes records whole, so it was
+    damaged or written by something else); the message names the path."""
 
 
 def write_json(fs: fsspec.AbstractFileSystem, path: str, data: Any) -> None:
@@ -23,10 +45,44 @@ def write_json(fs: fsspec.AbstractFileSystem, path: str, data: Any) -> None:
         raise
 
 
-def read_json(fs: fsspec.AbstractFileSystem, path: str) -> Any | None:
-    """The record at `path`, or None when it is missing or unreadable."""
-    try:
-        with fs.open(path) as f:
-            return json.load(f)
-    except (OSError, json.JSONDecodeError):
-        return None
+def read_json(fs: fsspec.AbstractFileSystem, path: str, damaged: Literal["raise", "missing"] = "raise") -> Any | None:
+    """The record at `path`, or None when there is none.
+
+    A record rewritten while it is read is read again. What is still not JSON after that raises
+    RecordError, or, with `damaged="missing"` (for a caller that rewrites such a record, as a shard's
+    completion record is rewritten when the shard is recomputed), is logged and taken as no record. Any
+    other failure to read (a network error, a permission) raises OSError: it is never taken for a
+    missing record."""
+    for attempt in range(ATTEMPTS):
+        last = attempt == ATTEMPTS - 1
+        try:
+            # One GET for the whole object: an object store returns one version of it, whole.
+            data = fs.cat_file(path)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            if last or not rewritten_while_read(exc):
+                raise
+        else:
+            try:
+                return json.loads(data)
+            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+                # Only a filesystem without atomic replacement shows half a record; after the retries
+                # it is no record at all.
+                if last:
+                    problem = (f"{path}: not a JSON record ({exc}); Winnow writes its records whole, so it was "
+                               "damaged or written by something else")
+                    if damaged == "missing":
+                        log.warning("%s; taken as missing, to be written again", problem)
+                        return None
+                    raise RecordError(f"{problem}: delete it or restore it") from None
+        time.sleep(BACKOFF_S * 2**attempt)
+    raise AssertionError("unreachable")
+
+
+def rewritten_while_read(exc: OSError) -> bool:
+    """Whether a read failed because the object changed under it (s3fs's FileExpired, or the store's
+    answer to an If-Match that no longer holds), not because it cannot be read."""
+    if type(exc).__name__ == "FileExpired" or exc.errno == errno.EBUSY:
+        return True
+    return exc.errno == errno.EINVAL and "pre-condition" in str(exc).lower()

@@ -1,5 +1,8 @@
 """The run directory: every path Winnow writes, who owns it, and the lock that keeps one run in it.
 
+Paths inside a stage directory, and the protocol that reads and writes them, belong to
+`pipeline/stagedir.py`; `RunDir.stage` hands out a stage's `StageDir`.
+
 Winnow deletes only what it wrote. A directory becomes a run directory when `winnow run` claims
 it: it must be new, empty, or already a run (it holds `_winnow.json`, or the `run.yaml` and
 `manifest.json` of a run made before the marker existed). Inside it, stage directories carry
@@ -22,7 +25,9 @@ from typing import Any
 
 import fsspec
 
-from pipeline.jsonfile import read_json, write_json
+from pipeline.jsonfile import RecordError, read_json, write_json
+from pipeline.stagedir import MARKER as STAGE_MARKER
+from pipeline.stagedir import StageDir
 from pipeline.storage import is_local
 
 log = logging.getLogger("winnow.run")
@@ -53,6 +58,7 @@ class RunDir:
         self.local = is_local(self.fs)
         self._lock_handle: Any = None
         self._lock_info: dict[str, Any] | None = None
+        self._lock_lost: str | None = None  # set by the heartbeat when another run holds the lock
 
     # -- paths -----------------------------------------------------------------------------------
     def path(self, *parts: str) -> str:
@@ -80,7 +86,8 @@ class RunDir:
 
     def task_log(self, stage_dir: str, shard: str) -> str:
         """`logs/<NN_stage>/<shard>.log`: a shard task's own log lines, kept if the task dies. Only for
-        local run directories, where a task can append as it goes; "" elsewhere."""
+        local run directories, where a task can append as it goes; "" elsewhere. `stage_dir` is the stage
+        directory's path or its name (`<NN>_<stage>`)."""
         if not self.local:
             return ""
         return self.path("logs", stage_dir.rstrip("/").rsplit("/", 1)[-1], f"{shard}.log")
@@ -100,13 +107,9 @@ class RunDir:
     def stage_dir(self, index: int, name: str) -> str:
         return self.path("stages", f"{index:02d}_{name}")
 
-    @staticmethod
-    def done_dir(stage_dir: str) -> str:
-        return f"{stage_dir}/_done"
-
-    @staticmethod
-    def stage_marker(stage_dir: str) -> str:
-        return f"{stage_dir}/_stage.json"
+    def stage(self, index: int, name: str, folders: tuple[str, ...] = ()) -> StageDir:
+        """Stage `index` (`name`), whose kind writes `folders` beside its documents (StageKind.folders)."""
+        return StageDir(self.url(self.stage_dir(index, name)), name, folders)
 
     # -- ownership -------------------------------------------------------------------------------
     def is_run(self) -> bool:
@@ -136,7 +139,12 @@ class RunDir:
 
     def owned_stage_dirs(self) -> list[str]:
         """Stage directories Winnow made (they hold `_stage.json`); anything else in stages/ is left alone."""
-        return [p for p in self.fs.glob(self.path("stages", "*")) if self.fs.exists(self.stage_marker(p))]
+        return [p for p in self.fs.glob(self.path("stages", "*")) if self.fs.exists(f"{p}/{STAGE_MARKER}")]
+
+    def stages(self) -> list[StageDir]:
+        """The stage directories Winnow made, in stage order, for readers (status, inspect, report); they
+        name no kind folders, which only the shard protocol needs."""
+        return [StageDir(self.url(p), p.rsplit("/", 1)[-1].split("_", 1)[-1]) for p in sorted(self.owned_stage_dirs())]
 
     # -- the lock --------------------------------------------------------------------------------
     def lock(self) -> None:
@@ -170,26 +178,47 @@ class RunDir:
         """An advisory lock record, `.winnow.lock`, created only if absent (a conditional PUT, If-None-Match,
         where the store has one, so two runs starting together cannot both win) and refreshed by a
         heartbeat every HEARTBEAT_S while the run lasts. A record whose heartbeat is older than STALE_S, or
-        whose process on this host has died, belongs to a crashed run: it is taken over."""
+        whose process on this host has died, belongs to a crashed run: it is taken over. A record that
+        cannot be read counts as held: only a record read whole and found stale is ever deleted."""
         info = info | {"token": uuid.uuid4().hex, "heartbeat": time.time()}
         for _ in range(3):
             if self._create_lock(info):
                 break
-            holder = read_json(self.fs, self.path(LOCK))
-            if holder is not None and _alive(holder):
+            holder = self._read_lock()
+            if holder is None:
+                continue  # released between our PUT and our read: try to create it again
+            if _alive(holder):
                 raise RunDirError(self._busy_message(holder))
+            # Delete it only while it is still the record judged stale: a taker that came first may have
+            # replaced it already. (Two takers that still race are told apart by the heartbeat, which
+            # stops the run that lost the record.)
+            if self._read_lock() != holder:
+                continue
             log.warning("output_dir %s: taking over the lock of a run that stopped (%s)", self.given,
-                        _holder(holder or {}))
+                        _holder(holder))
             try:
                 self.fs.rm(self.path(LOCK))
             except FileNotFoundError:
                 pass
         else:
-            raise RunDirError(self._busy_message(read_json(self.fs, self.path(LOCK)) or {}))
+            raise RunDirError(self._busy_message(self._read_lock() or {}))
         self._lock_info = info
+        self._lock_lost = None
         self._heartbeat_stop = threading.Event()
         self._heartbeat = threading.Thread(target=self._beat, name="winnow-lock-heartbeat", daemon=True)
         self._heartbeat.start()
+
+    def _read_lock(self) -> dict[str, Any] | None:
+        """The lock record on object storage, None only when there is none. One that cannot be read as a
+        record is reported as held by an unknown run (so it is neither taken over nor deleted)."""
+        try:
+            holder = read_json(self.fs, self.path(LOCK))
+        except RecordError as exc:
+            log.warning("output_dir %s: the lock record cannot be read (%s); taking it as held", self.given, exc)
+            return {"unreadable": True, "heartbeat": time.time()}
+        if holder is not None and not isinstance(holder, dict):
+            return {"unreadable": True, "heartbeat": time.time()}
+        return holder
 
     def _create_lock(self, info: dict[str, Any]) -> bool:
         data = json.dumps(info, indent=1, sort_keys=True).encode()
@@ -208,16 +237,34 @@ class RunDir:
     def _beat(self) -> None:
         while not self._heartbeat_stop.wait(HEARTBEAT_S):
             try:
-                holder = read_json(self.fs, self.path(LOCK)) or {}
-                if holder.get("token") != self._lock_info["token"]:
-                    log.warning("output_dir %s: another run took over the lock (%s)", self.given, _holder(holder))
-                    return
+                holder = self._read_lock()
+            except Exception as exc:  # noqa: BLE001 - a missed beat is retried; STALE_S allows many
+                log.warning("output_dir %s: could not read the lock to refresh it: %r", self.given, exc)
+                continue
+            if (holder or {}).get("token") != self._lock_info["token"]:
+                # Another run holds the directory now: this one must stop writing there (check_lock).
+                self._lock_lost = (f"output_dir {self.given}: this run lost its lock to another `winnow run` "
+                                   f"({_holder(holder) if holder else 'the lock record was deleted'}); it "
+                                   "stopped so that two runs never write the same directory. Check that "
+                                   "only one run uses it, then run again to resume")
+                log.error("%s", self._lock_lost)
+                return
+            try:
                 self._lock_info["heartbeat"] = time.time()
                 write_json(self.fs, self.path(LOCK), self._lock_info)
             except Exception as exc:  # noqa: BLE001 - a missed beat is retried; STALE_S allows many
                 log.warning("output_dir %s: could not refresh the lock: %r", self.given, exc)
 
+    def check_lock(self) -> None:
+        """Raise RunDirError if the heartbeat found that another run holds this directory now. The runner
+        calls it between shards; a run that never checks is stopped by `unlock` at its end."""
+        lost, self._lock_lost = self._lock_lost, None
+        if lost is not None:
+            raise RunDirError(lost)
+
     def unlock(self) -> None:
+        """Release the lock; on object storage, delete the record only if it is still this run's.
+        Raises RunDirError when the run had lost it (so that the run ends with an error, not a success)."""
         if self._lock_handle is not None:
             self._lock_handle.close()
             self._lock_handle = None
@@ -225,16 +272,19 @@ class RunDir:
             self._heartbeat_stop.set()
             self._heartbeat.join()
             try:
-                if (read_json(self.fs, self.path(LOCK)) or {}).get("token") == self._lock_info["token"]:
+                if (self._read_lock() or {}).get("token") == self._lock_info["token"]:
                     self.fs.rm(self.path(LOCK))
-            except OSError:
-                pass
+            except OSError as exc:
+                log.warning("output_dir %s: could not release the lock (%r); the next run takes it over once "
+                            "its heartbeat is %d s old", self.given, exc, STALE_S)
             self._lock_info = None
+            self.check_lock()
 
     def in_use(self) -> bool:
-        """Whether a live `winnow run` holds this directory now (on object storage: a fresh lock record)."""
+        """Whether a live `winnow run` holds this directory now (on object storage: a fresh lock record,
+        or one that cannot be read)."""
         if not self.local:
-            holder = read_json(self.fs, self.path(LOCK))
+            holder = self._read_lock()
             return holder is not None and _alive(holder)
         if not os.path.exists(self.path(LOCK)):
             return False
@@ -248,6 +298,9 @@ class RunDir:
         return False
 
     def _busy_message(self, holder: dict[str, Any]) -> str:
+        if holder.get("unreadable"):
+            return (f"output_dir {self.given}: its lock record {LOCK} is there but cannot be read, so another "
+                    f"`winnow run` may be using it; if none is, delete {self.url(self.path(LOCK))} and run again")
         who = _holder(holder)
         return (f"output_dir {self.given}: another `winnow run` is using it ({who}); wait for it to finish, "
                 "or stop it, then run again")

@@ -27,12 +27,13 @@ import yaml
 
 from pipeline.config import ConfigError, RunConfig, StageConfig
 from pipeline.fingerprint import set_digest, stage_fingerprint
-from pipeline.jsonfile import read_json, write_json
+from pipeline.jsonfile import write_json
 from pipeline.kinds import KINDS, StageContext
 from pipeline.raycluster import RayConnection
 from pipeline.rundir import RunDir, url_prefix
-from pipeline.stage import clear_shard
+from pipeline.stagedir import merge_counts
 from pipeline.storage import write_bytes
+from pipeline.stream import Segment
 
 log = logging.getLogger("winnow.run")
 
@@ -93,6 +94,7 @@ class Runner:
             shard_inputs = {f"{k:05d}": url for k, url in enumerate(inputs)}
             input_ids = {f"{k:05d}": identity for k, identity in enumerate(inputs.values())}
             for segment in self.segments():
+                self.rundir.check_lock()
                 plan = []
                 for index in segment:
                     stage = self.cfg.stages[index]
@@ -123,8 +125,10 @@ class Runner:
                 self._close_log(log_handler)
             self.rundir.unlock()
 
-    def stage_dir(self, index: int, stage: StageConfig) -> str:
-        return self.rundir.stage_dir(index, stage.name)
+    def context(self, index: int, stage: StageConfig, fingerprint: str) -> StageContext:
+        """Stage `index` as its kind sees it: its StageDir and fingerprint; shards come later."""
+        stagedir = self.rundir.stage(index, stage.name, KINDS[stage.kind].folders)
+        return StageContext(self.rundir, index, stage, stagedir, fingerprint, {}, {}, ensure_ray=self.ray.ensure)
 
     def segments(self) -> list[list[int]]:
         """Stage indexes, grouped into the runs of per-shard stages that stream into each other
@@ -142,9 +146,8 @@ class Runner:
 
     def run_segment(self, plan: list[tuple[int, StageConfig, str]], inputs: dict[str, str],
                     input_ids: dict[str, str]) -> list[tuple[dict[str, Any], StageContext]]:
-        from pipeline.stream import Segment
-
-        levels = Segment(self, plan, expected_shards=len(inputs)).run(inputs, input_ids)
+        contexts = [self.context(*step) for step in plan]
+        levels = Segment(contexts, self.ray, len(inputs), self.rundir.check_lock).run(inputs, input_ids)
         return [(self._summary(level.ctx, level.reused, level.failures, level.wall_s), level.ctx) for level in levels]
 
     def run_global_stage(self, index: int, stage: StageConfig, fingerprint: str, inputs: dict[str, str],
@@ -156,14 +159,12 @@ class Runner:
         # and everything after it.
         whole = set_digest(input_ids)
         fingerprint = stage_fingerprint(stage, fingerprint, [whole])
-        input_ids = dict.fromkeys(input_ids, whole)
-        stage_dir = self.stage_dir(index, stage)
-        ctx = StageContext(self.rundir, index, stage, stage_dir, fingerprint, inputs, input_ids,
-                           ensure_ray=self.ray.ensure)
-        self.reset_if_changed(stage_dir, stage, fingerprint)
-        ctx.done = {shard: record for shard, record in done_records(self.fs, stage_dir, fingerprint).items()
-                    if shard in inputs and reusable(record, inputs[shard], whole)}
-        self.remove_stale_shards(stage_dir, inputs)
+        ctx = self.context(index, stage, fingerprint)
+        ctx.shards, ctx.input_ids = dict(inputs), dict.fromkeys(input_ids, whole)
+        found = ctx.stagedir.prepare(fingerprint, stage.model_dump(mode="json"))
+        ctx.done = {shard: record for shard, record in found.items()
+                    if shard in inputs and ctx.stagedir.reusable(record, inputs[shard], whole)}
+        ctx.stagedir.remove_stale(inputs)
         pending = [s for s in inputs if s not in ctx.done]
         reused = len(ctx.done)
         failures: list[dict[str, str]] = []
@@ -176,8 +177,7 @@ class Runner:
 
     def _summary(self, ctx: StageContext, reused: int, failures: list[dict[str, str]],
                  wall_s: float) -> dict[str, Any]:
-        summary = summarize(ctx.stage, ctx.stage_dir, ctx.fingerprint, ctx.shards, ctx.done, reused,
-                            failures) | ctx.notes
+        summary = summarize(ctx, reused, failures) | ctx.notes
         KINDS[ctx.stage.kind].summarize(ctx, summary)
         summary["wall_s"] = round(wall_s, 3)
         return summary
@@ -212,26 +212,9 @@ class Runner:
         except OSError as exc:
             log.warning("could not write the run's log to %s: %r", self.url(path), exc)
 
-    def reset_if_changed(self, stage_dir: str, stage: StageConfig, fingerprint: str) -> None:
-        marker = self.rundir.stage_marker(stage_dir)
-        if self.fs.exists(marker):
-            if (read_json(self.fs, marker) or {}).get("fingerprint") == fingerprint:
-                return
-            log.info("stage %s changed: recomputing it", stage.name)
-            self.fs.rm(stage_dir, recursive=True)
-        self.fs.makedirs(self.rundir.done_dir(stage_dir), exist_ok=True)
-        write_json(self.fs, marker, {"name": stage.name, "fingerprint": fingerprint,
-                                     "config": stage.model_dump(mode="json")})
-
-    def remove_stale_shards(self, stage_dir: str, shards: dict[str, str]) -> None:
-        for record in self.fs.glob(f"{self.rundir.done_dir(stage_dir)}/*.json"):
-            shard = record.rsplit("/", 1)[-1].removesuffix(".json")
-            if shard not in shards:
-                clear_shard(self.fs, stage_dir, shard)
-
     def _remove_unknown_stage_dirs(self) -> None:
         """Stage directories of stages no longer in the config; only Winnow's own (with `_stage.json`)."""
-        wanted = {self.stage_dir(i, s) for i, s in enumerate(self.cfg.stages)}
+        wanted = {self.rundir.stage_dir(i, s.name) for i, s in enumerate(self.cfg.stages)}
         for path in self.rundir.owned_stage_dirs():
             if path not in wanted:
                 self.fs.rm(path, recursive=True)
@@ -289,64 +272,33 @@ def code_version() -> str:
     return commit + ("+dirty" if dirty else "")
 
 
-def done_records(fs: fsspec.AbstractFileSystem, stage_dir: str, fingerprint: str) -> dict[str, dict[str, Any]]:
-    """Completion records of this fingerprint whose files are all there, by shard. A record is reused
-    only while it also names the shard's current input and that input's identity."""
-    done = {}
-    paths = fs.glob(f"{stage_dir}/_done/*.json")
-    existing = set(fs.glob(f"{stage_dir}/part-*.parquet")) | set(fs.glob(f"{stage_dir}/rejected/part-*.parquet"))
-    for path in paths:
-        shard = path.rsplit("/", 1)[-1].removesuffix(".json")
-        record = read_json(fs, path)
-        if record is None or record.get("fingerprint") != fingerprint:
-            continue
-        files = ([f"{stage_dir}/{n}" for n in record["outputs"]] +
-                 [f"{stage_dir}/rejected/{n}" for n in record["rejected"]])
-        if all(p in existing for p in files) and all(fs.exists(f"{stage_dir}/{f}") for f in record.get("files", [])):
-            done[shard] = record
-    return done
+def summarize(ctx: StageContext, reused: int, failures: list[dict[str, str]]) -> dict[str, Any]:
+    """A stage's manifest entry, from the records of its done shards. `cpu_s` is what its shard tasks
+    spent, their child processes included (`child_cpu_s` of it)."""
+    done = ctx.done
 
-
-def reusable(record: dict[str, Any], input_url: str, input_id: str) -> bool:
-    """Whether a completion record (from done_records) still holds for this shard's input."""
-    return record.get("input") == input_url and record.get("input_id") == input_id
-
-
-def summarize(stage: StageConfig, stage_dir: str, fingerprint: str, shards: dict[str, str],
-              done: dict[str, dict[str, Any]], reused: int, failures: list[dict[str, str]]) -> dict[str, Any]:
     def total(key: str) -> int | float:
         return sum(r.get(key, 0) for r in done.values())
 
-    def merged(key: str) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for record in done.values():
-            for name, value in record.get(key, {}).items():
-                if isinstance(value, dict):
-                    bucket = out.setdefault(name, {})
-                    for k, v in value.items():
-                        bucket[k] = bucket.get(k, 0) + v
-                else:
-                    out[name] = out.get(name, 0) + value
-        return dict(sorted(out.items()))
-
-    status = "done" if len(done) == len(shards) else ("failed" if failures else "pending")
+    status = "done" if len(done) == len(ctx.shards) else ("failed" if failures else "pending")
     return {
-        "name": stage.name,
-        "kind": stage.kind,
-        "dir": stage_dir.rsplit("/", 2)[-2] + "/" + stage_dir.rsplit("/", 1)[-1],
-        "fingerprint": fingerprint,
+        "name": ctx.stage.name,
+        "kind": ctx.stage.kind,
+        "dir": f"stages/{ctx.stagedir.dirname}",
+        "fingerprint": ctx.fingerprint,
         "status": status,
-        "shards": {"total": len(shards), "done": len(done), "reused": reused,
+        "shards": {"total": len(ctx.shards), "done": len(done), "reused": reused,
                    "computed": len(done) - reused, "failed": len(failures)},
         "rows_in": total("rows_in"),
         "rows_out": total("rows_out"),
         "rows_rejected": total("rows_rejected"),
         "chars_out": total("chars_out"),
         "chars_rejected": total("chars_rejected"),
-        "drop_reasons": merged("drop_reasons"),
-        "reader": merged("reader"),
-        "steps": merged("steps"),
+        "drop_reasons": merge_counts(r.get("drop_reasons", {}) for r in done.values()),
+        "reader": merge_counts(r.get("reader", {}) for r in done.values()),
+        "steps": merge_counts(r.get("steps", {}) for r in done.values()),
         "cpu_s": round(total("cpu_s"), 3),
+        "child_cpu_s": round(total("child_cpu_s"), 3),
         "shard_wall_s": round(total("wall_s"), 3),
         "errors": failures,
     }

@@ -1,9 +1,8 @@
-"""One shard of one map stage: read, run the step chain batch by batch, write, record.
+"""One shard of one map stage: read, run the step chain batch by batch, write, return the record.
 
-This is the body of a Ray task. It streams: at most one batch of documents plus one row group
-per writer is in memory, whatever the size of the shard. It is idempotent: it first removes
-whatever an earlier, killed attempt left for its shard, and the completion record, written
-last, is what marks the shard done.
+This is the compute of a shard task (`StageDir.run`, which clears what an earlier attempt left
+before it and writes the returned completion record after it). It streams: at most one batch of
+documents plus one row group per writer is in memory, whatever the size of the shard.
 """
 
 from __future__ import annotations
@@ -11,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -26,10 +24,10 @@ import pyarrow.parquet as pq
 
 from filters import STEPS, Doc, Step
 from filters.warc import READER_COLUMNS, WarcReaderParams, read_warc
-from pipeline.config import WriterConfig
-from pipeline.jsonfile import write_json
 from pipeline.parquet_io import ShardWriter, iter_parquet, writer_for
 from pipeline.schema import DOC_COLUMNS
+from pipeline.stagedir import REJECTED, StageDir, node_id
+from pipeline.writer_params import WriterConfig
 
 log = logging.getLogger("winnow.stage")
 
@@ -38,7 +36,7 @@ log = logging.getLogger("winnow.stage")
 class ShardJob:
     stage_name: str
     stage_json: str  # the stage's resolved config, as JSON (hashable, cheap to ship)
-    stage_dir: str
+    stagedir: StageDir
     shard: str
     input_path: str
     first_stage: bool
@@ -107,13 +105,6 @@ def _live_after(batches: Iterator[list[Doc]], steps: list[Step]) -> Iterator[lis
         yield [d for d in batch if d.get("drop_reason") is None]
 
 
-def clear_shard(fs: fsspec.AbstractFileSystem, stage_dir: str, shard: str) -> None:
-    for pattern in (f"{stage_dir}/part-{shard}-*", f"{stage_dir}/rejected/part-{shard}-*",
-                    f"{stage_dir}/_done/{shard}.json"):
-        for path in fs.glob(pattern):
-            fs.rm(path)
-
-
 class TaskLogHandler(logging.FileHandler):
     """A task's log file, best effort: when the disk cannot take a line (it is full, as the task is about to
     report), the handler falls silent instead of printing logging's own traceback."""
@@ -151,7 +142,8 @@ def shard_log(path: str, shard: str, input_path: str) -> Iterator[None]:
         handler.close()
 
 
-def run_shard(job: ShardJob) -> dict[str, Any]:
+def map_shard(job: ShardJob) -> dict[str, Any]:
+    """Compute one shard of a map stage; return its completion record."""
     collector = MessageCollector()
     logger = logging.getLogger("winnow")
     logger.addHandler(collector)
@@ -163,11 +155,8 @@ def run_shard(job: ShardJob) -> dict[str, Any]:
 
 
 def _run_shard(job: ShardJob, collector: MessageCollector) -> dict[str, Any]:
-    wall0, cpu0 = time.perf_counter(), time.process_time()
     stage = json.loads(job.stage_json)
-    fs, stage_dir = fsspec.core.url_to_fs(job.stage_dir)
-    clear_shard(fs, stage_dir, job.shard)
-    fs.makedirs(f"{stage_dir}/rejected", exist_ok=True)
+    stagedir = job.stagedir
     steps = build_steps(job.stage_json)
     for step in steps:
         step.start_shard()
@@ -181,28 +170,23 @@ def _run_shard(job: ShardJob, collector: MessageCollector) -> dict[str, Any]:
 
     columns = stage_columns(job, steps)
     writer_cfg = WriterConfig(**stage["writer"])
-    kept_writer = writer_for(fs, f"{stage_dir}/part-{job.shard}", columns, False, writer_cfg)
-    rejected_writer = writer_for(fs, f"{stage_dir}/rejected/part-{job.shard}", columns, True, writer_cfg)
+    kept_writer = writer_for(stagedir.fs, stagedir.part(job.shard), columns, False, writer_cfg)
+    rejected_writer = writer_for(stagedir.fs, stagedir.part(job.shard, REJECTED), columns, True, writer_cfg)
     try:
-        return _stream(job, batches, steps, (kept_writer, rejected_writer), reader_stats, collector, (wall0, cpu0))
+        return _stream(job, batches, steps, (kept_writer, rejected_writer), reader_stats, collector)
     except BaseException as exc:
         # Leave nothing half-written behind (a full disk, a killed task): the shard is simply not done.
         kept_writer.abort()
         rejected_writer.abort()
-        try:
-            clear_shard(fs, stage_dir, job.shard)
-        except OSError:
-            pass
         if isinstance(exc, OSError):
             raise OSError(exc.errno, f"shard {job.shard} of stage {job.stage_name} (input {job.input_path}, "
-                                     f"output {stage_dir}): {exc.strerror or exc}", exc.filename) from exc
+                                     f"output {stagedir.path}): {exc.strerror or exc}", exc.filename) from exc
         raise
 
 
 def _stream(job: ShardJob, batches: Iterator[list[Doc]], steps: list[Step],
-            writers: tuple[ShardWriter, ShardWriter], reader_stats: Counter[str], collector: MessageCollector,
-            started: tuple[float, float]) -> dict[str, Any]:
-    fs, stage_dir = fsspec.core.url_to_fs(job.stage_dir)
+            writers: tuple[ShardWriter, ShardWriter], reader_stats: Counter[str],
+            collector: MessageCollector) -> dict[str, Any]:
     kept_writer, rejected_writer = writers
     rows_in = rows_out = 0
     drop_reasons: Counter[str] = Counter()
@@ -225,19 +209,17 @@ def _stream(job: ShardJob, batches: Iterator[list[Doc]], steps: list[Step],
                 job = replace(job, progress=None)
     outputs, rejected_outputs = kept_writer.close(), rejected_writer.close()
 
-    record = completion_record(job.shard, job.fingerprint, job.input_path, outputs, rejected_outputs, rows_in,
-                               rows_out, drop_reasons, started, chars_out=kept_writer.chars,
-                               chars_rejected=rejected_writer.chars, reader=dict(sorted(reader_stats.items())),
-                               steps={s.name: dict(sorted(s.stats.items())) for s in steps},
-                               warnings=collector.count, messages=collector.messages, input_id=job.input_id)
-    write_json(fs, f"{stage_dir}/_done/{job.shard}.json", record)
-    return record
+    return completion_record(job.shard, job.fingerprint, job.input_path, outputs, rejected_outputs, rows_in,
+                             rows_out, drop_reasons, chars_out=kept_writer.chars,
+                             chars_rejected=rejected_writer.chars, reader=dict(sorted(reader_stats.items())),
+                             steps={s.name: dict(sorted(s.stats.items())) for s in steps},
+                             warnings=collector.count, messages=collector.messages, input_id=job.input_id)
 
 
 def completion_record(shard: str, fingerprint: str, input_path: str, outputs: list[str], rejected: list[str],
-                      rows_in: int, rows_out: int, drop_reasons: Counter[str], started: tuple[float, float],
-                      **extra: Any) -> dict[str, Any]:
-    """The `_done/<shard>.json` record every stage kind writes last: what it read, wrote and dropped."""
+                      rows_in: int, rows_out: int, drop_reasons: Counter[str], **extra: Any) -> dict[str, Any]:
+    """The `_done/<shard>.json` record every stage kind's compute returns: what it read, wrote and dropped.
+    `StageDir.run` adds where and when it ran, its wall and CPU seconds, and writes it."""
     return {
         "shard": shard,
         "fingerprint": fingerprint,
@@ -255,15 +237,4 @@ def completion_record(shard: str, fingerprint: str, input_path: str, outputs: li
         "warnings": 0,
         "messages": [],
         **extra,
-        "node": node_id(),
-        "finished_at": round(time.time(), 3),
-        "wall_s": round(time.perf_counter() - started[0], 3),
-        "cpu_s": round(time.process_time() - started[1], 3),
     }
-
-
-def node_id() -> str | None:
-    """The Ray node that ran the shard, for provenance (None outside Ray)."""
-    import ray
-
-    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None

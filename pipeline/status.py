@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 from typing import Any
 
-import fsspec
 import yaml
 
 from pipeline.jsonfile import read_json
@@ -13,26 +12,21 @@ from pipeline.rundir import RunDir
 
 
 def stage_rows(run_dir: str) -> list[dict[str, Any]]:
-    fs, root = fsspec.core.url_to_fs(run_dir)
-    root = root.rstrip("/")
-    if not fs.exists(f"{root}/run.yaml"):
+    rundir = RunDir(run_dir)
+    if not rundir.fs.exists(rundir.run_yaml):
         raise FileNotFoundError(f"{run_dir} is not a Winnow run directory (no run.yaml)")
-    with fs.open(f"{root}/run.yaml") as f:
+    with rundir.fs.open(rundir.run_yaml) as f:
         config = yaml.safe_load(f)
-    manifest: dict[str, Any] = read_json(fs, f"{root}/manifest.json") or {"stages": []}
+    manifest: dict[str, Any] = read_json(rundir.fs, rundir.manifest) or {"stages": []}
     recorded = {s["name"]: s for s in manifest.get("stages", [])}
     rows = []
     for index, stage in enumerate(config["stages"]):
-        name = f"{index:02d}_{stage['name']}"
-        stage_dir = f"{root}/stages/{name}"
-        # The stage's own marker says which fingerprint its shards on disk belong to; count them now,
-        # since a run in progress, killed or interrupted is ahead of its manifest.
-        marker = read_json(fs, f"{stage_dir}/_stage.json") or {}
-        fingerprint = marker.get("fingerprint")
-        done_now = 0
-        if fingerprint:
-            for path in fs.glob(f"{stage_dir}/_done/*.json"):
-                done_now += (read_json(fs, path) or {}).get("fingerprint") == fingerprint
+        stagedir = rundir.stage(index, stage["name"])
+        name = stagedir.dirname
+        # The stage's own marker says which fingerprint its shards on disk belong to; count the done ones
+        # now, since a run in progress, killed or interrupted is ahead of its manifest.
+        fingerprint = stagedir.fingerprint()
+        done_now = len(stagedir.done(fingerprint)) if fingerprint else 0
         entry = recorded.get(stage["name"])
         if entry is None or entry["fingerprint"] != fingerprint:
             rows.append({"stage": name, "status": "pending" if not done_now else "started",
@@ -60,8 +54,6 @@ def stage_rows(run_dir: str) -> list[dict[str, Any]]:
 def run_status(run_dir: str) -> str:
     """The run's state: the manifest's, except that a run recorded as running whose process no longer
     holds the directory's lock was killed or crashed."""
-    from pipeline.rundir import RunDir
-
     rundir = RunDir(run_dir)
     status = (read_json(rundir.fs, rundir.manifest) or {}).get("status", "not started")
     if rundir.in_use():
@@ -73,8 +65,8 @@ def run_status(run_dir: str) -> str:
 
 def synth_lines(run_dir: str) -> str:
     """What each synth stage made and what it cost, from the manifest."""
-    fs, root = fsspec.core.url_to_fs(run_dir)
-    manifest = read_json(fs, f"{root.rstrip('/')}/manifest.json") or {}
+    rundir = RunDir(run_dir)
+    manifest = read_json(rundir.fs, rundir.manifest) or {}
     lines = []
     for stage in manifest.get("stages", []):
         synth = stage.get("synth")

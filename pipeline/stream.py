@@ -15,17 +15,16 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from pipeline.kinds import KINDS, StageContext, StageKind
-from pipeline.kinds.pool import ActorPool, ShardCalls, TaskLauncher, shard_failure, shard_runner
-from pipeline.runner import done_records, reusable
+from pipeline.kinds.pool import ActorPool, ShardCalls, TaskLauncher, shard_runner
 
 if TYPE_CHECKING:
-    from pipeline.config import StageConfig
     from pipeline.progress import StageProgress
-    from pipeline.runner import Runner
+    from pipeline.raycluster import RayConnection
 
 log = logging.getLogger("winnow.run")
 
@@ -36,7 +35,7 @@ class StreamedStage:
 
     ctx: StageContext
     kind: StageKind
-    found: dict[str, dict[str, Any]]  # records of this fingerprint whose files are there (runner.done_records)
+    found: dict[str, dict[str, Any]]  # records of this fingerprint whose files are there (StageDir.prepare)
     progress: StageProgress
     calls: ShardCalls | None = None
     launcher: TaskLauncher | ActorPool | None = None
@@ -49,23 +48,22 @@ class StreamedStage:
 
 
 class Segment:
-    """Runs consecutive per-shard stages, `(index, stage, fingerprint)` each, as one stream of shards."""
+    """Runs consecutive per-shard stages as one stream of shards. Each stage comes as its context (its
+    StageDir and fingerprint, no shards yet); `ray` is the connection, joined only when a shard must run."""
 
-    def __init__(self, runner: Runner, plan: list[tuple[int, StageConfig, str]], expected_shards: int) -> None:
+    def __init__(self, stages: list[StageContext], ray: RayConnection, expected_shards: int,
+                 check_lock: Callable[[], None]) -> None:
         from pipeline.progress import StageProgress
 
-        self.runner = runner
+        self.ray = ray
+        self.check_lock = check_lock  # raises once another run has taken the run directory over
         self.expected = expected_shards  # sizes actor pools, before later stages know their shard counts
         self.levels: list[StreamedStage] = []
         self.futures: dict[Any, tuple[int, str]] = {}
-        for position, (index, stage, fingerprint) in enumerate(plan):
-            stage_dir = runner.stage_dir(index, stage)
-            runner.reset_if_changed(stage_dir, stage, fingerprint)
-            ctx = StageContext(runner.rundir, index, stage, stage_dir, fingerprint, {}, {},
-                               ensure_ray=runner.ray.ensure)
-            found = done_records(runner.fs, stage_dir, fingerprint)
-            progress = StageProgress(f"{index:02d}_{stage.name}", total=0, position=position)
-            self.levels.append(StreamedStage(ctx, KINDS[stage.kind], found, progress))
+        for position, ctx in enumerate(stages):
+            found = ctx.stagedir.prepare(ctx.fingerprint, ctx.stage.model_dump(mode="json"))
+            progress = StageProgress(ctx.stagedir.dirname, total=0, position=position)
+            self.levels.append(StreamedStage(ctx, KINDS[ctx.stage.kind], found, progress))
 
     def run(self, inputs: dict[str, str], input_ids: dict[str, str]) -> list[StreamedStage]:
         """Run every shard that descends from `inputs`; return each stage, its records in ctx.done."""
@@ -79,6 +77,7 @@ class Segment:
                 self.feed(0, shard, inputs[shard], input_ids[shard])
             self.close_finished()
             while self.futures:
+                self.check_lock()
                 ready, _ = ray.wait(list(self.futures), num_returns=len(self.futures), timeout=0.5)
                 for ref in ready:
                     self.collect(ref)
@@ -93,7 +92,7 @@ class Segment:
         for level in self.levels:
             ctx = level.ctx
             ctx.shards, ctx.input_ids = dict(sorted(ctx.shards.items())), dict(sorted(ctx.input_ids.items()))
-            self.runner.remove_stale_shards(ctx.stage_dir, ctx.shards)
+            ctx.stagedir.remove_stale(ctx.shards)
             log.info("stage %s: %d shards computed, %d reused, %d failed", ctx.stage.name,
                      len(ctx.done) - level.reused, level.reused, len(level.failures))
         return self.levels
@@ -104,17 +103,17 @@ class Segment:
         level.ctx.shards[shard], level.ctx.input_ids[shard] = url, identity
         level.progress.grow(1)
         record = level.found.get(shard)
-        if record is not None and reusable(record, url, identity):
+        if record is not None and level.ctx.stagedir.reusable(record, url, identity):
             level.ctx.done[shard] = record
             level.reused += 1
             level.progress.update(level.docs_done, shards_done=1)
             self.passed_on(position, shard, record)
             return
         if level.launcher is None:
-            self.runner.ray.ensure()
-            self.runner.ray.check_schedulable(level.ctx.stage)
+            self.ray.ensure()
+            self.ray.check_schedulable(level.ctx.stage)
             level.calls = level.kind.shard_calls(level.ctx)
-            level.launcher = shard_runner(level.ctx.stage, level.calls.fn, self.expected)
+            level.launcher = shard_runner(level.ctx.stage, level.ctx.stagedir, level.calls.fn, self.expected)
         self.submitted(position, level.launcher.submit({shard: level.calls.args(shard)}))
 
     def submitted(self, position: int, futures: dict[Any, str]) -> None:
@@ -140,7 +139,7 @@ class Segment:
         try:
             record: dict[str, Any] = ray.get(ref)
         except Exception as exc:  # noqa: BLE001 - one bad shard must not stop the run
-            level.failures.append(shard_failure(stage.name, shard, level.ctx.shards[shard], exc))
+            level.failures.append(level.ctx.stagedir.failure(shard, level.ctx.shards[shard], exc))
             level.progress.update(level.docs_done, failed=1)
             return
         level.ctx.done[shard] = record

@@ -3,18 +3,83 @@
 from __future__ import annotations
 
 import pytest
+import yaml
 
 from pipeline.cli import main
-from pipeline.config import ConfigError, load_config
+from pipeline.config import (
+    STAGE_MODELS,
+    ConfigError,
+    DedupStage,
+    MapStage,
+    SynthStage,
+    WriterConfig,
+    load_config,
+    validate,
+)
 from tests.conftest import ROOT
 
 QUICKSTART = ROOT / "configs" / "quickstart.yaml"
 
 
 def test_shipped_configs_validate():
-    for path in sorted((ROOT / "configs").glob("*.yaml")):
+    pipelines = [p for p in sorted((ROOT / "configs").rglob("*.yaml")) if "stages" in yaml.safe_load(p.read_text())]
+    assert len(pipelines) >= 2
+    for path in pipelines:
         cfg = load_config(path)
         assert cfg.stages and cfg.stages[0].reader is not None
+        # The run.yaml a run writes loads again as the same config (`winnow run RUN_DIR`).
+        assert validate(cfg.model_dump(mode="json")) == cfg
+
+
+@pytest.mark.parametrize("override,expected", [
+    ("stages.synth.batch_size=64", "stage 'synth' (stages.6): a synth stage does not use `batch_size` "
+                                   "(map and dedup stages do); remove it"),
+    ("stages.synth.writer.compression=gzip", "stage 'synth' (stages.6): a synth stage does not use `writer`"),
+    ("stages.dedup.resources.num_gpus=1", "stage 'dedup' (stages.2): a dedup stage does not use "
+                                          "`resources.num_gpus` (map and synth stages do); remove it"),
+    ("stages.dedup.actors=2", "stage 'dedup' (stages.2): a dedup stage does not use `actors`"),
+    ("stages.dedup.steps=[]", "a dedup stage does not use `steps` (map stages do)"),
+    ("stages.extract.dedup.bands=4", "a map stage does not use `dedup` (dedup stages do); remove it, or set "
+                                     "`kind: dedup`"),
+    ("stages.heuristics.synth.generator=webqa", "a map stage does not use `synth`"),
+    ("stages.dedup.kind=mapp", "stage 'dedup' (stages.2): unknown kind 'mapp'; did you mean 'map'?"),
+    ("stages.dedup.resources.num_cpu=2", "unknown key 'stages.2.resources.num_cpu'; did you mean 'num_cpus'?"),
+    ("stages.synth.synth.generatr=llm", "stages.6.synth: unknown key 'generatr'; did you mean 'generator'?"),
+    ("stages.synth.batchsize=3", "unknown key 'stages.6.batchsize'"),
+])
+def test_a_key_its_kind_does_not_use_is_an_error_naming_stage_and_key(override, expected):
+    with pytest.raises(ConfigError) as err:
+        load_config(QUICKSTART, [override])
+    assert expected in str(err.value)
+
+
+def test_each_kind_gets_its_section_typed():
+    from pipeline.dedup.params import DedupParams
+    from pipeline.kinds import KINDS
+    from pipeline.synth.params import SynthParams
+
+    assert set(STAGE_MODELS) == set(KINDS)
+    stages = {s.name: s for s in load_config(QUICKSTART).stages}
+    assert isinstance(stages["dedup"], DedupStage) and isinstance(stages["dedup"].dedup, DedupParams)
+    assert isinstance(stages["synth"], SynthStage) and isinstance(stages["synth"].synth, SynthParams)
+    assert isinstance(stages["extract"], MapStage) and stages["extract"].steps[0]["type"] == "url_filter"
+    assert stages["dedup"].resources.num_gpus == 0  # nothing in a dedup stage asks for a GPU node
+
+
+def test_a_run_yaml_written_before_kinds_had_their_own_models_still_loads():
+    """Older runs wrote every key on every stage into run.yaml, those their kind ignored included."""
+    cfg = load_config(QUICKSTART)
+    old = cfg.model_dump(mode="json")
+    every = {"reader": None, "steps": [], "dedup": None, "synth": None, "batch_size": 256, "actors": None,
+             "writer": WriterConfig().model_dump(mode="json")}
+    for stage in old["stages"]:
+        for key, value in every.items():
+            stage.setdefault(key, value)
+        stage["resources"].setdefault("num_gpus", 0.0)
+    assert validate(old) == cfg
+    # A config a person wrote gets no such leniency.
+    with pytest.raises(ConfigError, match="a dedup stage does not use `actors`"):
+        validate(old | {"stages": [*old["stages"][:2], {"name": "d", "kind": "dedup", "actors": None}]})
 
 
 def test_misspelled_step_key_names_its_path_and_suggests(tmp_path):

@@ -15,7 +15,7 @@ from pydantic import BaseModel
 
 from filters import STEPS
 from pipeline.cli import main
-from pipeline.config import ConfigError, RunConfig, StageConfig, validate
+from pipeline.config import STAGE_MODELS, ConfigError, RunConfig, validate
 from pipeline.kinds import KINDS
 from tests.conftest import ROOT, SAMPLE
 
@@ -32,7 +32,8 @@ def key_paths() -> list[tuple[Any, ...]]:
     """Every key of the quickstart config and of the models behind it, as paths into the raw dict."""
     paths: list[tuple[Any, ...]] = [(k,) for k in _fields(RunConfig)] + [("ray", k) for k in ("address", "num_cpus")]
     for i, stage in enumerate(QUICKSTART["stages"]):
-        paths += [("stages", i, k) for k in _fields(StageConfig)]
+        # Every key any kind takes, on every stage: one its kind does not use must be an error naming it.
+        paths += [("stages", i, k) for k in dict.fromkeys(k for m in STAGE_MODELS.values() for k in _fields(m))]
         paths += [("stages", i, "resources", k) for k in ("num_cpus", "num_gpus", "memory_mb")]
         paths += [("stages", i, "writer", k) for k in ("target_shard_mb", "row_group_mb", "compression",
                                                        "compression_level")]
@@ -78,8 +79,20 @@ def build_steps(cfg: RunConfig) -> None:
     """What a worker does with a valid config: build every step (models load here)."""
     for stage in cfg.stages:
         KINDS[stage.kind]
-        for step in stage.steps:
+        for step in getattr(stage, "steps", []):
             STEPS[step["type"]](STEPS[step["type"]].Params(**step))
+
+
+def unused_by_its_kind(path: tuple[Any, ...]) -> bool:
+    """A stage key that the stage's kind does not use (any value of it is a config error)."""
+    if path[0] != "stages" or len(path) < 3:
+        return False
+    model = STAGE_MODELS[QUICKSTART["stages"][path[1]].get("kind", "map")]
+    if path[2] not in model.model_fields:
+        return True
+    section = model.model_fields[path[2]].annotation
+    return len(path) > 3 and isinstance(section, type) and issubclass(section, BaseModel) \
+        and path[3] not in section.model_fields
 
 
 @pytest.mark.parametrize("path", key_paths(), ids=lambda p: ".".join(map(str, p)))
@@ -87,6 +100,7 @@ def test_every_key_with_values_of_every_type(path):
     built = set()
     for value in VALUES:
         cfg = check(with_value(path, value), path)
+        assert cfg is None or not unused_by_its_kind(path), f"{path}={value!r}: a key its kind does not use"
         if cfg is not None:
             fingerprint = cfg.model_dump_json()
             if fingerprint not in built and path[0] == "stages" and "steps" in path:

@@ -13,7 +13,7 @@ from pydantic import ValidationError
 
 from filters import STEPS
 from filters import decont as dc
-from pipeline.config import StageConfig
+from pipeline.config import MapStage
 from tests.conftest import SHARED
 
 SELF_INSTRUCT = SHARED / "sft" / "self-instruct-human" / "user_oriented_instructions.jsonl"
@@ -146,7 +146,7 @@ def test_missing_or_unreadable_set_files_are_config_errors(tmp_path):
     with pytest.raises(ValidationError, match=r"sets\.mmlu: no file at '.*/nope/\*\.jsonl'"):
         STEPS["decont"].Params(sets={"mmlu": str(tmp_path / "nope" / "*.jsonl")})
     with pytest.raises(ValueError, match=r"steps\.0 \(decont\).*sets\.gsm8k: no file"):
-        StageConfig(name="decont", steps=[{"type": "decont", "sets": {"gsm8k": str(tmp_path / "gsm8k.jsonl")}}])
+        MapStage(name="decont", steps=[{"type": "decont", "sets": {"gsm8k": str(tmp_path / "gsm8k.jsonl")}}])
     (tmp_path / "eval.csv").write_text("question\nwhat?\n")
     with pytest.raises(ValidationError, match=r"sets\.csv: .*eval\.csv is not"):
         STEPS["decont"].Params(sets={"csv": str(tmp_path / "eval.csv")})

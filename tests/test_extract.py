@@ -86,13 +86,31 @@ def test_without_a_limit_the_guard_runs_first():
 
 
 def test_a_dead_child_costs_one_page():
-    step = make(timeout_s=5, cascade=False)
+    step = make(timeout_s=5, cascade=False, isolate="all")
     assert run(step, [{"id": "a", "html": article("post")}]) == [None]
     os.kill(step.sandbox.proc.pid, signal.SIGKILL)
     step.sandbox.proc.wait()
     docs = [{"id": "b", "html": article("post")}, {"id": "c", "html": article("post")}]
     assert run(step, docs) == ["extract:error", None]
     assert step.stats["dropped:error"] == 1
+
+
+def test_only_risky_pages_go_to_the_child():
+    step = make(timeout_s=5, cascade=False)
+    docs = [{"id": "a", "html": article("post")}, {"id": "deep", "html": DEEP[:2000] + PROSE},
+            {"id": "b", "html": article("post")}]
+    assert run(step, docs) == [None, None, None]
+    assert step.stats["isolated"] == 1 and step.sandbox.starts == 1
+    assert all("Some real text" in d["text"] for d in docs)
+
+
+def test_no_real_page_is_risky():
+    from filters.extract_methods import is_risky
+
+    root = SHARED / "html-extraction" / "scrapinghub-aeb" / "html"
+    pages = [gzip.decompress(p.read_bytes()).decode("utf-8", "replace") for p in sorted(root.glob("*.html.gz"))]
+    assert len(pages) > 100 and not any(map(is_risky, pages))
+    assert is_risky(DEEP) and is_risky("<p>" * 100_001) and is_risky("x" * 1_600_001)
 
 
 def test_sandbox_reports_a_crash_and_restarts():
@@ -273,13 +291,13 @@ def test_the_heading_in_the_page_title_starts_the_article():
     html = ("<html><head><title>A grant to scale promising programs | The Example Blog</title></head><body>"
             f"<h2>The Example Blog</h2><h1>A grant to scale promising programs</h1><p>{prose}</p></body></html>")
     assert page_title(html) == "a grant to scale promising programs | the example blog"
-    text, _ = extract_page(html, {"extractor": "resiliparse", "trim_boilerplate": True, "cascade": False,
-                                  "max_depth": 256})
+    rules = {"extractor": "resiliparse", "trim_boilerplate": True, "cascade": False, "max_depth": 256,
+             "boundary": "rules"}
+    text, _ = extract_page(html, rules)
     assert text.splitlines()[0] == "A grant to scale promising programs"
     # Without a title to go by, the first heading leads, as before.
     untitled = html.replace("<title>A grant to scale promising programs | The Example Blog</title>", "")
-    text, _ = extract_page(untitled, {"extractor": "resiliparse", "trim_boilerplate": True, "cascade": False,
-                                      "max_depth": 256})
+    text, _ = extract_page(untitled, rules)
     assert text.splitlines()[0] == "The Example Blog"
 
 
@@ -366,3 +384,90 @@ def test_heading_texts_read_from_the_raw_html_match_the_extracted_lines():
 
     html = '<h2 class="x">Fish &amp; <em>Chips</em></h2><H1>A\n  B</H1><h3></h3><h4>Unclosed<p>text'
     assert heading_texts(html) == {"Fish & Chips", "A B"}
+
+
+# -- fixes found on pages in many languages ------------------------------------------------------------
+def test_a_blogger_post_survives_a_sidebar_longer_than_the_post():
+    # Blogger wraps the post in `class="widget Blog"` too; here the sidebar's widgets hold more text than it.
+    post = "<p>" + "The post itself, written by the blog's author, with words enough to read as prose. " * 4 + "</p>"
+    blurb = "Some sidebar words about the blog and its author. " * 6
+    side = "".join(f'<div class="widget HTML"><h2>About {i}</h2><p>{blurb}</p></div>' for i in range(4))
+    html = (f'<html><body><div class="main"><div class="widget Blog" id="Blog1"><h3>Post title here</h3>{post}'
+            f'</div></div><div class="sidebar">{side}</div></body></html>')
+    assert "The post itself" in resiliparse_text(html)
+
+
+def test_chinese_and_japanese_paragraphs_under_200_characters_are_prose():
+    zh = "北京时间昨天晚上，中国女排在世界杯比赛中以三比零战胜了对手，取得了本届比赛的第五场胜利。"
+    ja = "東京都は昨日、新しい公園の建設計画を発表し、来年の春に工事を始める予定だと説明しました。"
+    long_zh = zh * 5
+    for short in (zh, ja):
+        text = f"首页\n新闻\n{short}\n{long_zh}\n{short}"
+        assert trim_boilerplate(text).splitlines() == [short, long_zh, short]
+
+
+def test_non_breaking_and_other_unicode_spaces_become_plain_spaces():
+    from filters.extract_methods import clean_text
+
+    assert clean_text("10\u00a0km and\u202fmore\u2009here\u3000now") == "10 km and more here now"
+    html = f"<html><body><article><p>Price:&nbsp;10&nbsp;EUR for&nbsp;everyone.</p>{PROSE}</article></body></html>"
+    text, _ = extract_page(html, {"extractor": "resiliparse", "trim_boilerplate": True, "cascade": False,
+                                  "max_depth": 256})
+    assert "\u00a0" not in text and "10 EUR" in text
+
+
+@pytest.mark.parametrize("credit", ["(Foto: dpa)", "(Photo: Getty Images)", "[Foto: Anna Schmidt]"])
+def test_a_credit_in_brackets_is_metadata(credit):
+    prose = "This is a real sentence with more than eight words in it."
+    assert is_metadata(credit)
+    text = "\n".join(["The Headline", credit, prose])
+    assert trim_boilerplate(text, keep=frozenset({"The Headline"})).splitlines() == ["The Headline", prose]
+
+
+# -- the learned boundary ---------------------------------------------------------------------------
+def test_the_boundary_model_ships_and_its_digest_is_in_the_fingerprint():
+    import hashlib
+
+    from filters.extract_boundary import MODEL
+
+    cls = STEPS["extract"]
+    digest = hashlib.sha256(MODEL.read_bytes()).hexdigest()[:16]
+    assert cls.versions(cls.Params())["boundary_model"] == digest
+    assert "boundary_model" not in cls.versions(cls.Params(boundary="rules"))
+
+
+def test_a_model_file_for_other_features_is_refused(tmp_path):
+    from filters.extract_boundary import MODEL, load_model
+
+    stale = json.loads(MODEL.read_text())
+    stale["features"] = stale["features"][:-1]
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps(stale))
+    with pytest.raises(ValueError, match="old.json.*retrain"):
+        load_model(str(path))
+
+
+def test_best_span_is_the_run_with_the_largest_sum():
+    import numpy as np
+
+    from filters.extract_boundary import best_span
+
+    assert best_span(np.array([-1.0, 2, -0.5, 3, -4, 1])) == (1, 3)
+    assert best_span(np.array([-3.0, -1, -2])) == (1, 1)
+
+
+def test_the_model_ranks_the_article_above_the_footer_and_the_span_cuts_there():
+    from filters.extract_boundary import article_lines, blocks, features, load_model, probabilities
+    from filters.extract_methods import link_lines, resiliparse_marked
+
+    footer = "".join(f"<p>{w}</p>" for w in ("Privacy", "Imprint 2024", "All rights reserved", "Terms of use"))
+    html = f"<html><body><article><h1>A walk along the river</h1>{PROSE * 3}</article><div>{footer}</div></body></html>"
+    marked, headings = resiliparse_marked(html)
+    text_lines = link_lines(marked, headings)
+    lines, links, blanks = blocks(text_lines)
+    p = probabilities(features(lines, links, headings, "", blanks), load_model())
+    assert lines[1].startswith("Some real text") and lines[-1] == "Terms of use"
+    assert min(p[1:4]) > 0.9 > 0.5 > max(p[4:])
+    strict = load_model() | {"span_threshold": 0.5, "drop_threshold": 0.5}
+    kept = [line for line in article_lines(text_lines, headings, "", strict).splitlines() if line]
+    assert kept[-3:] == lines[1:4] and "Privacy" not in kept

@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import pickle
 from pathlib import Path
 
 import pytest
@@ -353,3 +354,27 @@ def test_smollm2_answers_through_its_chat_template_in_generate_and_serve(smol, c
         server.server_close()
     assert "Paris" in reply["choices"][0]["message"]["content"]
     assert reply["choices"][0]["finish_reason"] in ("stop", "length")
+
+
+def test_checkpoints_load_weights_only_and_older_ones_still_load(tmp_path):
+    """New checkpoints hold only tensors and plain values (torch.load(weights_only=True) reads them,
+    running no code from the file); one written before, with NumPy's RNG state as an array, loads too."""
+    import numpy as np
+
+    from train import checkpoint
+    from train.model import GPT, ModelConfig
+
+    model = GPT(ModelConfig(vocab_size=64, n_layer=1, n_head=2, n_kv_head=2, n_embd=32))
+    path = checkpoint.save(str(tmp_path / "new"), model, torch.optim.AdamW(model.parameters()), 3,
+                           {"tokenizer": "tokenizer.json"})
+    after_save = np.random.random()
+    state = torch.load(path, weights_only=True)
+    checkpoint.set_rng_state(state["rng"])
+    assert np.random.random() == after_save  # NumPy's generator state survives as a tensor
+
+    old = {**state, "rng": {**state["rng"], "numpy": np.random.get_state()}}
+    torch.save(old, tmp_path / "old.pt")
+    with pytest.raises(pickle.UnpicklingError):
+        torch.load(tmp_path / "old.pt", weights_only=True)
+    loaded = checkpoint.load(str(tmp_path / "old.pt"))
+    assert loaded["step"] == 3 and torch.equal(loaded["model"]["norm.weight"], model.norm.weight)

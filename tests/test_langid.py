@@ -121,3 +121,12 @@ def test_canonical_names_nearest_labels():
     assert canonical("deu") == "de" and canonical(" Nob ") == "no"
     with pytest.raises(ValueError, match="nearest: 'ger' \\(de\\)"):
         canonical("gerr")
+
+
+def test_unquoted_no_in_a_config_means_norwegian(caplog):
+    # YAML reads `[no]` as `[false]`: the config still loads, keeps Norwegian, and says how to write it.
+    cfg = load_config(QUICKSTART, ["stages.extract.steps.langid.languages=[en, no]",
+                                   "stages.extract.steps.langid.thresholds={no: 0.3}"])
+    langid = next(s for s in cfg.stages[0].steps if s["type"] == "langid")
+    assert langid["languages"] == ["en", "no"] and langid["thresholds"] == {"no": 0.3}
+    assert 'write it "no"' in caplog.text

@@ -194,6 +194,126 @@ def test_lock_on_object_storage_refuses_a_second_run_and_takes_over_a_dead_one(s
     winners[0].unlock()
 
 
+def _rewriting(s3, key: str, stop: threading.Event, token: str = "writer") -> threading.Thread:
+    """A thread that rewrites the record at `key` as fast as it can (each version a different size) until
+    `stop` is set, as a run's heartbeat does every HEARTBEAT_S."""
+    from pipeline.jsonfile import write_json
+
+    def rewrite():
+        n = 0
+        while not stop.is_set():
+            n += 1
+            write_json(s3, key, {"pid": 1, "host": "elsewhere", "started_at": "then", "heartbeat": time.time(),
+                                 "token": token, "pad": "x" * (n % 40)})
+
+    thread = threading.Thread(target=rewrite, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_a_record_rewritten_while_it_is_read_is_never_taken_for_missing(s3):
+    """Three outcomes: the record, None for none, RecordError for something that is not a record. A rewrite
+    during the read is none of them; s3fs's FileExpired (what a HEAD-then-GET read meets) is a retry."""
+    from pipeline.jsonfile import RecordError, read_json, rewritten_while_read
+
+    key = f"{BUCKET}/records/rewritten.json"
+    stop = threading.Event()
+    writer = _rewriting(s3, key, stop)
+    try:
+        while not s3.exists(key):
+            time.sleep(0.01)
+        outcomes = [read_json(s3, key) for _ in range(150)]
+        # What a reader that opens the object first meets: its GET asks for the version its HEAD saw.
+        expired = []
+        for _ in range(50):
+            try:
+                with s3.open(key, "rb") as f:
+                    time.sleep(0.02)
+                    f.read()
+            except OSError as exc:
+                expired.append(exc)
+    finally:
+        stop.set()
+        writer.join()
+    assert all(isinstance(o, dict) and o["token"] == "writer" for o in outcomes), outcomes
+    assert expired and all(rewritten_while_read(exc) for exc in expired), expired
+
+    assert read_json(s3, f"{BUCKET}/records/none.json") is None
+    s3.pipe_file(f"{BUCKET}/records/damaged.json", b'{"token": "wri')
+    with pytest.raises(RecordError, match=f"{BUCKET}/records/damaged.json: not a JSON record"):
+        read_json(s3, f"{BUCKET}/records/damaged.json")
+
+
+def test_a_lock_whose_record_is_being_rewritten_or_cannot_be_read_is_held(s3):
+    from pipeline.rundir import LOCK, RunDir, RunDirError
+
+    url = f"s3://{BUCKET}/busy"
+    key = f"{BUCKET}/busy/{LOCK}"
+    RunDir(url).claim()
+    stop = threading.Event()
+    writer = _rewriting(s3, key, stop)  # a live run on another host, its heartbeat beating fast
+    try:
+        while not s3.exists(key):
+            time.sleep(0.01)
+        for _ in range(30):
+            assert RunDir(url).in_use()
+            with pytest.raises(RunDirError, match="pid 1 on elsewhere"):
+                RunDir(url).lock()
+    finally:
+        stop.set()
+        writer.join()
+    assert json.loads(s3.cat_file(key))["token"] == "writer"  # never deleted, never taken over
+
+    s3.pipe_file(key, b"\x00 not a lock")
+    assert RunDir(url).in_use()
+    with pytest.raises(RunDirError, match=f"{LOCK} is there but cannot be read.*delete s3://{key}"):
+        RunDir(url).lock()
+    assert s3.cat_file(key) == b"\x00 not a lock"
+    s3.rm(key)
+
+
+def test_a_run_whose_heartbeat_finds_another_owner_stops(s3, ray_s3, tmp_path, monkeypatch, capsys):
+    from pipeline import rundir as rundir_module
+    from pipeline.cli import main
+    from pipeline.rundir import LOCK, RunDir, RunDirError
+
+    monkeypatch.setattr(rundir_module, "HEARTBEAT_S", 0.05)
+    url = f"s3://{BUCKET}/taken"
+    key = f"{BUCKET}/taken/{LOCK}"
+    other = {"pid": 1, "host": "elsewhere", "started_at": "now", "heartbeat": time.time(), "token": "other"}
+
+    held = RunDir(url)
+    held.claim()
+    held.lock()
+    s3.pipe_file(key, json.dumps(other).encode())  # another run took the directory (a racing takeover)
+    deadline = time.time() + 10
+    while held._lock_lost is None and time.time() < deadline:
+        time.sleep(0.05)
+    with pytest.raises(RunDirError, match="lost its lock to another `winnow run` \\(pid 1 on elsewhere"):
+        held.check_lock()
+    held.unlock()
+    assert json.loads(s3.cat_file(key))["token"] == "other"  # the other run's record stays
+    s3.rm(key)
+
+    # A whole run: the takeover happens as soon as its lock appears; the run stops with an error.
+    cfg = quickstart(tmp_path, url, [f"s3://{BUCKET}/in/{INPUTS[0]}"], stages=1)
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+
+    def take_over():
+        while not s3.exists(key):
+            time.sleep(0.01)
+        s3.pipe_file(key, json.dumps(other).encode())
+
+    thief = threading.Thread(target=take_over, daemon=True)
+    thief.start()
+    assert main(["run", str(config)]) == 2
+    thief.join()
+    assert "lost its lock to another `winnow run`" in capsys.readouterr().err
+    assert json.loads(s3.cat_file(key))["token"] == "other"
+    s3.rm(key)
+
+
 # -- input identity ----------------------------------------------------------------------------------------
 @pytest.mark.timeout(900)
 def test_input_identity_on_s3_is_the_etag(s3, ray_s3, tmp_path):

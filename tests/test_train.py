@@ -256,3 +256,59 @@ def test_sft_trains_and_resumes_exactly(trained, tmp_path):
     assert logs["stopped"] == logs["unbroken"]
     assert logs["unbroken"][-1][1] < logs["unbroken"][0][1]
     assert (tmp_path / "unbroken" / "tokenizer.json").exists()  # the checkpoint keeps its tokenizer
+
+
+def test_train_set_overrides_are_parsed_and_reported_as_winnow_run_does(corpus, capsys):
+    import argparse
+
+    from train.cli import add_parsers
+
+    root, _, tokenizer, _ = corpus
+    tiny_config(root, "overrides", tokenizer)
+    parser = argparse.ArgumentParser()
+    add_parsers(parser.add_subparsers())
+
+    def train_with(*sets: str) -> str:
+        args = parser.parse_args(["train", "pretrain", str(root / "overrides.yaml"),
+                                  *[a for s in sets for a in ("--set", s)]])
+        assert args.func(args) == 2
+        return capsys.readouterr().err
+
+    assert "--set max_steps.x: 'max_steps' is a value, not a section" in train_with("max_steps.x=1")
+    assert "unknown key 'model.n_layr'; did you mean 'n_layer'?" in train_with("model.n_layr=2")
+    assert "--set 'max_steps': expected key=value" in train_with("max_steps")
+    assert "max_steps: Input should be greater than or equal to 1" in train_with("max_steps=0")
+    cfg = load_train_config(str(root / "overrides.yaml"), ["schedule.kind=constant", "model.n_layer=3"])
+    assert cfg.schedule.kind == "constant" and cfg.model.n_layer == 3
+
+
+def test_continued_pretraining_takes_the_model_and_tokenizer_from_init_from(trained, corpus):
+    """An imported model is a checkpoint.pt with its tokenizer.json beside it, as a trained one is."""
+    folder, _ = trained
+    root = corpus[0]
+    raw = {"out_dir": str(root / "continued"), "init_from": folder, "seq_len": 32, "micro_batch": 4, "max_steps": 3,
+           "log_every": 1, "eval_every": 0, "ckpt_every": 0, "tensorboard": False,
+           "data": {"train": str(root / "tokens" / "train-*.bin")}, "schedule": {"kind": "constant", "warmup_steps": 0}}
+    (root / "continued.yaml").write_text(yaml.safe_dump(raw))
+    cfg = load_train_config(str(root / "continued.yaml"))
+    assert cfg.tokenizer == str(Path(folder) / "tokenizer.json")
+    log = run_pretrain(cfg)
+    start, base = load_model(folder)[0], load_model(cfg.out_dir)[0]
+    assert log[0]["params"] == start.num_params() and base.cfg == start.cfg and log[-1]["step"] == 3
+    (root / "conflict.yaml").write_text(yaml.safe_dump({**raw, "out_dir": str(root / "conflict"),
+                                                         "model": {"n_layer": 6, "n_head": 4}}))
+    from train.config import TrainConfigError
+
+    with pytest.raises(TrainConfigError, match=r"model: n_layer=6 \(the checkpoint has 2\)"):
+        run_pretrain(load_train_config(str(root / "conflict.yaml")))
+
+
+def test_the_shipped_train_configs_are_valid():
+    from train.config import TrainConfig
+
+    paths = sorted((ROOT / "configs" / "train").glob("*.yaml"))
+    assert any(p.name == "sft-lora.yaml" for p in paths)
+    for path in paths:
+        cfg = TrainConfig.model_validate(yaml.safe_load(path.read_text()))
+        assert cfg.tokenizer or cfg.init_from, path.name
+        assert [cfg.data, cfg.sft, cfg.dpo].count(None) == 2, path.name

@@ -74,6 +74,10 @@ def load(path: str, map_location: str | torch.device = "cpu") -> dict[str, Any]:
 def load_model(path: str, device: str | torch.device = "cpu") -> tuple[GPT, dict[str, Any]]:
     """A model ready for inference, and its checkpoint, with `tokenizer` resolved to a path."""
     ckpt = load(path, map_location=device)
+    if "lora" in ckpt:  # adapters only: the weights of their base with them merged in (train/lora.py)
+        from train.lora import merged_checkpoint
+
+        ckpt = merged_checkpoint(ckpt, str(path), device)
     with torch.device("meta"):  # no random init of weights about to be replaced: seconds for a real model
         model = GPT(ModelConfig(**ckpt["model_config"]))
     model.load_state_dict(ckpt["model"], assign=True)

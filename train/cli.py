@@ -89,7 +89,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     try:
         cfg = load_train_config(args.config, args.set or [])
-    except (TrainConfigError, FileNotFoundError) as exc:
+    except TrainConfigError as exc:
         print(f"winnow train: config error: {exc}", file=sys.stderr)
         return 2
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
@@ -97,23 +97,20 @@ def cmd_train(args: argparse.Namespace) -> int:
         section = {"pretrain": "data"}.get(args.mode, args.mode)
         print(f"winnow train {args.mode}: the config has no `{section}:` section", file=sys.stderr)
         return 2
-    if args.mode == "dpo":
-        from train.dpo import train_dpo
-
-        try:
-            last = train_dpo(cfg, stop_at=args.stop_at)
-        except (ValueError, FileNotFoundError) as exc:
-            print(f"winnow train dpo: {exc}", file=sys.stderr)
-            return 2
-        if rank == 0:
-            print(json.dumps(last))
-        return 0
-    from train.pretrain import train
-    from train.sft import sft_data
-
     try:
-        batches, val = (pretrain_data if args.mode == "pretrain" else sft_data)(cfg, rank, world)
-        last = train(cfg, batches, val, stop_at=args.stop_at)
+        if args.mode == "dpo":
+            from train.dpo import train_dpo
+
+            last = train_dpo(cfg, stop_at=args.stop_at)
+        else:
+            from train.pretrain import train
+            from train.sft import sft_data
+
+            batches, val = (pretrain_data if args.mode == "pretrain" else sft_data)(cfg, rank, world)
+            last = train(cfg, batches, val, stop_at=args.stop_at)
+    except TrainConfigError as exc:  # found once the model is read: lora targets, a conflicting model:
+        print(f"winnow train {args.mode}: config error: {args.config}: {exc}", file=sys.stderr)
+        return 2
     except (ValueError, FileNotFoundError) as exc:
         print(f"winnow train {args.mode}: {exc}", file=sys.stderr)
         return 2

@@ -1,12 +1,14 @@
-"""Training configs: YAML validated by pydantic, unknown keys rejected, like the pipeline's."""
+"""Training configs: YAML validated by pydantic, unknown keys rejected, `--set` overrides and error
+messages as `winnow run`'s (train/overrides.py)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from train.overrides import ConfigError, describe, read_config
 
 
 class Strict(BaseModel):
@@ -69,13 +71,23 @@ class DpoSection(Strict):
     ref_cache: str | None = None  # where reference log-probs are kept; default: ref-logps/ beside the first file
 
 
+class LoraSection(Strict):
+    """Low-rank adapters on the named linear layers; the base model stays frozen (train/lora.py)."""
+
+    r: int = Field(8, ge=1)
+    alpha: float = Field(16.0, gt=0)  # the adapters' output is scaled by alpha / r
+    dropout: float = Field(0.0, ge=0, lt=1)  # on the adapters' input
+    targets: list[str] = Field(["q_proj", "k_proj", "v_proj", "o_proj"], min_length=1)
+
+
 class TrainConfig(Strict):
     out_dir: str
-    tokenizer: str
+    tokenizer: str | None = None  # default: the tokenizer saved beside init_from's checkpoint
     data: DataSection | None = None  # pretraining
     sft: SftSection | None = None  # supervised fine-tuning
     dpo: DpoSection | None = None  # preference tuning, from an SFT checkpoint
     init_from: str | None = None  # a checkpoint to start from: continued pretraining, or SFT
+    lora: LoraSection | None = None  # train adapters on init_from instead of every weight
     model: ModelSection = ModelSection()
     optimizer: OptimizerSection = OptimizerSection()
     schedule: ScheduleSection = ScheduleSection()
@@ -94,31 +106,40 @@ class TrainConfig(Strict):
     tensorboard: bool = True  # when the tensorboard package is installed
 
 
-class TrainConfigError(ValueError):
+class TrainConfigError(ConfigError):
     pass
 
 
 def load_train_config(path: str, overrides: list[str] | None = None) -> TrainConfig:
     """The config at `path`, with `key.sub=value` overrides applied; errors name the key."""
-    raw = yaml.safe_load(Path(path).read_text()) or {}
-    for item in overrides or []:
-        key, _, value = item.partition("=")
-        node = raw
-        parts = key.split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-        node[parts[-1]] = yaml.safe_load(value)
+    raw = read_config(path, overrides or [], error=TrainConfigError)
     try:
         cfg = TrainConfig.model_validate(raw)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
-        raise TrainConfigError(f"{path}: {problems}") from None
+        raise TrainConfigError(f"{path}: {describe(exc, TrainConfig)}") from None
     if [cfg.data, cfg.sft, cfg.dpo].count(None) != 2:
         raise TrainConfigError(f"{path}: give one of `data:` (pretraining), `sft:` (fine-tuning) or `dpo:` "
                                "(preference tuning)")
     if cfg.dpo is not None and not cfg.init_from:
         raise TrainConfigError(f"{path}: init_from: preference tuning starts from a checkpoint (an SFT model)")
+    if cfg.lora is not None and not cfg.init_from:
+        raise TrainConfigError(f"{path}: lora: adapters train on a base model: set init_from to its checkpoint")
     if cfg.schedule.warmup_steps >= cfg.max_steps:
         raise TrainConfigError(f"{path}: schedule.warmup_steps ({cfg.schedule.warmup_steps}) must be below "
                                f"max_steps ({cfg.max_steps})")
+    if cfg.tokenizer is None:
+        cfg.tokenizer = tokenizer_beside(path, cfg.init_from)
     return cfg
+
+
+def tokenizer_beside(path: str, init_from: str | None) -> str:
+    """The tokenizer.json a checkpoint keeps next to itself (train/checkpoint.py writes it there)."""
+    if not init_from:
+        raise TrainConfigError(f"{path}: tokenizer: give the tokenizer.json to train with (or init_from: a "
+                               "checkpoint, whose tokenizer is then used)")
+    folder = Path(init_from) if Path(init_from).is_dir() or not init_from.endswith(".pt") else Path(init_from).parent
+    found = folder / "tokenizer.json"
+    if not found.exists():
+        raise TrainConfigError(f"{path}: tokenizer: not given, and init_from's folder has no tokenizer.json "
+                               f"({found}): give tokenizer: explicitly")
+    return str(found)

@@ -1,16 +1,24 @@
-"""Streams training windows from token shards: sampling without replacement, resumable.
+"""Training batches, resumable: windows of token shards (pretraining), and rows of encoded examples
+(SFT and preference tuning).
+
+`TokenLoader` streams windows from token shards, sampling without replacement.
 
 The stream is every window of `seq_len + 1` tokens in every shard, visited once per epoch: the
 shard order is shuffled per epoch, then the windows inside each shard, both from `seed + epoch`.
 Only one shard's window order is held at a time, so memory does not grow with the dataset. Under
 DDP every rank walks the same stream and takes every `world_size`-th window. The position (epoch,
 shard, window) is three integers; a checkpoint saves it and a resumed run continues exactly there.
+
+`RowBatches` draws micro-batches of prebuilt rows (SFT rows, or preference row groups), shuffled
+anew each epoch from `seed + epoch`; its position is (epoch, cursor).
 """
 
 from __future__ import annotations
 
 import glob
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -105,3 +113,42 @@ def validation_batches(files: list[str], seq_len: int, batch_size: int,
         batch = torch.from_numpy(np.stack(windows[k: k + batch_size]))
         batches.append((batch[:, :-1], batch[:, 1:]))
     return batches
+
+
+class RowBatches:
+    """Micro-batches of `size` rows (or row groups) drawn without replacement, epoch after epoch.
+    `make(index)` builds a batch from the drawn indices. Under DDP every rank walks the same order
+    and takes its own slice of each step's `batch_size x world_size` draws; a step never spans two
+    epochs. `rows` is what `make` reads, kept for callers that want it."""
+
+    def __init__(self, rows: Any, size: int, make: Callable[[np.ndarray], Any], batch_size: int, seed: int,
+                 rank: int = 0, world_size: int = 1, what: str = "rows"):
+        if size < batch_size * world_size:
+            raise ValueError(f"{size} {what} are fewer than micro_batch x world size ({batch_size} x {world_size}): "
+                             "lower micro_batch or add examples")
+        self.rows, self.size, self.make = rows, size, make
+        self.batch_size, self.seed, self.rank, self.world_size = batch_size, seed, rank, world_size
+        self.epoch, self.cursor = 0, 0
+        self._order: tuple[int, np.ndarray] | None = None
+
+    def order(self, epoch: int) -> np.ndarray:
+        if self._order is None or self._order[0] != epoch:
+            self._order = (epoch, np.random.default_rng([self.seed, epoch]).permutation(self.size))
+        return self._order[1]
+
+    def next_index(self) -> np.ndarray:
+        step = self.batch_size * self.world_size
+        if self.cursor + step > self.size:
+            self.epoch, self.cursor = self.epoch + 1, 0
+        start = self.cursor + self.rank * self.batch_size
+        self.cursor += step
+        return self.order(self.epoch)[start: start + self.batch_size]
+
+    def next_batch(self) -> Any:
+        return self.make(self.next_index())
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "cursor": self.cursor}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.epoch, self.cursor = state["epoch"], state["cursor"]

@@ -4,14 +4,16 @@ The reference model's log-probabilities of every answer are computed once, in a 
 kept in `ref-logps/<digest>.npz` beside the data (or in `dpo.ref_cache`). The digest covers the
 reference checkpoint's bytes and the encoded data (files, tokenizer, template, length, layout), so
 a rerun or a resumed run reuses them and a changed reference or data computes them anew. Training
-then holds one model: the policy. SimPO and ORPO need no reference and skip the pass.
+then holds one model: the policy. With `lora:` the reference is the frozen base itself, the
+policy with its adapters off, so no second model is ever loaded. SimPO and ORPO need no reference
+and skip the pass.
 
-The loop is pretraining's (train/pretrain.py): AdamW and the schedule, gradient accumulation,
-clipping, bf16 autocast on GPU, DDP under torchrun, atomic checkpoints, exact resume, stop on
-SIGTERM. Each step's loss is the sum of per-pair losses over the pairs of every micro-batch and
-rank, divided by their count, so packed micro-batches with different numbers of pairs weigh what
-their pairs weigh. Logs: loss, chosen and rejected rewards, reward accuracy and margin, on the
-training batches and on the held-out pairs.
+The loop is the one in train/loop.py (schedule, accumulation, clipping, bf16, DDP, atomic
+checkpoints, exact resume, stop on SIGTERM); this module gives it its objective. Each step's
+loss is the sum of per-pair losses over the pairs of every micro-batch and rank, divided by their
+count, so packed micro-batches with different numbers of pairs weigh what their pairs weigh.
+Logs: loss, chosen and rejected rewards, reward accuracy and margin, on the training batches and
+on the held-out pairs.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import json
 import os
 import time
 from contextlib import nullcontext
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -30,11 +33,13 @@ import torch.distributed as dist
 
 from train import checkpoint
 from train.config import TrainConfig
+from train.data import RowBatches
+from train.loop import Distributed, autocast_for, run
+from train.model import GPT
 from train.prefdata import (
     CHOSEN,
     DESIRABLE,
     REJECTED,
-    PrefBatches,
     PrefRows,
     build_pref_rows,
     pref_batch,
@@ -42,7 +47,6 @@ from train.prefdata import (
     sequence_logps,
 )
 from train.preference import REFERENCE_FREE, kto_losses, pair_losses
-from train.pretrain import Distributed, Logger, StopRequest, build_model, build_optimizer, lr_at
 from train.tokenizer import load_vocab
 
 # Per micro-batch sums: loss, items (pairs or examples), chosen reward, chosen count, rejected reward,
@@ -84,26 +88,36 @@ def compute_logps(model: torch.nn.Module, rows: PrefRows, batch_size: int, devic
     return out
 
 
-def reference_logps(cfg: TrainConfig, rows: list[PrefRows | None], env: Distributed, autocast: Any
-                    ) -> tuple[list[np.ndarray | None], dict[str, Any]]:
+def reference_logps(cfg: TrainConfig, rows: list[PrefRows | None], env: Distributed, autocast: Any,
+                    policy: GPT | None = None) -> tuple[list[np.ndarray | None], dict[str, Any]]:
     """The reference log-probs of each set of rows: read from the cache, or computed once by rank 0
-    (the others wait) and written atomically."""
+    (the others wait) and written atomically. With `policy` (a LoRA model), the reference is its
+    base: the policy with its adapters off; else the reference checkpoint is loaded."""
     path = cache_file(cfg, rows[0], rows[1])
-    event = {"ref_logps": str(path), "reused": path.exists()}
+    event = {"ref_logps": str(path), "reused": path.exists(),
+             "reference": "base with adapters off" if policy is not None else str(reference_path(cfg))}
     if not path.exists() and env.main:
         t = time.perf_counter()
-        from train.checkpoint import load_model
+        if policy is None:
+            model, _ = checkpoint.load_model(str(reference_path(cfg)), env.device)
+            off = nullcontext()
+        else:
+            from train.lora import adapters_disabled
 
-        model, _ = load_model(str(reference_path(cfg)), env.device)
-        arrays = {name: compute_logps(model, r, cfg.micro_batch, env.device, autocast)
-                  for name, r in zip(("train", "val"), rows, strict=True) if r is not None}
+            model, off = policy, adapters_disabled(policy)
+        training = model.training
+        model.eval()
+        with off:
+            arrays = {name: compute_logps(model, r, cfg.micro_batch, env.device, autocast)
+                      for name, r in zip(("train", "val"), rows, strict=True) if r is not None}
+        model.train(training)
         del model
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.stem + ".tmp.npz")
         np.savez(tmp, **arrays)
         os.replace(tmp, path)
         path.with_suffix(".json").write_text(json.dumps(
-            {"reference": str(reference_path(cfg)), "data": cfg.dpo.data, "template": cfg.dpo.template,
+            {"reference": event["reference"], "data": cfg.dpo.data, "template": cfg.dpo.template,
              "seq_len": cfg.seq_len, "packing": cfg.dpo.packing, "sequences": {k: len(v) for k, v in arrays.items()},
              "seconds": round(time.perf_counter() - t, 2)}, indent=1))
         event["seconds"] = round(time.perf_counter() - t, 2)
@@ -146,7 +160,7 @@ def summary(stats: torch.Tensor, prefix: str = "") -> dict[str, float]:
             f"{prefix}reward_accuracy": round(s["correct"] / max(1, s["items"]), 4)}
 
 
-def prepare(cfg: TrainConfig, rank: int, world_size: int) -> tuple[PrefBatches, PrefRows | None, dict[str, Any]]:
+def prepare(cfg: TrainConfig, rank: int, world_size: int) -> tuple[RowBatches, PrefRows | None, dict[str, Any]]:
     """Training batches, held-out rows and what was read (pairs, truncated answers, skipped rows)."""
     vocab = load_vocab(cfg.tokenizer)
     d = cfg.dpo
@@ -160,135 +174,85 @@ def prepare(cfg: TrainConfig, rank: int, world_size: int) -> tuple[PrefBatches, 
     info = {"event": "data", "train_items": train.n_units, "val_items": val.n_units, "train_rows": len(rows.tokens),
             "truncated_answers": train.truncated + val.truncated, "skipped_rows": len(skipped),
             "skipped_examples": skipped[:5]}
-    return PrefBatches(rows, cfg.micro_batch, cfg.seed, rank, world_size), val_rows, info
+    batches = RowBatches(rows, len(rows.groups), partial(pref_batch, rows, ref_logps=None), cfg.micro_batch,
+                         cfg.seed, rank, world_size, what="preference row groups")
+    return batches, val_rows, info
+
+
+def reference_is_base(cfg: TrainConfig) -> bool:
+    """With LoRA and no other reference named, the reference is the frozen base: the policy itself
+    with its adapters off, so no second model is loaded."""
+    return cfg.lora is not None and cfg.dpo.reference is None
+
+
+class Preference:
+    """The preference objective (train/preference.py's losses); stats are STATS's sums."""
+
+    def __init__(self, cfg: TrainConfig, batches: RowBatches, val_rows: PrefRows | None, info: dict[str, Any]):
+        self.cfg, self.batches, self.val_rows, self.info = cfg, batches, val_rows, info
+        self.val_ref: np.ndarray | None = None
+
+    def use_reference(self, refs: list[np.ndarray | None]) -> None:
+        self.batches.make = partial(pref_batch, self.batches.rows, ref_logps=refs[0])
+        self.val_ref = refs[1]
+
+    def setup(self, model: GPT, env: Distributed, autocast: Any) -> dict[str, Any]:
+        if self.cfg.dpo.loss not in REFERENCE_FREE and reference_is_base(self.cfg):
+            refs, event = reference_logps(self.cfg, [self.batches.rows, self.val_rows], env, autocast, policy=model)
+            self.use_reference(refs)
+            self.info.update(event)
+        d = self.info
+        note = (f"{self.cfg.dpo.loss} on {d['train_items']:,} train and {d['val_items']:,} held-out items "
+                f"({d['truncated_answers']} answers truncated, {d['skipped_rows']} rows skipped), "
+                + (f"reference log-probs {'reused' if d['reused'] else 'computed'}: {d['ref_logps']}"
+                   if "ref_logps" in d else "no reference model"))
+        return {**d, "event": "start", "loss_kind": self.cfg.dpo.loss, "note": note}
+
+    def to_device(self, batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+        return to_device(batch, device)
+
+    def weight(self, batch: dict[str, Any]) -> torch.Tensor:
+        return (batch["role"] != REJECTED).sum()  # pairs count once, unpaired examples once each
+
+    def tokens(self, batch: dict[str, Any]) -> int:
+        return batch["tokens"]
+
+    def forward(self, model: torch.nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        logits, _ = model(batch["x"], positions=batch["positions"], doc_ids=batch["doc_ids"])
+        sums, counts = sequence_logps(logits, batch["y"], batch["target_seq"], batch["n_seq"])
+        losses, stats = objective(self.cfg, batch, sums, counts)
+        return losses.sum(), stats
+
+    def val_batches(self) -> list:
+        rows, size = self.val_rows, self.cfg.micro_batch
+        if rows is None:
+            return []
+        end = min(len(rows.groups), size * self.cfg.dpo.eval_batches)
+        return [pref_batch(rows, np.arange(k, min(k + size, len(rows.groups))), self.val_ref)
+                for k in range(0, end, size)]
+
+    def summary(self, stats: torch.Tensor, prefix: str = "") -> dict[str, float]:
+        return summary(stats, prefix)
+
+    def describe(self, r: dict[str, Any]) -> str:
+        return (f"loss {r['loss']:.4f} | acc {r['reward_accuracy']:.2f} | margin {r['reward_margin']:.3f}"
+                + (f" | val loss {r['val_loss']:.4f} acc {r['val_reward_accuracy']:.2f}" if "val_loss" in r else ""))
+
+    def extra(self) -> dict[str, Any]:
+        return {"ref_logps": self.info.get("ref_logps")}
 
 
 def train_dpo(cfg: TrainConfig, stop_at: int | None = None) -> dict[str, Any]:
     """Runs (or resumes) preference tuning; returns the last log record."""
     env = Distributed(cfg.device)
-    device = env.device
-    torch.manual_seed(cfg.seed + env.rank)
-    vocab = load_vocab(cfg.tokenizer)
-    out = Path(cfg.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     batches, val_rows, info = prepare(cfg, env.rank, env.world_size)
-    bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
-    logger = Logger(cfg.out_dir, env.main, cfg.tensorboard)
-    resume = (out / checkpoint.LATEST).exists()
-    val_ref = None
-    if cfg.dpo.loss not in REFERENCE_FREE:  # before the policy is built: only one model at a time
-        (batches.ref_logps, val_ref), event = reference_logps(cfg, [batches.rows, val_rows], env, autocast)
+    pref = Preference(cfg, batches, val_rows, info)
+    if cfg.dpo.loss not in REFERENCE_FREE and not reference_is_base(cfg):
+        # Before the policy is built: only one model in memory at a time.
+        refs, event = reference_logps(cfg, [batches.rows, val_rows], env, autocast_for(cfg, env.device)[0])
+        pref.use_reference(refs)
         info.update(event)
-    model, ckpt = build_model(cfg, resume, vocab.size, device)
-    optimizer = build_optimizer(model, cfg, device)
-    start_step, tokens_seen = 0, 0
-    if resume:
-        optimizer.load_state_dict(ckpt["optimizer"])
-        batches.load_state_dict(ckpt["loader"])
-        start_step, tokens_seen = ckpt["step"], ckpt["tokens_seen"]
-        checkpoint.set_rng_state(ckpt["rng"])
-        logger.drop_after(start_step)
-    if start_step >= cfg.max_steps or (stop_at is not None and stop_at <= start_step):
-        env.close()
-        return {"step": start_step, "event": "nothing to do: the checkpoint is at or past the stop"}
-    if env.main:
-        checkpoint.keep_tokenizer(cfg.tokenizer, cfg.out_dir)
-    raw_model = model
-    if cfg.compile:
-        model = torch.compile(model)
-    if env.enabled:
-        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
-                                                          else None)
-    info.update(step=start_step, loss_kind=cfg.dpo.loss, params=raw_model.num_params(), device=str(device),
-                world_size=env.world_size, bf16=bf16, resumed=resume)
-    logger.log(info, f"{cfg.dpo.loss} on {info['train_items']:,} train and {info['val_items']:,} held-out items "
-                     f"({info['truncated_answers']} answers truncated, {info['skipped_rows']} rows skipped), "
-                     + (f"reference log-probs {'reused' if info['reused'] else 'computed'}: {info['ref_logps']}"
-                        if "ref_logps" in info else "no reference model"))
-    stop = StopRequest()
-    val_batches = [] if val_rows is None else [
-        np.arange(k, min(k + cfg.micro_batch, len(val_rows.groups)))
-        for k in range(0, min(len(val_rows.groups), cfg.micro_batch * cfg.dpo.eval_batches), cfg.micro_batch)]
-
-    def evaluate() -> dict[str, float]:
-        if not val_batches:
-            return {}
-        model.eval()
-        total = torch.zeros(len(STATS), device=device)
-        with torch.no_grad():
-            for index in val_batches:
-                batch = to_device(pref_batch(val_rows, index, val_ref), device)
-                with autocast:
-                    logits, _ = raw_model(batch["x"], positions=batch["positions"], doc_ids=batch["doc_ids"])
-                sums, counts = sequence_logps(logits, batch["y"], batch["target_seq"], batch["n_seq"])
-                total += objective(cfg, batch, sums, counts)[1]
-        model.train()
-        return summary(total, "val_")
-
-    def save(step: int) -> None:
-        if env.main:
-            checkpoint.save(cfg.out_dir, raw_model, optimizer, step,
-                            {"loader": batches.state_dict(), "tokens_seen": tokens_seen,
-                             "train_config": cfg.model_dump(), "tokenizer": checkpoint.TOKENIZER,
-                             "ref_logps": info.get("ref_logps")})
-
-    model.train()
-    t_start, window_t, window_tokens = time.perf_counter(), time.perf_counter(), 0
-    window = torch.zeros(len(STATS), device=device)
-    last: dict[str, Any] = {}
-    done = saved_at = start_step
-    for step in range(start_step, cfg.max_steps):
-        if env.any(stop.requested):  # every rank stops at the same step
-            break
-        lr = lr_at(step, cfg)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        micro = [to_device(batches.next_batch(), device) for _ in range(cfg.grad_accum)]
-        items = sum(int((b["role"] != REJECTED).sum()) for b in micro)
-        count = env.sum(torch.tensor(float(items), device=device)).clamp(min=1)
-        step_stats = torch.zeros(len(STATS), device=device)
-        for k, batch in enumerate(micro):
-            sync = not env.enabled or k == cfg.grad_accum - 1
-            with (nullcontext() if sync else model.no_sync()), autocast:
-                logits, _ = model(batch["x"], positions=batch["positions"], doc_ids=batch["doc_ids"])
-            sums, counts = sequence_logps(logits, batch["y"], batch["target_seq"], batch["n_seq"])
-            losses, stats = objective(cfg, batch, sums, counts)
-            (losses.sum() * env.world_size / count).backward()  # DDP averages gradients over ranks
-            step_stats += stats
-        norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.optimizer.grad_clip or float("inf"))
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        real = env.sum(torch.tensor(float(sum(b["tokens"] for b in micro)), device=device)).item()
-        tokens_seen += int(real)
-        window_tokens += int(real)
-        window += env.sum(step_stats)
-        done = step + 1
-        evaluate_now = done == cfg.max_steps or (cfg.eval_every and done % cfg.eval_every == 0)
-        val = evaluate() if evaluate_now else {}
-        if done % cfg.log_every == 0 or evaluate_now or done == stop_at:
-            now = time.perf_counter()
-            tok_s = window_tokens / (now - window_t)
-            last = {"step": done, **summary(window), "lr": lr, "grad_norm": round(norm.item(), 4),
-                    "tokens": tokens_seen, "tok_per_s": round(tok_s, 1), "elapsed_s": round(now - t_start, 2), **val}
-            line = (f"step {done}/{cfg.max_steps} | loss {last['loss']:.4f} | acc {last['reward_accuracy']:.2f} "
-                    f"| margin {last['reward_margin']:.3f}"
-                    + (f" | val loss {val['val_loss']:.4f} acc {val['val_reward_accuracy']:.2f}" if val else "")
-                    + f" | lr {lr:.2e} | {tok_s:,.0f} tok/s")
-            logger.log(last, line)
-            window_t, window_tokens = time.perf_counter(), 0
-            window.zero_()
-        if cfg.ckpt_every and done % cfg.ckpt_every == 0:
-            save(done)
-            saved_at = done
-        if stop_at is not None and done >= stop_at:
-            break
-    if saved_at != done:
-        save(done)
-    stop.restore()
-    logger.close()
-    env.close()
-    return last
+    return run(cfg, pref, stop_at, env)
 
 
 def evaluate_checkpoint(cfg: TrainConfig, path: str) -> dict[str, float]:

@@ -245,34 +245,6 @@ def pref_batch(rows: PrefRows, group_index: np.ndarray, ref_logps: np.ndarray | 
     return batch
 
 
-class PrefBatches:
-    """Shuffled row groups, epoch after epoch; (epoch, cursor) is the resumable position."""
-
-    def __init__(self, rows: PrefRows, batch_size: int, seed: int, rank: int = 0, world_size: int = 1):
-        if len(rows.groups) < batch_size * world_size:
-            raise ValueError(f"{len(rows.groups)} preference row groups are fewer than micro_batch x world size "
-                             f"({batch_size} x {world_size}): lower micro_batch or add pairs")
-        self.rows, self.batch_size, self.seed = rows, batch_size, seed
-        self.rank, self.world_size = rank, world_size
-        self.epoch, self.cursor = 0, 0
-        self.ref_logps: np.ndarray | None = None
-
-    def next_batch(self) -> dict[str, Any]:
-        step = self.batch_size * self.world_size
-        if self.cursor + step > len(self.rows.groups):
-            self.epoch, self.cursor = self.epoch + 1, 0
-        order = np.random.default_rng([self.seed, self.epoch]).permutation(len(self.rows.groups))
-        chosen = order[self.cursor + self.rank * self.batch_size: self.cursor + (self.rank + 1) * self.batch_size]
-        self.cursor += step
-        return pref_batch(self.rows, chosen, self.ref_logps)
-
-    def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "cursor": self.cursor}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        self.epoch, self.cursor = state["epoch"], state["cursor"]
-
-
 def sequence_logps(logits: torch.Tensor, y: torch.Tensor, target_seq: torch.Tensor, n_seq: int
                    ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sum of the answer tokens' log-probabilities per sequence, and their count, in float32."""

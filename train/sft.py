@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ import numpy as np
 import torch
 
 from train.chat import encode_conversation, prompt_tokens, resolve_template
+from train.data import RowBatches
 from train.tokenizer import Vocab, load_vocab
 
 VAL_BATCHES = 8  # the first rows of the held-out split, the same at every evaluation
@@ -183,47 +185,20 @@ def row_batch(rows: Rows, index: np.ndarray) -> tuple[torch.Tensor, ...]:
     return tokens[:, :-1], tokens[:, 1:], loss_mask, positions[:, :-1], doc_ids[:, :-1]
 
 
-class SftBatches:
-    """Shuffled rows, epoch after epoch; (epoch, cursor) is the resumable position."""
-
-    def __init__(self, rows: Rows, batch_size: int, seed: int, rank: int = 0, world_size: int = 1):
-        if len(rows) < batch_size * world_size:
-            raise ValueError(f"{len(rows)} SFT rows are fewer than micro_batch x world size "
-                             f"({batch_size} x {world_size})")
-        self.rows, self.batch_size, self.seed = rows, batch_size, seed
-        self.rank, self.world_size = rank, world_size
-        self.epoch, self.cursor = 0, 0
-
-    def next_batch(self) -> tuple[torch.Tensor, ...]:
-        step = self.batch_size * self.world_size
-        if self.cursor + step > len(self.rows):
-            self.epoch, self.cursor = self.epoch + 1, 0
-        order = np.random.default_rng([self.seed, self.epoch]).permutation(len(self.rows))
-        chosen = order[self.cursor + self.rank * self.batch_size: self.cursor + (self.rank + 1) * self.batch_size]
-        self.cursor += step
-        return row_batch(self.rows, chosen)
-
-    def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "cursor": self.cursor}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        self.epoch, self.cursor = state["epoch"], state["cursor"]
-
-
 def held_out(index: int, row: dict[str, Any], fraction: float) -> bool:
     key = json.dumps(row, sort_keys=True, default=str) + str(index)
     return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big") / 2**64 < fraction
 
 
-def sft_data(cfg: Any, rank: int, world_size: int) -> tuple[SftBatches, Any]:
+def sft_data(cfg: Any, rank: int, world_size: int) -> tuple[RowBatches, Any]:
     """Training batches and a validation-batch function for `winnow train sft`."""
     vocab = load_vocab(cfg.tokenizer)
-    rows = read_examples(cfg.sft.data)
     train, val = [], []
-    for k, row in enumerate(rows):
+    for k, row in enumerate(read_examples(cfg.sft.data)):
         (val if held_out(k, row, cfg.sft.val_fraction) else train).append(encode_example(row, vocab, cfg.sft.template))
-    batches = SftBatches(build_rows(train, cfg.seq_len, vocab.pad_id, cfg.sft.packing), cfg.micro_batch, cfg.seed,
-                         rank, world_size)
+    rows = build_rows(train, cfg.seq_len, vocab.pad_id, cfg.sft.packing)
+    batches = RowBatches(rows, len(rows), partial(row_batch, rows), cfg.micro_batch, cfg.seed, rank, world_size,
+                         what="SFT rows")
     val_rows = build_rows(val, cfg.seq_len, vocab.pad_id, cfg.sft.packing) if val else None
 
     def val_batches() -> list:

@@ -2,8 +2,8 @@
 
 The phases are barriers, each a fan-out of tasks whose tables Ray shuffles to the next; the
 driver holds references and per-task stats only. The last phase writes one output shard per
-input shard with the same completion records as a map stage, so reruns, status and the
-manifest treat both kinds alike. Decisions are deterministic, so when a run dies while writing,
+input shard, each a shard task like a map stage's (`StageDir.run`: begin, write, finish), so
+reruns, status and the manifest treat both kinds alike. Decisions are deterministic, so when a run dies while writing,
 the rerun recomputes the phases and writes only the shards that are missing.
 """
 
@@ -13,14 +13,13 @@ import logging
 import time
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import fsspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.config import StageConfig, WriterConfig
 from pipeline.dedup.components import connected_components
 from pipeline.dedup.params import DedupParams
 from pipeline.dedup.phases import (
@@ -39,19 +38,25 @@ from pipeline.dedup.shuffle import concat, exchange
 from pipeline.jsonfile import read_json, write_json
 from pipeline.parquet_io import iter_parquet, writer_for
 from pipeline.progress import StageProgress
-from pipeline.stage import clear_shard, completion_record
+from pipeline.stage import completion_record
+from pipeline.stagedir import REJECTED, StageDir, merge_counts, run_shard
 from pipeline.storage import write_bytes
+from pipeline.writer_params import WriterConfig
+
+if TYPE_CHECKING:
+    from pipeline.config import StageConfig
 
 log = logging.getLogger("winnow.dedup")
 
 CLUSTER_COLUMNS = {"dup_cluster_id": pa.string(), "dup_cluster_size": pa.int32()}
 SAVED = "_decisions"  # in the stage directory: decisions/part-<partition>.parquet and decided.json
+SUMMARY = "_dedup.json"  # in the stage directory: the phases' stats (pipeline/kinds/dedup.py reads it)
 
 
 @dataclass(frozen=True)
 class WriteJob:
     stage_name: str
-    stage_dir: str
+    stagedir: StageDir
     shard: str
     input_path: str
     fingerprint: str
@@ -73,11 +78,8 @@ def save_decisions_task(url: str, *tables: pa.Table) -> int:
 
 
 def write_task(job: WriteJob) -> dict[str, Any]:
-    """Copy one input shard into kept and rejected shards, with its cluster columns set."""
-    wall0, cpu0 = time.perf_counter(), time.process_time()
-    fs, stage_dir = fsspec.core.url_to_fs(job.stage_dir)
-    clear_shard(fs, stage_dir, job.shard)
-    fs.makedirs(f"{stage_dir}/rejected", exist_ok=True)
+    """Copy one input shard into kept and rejected shards, with its cluster columns set; return its record."""
+    stagedir = job.stagedir
     with fsspec.open(job.decisions, "rb") as f:
         decisions = pq.read_table(f, schema=DECISIONS)
     doc = decisions.column("doc").to_numpy()
@@ -91,8 +93,8 @@ def write_task(job: WriteJob) -> dict[str, Any]:
     with fsspec.open(job.input_path, "rb") as f:
         columns = {field.name: field.type for field in pq.read_schema(f)} | CLUSTER_COLUMNS
     writer_cfg = WriterConfig.model_validate_json(job.writer_json)
-    kept_writer = writer_for(fs, f"{stage_dir}/part-{job.shard}", columns, False, writer_cfg)
-    rejected_writer = writer_for(fs, f"{stage_dir}/rejected/part-{job.shard}",
+    kept_writer = writer_for(stagedir.fs, stagedir.part(job.shard), columns, False, writer_cfg)
+    rejected_writer = writer_for(stagedir.fs, stagedir.part(job.shard, REJECTED),
                                  columns | {"duplicate_of": pa.string()}, True, writer_cfg)
     row = rows_out = 0
     drop_reasons: Counter[str] = Counter()
@@ -115,13 +117,9 @@ def write_task(job: WriteJob) -> dict[str, Any]:
     in_clusters = sum(1 for _, _, members in by_row.values() if members > 1)
     step_stats = {"in": row, "out": rows_out, "chars_out": kept_writer.chars, "in_clusters": in_clusters,
                   **{f"dropped:{r.split(':', 1)[-1]}": n for r, n in drop_reasons.items()}}
-    record = completion_record(job.shard, job.fingerprint, job.input_path, outputs, rejected_outputs, row, rows_out,
-                               drop_reasons, (wall0, cpu0), chars_out=kept_writer.chars,
-                               chars_rejected=rejected_writer.chars, steps={"dedup": step_stats},
-                               peak_rss_mb=peak_rss_mb(), input_id=job.input_id)
-    fs.makedirs(f"{stage_dir}/_done", exist_ok=True)
-    write_json(fs, f"{stage_dir}/_done/{job.shard}.json", record)
-    return record
+    return completion_record(job.shard, job.fingerprint, job.input_path, outputs, rejected_outputs, row, rows_out,
+                             drop_reasons, chars_out=kept_writer.chars, chars_rejected=rejected_writer.chars,
+                             steps={"dedup": step_stats}, peak_rss_mb=peak_rss_mb(), input_id=job.input_id)
 
 
 def partitions_for(params: DedupParams, inputs: list[str]) -> int:
@@ -150,27 +148,20 @@ class PhaseLog:
     def add(self, name: str, started: float, stats: list[dict[str, Any]]) -> None:
         merged: dict[str, Any] = {"tasks": len(stats), "wall_s": round(time.perf_counter() - started, 3),
                                   "max_task_peak_rss_mb": max((s["peak_rss_mb"] for s in stats), default=0.0)}
-        for s in stats:
-            for key, value in s.items():
-                if key in ("wall_s", "peak_rss_mb"):
-                    continue
-                if isinstance(value, dict):
-                    bucket = merged.setdefault(key, {})
-                    for k, v in value.items():
-                        bucket[k] = bucket.get(k, 0) + v
-                elif key.startswith("largest"):
-                    merged[key] = max(merged.get(key, 0), value)
-                else:
-                    merged[key] = merged.get(key, 0) + value
+        # Sizes of the largest thing a task saw are a maximum; every other counter is a sum.
+        merged |= merge_counts({k: v for k, v in s.items() if k not in ("wall_s", "peak_rss_mb")
+                                and not k.startswith("largest")} for s in stats)
+        for key in {k for s in stats for k in s if k.startswith("largest")}:
+            merged[key] = max(s.get(key, 0) for s in stats)
         self.phases[name] = merged
         log.info("dedup %s: %s", name, {k: v for k, v in merged.items() if not isinstance(v, dict)})
 
 
-def _gather(refs: list[Any], label: str, docs_of: Any) -> list[tuple[dict[str, Any] | None, str | None]]:
+def _gather(refs: list[Any], label: str, docs_of: Any) -> list[tuple[dict[str, Any] | None, Exception | None]]:
     """Results of per-shard tasks in order, as (result, None) or (None, error), with a progress bar."""
     import ray
 
-    results: dict[Any, tuple[dict[str, Any] | None, str | None]] = {}
+    results: dict[Any, tuple[dict[str, Any] | None, Exception | None]] = {}
     remaining = list(refs)
     with StageProgress(label, total=len(refs)) as progress:
         while remaining:
@@ -180,7 +171,7 @@ def _gather(refs: list[Any], label: str, docs_of: Any) -> list[tuple[dict[str, A
                     results[ref] = (ray.get(ref), None)
                     progress.update(progress.docs + docs_of(results[ref][0]), shards_done=1)
                 except Exception as exc:  # noqa: BLE001 - a bad shard is recorded, the others go on
-                    results[ref] = (None, str(exc).strip().splitlines()[-1][:500])
+                    results[ref] = (None, exc)
                     progress.update(progress.docs, failed=1)
     return [results[ref] for ref in refs]
 
@@ -191,7 +182,7 @@ def shard_numbers(shards: dict[str, str]) -> dict[str, int]:
     return {shard: k for k, shard in enumerate(sorted(shards))}
 
 
-def decide(stage: StageConfig, stage_dir: str, shards: dict[str, str],
+def decide(stage: StageConfig, stagedir: StageDir, shards: dict[str, str],
            options: dict[str, Any]) -> tuple[int, list[dict[str, str]], PhaseLog]:
     """Every phase up to the decisions, saved under `_decisions/`: (partitions, failed shards, phase stats)."""
     import ray
@@ -207,11 +198,8 @@ def decide(stage: StageConfig, stage_dir: str, shards: dict[str, str],
     routed, stat_refs = exchange(sign_task, [(number[s], shards[s], params_json, parts, stage.batch_size)
                                              for s in names], widths, **options)
     results = _gather(stat_refs, f"{stage.name} (signatures)", lambda r: r["docs"])
-    failures = [{"shard": s, "input": shards[s], "error": err} for s, (_, err) in zip(names, results, strict=True)
-                if err]
-    for failure in failures:
-        log.error("stage %s shard %s (%s) failed: %s", stage.name, failure["shard"], failure["input"],
-                  failure["error"])
+    failures = [stagedir.failure(s, shards[s], err) for s, (_, err) in zip(names, results, strict=True)
+                if err is not None]
     ok = [i for i, (_, err) in enumerate(results) if err is None]
     bands, docs, *rest = [[[refs[i] for i in ok] for refs in output] for output in routed]
     phases.add("sign", started, [r for r, _ in results if r])
@@ -248,27 +236,31 @@ def decide(stage: StageConfig, stage_dir: str, shards: dict[str, str],
     phases.add("decide", t, ray.get(stats))
     t = time.perf_counter()
     save = ray.remote(save_decisions_task).options(**options)
-    ray.get([save.remote(f"{stage_dir}/{SAVED}/part-{p:05d}.parquet", *decisions[p]) for p in range(parts)])
+    ray.get([save.remote(stagedir.file_url(f"{SAVED}/part-{p:05d}.parquet"), *decisions[p]) for p in range(parts)])
     phases.add("save", t, [])
     return parts, failures, phases
 
 
 
-def run_dedup(stage: StageConfig, stage_dir: str, fingerprint: str, shards: dict[str, str], pending: list[str],
-              done: dict[str, dict[str, Any]], input_id: dict[str, str] | None = None) -> list[dict[str, str]]:
+def run_dedup(stage: StageConfig, stagedir: StageDir | str, fingerprint: str, shards: dict[str, str],
+              pending: list[str], done: dict[str, dict[str, Any]],
+              input_id: dict[str, str] | None = None) -> list[dict[str, str]]:
     """Run every phase over all shards, write the pending ones; returns the shards that failed.
 
-    `input_id` names each shard's input; every record written names it, so a rerun can tell
-    decisions made on another set of inputs."""
+    `stagedir` is the stage's directory (or its URL). `input_id` names each shard's input; every
+    record written names it, so a rerun can tell decisions made on another set of inputs."""
     import ray
+
+    if isinstance(stagedir, str):
+        stagedir = StageDir(stagedir, stage.name)
 
     params = stage.dedup or DedupParams()
     options: dict[str, Any] = {"num_cpus": stage.resources.num_cpus, "max_retries": stage.max_retries,
                                "retry_exceptions": False}
     if stage.resources.memory_mb:
         options["memory"] = stage.resources.memory_mb << 20
-    fs, path = fsspec.core.url_to_fs(stage_dir)
-    saved = read_json(fs, f"{path}/{SAVED}/decided.json")
+    fs = stagedir.fs
+    saved = read_json(fs, stagedir.file(f"{SAVED}/decided.json"))
     reuse = bool(saved) and saved.get("fingerprint") == fingerprint
     started = time.perf_counter()
     if reuse:
@@ -277,30 +269,30 @@ def run_dedup(stage: StageConfig, stage_dir: str, fingerprint: str, shards: dict
         parts, failures, phases = saved["parts"], [], PhaseLog()
         phases.phases = saved["phases"]
     else:
-        if fs.exists(f"{path}/{SAVED}"):
-            fs.rm(f"{path}/{SAVED}", recursive=True)
-        parts, failures, phases = decide(stage, stage_dir, shards, options)
+        if fs.exists(stagedir.file(SAVED)):
+            fs.rm(stagedir.file(SAVED), recursive=True)
+        parts, failures, phases = decide(stage, stagedir, shards, options)
         if not failures:  # a failed shard may do better next time: then nothing is saved
-            write_json(fs, f"{path}/{SAVED}/decided.json",
+            write_json(fs, stagedir.file(f"{SAVED}/decided.json"),
                        {"fingerprint": fingerprint, "parts": parts, "phases": phases.phases})
 
     failed = {f["shard"] for f in failures}
     to_write = [s for s in pending if s not in failed]
     t = time.perf_counter()
-    write = ray.remote(write_task).options(**options)
+    write = ray.remote(run_shard).options(**options)
     futures = {}
     number = shard_numbers(shards)
     for s in to_write:
-        job = WriteJob(stage.name, stage_dir, s, shards[s], fingerprint, stage.writer.model_dump_json(),
-                       stage.batch_size, number[s], f"{stage_dir}/{SAVED}/part-{number[s] % parts:05d}.parquet",
+        job = WriteJob(stage.name, stagedir, s, shards[s], fingerprint, stage.writer.model_dump_json(),
+                       stage.batch_size, number[s], stagedir.file_url(f"{SAVED}/part-{number[s] % parts:05d}.parquet"),
                        (input_id or {}).get(s, ""))
-        futures[write.remote(job)] = s
+        futures[write.remote(stagedir, s, write_task, job)] = s
     write_stats = []
     refs = list(futures)
     for ref, (record, err) in zip(refs, _gather(refs, f"{stage.name} (write)", lambda r: r["rows_in"]), strict=True):
         shard = futures[ref]
-        if err:
-            failures.append({"shard": shard, "input": shards[shard], "error": err})
+        if err is not None:
+            failures.append(stagedir.failure(shard, shards[shard], err))
             continue
         done[shard] = record
         write_stats.append({"peak_rss_mb": record["peak_rss_mb"], "rows": record["rows_in"]})
@@ -309,5 +301,5 @@ def run_dedup(stage: StageConfig, stage_dir: str, fingerprint: str, shards: dict
                "phase_cpu_s": round(sum(p.get("cpu_s", 0) for n, p in phases.phases.items() if n != "write"), 3),
                "wall_s": round(time.perf_counter() - started, 3), "driver_peak_rss_mb": peak_rss_mb(),
                "phases": phases.phases}
-    write_json(fs, f"{path}/_dedup.json", summary)
+    write_json(fs, stagedir.file(SUMMARY), summary)
     return failures

@@ -10,6 +10,7 @@ if TYPE_CHECKING:
     from pipeline.config import StageConfig
     from pipeline.kinds.pool import ShardCalls
     from pipeline.rundir import RunDir
+    from pipeline.stagedir import StageDir
 
 
 @dataclass
@@ -19,7 +20,7 @@ class StageContext:
     rundir: RunDir
     index: int
     stage: StageConfig
-    stage_dir: str  # an fs path inside rundir
+    stagedir: StageDir  # its directory, and the shard protocol (pipeline/stagedir.py)
     fingerprint: str
     shards: dict[str, str]  # shard id -> input URL
     input_ids: dict[str, str]  # shard id -> identity of that input (see runner.input_identity)
@@ -31,10 +32,6 @@ class StageContext:
     def first(self) -> bool:
         return self.index == 0
 
-    @property
-    def stage_url(self) -> str:
-        return self.rundir.url(self.stage_dir)
-
 
 class StageKind:
     """A kind of stage. Subclasses set `name` and override what differs from a map stage."""
@@ -43,13 +40,17 @@ class StageKind:
     # True when a shard's output depends on every input shard (dedup): its completion records then
     # name the whole input set, and a changed set recomputes the whole stage.
     global_input: ClassVar[bool] = False
-    # The config section (a key of StageConfig) this kind takes instead of `steps`, if any.
+    # The config section (a key of its stage model in pipeline.config) this kind takes instead of `steps`, if any.
     section: ClassVar[str | None] = None
     # True when the stage's documents are its input, unchanged (it makes something else beside them).
     passes_documents_through: ClassVar[bool] = False
+    # Folders of the stage directory where its shards write beside their documents: a shard's files
+    # there are cleared when it begins and removed with it when it goes stale.
+    folders: ClassVar[tuple[str, ...]] = ()
 
     def validate(self, stage: StageConfig, index: int) -> None:
-        """Raise ValueError, phrased for the user, when the stage cannot be of this kind."""
+        """Raise ValueError, phrased for the user, when the stage cannot stand at `index` (its keys were
+        checked by its kind's model in pipeline.config)."""
 
     def fingerprint_parts(self, stage: StageConfig) -> tuple[list[str], dict[str, dict[str, str]]]:
         """The modules whose source and the library versions that decide what this stage writes."""
@@ -75,8 +76,7 @@ class StageKind:
         from pipeline.fingerprint import record_digest
 
         digest = record_digest(record)
-        return {(shard if chunk == 0 else f"{shard}.{chunk:03d}"): (ctx.rundir.url(f"{ctx.stage_dir}/{name}"),
-                                                                   f"{digest}:{name}")
+        return {(shard if chunk == 0 else f"{shard}.{chunk:03d}"): (ctx.stagedir.file_url(name), f"{digest}:{name}")
                 for chunk, name in enumerate(record["outputs"])}
 
     def next_inputs(self, ctx: StageContext) -> tuple[dict[str, str], dict[str, str]]:

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 from importlib.metadata import version
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeline.jsonfile import read_json
 from pipeline.kinds.base import StageContext, StageKind
 
-MODULES = ["pipeline.dedup.minhash", "pipeline.dedup.shuffle", "pipeline.dedup.components",
-           "pipeline.dedup.phases", "pipeline.dedup.params", "pipeline.dedup.stage",
-           "pipeline.stage", "pipeline.parquet_io", "pipeline.schema"]
+if TYPE_CHECKING:
+    from pipeline.config import DedupStage
 
 
 class DedupKind(StageKind):
@@ -19,30 +18,25 @@ class DedupKind(StageKind):
     global_input = True
     section = "dedup"
 
-    def validate(self, stage, index: int) -> None:
-        from pipeline.dedup.params import DedupParams
-
+    def validate(self, stage: DedupStage, index: int) -> None:
+        # Its keys were checked by its config model (pipeline.config.DedupStage); what is left is its place.
         if index == 0:
             raise ValueError(f"stage {stage.name!r}: a dedup stage needs a stage before it that extracts text")
-        if stage.steps:
-            raise ValueError(f"stage {stage.name!r}: a dedup stage takes a `dedup:` section, not steps")
-        if stage.synth is not None:
-            raise ValueError(f"stage {stage.name!r}: `synth:` needs `kind: synth`")
-        stage.dedup = stage.dedup or DedupParams()
 
-    def fingerprint_parts(self, stage) -> tuple[list[str], dict[str, dict[str, str]]]:
-        return list(MODULES), {"dedup": {name: version(name) for name in ("datasketch", "xxhash", "numpy",
+    def fingerprint_parts(self, stage: DedupStage) -> tuple[list[str], dict[str, dict[str, str]]]:
+        # This module's imports (pipeline.dedup.*) are the code that runs: see pipeline.fingerprint.
+        return [], {"dedup": {name: version(name) for name in ("datasketch", "xxhash", "numpy",
                                                                            "pyarrow")}}
 
     def run(self, ctx: StageContext, pending: list[str]) -> list[dict[str, str]]:
         from pipeline.dedup.stage import run_dedup  # datasketch and scipy load only when needed
 
         ctx.ensure_ray()
-        return run_dedup(ctx.stage, ctx.stage_url, ctx.fingerprint, ctx.shards, pending, ctx.done,
+        return run_dedup(ctx.stage, ctx.stagedir, ctx.fingerprint, ctx.shards, pending, ctx.done,
                          input_id=ctx.input_ids)
 
     def summarize(self, ctx: StageContext, summary: dict[str, Any]) -> None:
-        summary["dedup"] = read_json(ctx.rundir.fs, f"{ctx.stage_dir}/_dedup.json") or {}
+        summary["dedup"] = read_json(ctx.stagedir.fs, ctx.stagedir.file("_dedup.json")) or {}
         # The shuffle phases' CPU belongs to the stage too, not only the final writes.
         summary["cpu_s"] = round(summary["cpu_s"] + summary["dedup"].get("phase_cpu_s", 0), 3)
 

@@ -9,22 +9,16 @@ from filters import STEPS
 from pipeline.kinds.base import StageContext, StageKind
 
 if TYPE_CHECKING:
+    from pipeline.config import MapStage
     from pipeline.kinds.pool import ShardCalls
-
-# Modules every map stage runs through, whatever its steps.
-RUNTIME_MODULES = ["filters.base", "pipeline.stage", "pipeline.parquet_io", "pipeline.schema"]
 
 
 class MapKind(StageKind):
     name = "map"
 
-    def validate(self, stage, index: int) -> None:
-        for section in ("dedup", "synth"):
-            if getattr(stage, section) is not None:
-                raise ValueError(f"stage {stage.name!r}: `{section}:` needs `kind: {section}`")
-
-    def fingerprint_parts(self, stage) -> tuple[list[str], dict[str, dict[str, str]]]:
-        modules = list(RUNTIME_MODULES)
+    def fingerprint_parts(self, stage: MapStage) -> tuple[list[str], dict[str, dict[str, str]]]:
+        # The steps this stage runs: their modules join this one's imports in the stage's source digest.
+        modules = []
         versions: dict[str, dict[str, str]] = {}
         for i, step in enumerate(stage.steps):
             cls = STEPS[step["type"]]
@@ -35,17 +29,17 @@ class MapKind(StageKind):
     def shard_calls(self, ctx: StageContext) -> ShardCalls:
         from pipeline.kinds.pool import ShardCalls
         from pipeline.progress import LiveCount
-        from pipeline.stage import ShardJob, run_shard
+        from pipeline.stage import ShardJob, map_shard
 
         stage, live = ctx.stage, LiveCount.start()
         stage_json = stage.model_dump_json()
 
         def args(shard: str) -> tuple:
-            return (ShardJob(stage.name, stage_json, ctx.stage_url, shard, ctx.shards[shard], ctx.first,
+            return (ShardJob(stage.name, stage_json, ctx.stagedir, shard, ctx.shards[shard], ctx.first,
                              ctx.fingerprint, input_id=ctx.input_ids[shard], progress=live.actor,
-                             log_path=ctx.rundir.task_log(ctx.stage_dir, shard)),)
+                             log_path=ctx.rundir.task_log(ctx.stagedir.dirname, shard)),)
 
-        return ShardCalls(run_shard, args, live.total, live.stop)
+        return ShardCalls(map_shard, args, live.total, live.stop)
 
     def describe(self, stage: dict[str, Any]) -> str:
         steps = []

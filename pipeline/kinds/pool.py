@@ -4,6 +4,9 @@ Tasks are the default: Ray spreads them and reuses CPU workers, so a step's mode
 process anyway. GPU tasks are different: Ray gives each its own process (`max_calls=1`), so every shard
 would load its model again. An actor pool keeps the process, and what it loaded, for every shard it runs:
 the default on GPUs, and `actors: N` anywhere.
+
+Either way every shard call is `StageDir.run`: begin (clear what an earlier attempt left), the kind's
+compute, finish (write the completion record it returned). A kind's compute never marks a shard done.
 """
 
 from __future__ import annotations
@@ -15,13 +18,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from pipeline.stagedir import StageDir, node_id, run_shard
+
 log = logging.getLogger("winnow.run")
 
 
 @dataclass
 class ShardCalls:
-    """How a kind runs one stage's shards: the remote function, its arguments for a shard, a live count
-    of the documents its running shards have done, and what to release once the stage is over."""
+    """How a kind runs one stage's shards: the compute of one shard (it returns the shard's completion
+    record), its arguments for a shard, a live count of the documents its running shards have done, and
+    what to release once the stage is over."""
 
     fn: Callable[..., dict[str, Any]]
     args: Callable[[str], tuple]
@@ -39,9 +45,10 @@ def pool_size(stage: Any, shards: int) -> int:
     return min(size or 0, shards)
 
 
-def shard_runner(stage: Any, fn: Callable[..., dict[str, Any]], shards: int) -> TaskLauncher | ActorPool:
+def shard_runner(stage: Any, stagedir: StageDir, fn: Callable[..., dict[str, Any]],
+                 shards: int) -> TaskLauncher | ActorPool:
     size = pool_size(stage, shards)
-    return ActorPool(stage, fn, size) if size else TaskLauncher(stage, fn)
+    return ActorPool(stage, stagedir, fn, size) if size else TaskLauncher(stage, stagedir, fn)
 
 
 def _options(stage: Any) -> dict[str, Any]:
@@ -52,14 +59,16 @@ def _options(stage: Any) -> dict[str, Any]:
 class TaskLauncher:
     """One Ray task per shard, all submitted at once; Ray's scheduler spreads them."""
 
-    def __init__(self, stage: Any, fn: Callable[..., dict[str, Any]]) -> None:
+    def __init__(self, stage: Any, stagedir: StageDir, fn: Callable[..., dict[str, Any]]) -> None:
         import ray
 
-        self.task = ray.remote(fn).options(**_options(stage), max_retries=stage.max_retries, retry_exceptions=False)
+        self.stagedir, self.fn = stagedir, fn
+        self.task = ray.remote(run_shard).options(**_options(stage), max_retries=stage.max_retries,
+                                                  retry_exceptions=False)
 
     def submit(self, calls: dict[str, tuple]) -> dict[Any, str]:
         """Submit these shards' calls; return future -> shard."""
-        return {self.task.remote(*args): shard for shard, args in calls.items()}
+        return {self.task.remote(self.stagedir, shard, self.fn, *args): shard for shard, args in calls.items()}
 
     def next(self, ref: Any) -> dict[Any, str]:
         """`ref` finished: what to wait on next besides the rest (nothing: every call went out at submit)."""
@@ -75,12 +84,12 @@ class ShardWorker:
     def __init__(self) -> None:
         self.shards = 0
 
-    def run(self, fn: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
+    def run(self, stagedir: StageDir, shard: str, fn: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
         self.shards += 1
-        return fn(*args)
+        return run_shard(stagedir, shard, fn, *args)
 
     def stats(self) -> dict[str, Any]:
-        from pipeline.stage import build_steps, node_id
+        from pipeline.stage import build_steps
 
         return {"pid": os.getpid(), "node": node_id(), "shards": self.shards,
                 "steps_built": build_steps.cache_info().misses}
@@ -90,12 +99,12 @@ class ActorPool:
     """`size` ShardWorker actors, each given the next pending shard as soon as it is free. A dead actor
     is restarted by Ray and its shard retried (max_retries), as a dead task's would be."""
 
-    def __init__(self, stage: Any, fn: Callable[..., dict[str, Any]], size: int) -> None:
+    def __init__(self, stage: Any, stagedir: StageDir, fn: Callable[..., dict[str, Any]], size: int) -> None:
         import ray
 
         worker = ray.remote(ShardWorker).options(**_options(stage), max_restarts=stage.max_retries,
                                                  max_task_retries=stage.max_retries)
-        self.fn = fn
+        self.stagedir, self.fn = stagedir, fn
         self.actors = [worker.remote() for _ in range(size)]
         self.idle = list(self.actors)
         self.queue: deque[tuple[str, tuple]] = deque()
@@ -106,7 +115,7 @@ class ActorPool:
         while self.queue and self.idle:
             shard, args = self.queue.popleft()
             actor = self.idle.pop()
-            ref = actor.run.remote(self.fn, *args)
+            ref = actor.run.remote(self.stagedir, shard, self.fn, *args)
             self.busy[ref] = actor
             given[ref] = shard
         return given
@@ -134,10 +143,3 @@ class ActorPool:
             ray.kill(actor)
         return {"actors": stats}
 
-
-def shard_failure(stage_name: str, shard: str, input_path: str, exc: BaseException) -> dict[str, str]:
-    """A failed shard as the manifest records it, logged with its input."""
-    lines = str(exc).strip().splitlines()
-    message = (lines[-1] if lines else type(exc).__name__)[:500]
-    log.error("stage %s shard %s (%s) failed: %s", stage_name, shard, input_path, message)
-    return {"shard": shard, "input": input_path, "error": message}

@@ -15,16 +15,17 @@ import logging
 from importlib.metadata import version
 from typing import TYPE_CHECKING, Any
 
+import fsspec
+
 from pipeline.kinds.base import StageContext, StageKind
 
 if TYPE_CHECKING:
+    from pipeline.config import SynthStage
     from pipeline.kinds.pool import ShardCalls
+    from pipeline.stagedir import StageDir
 
 log = logging.getLogger("winnow.run")
 
-MODULES = ["pipeline.synth.shard", "pipeline.synth.params", "pipeline.synth.recipes", "pipeline.synth.qc",
-           "pipeline.synth.webqa", "pipeline.synth.jsonrepair", "llmclient.client", "llmclient.cache",
-           "pipeline.synth.local", "pipeline.kinds.synth", "pipeline.stage", "pipeline.parquet_io"]
 # Summed from the shards' records into the manifest's `synth` entry, then shown by status and the report.
 COUNTS = ("instructions", "rejected", "rephrased", "json_repaired", "judged", "requests", "completed",
           "cache_hits", "retries", "bad_requests", "failed_requests", "prompt_tokens", "completion_tokens")
@@ -34,34 +35,22 @@ class SynthKind(StageKind):
     name = "synth"
     section = "synth"
     passes_documents_through = True
+    folders = ("instructions", "instructions/rejected", "rephrased")
 
-    def validate(self, stage, index: int) -> None:
-        from pydantic import ValidationError
-
-        from pipeline.config import _describe
-        from pipeline.synth.params import SynthParams
-
+    def validate(self, stage: SynthStage, index: int) -> None:
+        # Its keys, `synth:` included, were checked by its config model (pipeline.config.SynthStage).
         if index == 0:
             raise ValueError(f"stage {stage.name!r}: a synth stage needs a stage before it that extracts text")
-        if stage.steps:
-            raise ValueError(f"stage {stage.name!r}: a synth stage takes a `synth:` section, not steps")
-        if stage.dedup is not None:
-            raise ValueError(f"stage {stage.name!r}: `dedup:` needs `kind: dedup`")
-        try:
-            stage.synth = SynthParams(**(stage.synth or {})).model_dump(mode="json")
-        except ValidationError as exc:
-            raise ValueError(f"stage {stage.name!r}: synth: {_describe(exc, SynthParams)}") from None
 
-    def fingerprint_parts(self, stage) -> tuple[list[str], dict[str, dict[str, str]]]:
+    def fingerprint_parts(self, stage: SynthStage) -> tuple[list[str], dict[str, dict[str, str]]]:
         versions = {name: version(name) for name in ("jinja2", "aiohttp", "lxml", "datasketch")}
-        return list(MODULES), {"synth": versions}
+        return [], {"synth": versions, "synth_files": data_digests(stage.synth)}
 
     def shard_calls(self, ctx: StageContext) -> ShardCalls:
         from llmclient.ratelimit import make_limiter
         from pipeline.kinds.pool import ShardCalls
-        from pipeline.synth.params import SynthParams
 
-        stage, params = ctx.stage, SynthParams(**ctx.stage.synth)
+        stage, params = ctx.stage, ctx.stage.synth
         # One limiter for the whole cluster: a named actor every shard task finds by the endpoint.
         limiter = None
         if params.generator == "llm":
@@ -72,8 +61,8 @@ class SynthKind(StageKind):
 
         # A `local` generator loads its checkpoint once per process: on a GPU, the pool keeps it loaded.
         def args(shard: str) -> tuple:
-            return (stage.name, params_json, ctx.stage_url, shard, ctx.shards[shard], ctx.input_ids[shard],
-                    ctx.fingerprint, cache_dir, limiter)
+            return (params_json, ctx.stagedir, shard, ctx.shards[shard], ctx.input_ids[shard], ctx.fingerprint,
+                    cache_dir, limiter)
 
         return ShardCalls(synth_shard_task, args)
 
@@ -81,17 +70,15 @@ class SynthKind(StageKind):
         return {shard: (ctx.shards[shard], ctx.input_ids[shard])}
 
     def summarize(self, ctx: StageContext, summary: dict[str, Any]) -> None:
-        synth: dict[str, Any] = {key: sum(r["synth"].get(key, 0) for r in ctx.done.values()) for key in COUNTS}
-        for key in ("drop_reasons", "by_recipe", "retry_causes"):
-            merged: dict[str, int] = {}
-            for record in ctx.done.values():
-                for name, n in record["synth"].get(key, {}).items():
-                    merged[name] = merged.get(name, 0) + n
-            synth[key] = dict(sorted(merged.items()))
-        synth["cost_usd"] = round(sum(r["synth"].get("cost_usd", 0) for r in ctx.done.values()), 6)
+        from pipeline.stagedir import merge_counts
+
+        merged = merge_counts(r["synth"] for r in ctx.done.values())
+        synth: dict[str, Any] = {key: merged.get(key, 0) for key in COUNTS}
+        synth |= {key: merged.get(key, {}) for key in ("drop_reasons", "by_recipe", "retry_causes")}
+        synth["cost_usd"] = round(merged.get("cost_usd", 0), 6)
         params = ctx.stage.synth
-        synth |= {"generator": params["generator"], "model": params.get("model") or params.get("checkpoint"),
-                  "recipes": [r["name"] for r in params["recipes"]]}
+        synth |= {"generator": params.generator, "model": params.model or params.checkpoint,
+                  "recipes": [r.name for r in params.recipes]}
         summary["synth"] = synth
         if len(ctx.done) == len(ctx.shards):
             summary["published"] = publish(ctx)
@@ -103,45 +90,67 @@ class SynthKind(StageKind):
                 "documents pass through unchanged")
 
 
-def synth_shard_task(stage_name: str, params_json: str, stage_url: str, shard: str, input_path: str, input_id: str,
-                     fingerprint: str, cache_dir: str, limiter: Any) -> dict[str, Any]:
-    """One Ray task: generate a shard's instructions and write its completion record last."""
-    import time
-    from collections import Counter
+def data_digests(params: Any) -> dict[str, str]:
+    """Digests of the files a synth stage reads besides its input: the prompt templates of its recipes
+    (configs/synth/*.j2 or the recipe's own), the judge's, the seed tasks and the QC's eval sets. A changed
+    template makes other prompts, so other answers: the stage is recomputed (answers already paid for stay
+    in the LLM cache)."""
+    import hashlib
 
     import fsspec
+
+    from pipeline.synth.recipes import TEMPLATES
+
+    def digest(path: Any) -> str:
+        try:
+            with fsspec.open(str(path), "rb") as f:
+                return hashlib.file_digest(f, "sha256").hexdigest()[:16]
+        except FileNotFoundError:
+            return "missing"  # the stage reports it when it runs
+
+    found = {}
+    if params.generator != "webqa":  # webqa mines pages: no prompt
+        for recipe in params.recipes:
+            found[f"recipe:{recipe.name}"] = digest(recipe.template or TEMPLATES / f"{recipe.name}.j2")
+        if params.qc.judge:
+            found["judge"] = digest(params.qc.judge_template or TEMPLATES / "judge.j2")
+        if params.seed_tasks:
+            found["seed_tasks"] = digest(params.seed_tasks)
+    if params.qc.decont:
+        from filters.decont import DecontParams, sets_digest
+
+        found["decont"] = sets_digest(DecontParams(**{**params.qc.decont, "type": "decont"}))
+    return found
+
+
+def synth_shard_task(params_json: str, stagedir: StageDir, shard: str, input_path: str, input_id: str,
+                     fingerprint: str, cache_dir: str, limiter: Any) -> dict[str, Any]:
+    """Compute one shard: generate its instructions (in the stage's folders); return its completion record."""
+    from collections import Counter
+
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    from pipeline.jsonfile import write_json
-    from pipeline.stage import clear_shard, completion_record
+    from pipeline.stage import completion_record
     from pipeline.synth.params import SynthParams
     from pipeline.synth.shard import run_synth_shard
 
-    wall0, cpu0 = time.perf_counter(), time.process_time()
-    fs, stage_dir = fsspec.core.url_to_fs(stage_url)
-    clear_shard(fs, stage_dir, shard)
-    for sub in ("instructions", "instructions/rejected", "rephrased"):
-        for path in fs.glob(f"{stage_dir}/{sub}/part-{shard}-*"):
-            fs.rm(path)
     params = SynthParams.model_validate_json(params_json)
-    result = run_synth_shard(params, input_path, f"{stage_url}/instructions", shard, cache_dir,
-                             rephrased_dir=f"{stage_url}/rephrased", limiter=limiter)
+    result = run_synth_shard(params, input_path, stagedir.file_url("instructions"), shard, cache_dir,
+                             rephrased_dir=stagedir.file_url("rephrased"), limiter=limiter)
     outputs = result.pop("outputs")
     names = {k: [v.rsplit("/", 1)[-1]] if v else [] for k, v in outputs.items()}
     docs = result["docs_in"]
-    with fs.open(input_path, "rb") as f:  # the upstream stage's text, counted as this stage's output
+    with fsspec.open(input_path, "rb") as f:  # the upstream stage's text, counted as this stage's output
         text = pq.read_table(f, columns=["text"]).column("text")
     chars = pc.sum(pc.utf8_length(text)).as_py() or 0
     # Documents pass through: none is dropped here. The files this shard made are listed so that a
     # rerun reuses the shard only while they are all there.
-    record = completion_record(shard, fingerprint, input_path, [], [], docs, docs, Counter(), (wall0, cpu0),
-                               input_id=input_id, synth=result, chars_out=chars,
-                               files=[f"instructions/{n}" for n in names["instructions"]] +
-                                     [f"instructions/rejected/{n}" for n in names["rejected"]] +
-                                     [f"rephrased/{n}" for n in names["rephrased"]])
-    write_json(fs, f"{stage_dir}/_done/{shard}.json", record)
-    return record
+    return completion_record(shard, fingerprint, input_path, [], [], docs, docs, Counter(), input_id=input_id,
+                             synth=result, chars_out=chars,
+                             files=[f"instructions/{n}" for n in names["instructions"]] +
+                                   [f"instructions/rejected/{n}" for n in names["rejected"]] +
+                                   [f"rephrased/{n}" for n in names["rephrased"]])
 
 
 def publish(ctx: StageContext) -> dict[str, list[str]]:
@@ -151,7 +160,7 @@ def publish(ctx: StageContext) -> dict[str, list[str]]:
     for kind, target in (("instructions", rundir.instructions), ("rephrased", rundir.rephrased)):
         files = [f for s in sorted(ctx.done) for f in ctx.done[s].get("files", [])
                  if f.startswith(f"{kind}/part-")]
-        rundir.replace_published(target, {f.rsplit("/", 1)[-1]: f"{ctx.stage_dir}/{f}" for f in files},
+        rundir.replace_published(target, {f.rsplit("/", 1)[-1]: ctx.stagedir.file(f) for f in files},
                                  {"fingerprint": ctx.fingerprint})  # a rerun with other settings republishes
         published[kind] = [f.rsplit("/", 1)[-1] for f in files]
     return published

@@ -25,6 +25,8 @@ import yaml
 from pipeline.jsonfile import read_json
 from pipeline.report.budget import CHARS_PER_TOKEN, Assumptions, crawl_cost, training_budget
 from pipeline.report.instructions import collect_instructions
+from pipeline.rundir import RunDir
+from pipeline.stagedir import REJECTED, StageDir
 from pipeline.status import run_status
 from pipeline.storage import is_local
 
@@ -255,13 +257,18 @@ def cluster_sizes(manifest: dict[str, Any]) -> list[dict[str, Any]]:
     return []
 
 
-def funnel(root: str | Path, manifest: dict[str, Any], config: dict[str, Any],
-           samples_per_reason: int, fs: fsspec.AbstractFileSystem | None = None) -> list[dict[str, Any]]:
+def stage_dirs(rundir: RunDir, manifest: dict[str, Any]) -> list[StageDir]:
+    """The directory of each stage the manifest lists (it lists them in stage order)."""
+    return [rundir.stage(index, stage["name"]) for index, stage in enumerate(manifest.get("stages", []))]
+
+
+def funnel(rundir: RunDir, manifest: dict[str, Any], config: dict[str, Any],
+           samples_per_reason: int) -> list[dict[str, Any]]:
     """Per stage and step: documents and characters in and out, and each drop reason with samples."""
     rows = []
     step_order = {s["name"]: [step["type"] for step in s.get("steps") or []]
                   for s in config.get("stages", [])}
-    for stage in manifest.get("stages", []):
+    for stage, stagedir in zip(manifest.get("stages", []), stage_dirs(rundir, manifest), strict=True):
         steps = []
         for name, stats in stage.get("steps", {}).items():
             dropped = {k.split(":", 1)[1]: v for k, v in stats.items() if k.startswith("dropped:")}
@@ -269,7 +276,7 @@ def funnel(root: str | Path, manifest: dict[str, Any], config: dict[str, Any],
                           "chars_out": stats.get("chars_out"), "dropped": dropped})
         order = step_order.get(stage["name"], [])
         steps.sort(key=lambda s: order.index(s["name"]) if s["name"] in order else len(order))
-        rejected = dataset(parquet_files(f"{root}/{stage['dir']}/rejected", fs), fs)
+        rejected = dataset(stagedir.parts(REJECTED), rundir.fs)
         chosen = smallest_keys(rejected, samples_per_reason, group="drop_reason") \
             if rejected is not None and samples_per_reason > 0 else {}
         sampled = read_rows(rejected, [i for ids in chosen.values() for i in ids]) if chosen else []
@@ -286,6 +293,7 @@ def funnel(root: str | Path, manifest: dict[str, Any], config: dict[str, Any],
             "chars_out": chars_out, "chars_dropped": stage.get("chars_rejected", 0),
             "tokens_out": estimated_tokens(chars_out),
             "steps": steps, "reasons": reasons,
+            # CPU seconds include the shards' child processes (the extract step's sandbox).
             "wall_s": stage["wall_s"], "cpu_s": stage["cpu_s"], "errors": stage.get("errors", []),
             # A stage reused from an earlier run took no time in this one; its CPU seconds are its shards'.
             "reused": stage["shards"]["computed"] == 0 and stage["shards"]["done"] > 0,
@@ -306,13 +314,14 @@ def collect(run_dir: str, assumptions: Assumptions | None = None, samples: int =
     from filters.url import offline_tldextract
 
     fs, root = run_fs(run_dir)
-    manifest = read_json(fs, f"{root}/manifest.json")
-    if manifest is None or not fs.exists(f"{root}/run.yaml"):
+    rundir = RunDir(run_dir)
+    manifest = read_json(fs, rundir.manifest)
+    if manifest is None or not fs.exists(rundir.run_yaml):
         raise FileNotFoundError(f"{run_dir} is not a finished Winnow run directory (no manifest.json or run.yaml)")
     assumptions = assumptions or Assumptions()
-    config_text = fs.cat_file(f"{root}/run.yaml").decode()
+    config_text = fs.cat_file(rundir.run_yaml).decode()
     extractor = offline_tldextract()
-    output = dataset(parquet_files(f"{root}/output", fs), fs)
+    output = dataset(parquet_files(rundir.output, fs), fs)
     dist = output_distributions(output, lambda d: extractor(d).suffix or "(none)" if d else "(none)")
     dist["dup_cluster_sizes"] = cluster_sizes(manifest)
     tokens, token_source = estimated_tokens(dist["chars"]), f"estimated at {CHARS_PER_TOKEN} characters per token"
@@ -322,8 +331,8 @@ def collect(run_dir: str, assumptions: Assumptions | None = None, samples: int =
         tokens = int(pc.sum(output.to_table(columns=["token_count"])["token_count"]).as_py() or 0)
         token_source = "counted by the pipeline (token_count)"
     config = yaml.safe_load(config_text)
-    stages = funnel(root, manifest, config, samples_per_reason, fs)
-    all_rejected = [f for s in stages for f in parquet_files(f"{root}/{s['dir']}/rejected", fs)]
+    stages = funnel(rundir, manifest, config, samples_per_reason)
+    all_rejected = [f for stagedir in stage_dirs(rundir, manifest) for f in stagedir.parts(REJECTED)]
     rejected = dataset(all_rejected, fs)
     first_in = stages[0]["docs_in"] if stages else 0
     return {

@@ -1,0 +1,204 @@
+"""The learned article boundary: which lines of resiliparse's main-content output are the article.
+
+A logistic regression over structural features that any page has, in any language: a line's length and
+word count (script-aware), link share, sentence ending, punctuation, digit, capitalised and short-token
+shares (short tokens are a language-agnostic stand-in for stop words), whether it is a heading of the
+page or its title, where it stands (from the top and the bottom, by lines and by text, and from the
+page's largest block), and the same for its neighbours. `bench/train_boundary.py` trains it on pages of
+`../shared/data` (annotated article bodies, trafilatura as a teacher, lines a site repeats) and writes
+`filters/models/extract-boundary.json`; the file is loaded once per process and its digest is part of
+the `extract` step's fingerprint.
+
+The article is the run of lines with the largest sum of (p - SPAN_THRESHOLD) (the lines' article
+probabilities), so that a short subheading inside it stays; inside that run, lines below
+`DROP_THRESHOLD` go (an ad label, a share bar between paragraphs). Standard library and numpy only, as
+the extraction child process imports it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+
+if __package__:
+    from filters.extract_trim import (
+        _TERMINAL,
+        is_chrome,
+        is_furniture,
+        is_metadata,
+        is_section_label,
+        trim_kept,
+        weighted_length,
+        word_count,
+    )
+else:  # imported by the extraction child, run as a script from filters/
+    from extract_trim import (
+        _TERMINAL,
+        is_chrome,
+        is_furniture,
+        is_metadata,
+        is_section_label,
+        trim_kept,
+        weighted_length,
+        word_count,
+    )
+
+MODEL = Path(__file__).with_name("models") / "extract-boundary.json"
+_PUNCT = re.compile(r"[.,;:!?()\"'«»“”„、，。；：！？（）]")
+_DIGIT = re.compile(r"\d")
+# Tokens of one to three characters, and tokens that open with a capital (Latin, Greek, Cyrillic): one regex
+# pass each, as a Python loop over tokens costs more than the rest of the features.
+_SHORT = re.compile(r"(?<!\S)\S{1,3}(?!\S)")
+_CAPITAL = re.compile(r"(?<!\S)[A-ZÀ-ÖØ-ÞĀĂĄĆĈĊČĎĐĒĖĘĚĞĠĢĪĮİĶĹĻĽŁŃŅŇŌŐŒŔŘŚŞŠŢŤŪŮŰŲŹŻŽΑ-ΩА-ЯЁ]")
+MAX_RULE_CHARS = 120
+SAMPLE_CHARS = 240  # the rule predicates only ever fire on short lines
+
+LINE_FEATURES = ["log_len", "log_words", "link", "terminal", "punct", "digits", "capital", "short_tokens",
+                 "unspaced", "heading", "title", "bullet", "blank_before", "long"]
+CONTEXT = ["top_text", "bottom_text", "top_line", "bottom_line", "from_largest", "after_largest",
+           "long_before", "long_after", "window_len", "window_link", "window_terminal", "log_lines", "log_chars"]
+NEIGHBOUR = ["log_len", "link", "terminal", "heading"]
+# The rule trim's verdict and its line predicates, as evidence the model weighs (filters/extract_trim.py).
+RULES = ["trim_kept", "trim_found", "metadata", "chrome", "label", "furniture"]
+FEATURES = [*LINE_FEATURES, *CONTEXT, *(f"prev_{n}" for n in NEIGHBOUR), *(f"next_{n}" for n in NEIGHBOUR),
+            *RULES]
+
+
+def line_features(line: str, link: float, keep: frozenset[str], title: str, blank_before: bool) -> list[float]:
+    stripped = line.strip()
+    length = weighted_length(stripped)
+    words = word_count(stripped)
+    tokens = len(stripped.split())
+    unspaced = words > 2 * tokens  # most of its words are CJK or Thai characters
+    # The shares are read off the line's start: on a long paragraph they settle within a few hundred characters.
+    head = stripped[:SAMPLE_CHARS]
+    head_tokens = len(head.split()) or 1
+    head_words = max(1, round(words * len(head) / max(1, len(stripped))))
+    return [
+        math.log1p(length), math.log1p(words), link, float(stripped.endswith(_TERMINAL)),
+        len(_PUNCT.findall(head)) / head_words, len(_DIGIT.findall(head)) / max(1, len(head)),
+        len(_CAPITAL.findall(head)) / head_tokens if tokens else 0.0,
+        0.0 if unspaced or not tokens else len(_SHORT.findall(head)) / head_tokens,
+        float(unspaced), float(stripped in keep),
+        float(len(stripped) >= 12 and " ".join(stripped.split()).lower() in title),
+        float(stripped.startswith("•")), float(blank_before), float(length >= 200 or words >= 30),
+    ]
+
+
+def features(lines: list[str], links: list[float], keep: frozenset[str], title: str,
+             blanks: list[bool]) -> np.ndarray:
+    """One row of FEATURES per line (the lines are not blank)."""
+    own = np.array([line_features(line, link, keep, title, blank)
+                    for line, link, blank in zip(lines, links, blanks, strict=True)], dtype=np.float64)
+    n = len(lines)
+    log_len, link, terminal, heading = own[:, 0], own[:, 2], own[:, 3], own[:, 9]
+    length = np.expm1(log_len)
+    total = max(1.0, length.sum())
+    before = np.cumsum(length) - length
+    index = np.arange(n, dtype=np.float64)
+    largest = int(np.argmax(length))
+    mass = length * own[:, 13]
+    long_before = (np.cumsum(mass) - mass) / max(1.0, mass.sum())
+    context = np.column_stack([
+        before / total, (total - before - length) / total, index / n, (n - 1 - index) / n,
+        np.abs(index - largest) / n, (index > largest).astype(np.float64),
+        long_before, 1.0 - long_before - mass / max(1.0, mass.sum()),
+        window_mean(log_len), window_mean(link), window_mean(terminal),
+        np.full(n, math.log1p(n)), np.full(n, math.log1p(total)),
+    ])
+    mine = np.column_stack([log_len, link, terminal, heading])
+    prev = np.vstack([np.zeros((1, 4)), mine[:-1]])
+    nxt = np.vstack([mine[1:], np.zeros((1, 4))])
+    return np.hstack([own, context, prev, nxt, rule_features(lines, keep, title)])
+
+
+def rule_features(lines: list[str], keep: frozenset[str], title: str) -> np.ndarray:
+    kept = trim_kept(lines, keep=keep, title=title)
+    in_trim = np.ones(len(lines))
+    if kept is not None:
+        in_trim[:] = 0.0
+        in_trim[kept] = 1.0
+    flags = [(is_metadata(line), is_chrome(line), is_section_label(line), is_furniture(line))
+             if len(line) < MAX_RULE_CHARS else (False, False, False, is_furniture(line)) for line in lines]
+    return np.column_stack([in_trim, np.full(len(lines), float(kept is not None)), np.array(flags, dtype=np.float64)])
+
+
+def window_mean(values: np.ndarray, radius: int = 2) -> np.ndarray:
+    """The mean of each value and its `radius` neighbours on either side (zeros beyond the ends)."""
+    padded = np.concatenate([np.zeros(radius + 1), values, np.zeros(radius)])
+    sums = np.cumsum(padded)
+    return (sums[2 * radius + 1 :] - sums[: -2 * radius - 1]) / (2 * radius + 1)
+
+
+@cache
+def load_model(path: str = str(MODEL)) -> dict:
+    """The model file: feature names, scaling, weights and the two thresholds."""
+    model = json.loads(Path(path).read_text())
+    if model.get("features") != FEATURES:
+        raise ValueError(f"{path}: its features are not this code's; retrain it with bench/train_boundary.py")
+    for key in ("mean", "scale", "coef"):
+        model[key] = np.array(model[key], dtype=np.float64)
+    return model
+
+
+@cache
+def model_digest(path: str = str(MODEL)) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+
+
+def probabilities(rows: np.ndarray, model: dict) -> np.ndarray:
+    z = ((rows - model["mean"]) / model["scale"]) @ model["coef"] + model["intercept"]
+    return 1.0 / (1.0 + np.exp(-np.clip(z, -30, 30)))
+
+
+def best_span(scores: np.ndarray) -> tuple[int, int]:
+    """The run [start, end] with the largest sum of `scores` (Kadane); the best single line if all are negative."""
+    best, best_span_ = -math.inf, (0, 0)
+    running, start = 0.0, 0
+    for i, score in enumerate(scores.tolist()):
+        if running <= 0:
+            running, start = 0.0, i
+        running += score
+        if running > best:
+            best, best_span_ = running, (start, i)
+    return best_span_
+
+
+def blocks(text_lines: list[tuple[str, float]]) -> tuple[list[str], list[float], list[bool]]:
+    """The non-blank lines of `text_lines` ((line, link share) pairs), their link shares, and whether a blank
+    line stood before each."""
+    lines, links, blanks = [], [], []
+    blank = False
+    for line, link in text_lines:
+        if not line.strip():
+            blank = True
+            continue
+        lines.append(line)
+        links.append(link)
+        blanks.append(blank)
+        blank = False
+    return lines, links, blanks
+
+
+def article_lines(text_lines: list[tuple[str, float]], keep: frozenset[str], title: str,
+                  model: dict | None = None) -> str:
+    """The article part of `text_lines` ((line, link share) pairs, blank lines included), as text."""
+    model = model or load_model()
+    lines, links, blanks = blocks(text_lines)
+    if not lines:
+        return ""
+    p = probabilities(features(lines, links, keep, title, blanks), model)
+    start, end = best_span(p - model["span_threshold"])
+    out: list[str] = []
+    for i in range(start, end + 1):
+        if p[i] >= model["drop_threshold"]:
+            if out and blanks[i]:
+                out.append("")
+            out.append(lines[i])
+    return "\n".join(out)

@@ -1,0 +1,82 @@
+"""Wall and CPU seconds of one shard, its child processes' CPU included.
+
+The extract step sends pages to a long-lived child process (filters/extract_sandbox.py) that outlives
+any one shard. `time.process_time()` counts only the worker itself, and `RUSAGE_CHILDREN` only the
+children that have exited and been waited for, so neither sees that child. A shard's CPU is therefore:
+
+    the worker's own CPU
+  + what each live descendant spent between the shard's start and its end (read from /proc)
+  + what the children that exited during the shard spent (the growth of RUSAGE_CHILDREN), less what
+    those of them that were already alive at the start had spent before it
+
+Without /proc (not Linux) only the worker and its exited children are counted.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import time
+from pathlib import Path
+
+_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _exited_children_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _proc_stats() -> dict[int, tuple[int, float]]:
+    """pid -> (parent pid, CPU seconds of the process and of its own exited children), for every process."""
+    stats: dict[int, tuple[int, float]] = {}
+    for entry in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = entry.read_text()
+        except OSError:  # the process ended while we looked
+            continue
+        # The command name (field 2) is in parentheses and may hold spaces: split after its last ')'.
+        fields = text[text.rfind(")") + 2:].split()
+        try:
+            ppid = int(fields[1])
+            ticks = int(fields[11]) + int(fields[12]) + int(fields[13]) + int(fields[14])  # utime stime cutime cstime
+        except (IndexError, ValueError):
+            continue
+        stats[int(entry.parent.name)] = (ppid, ticks / _TICKS)
+    return stats
+
+
+def descendants_cpu_s(pid: int | None = None) -> dict[int, float]:
+    """CPU seconds of every live descendant of `pid` (this process by default), by pid; {} without /proc."""
+    if not Path("/proc/self/stat").exists():
+        return {}
+    stats = _proc_stats()
+    children: dict[int, list[int]] = {}
+    for child, (parent, _) in stats.items():
+        children.setdefault(parent, []).append(child)
+    found: dict[int, float] = {}
+    todo = list(children.get(os.getpid() if pid is None else pid, []))
+    while todo:
+        child = todo.pop()
+        if child not in found:
+            found[child] = stats[child][1]
+            todo += children.get(child, [])
+    return found
+
+
+class ShardClock:
+    """Started when a shard begins; `read()` gives its wall_s, cpu_s (children included) and child_cpu_s."""
+
+    def __init__(self) -> None:
+        self.wall0, self.cpu0 = time.perf_counter(), time.process_time()
+        self.exited0, self.live0 = _exited_children_s(), descendants_cpu_s()
+
+    def read(self) -> dict[str, float]:
+        own = time.process_time() - self.cpu0
+        live = descendants_cpu_s()
+        children = sum(cpu - self.live0.get(pid, 0.0) for pid, cpu in live.items())
+        children += _exited_children_s() - self.exited0
+        children -= sum(cpu for pid, cpu in self.live0.items() if pid not in live)
+        children = max(0.0, children)  # tick rounding
+        return {"wall_s": round(time.perf_counter() - self.wall0, 3), "cpu_s": round(own + children, 3),
+                "child_cpu_s": round(children, 3)}
