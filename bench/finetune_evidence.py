@@ -1,6 +1,6 @@
 """Does fine-tuning SmolLM2 on this data move anything? Measured with the commands a user runs.
 
-Run: `.venv/bin/python bench/finetune_evidence.py` (about 10 minutes on 2 CPU cores; needs `make demo`'s
+Run: `.venv/bin/python bench/finetune_evidence.py` (about 8 minutes on 2 CPU cores; needs `make demo`'s
 runs/quickstart, or it runs the quickstart first).
 
 1. SFT: SmolLM2-135M-Instruct (imported) is LoRA-tuned on alpaca demo pairs; `winnow eval` scores
@@ -64,10 +64,10 @@ def train(kind: str, name: str, work: Path, base: str, steps: int, extra: dict) 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=12, help="LoRA steps of 4 x 256 tokens, for every run")
-    ap.add_argument("--train-pairs", type=int, default=400)
-    ap.add_argument("--held-out", type=int, default=60)
-    ap.add_argument("--eval-docs", type=int, default=40)
+    ap.add_argument("--steps", type=int, default=8, help="LoRA steps of 4 x 256 tokens, for every run")
+    ap.add_argument("--train-pairs", type=int, default=300)
+    ap.add_argument("--held-out", type=int, default=40)
+    ap.add_argument("--eval-docs", type=int, default=6, help="documents per held-out text set")
     args = ap.parse_args()
     work = work_dir() / "finetune_evidence"
     work.mkdir(parents=True, exist_ok=True)
