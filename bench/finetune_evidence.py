@@ -8,7 +8,7 @@ runs/quickstart, or it runs the quickstart first).
 2. Continued pretraining, curated against raw: the same model, LoRA-tuned for the same number of
    tokens on the quickstart's curated output and on its raw extracted text (the extract stage's
    shards, before any filter); `winnow eval` bits per byte of both, and of the untouched model, on
-   held-out text: Wikipedia articles (../shared/data) and the curated pages themselves.
+   held-out text: pieces of Wikipedia articles (../shared/data) and of the curated pages themselves.
 The figures go to bench/results/finetune_evidence.json; the differences are printed as they are,
 including when they are too small to mean anything.
 """
@@ -51,6 +51,31 @@ def bpb(checkpoint: str, sets: dict[str, str], max_docs: int) -> dict[str, float
     return {name: round(float(text[name]["bits_per_byte"]), 4) for name in sets}
 
 
+def chunks(texts: list[str], out: Path, n: int, size: int = 1500) -> str:
+    """The first `n` pieces of about `size` characters (whole lines) of the texts, as JSONL: `winnow eval`
+    reads a document longer than the context in windows of the whole context (8192 tokens for SmolLM2),
+    which on a CPU costs minutes per document."""
+    pieces: list[str] = []
+    for text in texts:
+        piece = ""
+        for line in text.splitlines():
+            piece = f"{piece}\n{line}" if piece else line
+            if len(piece) >= size:
+                pieces.append(piece)
+                piece = ""
+        if len(piece) > 200:
+            pieces.append(piece)
+    out.write_text("".join(json.dumps({"text": p}) + "\n" for p in pieces[:n]))
+    return str(out)
+
+
+def curated_texts() -> list[str]:
+    import pyarrow.parquet as pq
+
+    files = sorted((ROOT / "runs" / "quickstart" / "output").glob("*.parquet"))
+    return [t for f in files for t in pq.read_table(f, columns=["text"]).column("text").to_pylist() if t]
+
+
 def train(kind: str, name: str, work: Path, base: str, steps: int, extra: dict) -> str:
     cfg = {"out_dir": str(work / name), "init_from": base, "lora": LORA, "seq_len": 256, "micro_batch": 4,
            "max_steps": steps, "optimizer": {"lr": 5.0e-4, "weight_decay": 0.0},
@@ -67,7 +92,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=8, help="LoRA steps of 4 x 256 tokens, for every run")
     ap.add_argument("--train-pairs", type=int, default=300)
     ap.add_argument("--held-out", type=int, default=40)
-    ap.add_argument("--eval-docs", type=int, default=6, help="documents per held-out text set")
+    ap.add_argument("--eval-docs", type=int, default=40, help="pieces of 1,500 characters per held-out text set")
     args = ap.parse_args()
     work = work_dir() / "finetune_evidence"
     work.mkdir(parents=True, exist_ok=True)
@@ -90,7 +115,8 @@ def main() -> None:
     print(f"SFT on {args.train_pairs} alpaca pairs, {args.steps} LoRA steps: held-out answers "
           f"{sft_before['alpaca_heldout']} -> {sft_after['alpaca_heldout']} bits per byte", flush=True)
 
-    sets = {"wiki": str(WIKI), "curated": str(ROOT / "runs" / "quickstart" / "output")}
+    sets = {"wiki": chunks(WIKI.read_text().splitlines(), work / "wiki.jsonl", args.eval_docs),
+            "curated": chunks(curated_texts(), work / "curated.jsonl", args.eval_docs)}
     results = {"base": bpb(base, sets, args.eval_docs)}
     sources = {"curated": "runs/quickstart", "raw": "runs/quickstart/stages/00_extract"}
     tokens = {}
