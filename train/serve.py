@@ -185,7 +185,7 @@ class ModelServer:
     def stream_chunks(self, ids: list[int], params: SamplingParams, chat: bool) -> Iterator[dict[str, Any]]:
         """Chunks as the text grows: held back while it might be the start of a stop string or
         while the last token ends inside a multi-byte character."""
-        stop_ids = {self.vocab.eos_id, self.vocab.end_of_turn_id}
+        stop_ids = {self.vocab.eos_id, self.vocab.end_of_turn_id, *self.vocab.stop_ids}
         meta = {"id": f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}", "created": int(time.time()),
                 "model": self.name, "object": "chat.completion.chunk" if chat else "text_completion"}
 

@@ -82,13 +82,14 @@ class _Output:
 
 
 def _make_generator(p: SynthParams, shard: str, cache: RequestCache, limiter: Any) -> Any:
-    if p.generator == "local":
+    if p.generator == "local" or (p.generator == "webqa" and p.checkpoint):  # webqa: the judge's model
         from pipeline.synth.checkpoint_digest import checkpoint_digest
         from pipeline.synth.local import LocalGenerator
 
         # Answers are cached under the checkpoint's contents: a new model at the same path asks again.
         name = p.model or os.path.basename(p.checkpoint.rstrip("/"))
-        return LocalGenerator(p.checkpoint, f"{name}@{checkpoint_digest(p.checkpoint)}", p.device, cache)
+        return LocalGenerator(p.checkpoint, f"{name}@{checkpoint_digest(p.checkpoint)}", p.device, cache,
+                              batch_size=p.concurrency)
     limiter = limiter if limiter is not None else make_limiter(p.endpoint, p.requests_per_s, p.tokens_per_min,
                                                                p.rate_limiter)
     return AsyncLLMClient(p.endpoint, p.model, os.environ.get(p.api_key_env), concurrency=p.concurrency,
@@ -111,6 +112,7 @@ class _ShardJob:
         if p.generator != "webqa":
             seeds = load_seed_tasks(p.seed_tasks) if p.seed_tasks else None
             self.recipes = [Recipe(r, seeds) for r in p.recipes]
+        if p.generator != "webqa" or (p.qc.judge and (p.checkpoint or p.endpoint)):  # webqa pairs can be judged
             self.cache = RequestCache(cache_dir, shard, fsync=p.cache_fsync)
             self.generator = _make_generator(p, shard, self.cache, limiter)
 
@@ -231,7 +233,7 @@ class _ShardJob:
     def _judge(self, candidates: list) -> tuple[list, list]:
         sampling = {"temperature": 0.0, "max_tokens": 128}
         requests = [Request(judge_prompt(row, self.p.qc.judge_template), sampling) for row, _, _ in candidates]
-        if self.generator is None:  # webqa has no model to judge with
+        if self.generator is None:  # webqa without a checkpoint or endpoint has no model to judge with
             return candidates, []
         results = run_sync(self.generator.run(requests))
         self.failure = self.failure or next((r.error for r in results if r.status == "failed"), None)
