@@ -114,17 +114,17 @@ def data_digests(params: Any) -> dict[str, str]:
     if params.generator != "webqa":  # webqa mines pages: no prompt
         for recipe in params.recipes:
             found[f"recipe:{recipe.name}"] = digest(recipe.template or TEMPLATES / f"{recipe.name}.j2")
-        if params.qc.judge:
-            found["judge"] = digest(params.qc.judge_template or TEMPLATES / "judge.j2")
         if params.seed_tasks:
             found["seed_tasks"] = digest(params.seed_tasks)
-        if params.generator == "local" and params.checkpoint:  # the model itself: its weights, not its path
-            from pipeline.synth.checkpoint_digest import checkpoint_digest
+    if params.qc.judge:  # webqa pairs are judged too, when it has a model
+        found["judge"] = digest(params.qc.judge_template or TEMPLATES / "judge.j2")
+    if params.checkpoint and params.generator in ("local", "webqa"):  # the model itself: its weights, not its path
+        from pipeline.synth.checkpoint_digest import checkpoint_digest
 
-            try:
-                found["checkpoint"] = checkpoint_digest(params.checkpoint)
-            except FileNotFoundError:
-                found["checkpoint"] = "missing"  # the stage reports it when it runs
+        try:
+            found["checkpoint"] = checkpoint_digest(params.checkpoint)
+        except FileNotFoundError:
+            found["checkpoint"] = "missing"  # the stage reports it when it runs
     if params.qc.decont:
         from filters.decont import DecontParams, sets_digest
 
