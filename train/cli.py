@@ -86,6 +86,7 @@ def pretrain_data(cfg, rank: int, world_size: int):
 
 def cmd_train(args: argparse.Namespace) -> int:
     from train.config import TrainConfigError, load_train_config
+    from train.loop import TrainingDiverged
 
     try:
         cfg = load_train_config(args.config, args.set or [])
@@ -114,6 +115,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     except (ValueError, FileNotFoundError) as exc:
         print(f"winnow train {args.mode}: {exc}", file=sys.stderr)
         return 2
+    except TrainingDiverged as exc:
+        print(f"winnow train {args.mode}: {exc}", file=sys.stderr)
+        return 1
     if rank == 0:
         print(json.dumps(last))
     return 0

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -141,18 +142,27 @@ class Rows:
     positions: np.ndarray
     doc_ids: np.ndarray
     packed: bool
+    truncated: int = 0  # examples longer than a row, cut to fit
+    dropped: int = 0  # of those, the ones cut before their answer: nothing left to learn from
 
     def __len__(self) -> int:
         return len(self.tokens)
 
 
 def build_rows(examples: list[tuple[list[int], list[int]]], seq_len: int, pad_id: int, packing: bool) -> Rows:
-    """Packs examples greedily into rows (or one per row when not packing); long ones are cut."""
+    """Packs examples greedily into rows (or one per row when not packing); long ones are cut, and
+    dropped when the cut leaves no answer token (they would train at loss 0); both are counted."""
     width = seq_len + 1
     rows: list[tuple[list, list, list, list]] = []
     current: tuple[list, list, list, list] = ([], [], [], [])
+    truncated = dropped = 0
     for k, (tokens, mask) in enumerate(examples):
-        tokens, mask = tokens[:width], mask[:width]
+        if len(tokens) > width:
+            truncated += 1
+            tokens, mask = tokens[:width], mask[:width]
+            if not any(mask[1:]):  # the first token is never a target
+                dropped += 1
+                continue
         if current[0] and (not packing or len(current[0]) + len(tokens) > width):
             rows.append(current)
             current = ([], [], [], [])
@@ -164,7 +174,7 @@ def build_rows(examples: list[tuple[list[int], list[int]]], seq_len: int, pad_id
         rows.append(current)
     n = len(rows)
     out = Rows(np.full((n, width), pad_id, np.int64), np.zeros((n, width), np.int64),
-               np.zeros((n, width), np.int64), np.full((n, width), -1, np.int64), packing)
+               np.zeros((n, width), np.int64), np.full((n, width), -1, np.int64), packing, truncated, dropped)
     for i, (tokens, mask, positions, ids) in enumerate(rows):
         out.tokens[i, :len(tokens)] = tokens
         out.mask[i, :len(mask)] = mask
@@ -197,6 +207,15 @@ def sft_data(cfg: Any, rank: int, world_size: int) -> tuple[RowBatches, Any]:
     for k, row in enumerate(read_examples(cfg.sft.data)):
         (val if held_out(k, row, cfg.sft.val_fraction) else train).append(encode_example(row, vocab, cfg.sft.template))
     rows = build_rows(train, cfg.seq_len, vocab.pad_id, cfg.sft.packing)
+    where = ", ".join(cfg.sft.data)
+    if not len(rows):
+        raise ValueError(f"sft.data: none of the {len(train):,} training examples in {where} has an answer token "
+                         f"within seq_len={cfg.seq_len} ({rows.dropped:,} cut before their answer): raise seq_len "
+                         "or shorten the prompts")
+    if rows.truncated and rank == 0:
+        print(f"sft: {rows.truncated:,} of {len(train):,} training examples in {where} are longer than "
+              f"seq_len={cfg.seq_len} and were cut; {rows.dropped:,} of them lost their whole answer and were "
+              "dropped", file=sys.stderr, flush=True)
     batches = RowBatches(rows, len(rows), partial(row_batch, rows), cfg.micro_batch, cfg.seed, rank, world_size,
                          what="SFT rows")
     val_rows = build_rows(val, cfg.seq_len, vocab.pad_id, cfg.sft.packing) if val else None

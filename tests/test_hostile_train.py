@@ -1,0 +1,119 @@
+"""The trainer against hostile inputs: a run that diverges, SFT data that does not fit, preference
+pairs that teach nothing, a judge that does not answer, and damaged files."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import pytest
+
+from tests.test_train import corpus, tiny_config  # noqa: F401 (the fixture)
+from train.cli import add_parsers
+
+
+def winnow(*argv: str) -> int:
+    parser = argparse.ArgumentParser()
+    add_parsers(parser.add_subparsers())
+    args = parser.parse_args(list(argv))
+    return args.func(args)
+
+
+def test_a_diverging_run_stops_with_an_error_and_writes_no_nan_checkpoint(corpus, capsys):  # noqa: F811
+    root, _, tokenizer, _ = corpus
+    tiny_config(root, "diverge", tokenizer, optimizer={"lr": 1e9}, ckpt_every=3, log_every=100, eval_every=0)
+    assert winnow("train", "pretrain", str(root / "diverge.yaml")) == 1
+    err = capsys.readouterr().err
+    assert "training diverged" in err and "optimizer.lr=1e+09" in err and "Lower optimizer.lr" in err
+    ckpt = root / "diverge" / "checkpoint.pt"
+    if ckpt.exists():  # only a checkpoint from before the divergence, with finite weights
+        import torch
+
+        state = torch.load(ckpt, weights_only=True)
+        assert all(torch.isfinite(t).all() for t in state["model"].values())
+    log = root / "diverge" / "log.jsonl"
+    assert "NaN" not in log.read_text() and "Infinity" not in log.read_text()
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    from tests.tiny_model import build_tiny_checkpoint
+
+    return build_tiny_checkpoint(tmp_path_factory.mktemp("tiny"), steps=2)
+
+
+def test_sft_counts_cut_examples_and_refuses_data_with_no_answer_within_seq_len(corpus, tmp_path, capsys):  # noqa: F811
+    root, _, tokenizer, _ = corpus
+    long = [{"instruction": "Summarise this. " + "word " * 80, "output": "Short."} for _ in range(6)]
+    (tmp_path / "long.json").write_text(json.dumps(long))
+    tiny_config(tmp_path, "sft-long", tokenizer, max_steps=3, eval_every=0, data=None,
+                sft={"data": [str(tmp_path / "long.json")], "template": "alpaca", "val_fraction": 0.0})
+    assert winnow("train", "sft", str(tmp_path / "sft-long.yaml")) == 2
+    err = capsys.readouterr().err
+    assert "none of the 6 training examples" in err and "seq_len=32" in err and "long.json" in err
+    fits = [{"instruction": "Name a colour.", "output": "Blue."} for _ in range(4)]
+    (tmp_path / "mixed.json").write_text(json.dumps(long[:2] + fits))
+    tiny_config(tmp_path, "sft-mixed", tokenizer, max_steps=3, eval_every=0, data=None,
+                sft={"data": [str(tmp_path / "mixed.json")], "template": "alpaca", "val_fraction": 0.0})
+    assert winnow("train", "sft", str(tmp_path / "sft-mixed.yaml")) == 0
+    assert "2 of 6 training examples" in capsys.readouterr().err
+
+
+def test_a_pair_whose_answers_are_the_same_tokens_is_skipped_and_all_such_pairs_are_an_error(corpus, tmp_path):  # noqa: F811
+    from train.prefdata import encode_rows
+    from train.tokenizer import load_vocab
+
+    vocab = load_vocab(corpus[2])
+    rows = [("pairs.json", 0, {"prompt": "Hi", "chosen": "Hello.", "rejected": "Hello."}),
+            ("pairs.json", 1, {"prompt": "Hi", "chosen": "Hello.", "rejected": "Go away."}),
+            # different only past the row's end: the same tokens once cut
+            ("pairs.json", 2, {"prompt": "Hi", "chosen": "word " * 60 + "yes", "rejected": "word " * 60 + "no"})]
+    units = encode_rows(rows, vocab, "alpaca", 65, unpaired=False)
+    assert units.n_units == 1 and len(units.skipped) == 2
+    assert all("the same tokens" in s for s in units.skipped) and "pairs.json: example 0" in units.skipped[0]
+
+
+def test_bestofn_with_a_judge_that_never_answers_fails_and_bad_sampling_flags_are_usage_errors(tiny, tmp_path,
+                                                                                             capsys):
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    (tmp_path / "prompts.txt").write_text("Name a colour.\nWhat is rain?\n")
+    base = ["bestofn", str(tiny), "--prompts", str(tmp_path / "prompts.txt"), "-n", "2", "--max-tokens", "4",
+            "--device", "cpu", "--out", str(tmp_path / "out")]
+    assert winnow(*base, "--judge-endpoint", f"http://127.0.0.1:{port}/v1") == 1
+    assert "scored none of 4 answers" in capsys.readouterr().err and not (tmp_path / "out" / "stats.json").exists()
+    for flag, value in (("--top-p", "0"), ("--top-p", "1.5"), ("--temperature", "-1"), ("--temperature", "nan")):
+        with pytest.raises(SystemExit) as exit_:
+            winnow(*base, "--judge-checkpoint", str(tiny), flag, value)
+        assert exit_.value.code == 2 and flag in capsys.readouterr().err
+
+
+def test_eval_refuses_nan_weights_and_a_truncated_checkpoint_and_writes_no_nan_json(tiny, tmp_path, capsys):
+    import shutil
+
+    import torch
+
+    from train.eval import finite
+
+    text = tmp_path / "held.txt"
+    text.write_text("The river runs to the sea.\n")
+    nan = tmp_path / "nan"
+    shutil.copytree(tiny, nan)
+    state = torch.load(nan / "checkpoint.pt", weights_only=True)
+    state["model"] = {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v
+                      for k, v in state["model"].items()}
+    torch.save(state, nan / "checkpoint.pt")
+    assert winnow("eval", str(nan), "--text", str(text), "--json", "--device", "cpu") == 2
+    assert "NaN or infinite weights" in capsys.readouterr().err
+    cut = tmp_path / "cut"
+    shutil.copytree(tiny, cut)
+    data = (cut / "checkpoint.pt").read_bytes()
+    (cut / "checkpoint.pt").write_bytes(data[: len(data) // 2])
+    assert winnow("eval", str(cut), "--text", str(text), "--device", "cpu") == 2
+    err = capsys.readouterr().err
+    assert "checkpoint.pt is not a readable checkpoint" in err and "Traceback" not in err
+    assert json.dumps(finite({"a": [float("nan"), 1.0], "b": float("inf")}), allow_nan=False) == \
+        '{"a": [null, 1.0], "b": null}'
