@@ -178,3 +178,23 @@ def test_losing_the_progress_actor_does_not_stop_the_run(ray_local):
         time.sleep(0.05)
     assert live.total() == 5 and live.actor is None  # the last count stays; the bar goes on without it
     live.stop()
+
+
+@pytest.mark.parametrize("entry", ["../../victim.txt", "sub/../../../victim.txt", "linked/victim.txt"])
+def test_a_tampered_source_list_never_deletes_outside_the_run_directory(tmp_path, entry):
+    """output/_source.json lives on shared storage: whatever it names, nothing outside the folder goes."""
+    victim = tmp_path / "victim.txt"
+    victim.write_text("a user's file")
+    run = RunDir(str(tmp_path / "run"))
+    output = run.output
+    source = tmp_path / "part-0.parquet"
+    source.write_text("shard")
+    assert run.replace_published(output, {"part-0.parquet": str(source)}, {"fingerprint": "a"})
+    (Path(output) / "linked").symlink_to(tmp_path)  # a folder inside that is really outside
+    marker = Path(output) / "_source.json"
+    state = json.loads(marker.read_text())
+    marker.write_text(json.dumps({**state, "files": [*state["files"], entry]}))
+    with pytest.raises(RunDirError, match="outside") as error:
+        run.replace_published(output, {"part-0.parquet": str(source)}, {"fingerprint": "b"})
+    assert "_source.json" in str(error.value) and victim.read_text() == "a user's file"
+    assert (Path(output) / "part-0.parquet").exists()  # nothing was deleted before the check
