@@ -136,6 +136,22 @@ def test_charset_detection_without_declared_charset():
     assert "café \u201cquoted\u201d" in text and how == "cp1252"
 
 
+JAPANESE = ("東京は日本の首都であり、多くの人々が住んでいます。今日は天気が良いので、公園まで散歩に行きましょう。"
+            "図書館で新しい本を借りました。")
+TRADITIONAL = "國立臺灣大學是臺灣第一所大學，歷史悠久，圖書館收藏豐富，學生來自世界各地。"
+
+
+@pytest.mark.parametrize("codec,text", [("euc_jp", JAPANESE), ("iso2022_jp", JAPANESE), ("shift_jis", JAPANESE),
+                                        ("big5", TRADITIONAL), ("big5", "國立學臺"), ("big5", "國立學大")])
+def test_undeclared_cjk_pages_decode_as_their_encoding(codec, text):
+    """No charset anywhere: the detectors' codec names lead to the browser's codec, a 7-bit ISO-2022-JP
+    page is not taken for ASCII, and a strict multi-byte fit (Big5) beats a permissive one."""
+    html = f"<html><head><title>{text[:4]}</title></head><body><p>{text}</p></body></html>"
+    decoded, how = decode_html(html.encode(codec), None)
+    assert decoded == html, how
+    assert how.startswith("detected:")
+
+
 def test_parse_warc_date():
     assert parse_warc_date("2017-07-22T00:50:11Z")[1] is True
     date, valid = parse_warc_date("2008-10-294T05:21:46-0700")
