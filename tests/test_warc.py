@@ -152,6 +152,21 @@ def test_undeclared_cjk_pages_decode_as_their_encoding(codec, text):
     assert how.startswith("detected:")
 
 
+def test_binary_bodies_without_a_nul_byte_are_skipped_and_cjk_text_is_kept(tmp_path):
+    import random
+
+    noise = random.Random(0).randbytes(6000).replace(b"\x00", b"\x01")  # compressed data, never a NUL
+    gif = b"GIF89a\x10\x01\x10\x01\xf7\x1f\x01" + noise
+    records = [_warc_record("https://gif.example.com/", gif, "text/html"),  # mislabelled, as crawls have them
+               _warc_record("https://jp.example.com/", f"<p>{JAPANESE}</p>".encode("iso2022_jp"), "text/html"),
+               _warc_record("https://tw.example.com/", f"<p>{TRADITIONAL}</p>".encode("big5"), "text/html")]
+    (tmp_path / "b.warc").write_bytes(b"".join(records))
+    docs, stats = read(tmp_path / "b.warc")
+    assert stats["skipped:binary"] == 1
+    assert [d["url"] for d in docs] == ["https://jp.example.com/", "https://tw.example.com/"]
+    assert JAPANESE in docs[0]["html"] and TRADITIONAL in docs[1]["html"]
+
+
 def test_parse_warc_date():
     assert parse_warc_date("2017-07-22T00:50:11Z")[1] is True
     date, valid = parse_warc_date("2008-10-294T05:21:46-0700")
@@ -190,3 +205,15 @@ def test_50_mb_page_binary_body_and_unknown_charset(tmp_path, caplog):
     assert any(m.startswith(f"{path}@{binary_at}:") and "binary" in m for m in messages)
     assert any(m.startswith(f"{path}@{binary_at + len(records[1])}:") and "x-no-such-charset" in m
                for m in messages)
+
+
+@pytest.mark.parametrize("key,value", [("timeout_s", -1), ("timeout_s", float("nan")), ("max_html_chars", 0),
+                                       ("min_text_chars", -5)])
+def test_extract_limits_refuse_values_that_mean_nothing(key, value):
+    from pydantic import ValidationError
+
+    from filters.extract import ExtractParams
+
+    with pytest.raises(ValidationError, match=key):
+        ExtractParams(**{key: value})
+    assert ExtractParams(timeout_s=0).timeout_s == 0  # 0: no limit, extracted in the worker
