@@ -117,3 +117,31 @@ def test_eval_refuses_nan_weights_and_a_truncated_checkpoint_and_writes_no_nan_j
     assert "checkpoint.pt is not a readable checkpoint" in err and "Traceback" not in err
     assert json.dumps(finite({"a": [float("nan"), 1.0], "b": float("inf")}), allow_nan=False) == \
         '{"a": [null, 1.0], "b": null}'
+
+
+def test_an_unreadable_train_config_is_a_config_error_naming_the_file(tmp_path, capsys):
+    (tmp_path / "latin1.yaml").write_bytes("out_dir: caf\u00e9\n".encode("latin-1"))
+    (tmp_path / "broken.yaml").write_text("max_steps: [1,\nseq_len: 3\n")
+    for name, says in (("latin1.yaml", "not UTF-8 text"), ("broken.yaml", "not valid YAML"), ("", "is a folder")):
+        assert winnow("train", "pretrain", str(tmp_path / name)) == 2
+        err = capsys.readouterr().err
+        assert f"config error: {tmp_path / name}" in err and says in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("name,content,says", [
+    ("empty.json", b"", "empty.json is empty"),
+    ("blank.jsonl", b"\n\n", "blank.jsonl is empty"),
+    ("latin1.json", '[{"instruction": "caf\u00e9", "output": "x"}]'.encode("latin-1"), "latin1.json: not UTF-8 text"),
+    ("lines.json", b'{"instruction": "a", "output": "b"}\n{"instruction": "c", "output": "d"}\n',
+     "lines.json: not valid JSON at line 2"),
+    ("bad.jsonl", b'{"instruction": "a", "output": "b"}\n{"instruction": \n', "bad.jsonl: line 2: not valid JSON"),
+    ("strings.json", b'["just text"]', "strings.json: row 0 is str"),
+    ("fake.parquet", b"not parquet at all", "fake.parquet: not a readable Parquet file"),
+])
+def test_a_bad_data_file_is_an_error_that_names_it(tmp_path, name, content, says):
+    from train.sft import read_examples
+
+    (tmp_path / name).write_bytes(content)
+    with pytest.raises(ValueError) as error:
+        read_examples([str(tmp_path / name)])
+    assert says in str(error.value) and str(tmp_path) in str(error.value)

@@ -55,12 +55,12 @@ def read_prompts(paths: list[str]) -> tuple[list[list[dict[str, str]]], list[str
     Rows: `prompt` (text or messages), alpaca (`instruction`, `input`), chat (`messages`: a final
     assistant turn is dropped), or plain text lines in a .txt file."""
     from train.prefdata import messages
-    from train.sft import read_examples
+    from train.sft import read_examples, read_text
 
     out, skipped = [], []
     for path in paths:
         if path.endswith(".txt"):
-            out += [[{"role": "user", "content": line}] for line in Path(path).read_text().splitlines() if line.strip()]
+            out += [[{"role": "user", "content": line}] for line in read_text(Path(path)).splitlines() if line.strip()]
             continue
         for k, row in enumerate(read_examples([path])):
             try:

@@ -45,19 +45,53 @@ def example_files(path: str) -> list[Path]:
     return files
 
 
+def read_text(path: Path) -> str:
+    """A data file's text; bytes that are not UTF-8 are an error that names the file and the byte."""
+    try:
+        return path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not UTF-8 text (byte {exc.start}): convert it to UTF-8") from None
+
+
+def read_file_rows(p: Path) -> list[Any]:
+    """One file's rows; every problem is a ValueError that names the file (and the line, for JSONL)."""
+    if p.suffix == ".parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        try:
+            return pq.read_table(p).to_pylist()
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise ValueError(f"{p}: not a readable Parquet file ({exc})") from None
+    text = read_text(p)
+    if not text.strip():
+        raise ValueError(f"{p} is empty: give a file of examples (JSON array, JSONL or Parquet)")
+    if p.suffix == ".jsonl":
+        rows = []
+        for n, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as exc:
+                    raise ValueError(f"{p}: line {n}: not valid JSON ({exc.msg}, column {exc.colno})") from None
+        return rows
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        hint = " (one object per line? name it .jsonl)" if exc.msg == "Extra data" else ""
+        raise ValueError(f"{p}: not valid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}{hint}") from None
+    return data if isinstance(data, list) else [data]
+
+
 def read_examples(paths: list[str]) -> list[dict[str, Any]]:
     """Rows from JSON arrays, JSONL or Parquet files (or folders of them), in file order."""
     rows: list[dict[str, Any]] = []
     for p in [f for path in paths for f in example_files(path)]:
-        if p.suffix == ".parquet":
-            import pyarrow.parquet as pq
-
-            rows += pq.read_table(p).to_pylist()
-        elif p.suffix == ".jsonl":
-            rows += [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
-        else:
-            data = json.loads(p.read_text())
-            rows += data if isinstance(data, list) else [data]
+        found = read_file_rows(p)
+        for k, row in enumerate(found):
+            if not isinstance(row, dict):
+                raise ValueError(f"{p}: row {k} is {type(row).__name__}, not an object with named fields")
+        rows += found
     return rows
 
 
