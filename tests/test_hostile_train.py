@@ -117,6 +117,10 @@ def test_eval_refuses_nan_weights_and_a_truncated_checkpoint_and_writes_no_nan_j
     assert "checkpoint.pt is not a readable checkpoint" in err and "Traceback" not in err
     assert json.dumps(finite({"a": [float("nan"), 1.0], "b": float("inf")}), allow_nan=False) == \
         '{"a": [null, 1.0], "b": null}'
+    for argv in (["generate", str(cut), "--prompt", "Hi", "--device", "cpu"], ["serve", str(nan), "--port", "0"]):
+        assert winnow(*argv) == 2
+        err = capsys.readouterr().err
+        assert ("not a readable checkpoint" in err or "NaN or infinite weights" in err) and "Traceback" not in err
 
 
 def test_an_unreadable_train_config_is_a_config_error_naming_the_file(tmp_path, capsys):
