@@ -149,3 +149,55 @@ def test_a_bad_data_file_is_an_error_that_names_it(tmp_path, name, content, says
     with pytest.raises(ValueError) as error:
         read_examples([str(tmp_path / name)])
     assert says in str(error.value) and str(tmp_path) in str(error.value)
+
+
+@pytest.mark.slow
+def test_killed_runs_keep_a_loadable_checkpoint_and_resume_from_it(corpus, tmp_path):  # noqa: F811
+    """SIGTERM saves and exits; SIGKILL at any moment leaves the last whole checkpoint (written by rename)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import torch
+
+    from tests.conftest import ROOT
+
+    root, _, tokenizer, _ = corpus
+    cfg = tiny_config(tmp_path, "killed", tokenizer, max_steps=5000, eval_every=0, ckpt_every=3,
+                      data={"train": str(root / "tokens" / "train-*.bin")})
+    log, ckpt = tmp_path / "killed" / "log.jsonl", tmp_path / "killed" / "checkpoint.pt"
+
+    def start() -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-m", "pipeline.cli", "train", "pretrain",
+                                 str(tmp_path / "killed.yaml")], cwd=ROOT, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE)
+
+    def wait_for_steps(n: int, proc: subprocess.Popen) -> None:
+        deadline = time.time() + 120
+        while time.time() < deadline and proc.poll() is None:
+            if log.exists() and sum('"loss"' in line for line in log.read_text().splitlines()) >= n:
+                return
+            time.sleep(0.05)
+        raise AssertionError(f"the run did not reach step {n}: {proc.stderr.read().decode()[-2000:]}")
+
+    proc = start()
+    wait_for_steps(4, proc)
+    os.kill(proc.pid, signal.SIGTERM)
+    assert proc.wait(60) == 0
+    stopped = torch.load(ckpt, weights_only=True)["step"]
+    assert stopped >= 4 and json.loads(log.read_text().splitlines()[-1])["step"] == stopped
+    proc = start()
+    wait_for_steps(stopped + 4, proc)
+    os.kill(proc.pid, signal.SIGKILL)  # wherever it was, a save included
+    proc.wait(60)
+    state = torch.load(ckpt, weights_only=True)
+    assert state["step"] > stopped and state["step"] % 3 == 0 or state["step"] == stopped
+    assert all(torch.isfinite(t).all() for t in state["model"].values())
+    assert cfg.out_dir == str(tmp_path / "killed")
+    resumed = subprocess.run([sys.executable, "-m", "pipeline.cli", "train", "pretrain", str(tmp_path / "killed.yaml"),
+                              "--stop-at", str(state["step"] + 2)], cwd=ROOT, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    steps = [json.loads(line)["step"] for line in log.read_text().splitlines() if '"loss"' in line]
+    assert steps[-1] == state["step"] + 2 and steps == sorted(set(steps))  # redone steps replace the killed ones
