@@ -11,6 +11,8 @@ The loop logs to the terminal, `log.jsonl` and, when installed, TensorBoard. It 
 atomically and resumes from the checkpoint in `out_dir` when one is there, continuing the same run
 exactly: weights (or LoRA adapters), optimizer, batch position, every random generator. SIGTERM or
 SIGINT (a preempted job, Ctrl-C) saves a checkpoint before exiting; every rank stops at the same step.
+A run whose loss or gradient norm stops being finite raises TrainingDiverged at the next log or
+save, before any checkpoint of NaN weights is written (the command exits 1).
 """
 
 from __future__ import annotations
@@ -343,7 +345,7 @@ def run(cfg: TrainConfig, objective: Objective, stop_at: int | None = None,
         norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.optimizer.grad_clip or float("inf"))
         # A non-finite norm means a NaN/inf loss or gradient: the step's update would poison every weight.
         bad = ~torch.isfinite(norm) & (nonfinite_at < 0)
-        nonfinite_at = torch.where(bad, torch.tensor(step + 1, device=device), nonfinite_at)
+        nonfinite_at = torch.where(bad, torch.full_like(nonfinite_at, step + 1), nonfinite_at)  # no host copy
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         done, window_steps = step + 1, window_steps + 1
