@@ -17,6 +17,7 @@ import logging
 from typing import Any, Literal
 
 import pyarrow as pa
+from pydantic import Field
 
 from filters.base import Doc, Filter, StepParams, pkg_version
 from filters.extract_boundary import load_model, model_digest
@@ -41,11 +42,11 @@ class ExtractParams(StepParams):
     type: Literal["extract"] = "extract"
     extractor: Extractor = "resiliparse"
     # A hard limit per page (a killed child process); 0 extracts in the worker itself, without a limit.
-    timeout_s: float = 5.0
+    timeout_s: float = Field(5.0, ge=0)
     # Which pages the limit applies to: "risky" ones (by a cheap scan of size, tags and nesting), or "all".
     isolate: Literal["risky", "all"] = "risky"
-    max_html_chars: int = 2_000_000
-    min_text_chars: int = 1
+    max_html_chars: int = Field(2_000_000, ge=1)
+    min_text_chars: int = Field(1, ge=0)
     # resiliparse only: cut menus, footers and the boilerplate between, keeping headings and short real lines.
     trim_boilerplate: bool = True
     # How: "model", the learned article boundary (filters/extract_boundary.py, its model shipped in

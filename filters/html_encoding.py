@@ -65,12 +65,34 @@ WHATWG_LABELS = {label: codec for codec, labels in _WHATWG.items() for label in 
 # What cchardet reports that is not a WHATWG label.
 WHATWG_LABELS.update({"uhc": "cp949", "cp949": "cp949", "euc-tw": "big5hkscs", "iso-2022-kr": "cp949",
                       "iso-2022-cn": "gb18030", "mac-cyrillic": "mac_cyrillic", "ibm855": "cp855"})
+# Detectors name Python codecs ('euc_jp', 'iso2022_jp', 'big5', 'latin-1'), not WHATWG labels: each
+# label's Python codec, by its canonical name, leads back to the codec a browser uses for that label.
+_BY_PYTHON_NAME: dict[str, str] = {}
+for _label, _codec in WHATWG_LABELS.items():
+    try:
+        _BY_PYTHON_NAME.setdefault(codecs.lookup(_label).name, _codec)
+    except LookupError:
+        continue
+# Codecs that decode (nearly) any bytes: their decoding without error is no evidence that they are right.
+_PERMISSIVE = {"gb18030", "cp1252", "mac_roman", "mac_cyrillic", "koi8_r", "koi8_u", "cp866", "cp855"} | \
+    {c for c in _WHATWG if c.startswith(("iso8859", "cp12", "cp874"))}
 _BOMS = ((codecs.BOM_UTF8, "utf-8"), (codecs.BOM_UTF16_BE, "utf-16-be"), (codecs.BOM_UTF16_LE, "utf-16-le"))
 
 
 def whatwg_codec(label: str | None) -> str | None:
     """The Python codec for an encoding label as a browser reads it, or None for an unknown label."""
     return WHATWG_LABELS.get((label or "").strip().strip("\"'").lower()) if label else None
+
+
+def detector_codec(name: str | None) -> str | None:
+    """The codec a browser would use for a detector's answer, whether a WHATWG label or a Python codec name."""
+    codec = whatwg_codec(name)
+    if codec or not name:
+        return codec
+    try:
+        return _BY_PYTHON_NAME.get(codecs.lookup(name).name)
+    except LookupError:
+        return None
 
 
 def _decode_almost(body: bytes, codec: str) -> str | None:
@@ -102,25 +124,50 @@ def decode_html(body: bytes, http_charset: str | None) -> tuple[str, str]:
             text = _decode_almost(body, codec)
             if text is not None:
                 return text, f"{codec}:replaced"
+    # Pure ASCII is the same text in UTF-8 and every ASCII-compatible charset, except the 7-bit stateful
+    # ones (ISO-2022-JP and its kin), whose escape sequences start with ESC: those go to detection.
+    if body.isascii() and b"\x1b" in body:
+        return _detect(body)
     try:
         return body.decode("utf-8"), "detected:utf-8"
     except UnicodeDecodeError:
         pass
+    guesses = _guesses(body)
+    # A strict multi-byte fit comes before "UTF-8 with a stray byte": Big5 or EUC-JP text is often
+    # half valid UTF-8 by chance, while a UTF-8 page almost never decodes strictly as either.
+    strict = _decode_first(body, [c for c in guesses if c not in _PERMISSIVE])
+    if strict is not None:
+        return strict
     text = _decode_almost(body, "utf-8")
     if text is not None:
         return text, "detected:utf-8:replaced"
-    return _detect(body)
+    return _detect(body, guesses)
 
 
-def _detect(body: bytes) -> tuple[str, str]:
-    """Byte-level detection: resiliparse's guess, and cchardet's when that guess does not fit the bytes
-    (resiliparse takes EUC-KR for UTF-8; cchardet knows Korean but guesses wildly on mostly-ASCII pages)."""
-    first = whatwg_codec(detect_encoding(body)) or "cp1252"
-    for guess in (first, cchardet.detect(body[:65536]).get("encoding")):
-        codec = whatwg_codec(guess)
-        if codec:
-            try:
-                return body.decode(codec), f"detected:{codec}"
-            except (UnicodeDecodeError, LookupError):
-                continue
+def _guesses(body: bytes) -> list[str]:
+    """The codecs resiliparse and cchardet guess, in that order (resiliparse takes EUC-KR for UTF-8;
+    cchardet knows Korean but guesses wildly on mostly-ASCII pages)."""
+    named = [detect_encoding(body), cchardet.detect(body[:65536]).get("encoding")]
+    return list(dict.fromkeys(c for c in map(detector_codec, named) if c))
+
+
+def _decode_first(body: bytes, candidates: list[str]) -> tuple[str, str] | None:
+    for codec in candidates:
+        try:
+            return body.decode(codec), f"detected:{codec}"
+        except (UnicodeDecodeError, LookupError):
+            continue
+    return None
+
+
+def _detect(body: bytes, guesses: list[str] | None = None) -> tuple[str, str]:
+    """Byte-level detection: the first guess whose codec decodes the bytes wins, but a strict codec
+    (Big5, EUC-JP, Shift_JIS...) that decodes them outranks a permissive one (a single-byte charset,
+    GB18030) that decodes almost anything: the strict decode is evidence, the permissive one is not.
+    With no fit, the first guess (or windows-1252, as a browser) with replacement."""
+    guesses = _guesses(body) if guesses is None else guesses
+    found = _decode_first(body, sorted(guesses, key=lambda c: c in _PERMISSIVE))  # stable: strict ones first
+    if found is not None:
+        return found
+    first = guesses[0] if guesses else "cp1252"
     return body.decode(first, "replace"), f"detected:{first}:replaced"

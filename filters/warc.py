@@ -66,6 +66,26 @@ READER_COLUMNS: dict[str, pa.DataType] = {
 }
 
 
+# Control bytes text does not have: C0 and DEL, less tab, newlines, form feed and ESC (ISO-2022's escapes).
+_CONTROLS = bytes(b for b in [*range(0x20), 0x7F] if b not in b"\t\n\r\x0c\x1b")
+_NOT_CONTROLS = bytes(b for b in range(256) if b not in _CONTROLS)  # deleted to count what is left
+_BINARY_SHARE = 0.01  # random bytes hold ~12% C0 controls, text in any ASCII-compatible charset ~0%
+
+
+def looks_binary(body: bytes, sample: int = 8192) -> bool:
+    """Whether a body is binary data rather than text in some charset: a NUL, or more than 1% C0
+    control bytes (other than tab, newlines, form feed and ESC) in its first `sample` bytes. Text in
+    any ASCII-compatible charset, CJK multi-byte ones included, keeps its control bytes below 0x20
+    to those few; an image or archive has them everywhere, NUL or not."""
+    head = body[:sample]
+    if not head:
+        return False
+    if b"\x00" in head:
+        return True
+    controls = len(head.translate(None, _NOT_CONTROLS))
+    return controls > _BINARY_SHARE * len(head)
+
+
 def parse_warc_date(raw: str | None) -> tuple[datetime | None, bool]:
     """Lenient WARC-Date parsing; returns (date, was_valid).
 
@@ -164,7 +184,7 @@ def _document(path: str, offset: int, fields: dict[str, str], block: bytes, comp
             return None
         stats["gunzipped"] += 1
     utf16 = body.startswith((codecs.BOM_UTF16_BE, codecs.BOM_UTF16_LE)) or "16" in (whatwg_codec(http_charset) or "")
-    if b"\x00" in body[:8192] and not utf16:
+    if not utf16 and looks_binary(body):
         # Labelled HTML but binary (images, archives served with the wrong type).
         log.warning("%s: binary body under Content-Type %s, skipped", where, content_type)
         stats["skipped:binary"] += 1

@@ -23,6 +23,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = run_yaml_of(args.config)
     try:
         cfg = load_config(config, args.set or [])
+        # A run directory is the output, wherever it is now and whatever its run.yaml says.
+        if config != args.config and not any(s.startswith("output_dir=") for s in args.set or []):
+            here = args.config if "://" in args.config else os.path.abspath(args.config)
+            cfg = cfg.model_copy(update={"output_dir": here.rstrip("/") or "/"})
     except ConfigError as exc:
         print(f"winnow: config error: {exc}", file=sys.stderr)
         return 2

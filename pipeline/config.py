@@ -9,6 +9,7 @@ and the kinds that do use it. Steps are validated against the parameter model of
 from __future__ import annotations
 
 import copy
+import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -280,7 +281,25 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         raise ConfigError(f"{path}: the top level must be a mapping of keys")
     for assignment in overrides:
         apply_override(raw, assignment)
-    return validate(raw, source=str(path))
+    return validate(absolute_paths(raw), source=str(path))
+
+
+def absolute_paths(raw: dict[str, Any]) -> dict[str, Any]:
+    """Relative local `output_dir` and `input` made absolute against the working directory, where they
+    are meant: the run.yaml written from them then names the same places from any other directory."""
+    def absolute(value: Any) -> Any:
+        if isinstance(value, str) and value and "://" not in value and not os.path.isabs(value):
+            return os.path.abspath(os.path.expanduser(value))
+        return value
+
+    out = dict(raw)
+    if "output_dir" in out:
+        out["output_dir"] = absolute(out["output_dir"])
+    if isinstance(out.get("input"), list):
+        out["input"] = [absolute(v) for v in out["input"]]
+    elif "input" in out:
+        out["input"] = absolute(out["input"])
+    return out
 
 
 def validate(raw: dict[str, Any], source: str = "config") -> RunConfig:

@@ -49,9 +49,15 @@ def source_files(path: str, query: Query) -> list[str]:
     p = Path(path)
     if p.is_file():
         return [str(p)]
+    if not p.is_dir():
+        raise FileNotFoundError(f"{path} does not exist: give a run directory, a folder of Parquet files or a "
+                                "Parquet file")
     dropped = query.dropped or query.reason is not None
     if not (p / "run.yaml").exists():  # a plain directory of Parquet files
-        return sorted(str(f) for f in p.rglob("*.parquet"))
+        found = sorted(str(f) for f in p.rglob("*.parquet"))
+        if not found:
+            raise FileNotFoundError(f"{path} holds no Parquet files and is not a run directory (no run.yaml)")
+        return found
     rundir = RunDir(path)
     if query.stage is None:
         if dropped:

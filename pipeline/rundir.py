@@ -25,6 +25,7 @@ from typing import Any
 
 import fsspec
 
+from pipeline.deletion import OutsideRunDir, check_inside, remove
 from pipeline.jsonfile import RecordError, read_json, write_json
 from pipeline.stagedir import MARKER as STAGE_MARKER
 from pipeline.stagedir import StageDir
@@ -317,11 +318,17 @@ class RunDir:
         if previous == state and all(fs.exists(f"{target}/{n}") for n in files):
             return False
         fs.makedirs(target, exist_ok=True)
+        old = [f"{target}/{name}" for name in (previous or {}).get("files", [])]
+        for path in [*old, *(f"{target}/{name}" for name in files)]:  # every name, before anything is deleted
+            try:
+                check_inside(fs, target, path, named_by=self.url(marker))
+            except OutsideRunDir as exc:
+                raise RunDirError(str(exc)) from None
         if fs.exists(marker):
-            fs.rm(marker)
-        for name in (previous or {}).get("files", []):
-            if fs.exists(f"{target}/{name}"):
-                fs.rm(f"{target}/{name}")
+            remove(fs, target, marker)
+        for path in old:
+            if fs.exists(path):
+                remove(fs, target, path)
         for name, source in files.items():
             if not self.local:  # a server-side copy: the object appears whole, and a rename would copy again
                 fs.copy(source, f"{target}/{name}")

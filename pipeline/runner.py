@@ -26,6 +26,7 @@ import fsspec
 import yaml
 
 from pipeline.config import ConfigError, RunConfig, StageConfig
+from pipeline.deletion import remove
 from pipeline.fingerprint import set_digest, stage_fingerprint
 from pipeline.jsonfile import write_json
 from pipeline.kinds import KINDS, StageContext
@@ -217,7 +218,7 @@ class Runner:
         wanted = {self.rundir.stage_dir(i, s.name) for i, s in enumerate(self.cfg.stages)}
         for path in self.rundir.owned_stage_dirs():
             if path not in wanted:
-                self.fs.rm(path, recursive=True)
+                remove(self.fs, self.rundir.path("stages"), path, recursive=True)
 
     def _publish_output(self, files: list[str], fingerprint: str) -> dict[str, Any]:
         """Copy the last stage's shards to output/, unless they are already there."""

@@ -32,6 +32,7 @@ from typing import Any
 import fsspec
 
 from pipeline.cputime import ShardClock
+from pipeline.deletion import remove
 from pipeline.jsonfile import read_json, write_json
 
 log = logging.getLogger("winnow.run")
@@ -171,9 +172,9 @@ class StageDir:
     def clear(self, shard: str) -> None:
         """Remove a shard's record, then its files: a record never outlives a file it names."""
         if self.fs.exists(self.record_path(shard)):
-            self.fs.rm(self.record_path(shard))
+            remove(self.fs, self.path, self.record_path(shard))
         for path in self._shard_files(shard):
-            self.fs.rm(path)
+            remove(self.fs, self.path, path)
 
     def begin(self, shard: str) -> None:
         """Before a shard computes: remove what an earlier attempt left, make the folders it writes to."""

@@ -116,8 +116,12 @@ def test_data_shapes_and_bad_rows(setup, tmp_path):
     (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     train, val = read_preferences([str(tmp_path / "pairs.jsonl"), str(tmp_path / "pairs.parquet"), str(PAIRS)],
                                   vocab, "chat", 129, unpaired=False, val_fraction=0.0)
-    assert train.n_units == 2 + 1 + 300 and not val.seqs
-    assert len(train.skipped) == 2 and all("pairs.jsonl: example" in s for s in train.skipped)  # named, counted
+    # Demo pairs whose answers start alike are the same tokens once cut to half of 129: they teach nothing.
+    same = [s for s in train.skipped if "the same tokens" in s]
+    assert len(same) < 20 and all(f"{PAIRS}: example" in s for s in same)
+    assert train.n_units == 2 + 1 + 300 - len(same) and not val.seqs
+    bad = [s for s in train.skipped if s not in same]
+    assert len(bad) == 2 and all("pairs.jsonl: example" in s for s in bad)  # named, counted
     kto, _ = read_preferences([str(KTO)], vocab, "chat", 129, unpaired=True, val_fraction=0.0)
     labels = [json.loads(KTO.read_text())[k]["label"] for k in range(300)]
     assert kto.n_units == 300 and [r == 2 for r in kto.role] == labels  # DESIRABLE where the label is true

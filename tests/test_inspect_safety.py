@@ -40,3 +40,12 @@ def test_card_text_is_literal_markdown():
         "evil\\]\\(http://x\\)\\<img src=x onerror=y\\>.com"
     assert "\x1b" not in markdown_text("a\x1b[2Jb")
     assert markdown_code("file`with`ticks\n.warc") == "file'with'ticks\ufffd.warc"
+
+
+def test_a_path_that_does_not_exist_or_holds_no_parquet_is_an_error_not_zero_matches(tmp_path, capsys):
+    assert inspect_documents(str(tmp_path / "no-such-run")) == 2
+    err = capsys.readouterr().err
+    assert "no-such-run does not exist" in err and "0 documents" not in err
+    (tmp_path / "empty").mkdir()
+    assert inspect_documents(str(tmp_path / "empty"), as_json=True) == 2
+    assert "holds no Parquet files" in capsys.readouterr().err

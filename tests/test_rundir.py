@@ -178,3 +178,47 @@ def test_losing_the_progress_actor_does_not_stop_the_run(ray_local):
         time.sleep(0.05)
     assert live.total() == 5 and live.actor is None  # the last count stays; the bar goes on without it
     live.stop()
+
+
+@pytest.mark.parametrize("entry", ["../../victim.txt", "sub/../../../victim.txt", "linked/victim.txt"])
+def test_a_tampered_source_list_never_deletes_outside_the_run_directory(tmp_path, entry):
+    """output/_source.json lives on shared storage: whatever it names, nothing outside the folder goes."""
+    victim = tmp_path / "victim.txt"
+    victim.write_text("a user's file")
+    run = RunDir(str(tmp_path / "run"))
+    output = run.output
+    source = tmp_path / "part-0.parquet"
+    source.write_text("shard")
+    assert run.replace_published(output, {"part-0.parquet": str(source)}, {"fingerprint": "a"})
+    (Path(output) / "linked").symlink_to(tmp_path)  # a folder inside that is really outside
+    marker = Path(output) / "_source.json"
+    state = json.loads(marker.read_text())
+    marker.write_text(json.dumps({**state, "files": [*state["files"], entry]}))
+    with pytest.raises(RunDirError, match="outside") as error:
+        run.replace_published(output, {"part-0.parquet": str(source)}, {"fingerprint": "b"})
+    assert "_source.json" in str(error.value) and victim.read_text() == "a user's file"
+    assert (Path(output) / "part-0.parquet").exists()  # nothing was deleted before the check
+
+
+def test_a_run_directory_given_from_another_working_directory_is_the_run_it_resumes(ray_local, tmp_path, monkeypatch,
+                                                                                    capsys):
+    """A relative output_dir means the directory the run started in; run.yaml records it absolutely, and
+    `winnow run RUN_DIR` from anywhere continues RUN_DIR itself."""
+    first, elsewhere = tmp_path / "first", tmp_path / "elsewhere"
+    first.mkdir()
+    elsewhere.mkdir()
+    raw = yaml.safe_load(QUICKSTART.read_text())
+    raw.update(input=[ONE_INPUT], output_dir="runs/x")
+    (first / "run.yaml").write_text(yaml.safe_dump(raw))
+    monkeypatch.chdir(first)
+    assert main(["run", "run.yaml"]) == 0
+    run_dir = first / "runs" / "x"
+    assert yaml.safe_load((run_dir / "run.yaml").read_text())["output_dir"] == str(run_dir)
+    monkeypatch.chdir(elsewhere)
+    assert main(["run", str(run_dir)]) == 0
+    assert main(["run", str(run_dir), "--retry-failed"]) == 0
+    assert f"no failed shards in {run_dir}" in capsys.readouterr().out
+    assert not list(elsewhere.iterdir())  # nothing was built here
+    # An older run.yaml with a relative output_dir: the directory given still wins.
+    (run_dir / "run.yaml").write_text((run_dir / "run.yaml").read_text().replace(str(run_dir), "runs/x"))
+    assert main(["run", str(run_dir)]) == 0 and not list(elsewhere.iterdir())

@@ -136,6 +136,37 @@ def test_charset_detection_without_declared_charset():
     assert "café \u201cquoted\u201d" in text and how == "cp1252"
 
 
+JAPANESE = ("東京は日本の首都であり、多くの人々が住んでいます。今日は天気が良いので、公園まで散歩に行きましょう。"
+            "図書館で新しい本を借りました。")
+TRADITIONAL = "國立臺灣大學是臺灣第一所大學，歷史悠久，圖書館收藏豐富，學生來自世界各地。"
+
+
+@pytest.mark.parametrize("codec,text", [("euc_jp", JAPANESE), ("iso2022_jp", JAPANESE), ("shift_jis", JAPANESE),
+                                        ("big5", TRADITIONAL), ("big5", "國立學臺"), ("big5", "國立學大")])
+def test_undeclared_cjk_pages_decode_as_their_encoding(codec, text):
+    """No charset anywhere: the detectors' codec names lead to the browser's codec, a 7-bit ISO-2022-JP
+    page is not taken for ASCII, and a strict multi-byte fit (Big5) beats a permissive one."""
+    html = f"<html><head><title>{text[:4]}</title></head><body><p>{text}</p></body></html>"
+    decoded, how = decode_html(html.encode(codec), None)
+    assert decoded == html, how
+    assert how.startswith("detected:")
+
+
+def test_binary_bodies_without_a_nul_byte_are_skipped_and_cjk_text_is_kept(tmp_path):
+    import random
+
+    noise = random.Random(0).randbytes(6000).replace(b"\x00", b"\x01")  # compressed data, never a NUL
+    gif = b"GIF89a\x10\x01\x10\x01\xf7\x1f\x01" + noise
+    records = [_warc_record("https://gif.example.com/", gif, "text/html"),  # mislabelled, as crawls have them
+               _warc_record("https://jp.example.com/", f"<p>{JAPANESE}</p>".encode("iso2022_jp"), "text/html"),
+               _warc_record("https://tw.example.com/", f"<p>{TRADITIONAL}</p>".encode("big5"), "text/html")]
+    (tmp_path / "b.warc").write_bytes(b"".join(records))
+    docs, stats = read(tmp_path / "b.warc")
+    assert stats["skipped:binary"] == 1
+    assert [d["url"] for d in docs] == ["https://jp.example.com/", "https://tw.example.com/"]
+    assert JAPANESE in docs[0]["html"] and TRADITIONAL in docs[1]["html"]
+
+
 def test_parse_warc_date():
     assert parse_warc_date("2017-07-22T00:50:11Z")[1] is True
     date, valid = parse_warc_date("2008-10-294T05:21:46-0700")
@@ -174,3 +205,15 @@ def test_50_mb_page_binary_body_and_unknown_charset(tmp_path, caplog):
     assert any(m.startswith(f"{path}@{binary_at}:") and "binary" in m for m in messages)
     assert any(m.startswith(f"{path}@{binary_at + len(records[1])}:") and "x-no-such-charset" in m
                for m in messages)
+
+
+@pytest.mark.parametrize("key,value", [("timeout_s", -1), ("timeout_s", float("nan")), ("max_html_chars", 0),
+                                       ("min_text_chars", -5)])
+def test_extract_limits_refuse_values_that_mean_nothing(key, value):
+    from pydantic import ValidationError
+
+    from filters.extract import ExtractParams
+
+    with pytest.raises(ValidationError, match=key):
+        ExtractParams(**{key: value})
+    assert ExtractParams(timeout_s=0).timeout_s == 0  # 0: no limit, extracted in the worker

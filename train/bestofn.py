@@ -30,17 +30,37 @@ JUDGE_PROMPT = ("Rate the assistant's answer to the user's request for helpfulne
                 "Answer:\n{answer}\n\nScore:")
 
 
+class JudgeFailed(RuntimeError):
+    """The judge gave no score at all: writing empty files would look like a finished run."""
+
+
+def probability(text: str) -> float:
+    """An argparse type for --top-p: a share of the probability mass, above 0 and at most 1."""
+    value = float(text)
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text} is not in (0, 1]: top-p keeps that share of the probability mass")
+    return value
+
+
+def non_negative(text: str) -> float:
+    """An argparse type for --temperature: 0 is greedy, more is more random."""
+    value = float(text)
+    if not value >= 0.0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text} is not a finite number >= 0 (0: greedy)")
+    return value
+
+
 def read_prompts(paths: list[str]) -> tuple[list[list[dict[str, str]]], list[str]]:
     """Conversations to answer (each ending with a user turn), and what was skipped and why.
     Rows: `prompt` (text or messages), alpaca (`instruction`, `input`), chat (`messages`: a final
     assistant turn is dropped), or plain text lines in a .txt file."""
     from train.prefdata import messages
-    from train.sft import read_examples
+    from train.sft import read_examples, read_text
 
     out, skipped = [], []
     for path in paths:
         if path.endswith(".txt"):
-            out += [[{"role": "user", "content": line}] for line in Path(path).read_text().splitlines() if line.strip()]
+            out += [[{"role": "user", "content": line}] for line in read_text(Path(path)).splitlines() if line.strip()]
             continue
         for k, row in enumerate(read_examples([path])):
             try:
@@ -147,6 +167,10 @@ def best_of_n(args: argparse.Namespace) -> dict[str, Any]:
 
         client = LLMClient(base_url=args.judge_endpoint, model=args.judge_model or "judge")
         scores, failed = judge_endpoint(client, prompts, answers)
+        if failed == sum(len(group) for group in answers):
+            raise JudgeFailed(f"the judge at {args.judge_endpoint} scored none of {failed:,} answers (unreachable, "
+                              "or no 1-10 number in its replies): nothing written to " + args.out
+                              + "; check --judge-endpoint and --judge-model")
     else:
         scores = judge_logprob(args.judge_checkpoint, prompts, answers, device)
     out = Path(args.out)
@@ -185,6 +209,9 @@ def cmd_bestofn(args: argparse.Namespace) -> int:
     except (ValueError, FileNotFoundError) as exc:
         print(f"winnow bestofn: {exc}", file=sys.stderr)
         return 2
+    except JudgeFailed as exc:
+        print(f"winnow bestofn: {exc}", file=sys.stderr)
+        return 1
     print(json.dumps(stats))
     return 0
 
@@ -200,8 +227,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--judge-endpoint", help="score 1-10 by an OpenAI-compatible server, e.g. http://host:8000/v1")
     p.add_argument("--judge-model", help="the model name the judge endpoint expects")
     p.add_argument("--max-tokens", type=int, default=128)
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--top-p", type=float, default=0.95)
+    p.add_argument("--temperature", type=non_negative, default=1.0, help="0: greedy (default 1.0)")
+    p.add_argument("--top-p", type=probability, default=0.95, help="in (0, 1] (default 0.95)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch", type=int, default=8, help="prompts sampled together")
     p.add_argument("--limit", type=int, help="at most this many prompts")

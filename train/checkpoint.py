@@ -66,9 +66,23 @@ def load(path: str, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     if not p.exists():
         raise FileNotFoundError(f"no checkpoint at {path}")
     try:
-        return torch.load(p, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError:  # written before the RNG state was made plain: a file this project wrote
-        return torch.load(p, map_location=map_location, weights_only=False)
+        try:
+            return torch.load(p, map_location=map_location, weights_only=True)
+        except pickle.UnpicklingError:  # written before the RNG state was made plain: a file this project wrote
+            return torch.load(p, map_location=map_location, weights_only=False)
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as exc:
+        if isinstance(exc, FileNotFoundError):
+            raise
+        raise ValueError(f"{p} is not a readable checkpoint (truncated or corrupted: {str(exc).splitlines()[0]}); "
+                         "restore it from a copy or train again") from exc
+
+
+def check_finite(state: dict[str, torch.Tensor], path: str) -> None:
+    """A diverged run's weights are NaN or infinite: every score from them would be meaningless."""
+    bad = [name for name, t in state.items() if t.is_floating_point() and not torch.isfinite(t).all()]
+    if bad:
+        raise ValueError(f"{path}: the checkpoint holds NaN or infinite weights ({len(bad)} tensors, first "
+                         f"{bad[0]}): the run that wrote it diverged; train again with a lower optimizer.lr")
 
 
 def load_model(path: str, device: str | torch.device = "cpu") -> tuple[GPT, dict[str, Any]]:
@@ -78,6 +92,7 @@ def load_model(path: str, device: str | torch.device = "cpu") -> tuple[GPT, dict
         from train.lora import merged_checkpoint
 
         ckpt = merged_checkpoint(ckpt, str(path), device)
+    check_finite(ckpt["model"], str(path))
     with torch.device("meta"):  # no random init of weights about to be replaced: seconds for a real model
         model = GPT(ModelConfig(**ckpt["model_config"]))
     model.load_state_dict(ckpt["model"], assign=True)

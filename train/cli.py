@@ -86,6 +86,7 @@ def pretrain_data(cfg, rank: int, world_size: int):
 
 def cmd_train(args: argparse.Namespace) -> int:
     from train.config import TrainConfigError, load_train_config
+    from train.loop import TrainingDiverged
 
     try:
         cfg = load_train_config(args.config, args.set or [])
@@ -114,6 +115,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     except (ValueError, FileNotFoundError) as exc:
         print(f"winnow train {args.mode}: {exc}", file=sys.stderr)
         return 2
+    except TrainingDiverged as exc:
+        print(f"winnow train {args.mode}: {exc}", file=sys.stderr)
+        return 1
     if rank == 0:
         print(json.dumps(last))
     return 0
@@ -129,7 +133,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     device = "cuda" if args.device == "auto" and torch.cuda.is_available() else ("cpu" if args.device == "auto"
                                                                                     else args.device)
-    model, ckpt = load_model(args.checkpoint, device)
+    try:
+        model, ckpt = load_model(args.checkpoint, device)
+    except (ValueError, FileNotFoundError) as exc:  # a truncated or diverged checkpoint: no traceback
+        print(f"winnow generate: {exc}", file=sys.stderr)
+        return 2
     vocab = load_vocab(ckpt["tokenizer"])
     template = prompt_template(ckpt) if args.template == "auto" else args.template
     if template == "none":
@@ -182,8 +190,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from train.serve import serve
     from train.serve_requests import Limits
 
-    serve(args.checkpoint, args.host, args.port, args.name, args.device,
-          Limits(max_prompts=args.max_prompts, max_samples=args.max_samples))
+    try:
+        serve(args.checkpoint, args.host, args.port, args.name, args.device,
+              Limits(max_prompts=args.max_prompts, max_samples=args.max_samples))
+    except (ValueError, FileNotFoundError) as exc:  # raised while loading, before it serves
+        print(f"winnow serve: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -112,7 +112,14 @@ class TrainConfigError(ConfigError):
 
 def load_train_config(path: str, overrides: list[str] | None = None) -> TrainConfig:
     """The config at `path`, with `key.sub=value` overrides applied; errors name the key."""
-    raw = read_config(path, overrides or [], error=TrainConfigError)
+    try:
+        raw = read_config(path, overrides or [], error=TrainConfigError)
+    except UnicodeDecodeError as exc:
+        raise TrainConfigError(f"{path}: not UTF-8 text (byte {exc.start}): save the config as UTF-8") from None
+    except IsADirectoryError:
+        raise TrainConfigError(f"{path} is a folder: give the YAML file of a training config") from None
+    except OSError as exc:
+        raise TrainConfigError(f"{path}: cannot be read ({exc.strerror or exc})") from None
     try:
         cfg = TrainConfig.model_validate(raw)
     except ValidationError as exc:

@@ -173,6 +173,17 @@ def evaluate(checkpoint: str, text_sets: dict[str, str], tasks: dict[str, str], 
     return result
 
 
+def finite(value: Any) -> Any:
+    """JSON has no NaN or Infinity: a figure that is not a number is null, as one with no data is."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [finite(v) for v in value]
+    return value
+
+
 def run(args: argparse.Namespace) -> int:
     if not args.text and not args.task:
         print("winnow eval: nothing to score; name held-out text with --text NAME=PATH "
@@ -189,5 +200,5 @@ def run(args: argparse.Namespace) -> int:
     except (FileNotFoundError, ValueError) as exc:
         print(f"winnow eval: {exc}", file=sys.stderr)
         return 2
-    print(json.dumps(result, indent=1) if args.json else format_tables(result))
+    print(json.dumps(finite(result), indent=1, allow_nan=False) if args.json else format_tables(result))
     return 0

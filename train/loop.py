@@ -11,6 +11,8 @@ The loop logs to the terminal, `log.jsonl` and, when installed, TensorBoard. It 
 atomically and resumes from the checkpoint in `out_dir` when one is there, continuing the same run
 exactly: weights (or LoRA adapters), optimizer, batch position, every random generator. SIGTERM or
 SIGINT (a preempted job, Ctrl-C) saves a checkpoint before exiting; every rank stops at the same step.
+A run whose loss or gradient norm stops being finite raises TrainingDiverged at the next log or
+save, before any checkpoint of NaN weights is written (the command exits 1).
 """
 
 from __future__ import annotations
@@ -36,6 +38,10 @@ from train.tokenizer import load_vocab
 # Dense BF16 peak per GPU, for MFU (vendor datasheets; SXM parts unless named).
 PEAK_TFLOPS = {"H200": 989.0, "H100 PCIe": 756.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 70.0,
                "L4": 121.0, "RTX 4090": 165.0}
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss or gradient norm stopped being a finite number: the weights are lost, not worth keeping."""
 
 
 class Objective(Protocol):
@@ -287,7 +293,22 @@ def run(cfg: TrainConfig, objective: Objective, stop_at: int | None = None,
     def tokens_seen() -> int:
         return tokens_before + int(env.total(local_tokens))
 
+    def check_finite(step: int) -> None:
+        """Stops before a diverged model is written: one sync at each log or save, not every step."""
+        weights_finite = torch.stack([torch.isfinite(p).all() for p in raw_model.parameters()]).all()
+        if nonfinite_at.item() >= 0 or not weights_finite.item():
+            first = int(nonfinite_at.item()) if nonfinite_at.item() >= 0 else step
+            kept = f"the checkpoint of step {saved_at} in {cfg.out_dir} is kept" if saved_at > start_step or resume \
+                else "no checkpoint was written"
+            stop.restore()
+            logger.close()
+            raise TrainingDiverged(
+                f"training diverged: the loss or gradient norm became NaN or infinite at step {first} "
+                f"(optimizer.lr={cfg.optimizer.lr:g}); {kept}. Lower optimizer.lr, lengthen schedule.warmup_steps "
+                "or set optimizer.grad_clip, then rerun")
+
     def save(step: int, seen: int) -> None:
+        check_finite(step)
         if env.main:
             extra = {"loader": objective.batches.state_dict(), "tokens_seen": seen, "train_config": cfg.model_dump(),
                      "tokenizer": checkpoint.TOKENIZER, **objective.extra()}
@@ -302,6 +323,7 @@ def run(cfg: TrainConfig, objective: Objective, stop_at: int | None = None,
     window, window_tokens, window_steps = None, 0, 0
     last: dict[str, Any] = {}
     done = saved_at = start_step
+    nonfinite_at = torch.tensor(-1, device=device)  # the first step whose loss or gradient was not finite
     for step in range(start_step, cfg.max_steps):
         if env.any(stop.requested):  # a rank that left alone would hang the others' all-reduce
             break
@@ -321,10 +343,15 @@ def run(cfg: TrainConfig, objective: Objective, stop_at: int | None = None,
             local_tokens += objective.tokens(batch)
             window_tokens += objective.tokens(batch)
         norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.optimizer.grad_clip or float("inf"))
+        # A non-finite norm means a NaN/inf loss or gradient: the step's update would poison every weight.
+        bad = ~torch.isfinite(norm) & (nonfinite_at < 0)
+        nonfinite_at = torch.where(bad, torch.full_like(nonfinite_at, step + 1), nonfinite_at)  # no host copy
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         done, window_steps = step + 1, window_steps + 1
         evaluate_now = done == cfg.max_steps or (cfg.eval_every and done % cfg.eval_every == 0)
+        if done % cfg.log_every == 0 or evaluate_now or done == stop_at:
+            check_finite(done)
         val = evaluate() if evaluate_now else {}
         if done % cfg.log_every == 0 or evaluate_now or done == stop_at:
             now = time.perf_counter()

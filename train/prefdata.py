@@ -134,6 +134,9 @@ def encode_rows(rows: list[tuple[str, int, dict[str, Any]]], vocab: Vocab, templ
             # A pair shares a row when packed, so each of its two sequences gets at most half of one.
             limit = width if unpaired else width // 2
             encoded = [(*encode_answer(vocab, template, prompt, answer, limit), role) for answer, role in answers]
+            if len(encoded) == 2 and encoded[0][0] == encoded[1][0]:  # zero margin, zero gradient, always
+                raise ValueError("`chosen` and `rejected` are the same tokens (after cutting to the row): "
+                                 "a pair teaches nothing unless its answers differ")
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             out.skipped.append(f"{source}: example {k}: {exc}")
             continue

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -44,19 +45,53 @@ def example_files(path: str) -> list[Path]:
     return files
 
 
+def read_text(path: Path) -> str:
+    """A data file's text; bytes that are not UTF-8 are an error that names the file and the byte."""
+    try:
+        return path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not UTF-8 text (byte {exc.start}): convert it to UTF-8") from None
+
+
+def read_file_rows(p: Path) -> list[Any]:
+    """One file's rows; every problem is a ValueError that names the file (and the line, for JSONL)."""
+    if p.suffix == ".parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        try:
+            return pq.read_table(p).to_pylist()
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise ValueError(f"{p}: not a readable Parquet file ({exc})") from None
+    text = read_text(p)
+    if not text.strip():
+        raise ValueError(f"{p} is empty: give a file of examples (JSON array, JSONL or Parquet)")
+    if p.suffix == ".jsonl":
+        rows = []
+        for n, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as exc:
+                    raise ValueError(f"{p}: line {n}: not valid JSON ({exc.msg}, column {exc.colno})") from None
+        return rows
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        hint = " (one object per line? name it .jsonl)" if exc.msg == "Extra data" else ""
+        raise ValueError(f"{p}: not valid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}{hint}") from None
+    return data if isinstance(data, list) else [data]
+
+
 def read_examples(paths: list[str]) -> list[dict[str, Any]]:
     """Rows from JSON arrays, JSONL or Parquet files (or folders of them), in file order."""
     rows: list[dict[str, Any]] = []
     for p in [f for path in paths for f in example_files(path)]:
-        if p.suffix == ".parquet":
-            import pyarrow.parquet as pq
-
-            rows += pq.read_table(p).to_pylist()
-        elif p.suffix == ".jsonl":
-            rows += [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
-        else:
-            data = json.loads(p.read_text())
-            rows += data if isinstance(data, list) else [data]
+        found = read_file_rows(p)
+        for k, row in enumerate(found):
+            if not isinstance(row, dict):
+                raise ValueError(f"{p}: row {k} is {type(row).__name__}, not an object with named fields")
+        rows += found
     return rows
 
 
@@ -141,18 +176,27 @@ class Rows:
     positions: np.ndarray
     doc_ids: np.ndarray
     packed: bool
+    truncated: int = 0  # examples longer than a row, cut to fit
+    dropped: int = 0  # of those, the ones cut before their answer: nothing left to learn from
 
     def __len__(self) -> int:
         return len(self.tokens)
 
 
 def build_rows(examples: list[tuple[list[int], list[int]]], seq_len: int, pad_id: int, packing: bool) -> Rows:
-    """Packs examples greedily into rows (or one per row when not packing); long ones are cut."""
+    """Packs examples greedily into rows (or one per row when not packing); long ones are cut, and
+    dropped when the cut leaves no answer token (they would train at loss 0); both are counted."""
     width = seq_len + 1
     rows: list[tuple[list, list, list, list]] = []
     current: tuple[list, list, list, list] = ([], [], [], [])
+    truncated = dropped = 0
     for k, (tokens, mask) in enumerate(examples):
-        tokens, mask = tokens[:width], mask[:width]
+        if len(tokens) > width:
+            truncated += 1
+            tokens, mask = tokens[:width], mask[:width]
+            if not any(mask[1:]):  # the first token is never a target
+                dropped += 1
+                continue
         if current[0] and (not packing or len(current[0]) + len(tokens) > width):
             rows.append(current)
             current = ([], [], [], [])
@@ -164,7 +208,7 @@ def build_rows(examples: list[tuple[list[int], list[int]]], seq_len: int, pad_id
         rows.append(current)
     n = len(rows)
     out = Rows(np.full((n, width), pad_id, np.int64), np.zeros((n, width), np.int64),
-               np.zeros((n, width), np.int64), np.full((n, width), -1, np.int64), packing)
+               np.zeros((n, width), np.int64), np.full((n, width), -1, np.int64), packing, truncated, dropped)
     for i, (tokens, mask, positions, ids) in enumerate(rows):
         out.tokens[i, :len(tokens)] = tokens
         out.mask[i, :len(mask)] = mask
@@ -197,6 +241,15 @@ def sft_data(cfg: Any, rank: int, world_size: int) -> tuple[RowBatches, Any]:
     for k, row in enumerate(read_examples(cfg.sft.data)):
         (val if held_out(k, row, cfg.sft.val_fraction) else train).append(encode_example(row, vocab, cfg.sft.template))
     rows = build_rows(train, cfg.seq_len, vocab.pad_id, cfg.sft.packing)
+    where = ", ".join(cfg.sft.data)
+    if not len(rows):
+        raise ValueError(f"sft.data: none of the {len(train):,} training examples in {where} has an answer token "
+                         f"within seq_len={cfg.seq_len} ({rows.dropped:,} cut before their answer): raise seq_len "
+                         "or shorten the prompts")
+    if rows.truncated and rank == 0:
+        print(f"sft: {rows.truncated:,} of {len(train):,} training examples in {where} are longer than "
+              f"seq_len={cfg.seq_len} and were cut; {rows.dropped:,} of them lost their whole answer and were "
+              "dropped", file=sys.stderr, flush=True)
     batches = RowBatches(rows, len(rows), partial(row_batch, rows), cfg.micro_batch, cfg.seed, rank, world_size,
                          what="SFT rows")
     val_rows = build_rows(val, cfg.seq_len, vocab.pad_id, cfg.sft.packing) if val else None
