@@ -56,8 +56,8 @@ TINY: dict[str, list[str]] = {
     "warc_reader": ["--repeat", "1"],
     "webqa_precision": ["--limit", "100"],
 }
-# Scripts in bench/ that are not benchmarks: corpora, paths, and this runner.
-HELPERS = {"build_corpus", "dedup_corpus", "paths", "smoke"}
+# Scripts in bench/ that are not benchmarks: corpora, paths, the extraction model's trainer, and this runner.
+HELPERS = {"build_corpus", "dedup_corpus", "paths", "smoke", "train_boundary"}
 # straggler.py --tiny keeps its figures to itself: they would replace the full-size ones.
 NO_FIGURES = {"straggler"}
 
