@@ -79,7 +79,7 @@ def curated_texts() -> list[str]:
 def train(kind: str, name: str, work: Path, base: str, steps: int, extra: dict) -> str:
     cfg = {"out_dir": str(work / name), "init_from": base, "lora": LORA, "seq_len": 256, "micro_batch": 4,
            "max_steps": steps, "optimizer": {"lr": 5.0e-4, "weight_decay": 0.0},
-           "schedule": {"kind": "cosine", "warmup_steps": 1, "min_lr_frac": 0.1}, "eval_every": 0,
+           "schedule": {"kind": "cosine", "warmup_steps": min(1, steps - 1), "min_lr_frac": 0.1}, "eval_every": 0,
            "log_every": max(1, steps // 2), **extra}
     path = work / f"{name}.yaml"
     path.write_text(yaml.safe_dump(cfg))
