@@ -26,6 +26,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import model_validator
 
 from filters.base import Doc, Filter, StepParams, pkg_version
+from filters.light_imports import without_deep_learning
 
 _SENTENCE_END = re.compile(r"[.!?\u3002\uff01\uff1f]+[\"'\u201d\u2019)\]]*(?=\s|$)")
 # A chunk ending in one of these splits into the word and the mark, in spaCy's English rules, when
@@ -84,7 +85,8 @@ def spacy_tokenizer(language: str) -> Any:
     without a `Language`: creating one loads every package's spaCy plugins, and presidio's imports
     transformers and torch, which cost each worker process seconds. Languages with a tokenizer of their
     own (Chinese, Japanese, ...) still go through spacy.blank."""
-    from spacy.util import compile_infix_regex, compile_prefix_regex, compile_suffix_regex, get_lang_class
+    with without_deep_learning():
+        from spacy.util import compile_infix_regex, compile_prefix_regex, compile_suffix_regex, get_lang_class
 
     lang = get_lang_class(language)
     if lang.default_config["nlp"]["tokenizer"].get("@tokenizers") != "spacy.Tokenizer.v1":

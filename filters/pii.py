@@ -25,6 +25,7 @@ import pyarrow as pa
 from pydantic import Field, model_validator
 
 from filters.base import Doc, Step, StepParams, pkg_version
+from filters.light_imports import without_deep_learning
 from filters.pii_ner import check_installed, entity_spans
 from filters.pii_phone import (  # noqa: F401 - WORD, verified_number and word_window are used by tests and bench
     DIGIT_RUN_PATTERN,
@@ -108,8 +109,9 @@ def _offline_tldextract() -> None:
 
 
 def _nlp_engine(language: str, model: str | None) -> Any:
-    import spacy
-    from presidio_analyzer.nlp_engine import NlpArtifacts, SpacyNlpEngine
+    with without_deep_learning():
+        import spacy
+        from presidio_analyzer.nlp_engine import NlpArtifacts, SpacyNlpEngine
 
     if model is not None:
         check_installed(model)
@@ -162,7 +164,8 @@ def build_analyzer(params_json: str, stock: bool = False) -> Any:
     Context words count only as whole words: presidio's default matches them inside longer
     words, so "script" holds "ip" and lifts a `::` over the threshold. Names and places come from
     `pii_ner`, not from here: pattern findings are the same with or without a spaCy model."""
-    from presidio_analyzer import AnalyzerEngine, RecognizerRegistry
+    with without_deep_learning():
+        from presidio_analyzer import AnalyzerEngine, RecognizerRegistry
     from presidio_analyzer.context_aware_enhancers import LemmaContextAwareEnhancer
     from presidio_analyzer.predefined_recognizers import (
         CreditCardRecognizer,

@@ -13,6 +13,8 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Any
 
+from filters.light_imports import without_deep_learning
+
 # presidio's default spaCy label mapping, for the entities Winnow offers.
 LABELS = {"PERSON": "PERSON", "PER": "PERSON", "GPE": "LOCATION", "LOC": "LOCATION", "FAC": "LOCATION"}
 SCORE = 0.85
@@ -24,7 +26,8 @@ MAX_CHARS = 20_000_000
 
 
 def check_installed(model: str) -> None:
-    import spacy
+    with without_deep_learning(keep_torch="trf" in model):
+        import spacy
 
     if not spacy.util.is_package(model):
         raise ValueError(f"spacy_model: {model!r} is not installed (`pip install` it, for example "

@@ -18,6 +18,8 @@ import re
 from functools import cache, lru_cache
 from typing import Any
 
+from filters.light_imports import without_deep_learning
+
 # Separators phonenumbers accepts between digits (its VALID_PUNCTUATION, plus whitespace).
 SEPARATORS = (r"[\s().+/\[\]~\-\u00ad\u200b\u2010-\u2015\u2060\u2212\u2053\u223c\u3000\u30fc"
               r"\uff08\uff09\uff0d\uff0f\uff3b\uff3d\uff5e]")
@@ -32,7 +34,9 @@ DIGIT_OR_X = re.compile(r"[\dxX]")
 
 def phone_recognizer_class() -> type:
     import phonenumbers
-    from presidio_analyzer import EntityRecognizer
+
+    with without_deep_learning():
+        from presidio_analyzer import EntityRecognizer
     from presidio_analyzer.predefined_recognizers import PhoneRecognizer
 
     class ShortCandidateSkippingMatcher(phonenumbers.PhoneNumberMatcher):
