@@ -22,7 +22,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     config = run_yaml_of(args.config)
     try:
-        cfg = load_config(config, args.set or [])
+        cfg = load_config(config, (args.set or []) + (["profile=true"] if args.profile else []))
         # A run directory is the output, wherever it is now and whatever its run.yaml says.
         if config != args.config and not any(s.startswith("output_dir=") for s in args.set or []):
             here = args.config if "://" in args.config else os.path.abspath(args.config)
@@ -159,6 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--set", action="append", metavar="KEY=VALUE",
                      help="override a config key, e.g. stages.heuristics.steps.gopher_quality.min_doc_words=80")
     run.add_argument("--ray-address", help="join this Ray cluster instead of starting a local one")
+    run.add_argument("--profile", action="store_true",
+                     help="sample the run with py-spy into RUN_DIR/profile/ and show it in the report")
     run.add_argument("--retry-failed", action="store_true",
                      help="rerun only if the last run recorded failed shards (CONFIG may be the run directory); "
                           "finished shards are reused, as on any rerun")

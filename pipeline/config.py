@@ -155,6 +155,9 @@ class RunConfig(Strict):
     # A shard of a map or synth stage starts as soon as its input shard is done (pipeline/stream.py);
     # false makes every stage wait for the whole stage before it. The output is the same either way.
     streaming: bool = True
+    # Sample the whole run with py-spy into RUN_DIR/profile/ (pipeline/pyspy.py); per-step costs are
+    # measured either way. Changes no output and no fingerprint.
+    profile: bool = False
     stages: list[StageConfig]
 
     @field_validator("input", mode="before")

@@ -17,7 +17,13 @@ from __future__ import annotations
 import os
 import resource
 import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+_END: Any = object()
 
 _TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
@@ -46,10 +52,50 @@ def _proc_stats() -> dict[int, tuple[int, float]]:
     return stats
 
 
+def _children(pid: int) -> list[int] | None:
+    """The direct children of `pid`, from the kernel's per-thread lists; None where it keeps none."""
+    kids: list[int] = []
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            kids += [int(c) for c in (task / "children").read_text().split()]
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):  # the process or a thread ended while we looked
+        pass
+    return kids
+
+
+def _stat_cpu_s(pid: int) -> float:
+    """CPU seconds of `pid` and of its own exited children; 0 when it has ended."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    fields = text[text.rfind(")") + 2:].split()
+    return (int(fields[11]) + int(fields[12]) + int(fields[13]) + int(fields[14])) / _TICKS
+
+
+def _descendants_fast(pid: int) -> dict[int, float] | None:
+    """As `descendants_cpu_s`, reading only this process tree (cheap enough for every step of a batch)."""
+    found: dict[int, float] = {}
+    todo = _children(pid)
+    if todo is None:
+        return None
+    while todo:
+        child = todo.pop()
+        if child not in found:
+            found[child] = _stat_cpu_s(child)
+            todo += _children(child) or []
+    return found
+
+
 def descendants_cpu_s(pid: int | None = None) -> dict[int, float]:
     """CPU seconds of every live descendant of `pid` (this process by default), by pid; {} without /proc."""
     if not Path("/proc/self/stat").exists():
         return {}
+    fast = _descendants_fast(os.getpid() if pid is None else pid)
+    if fast is not None:
+        return fast
     stats = _proc_stats()
     children: dict[int, list[int]] = {}
     for child, (parent, _) in stats.items():
@@ -62,6 +108,12 @@ def descendants_cpu_s(pid: int | None = None) -> dict[int, float]:
             found[child] = stats[child][1]
             todo += children.get(child, [])
     return found
+
+
+def tree_cpu_s() -> float:
+    """CPU seconds this process and all its descendants have spent so far, live or exited: the difference of
+    two readings is what a piece of work cost, a child process's share included."""
+    return time.process_time() + _exited_children_s() + sum(descendants_cpu_s().values())
 
 
 class ShardClock:
@@ -80,3 +132,38 @@ class ShardClock:
         children = max(0.0, children)  # tick rounding
         return {"wall_s": round(time.perf_counter() - self.wall0, 3), "cpu_s": round(own + children, 3),
                 "child_cpu_s": round(children, 3)}
+
+
+class Costs:
+    """Wall and CPU seconds (child processes included) per named part of a shard's work: reading, each step,
+    writing. Kept in the completion record as {part: {"cpu_s", "wall_s"}}, so a stage's costs add up over
+    its shards like its counts do."""
+
+    def __init__(self) -> None:
+        self.parts: dict[str, dict[str, float]] = {}
+
+    def add(self, part: str, cpu_s: float, wall_s: float) -> None:
+        spent = self.parts.setdefault(part, {"cpu_s": 0.0, "wall_s": 0.0})
+        spent["cpu_s"] += cpu_s
+        spent["wall_s"] += wall_s
+
+    @contextmanager
+    def measure(self, part: str) -> Iterator[None]:
+        cpu0, wall0 = tree_cpu_s(), time.perf_counter()
+        try:
+            yield
+        finally:
+            self.add(part, tree_cpu_s() - cpu0, time.perf_counter() - wall0)
+
+    def iterate(self, part: str, items: Iterable[T]) -> Iterator[T]:
+        """`items`, with the time spent producing each one (a lazy reader's parsing) counted to `part`."""
+        it = iter(items)
+        while True:
+            with self.measure(part):
+                item = next(it, _END)
+            if item is _END:
+                return
+            yield item
+
+    def record(self) -> dict[str, dict[str, float]]:
+        return {part: {k: round(max(v, 0.0), 4) for k, v in spent.items()} for part, spent in self.parts.items()}

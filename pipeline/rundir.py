@@ -94,6 +94,11 @@ class RunDir:
         return self.path("logs", stage_dir.rstrip("/").rsplit("/", 1)[-1], f"{shard}.log")
 
     @property
+    def profile(self) -> str:
+        """py-spy's sampling profile of the last run made with `profile: true`."""
+        return self.path("profile")
+
+    @property
     def instructions(self) -> str:
         return self.path("instructions")
 

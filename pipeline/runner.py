@@ -31,6 +31,7 @@ from pipeline.fingerprint import set_digest, stage_fingerprint
 from pipeline.jsonfile import write_json
 from pipeline.kinds import KINDS, StageContext
 from pipeline.raycluster import RayConnection
+from pipeline.runcost import RunCosts
 from pipeline.rundir import RunDir, url_prefix
 from pipeline.stagedir import merge_counts
 from pipeline.storage import write_bytes
@@ -85,7 +86,9 @@ class Runner:
         self.rundir.lock()
         log_handler = self._log_to_run_dir()
         started = datetime.now(UTC)
+        costs = RunCosts(self.rundir, sample=self.cfg.profile)
         stages: list[dict[str, Any]] = []
+        results_all: list[tuple[dict[str, Any], Any]] = []
         try:
             self.fs.makedirs(self.rundir.logs, exist_ok=True)
             with self.fs.open(self.rundir.run_yaml, "w") as f:
@@ -105,6 +108,7 @@ class Runner:
                     results = [self.run_global_stage(*plan[0], shard_inputs, input_ids)]
                 else:
                     results = self.run_segment(plan, shard_inputs, input_ids)
+                results_all += results
                 for summary, _ in results:
                     stages.append(summary)
                 last = results[-1][1]
@@ -113,7 +117,8 @@ class Runner:
                 self._write_manifest(started, list(inputs), stages, None)
             output = self._publish_output(list(shard_inputs.values()), previous)
             changed = output.pop("changed")
-            manifest = self._write_manifest(started, list(inputs), stages, output)
+            manifest = self._write_manifest(started, list(inputs), stages, output,
+                                            profile=costs.read(results_all, self.ray))
             self._write_card(changed)
             return manifest
         except KeyboardInterrupt:
@@ -121,6 +126,7 @@ class Runner:
             log.warning("interrupted: finished shards are kept; run the same command again to resume")
             raise
         finally:
+            costs.abandon()
             self.ray.shutdown()
             if log_handler is not None:
                 self._close_log(log_handler)
@@ -239,7 +245,8 @@ class Runner:
             log.warning("could not write the dataset card %s: %r", card, exc)
 
     def _write_manifest(self, started: datetime, inputs: list[str], stages: list[dict[str, Any]],
-                        output: dict[str, Any] | None, status: str | None = None) -> dict[str, Any]:
+                        output: dict[str, Any] | None, status: str | None = None,
+                        profile: dict[str, Any] | None = None) -> dict[str, Any]:
         if status is None:
             status = ("done" if output and all(s["status"] == "done" for s in stages) else
                       ("partial" if output else "running"))
@@ -254,6 +261,8 @@ class Runner:
             "output": output,
             "status": status,
         }
+        if profile is not None:
+            manifest["profile"] = profile
         write_json(self.fs, self.rundir.manifest, manifest)
         return manifest
 
@@ -298,6 +307,8 @@ def summarize(ctx: StageContext, reused: int, failures: list[dict[str, str]]) ->
         "drop_reasons": merge_counts(r.get("drop_reasons", {}) for r in done.values()),
         "reader": merge_counts(r.get("reader", {}) for r in done.values()),
         "steps": merge_counts(r.get("steps", {}) for r in done.values()),
+        "costs": {part: {k: round(v, 3) for k, v in spent.items()}
+                  for part, spent in merge_counts(r.get("costs", {}) for r in done.values()).items()},
         "cpu_s": round(total("cpu_s"), 3),
         "child_cpu_s": round(total("child_cpu_s"), 3),
         "shard_wall_s": round(total("wall_s"), 3),

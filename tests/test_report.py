@@ -29,7 +29,7 @@ from tests.conftest import ROOT, SAMPLE, SHARED
 QUICKSTART = ROOT / "configs" / "quickstart.yaml"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 PLANTED = '<script>window.__pwned = 1</script> and <img src=x onerror="window.__pwned = 2">'
-SECTIONS = ("funnel", "distributions", "samples", "cost", "budget", "provenance")
+SECTIONS = ("funnel", "distributions", "samples", "profile", "cost", "budget", "provenance")
 
 
 def planted_warc(path: Path) -> str:
@@ -65,7 +65,8 @@ def runs(ray_local, tmp_path_factory):
     inputs = [str(SAMPLE / "wget-2024-dolma-0001.warc.gz"), str(SAMPLE / "cc-2020-34-resiliparse.warc.gz"),
               str(root / "planted.warc.gz")]
     run(root / "a", inputs)
-    run(root / "b", inputs, ("stages.heuristics.steps.gopher_quality.min_doc_words=120",))
+    # Run b is sampled by py-spy as well: its report shows where the CPU went, function by function.
+    run(root / "b", inputs, ("stages.heuristics.steps.gopher_quality.min_doc_words=120", "profile=true"))
     return root / "a", root / "b", planted_id
 
 
@@ -97,6 +98,8 @@ def expected_numbers(run_dir: Path) -> dict[str, int | float]:
         out |= {f"reason.{name}.{reason}": n for reason, n in reasons.items()}
         out |= {f"step.{name}.{step}.docs_out": stats["out"] for step, stats in stage["steps"].items()}
         out[f"cost.{name}.cpu_s"] = stage["cpu_s"]
+        out |= {f"profile.{name}.{part}.cpu_s": spent["cpu_s"] for part, spent in stage.get("costs", {}).items()
+                if spent["cpu_s"] >= 0.0005}
     output = read(sorted((run_dir / "output").glob("part-*.parquet")))
     out["input.docs"] = manifest["stages"][0]["rows_in"]
     out["output.docs"] = output.num_rows
@@ -209,6 +212,29 @@ def inspect_ids(capsys, path: Path, query: Query) -> set[str]:
     capsys.readouterr()
     inspect_documents(str(path), query, n=0, as_json=True)
     return {json.loads(line)["id"] for line in capsys.readouterr().out.splitlines()}
+
+
+def test_profile_parts_add_up_and_a_sampled_run_names_its_hottest_code(runs, chromium):
+    _, run_b, _ = runs
+    manifest = json.loads((run_b / "manifest.json").read_text())
+    config = yaml.safe_load((run_b / "run.yaml").read_text())
+    for stage, stage_cfg in zip(manifest["stages"], config["stages"], strict=True):
+        if stage["kind"] != "map" or not stage["shards"]["computed"]:
+            continue
+        parts = stage["costs"]
+        assert {s["type"] for s in stage_cfg["steps"]} | {"read", "write", "load steps"} <= set(parts), stage["name"]
+        # The parts are measured inside each shard's own clock: together never more than the shard's CPU.
+        assert sum(p["cpu_s"] for p in parts.values()) <= stage["cpu_s"] * 1.02 + 0.05, stage["name"]
+    sampling = manifest["profile"]["sampling"]
+    assert sampling["samples"] > 100
+    assert "Ray worker" in {p["name"] for p in sampling["processes"]}  # the workers, not only the driver
+    assert any(f["name"].startswith(("filters/", "pipeline/")) for f in sampling["files"])
+    assert (run_b / "profile" / "pyspy.txt").stat().st_size > 1000
+    page, problems = open_page(chromium, write_report(str(run_b)))
+    assert problems == []
+    section = page.locator("section#profile")
+    assert section.locator("svg.chart rect").count() >= 5
+    assert "Sampled by py-spy" in section.inner_text()
 
 
 def test_inspect_filters_return_exactly_the_documents_they_name(runs, capsys):

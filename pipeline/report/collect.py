@@ -25,6 +25,7 @@ import yaml
 from pipeline.jsonfile import read_json
 from pipeline.report.budget import CHARS_PER_TOKEN, Assumptions, crawl_cost, training_budget
 from pipeline.report.instructions import collect_instructions
+from pipeline.report.profile import cost_profile
 from pipeline.rundir import RunDir
 from pipeline.stagedir import REJECTED, StageDir
 from pipeline.status import run_status
@@ -354,6 +355,7 @@ def collect(run_dir: str, assumptions: Assumptions | None = None, samples: int =
                     "dropped": sample_rows(rejected, samples) if rejected else []},
         "instructions": collect_instructions(root, manifest, samples, fs),
         "cost": crawl_cost(stages, assumptions),
+        "profile": cost_profile(manifest, first_in, dist["docs"]),
         "budget": training_budget(tokens, first_in, assumptions),
         "assumptions": assumptions.model_dump(),
     }

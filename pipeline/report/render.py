@@ -23,6 +23,7 @@ from markupsafe import Markup
 from pipeline.report import svg
 from pipeline.report.budget import CHARS_PER_TOKEN, TOKENS_PER_PARAMETER
 from pipeline.report.hub import header_configs, size_category
+from pipeline.report.profile import chart_items
 
 # Printing shows every collapsed sample; the screen keeps them folded.
 PRINT_SCRIPT = ("addEventListener('beforeprint',()=>document.querySelectorAll('details').forEach(d=>"
@@ -111,6 +112,8 @@ def distribution_charts(dists: list[dict[str, Any]]) -> dict[str, Markup]:
 def render_report(data: dict[str, Any]) -> str:
     context = {**page_context(), **data, "dist": data["distributions"], "a": data["assumptions"],
                "charts": distribution_charts([data["distributions"]]), "data_json": json_for_html(data)}
+    context["charts"]["profile"] = svg.hbars([chart_items(data["profile"])],
+                                             "CPU milliseconds per 1,000 documents in, by step")
     return environment().get_template("report.html.j2").render(**context)
 
 
