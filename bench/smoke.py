@@ -45,6 +45,7 @@ TINY: dict[str, list[str]] = {
     "llm_client": ["--n", "40", "--concurrency", "8"],
     "pii": ["--limit", "30"],
     "quality": ["--limit", "100"],
+    "quickstart_profile": ["--repeats", "1"],
     "report": ["--records", "200", "--files", "2"],
     "rerun": ["--inputs", *TWO_WARCS],
     "s3_vs_local": ["--inputs", str(SAMPLE / "cc-2020-34-resiliparse.warc.gz")],
