@@ -26,10 +26,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_quickstart(code_root: Path, out: Path) -> dict:
-    env = dict(os.environ, PYTHONPATH=str(code_root))  # ahead of the editable install's own path
-    cmd = [sys.executable, "-m", "pipeline.cli", "run", str(ROOT / "configs" / "quickstart.yaml"),
-           "--set", f"output_dir={out}"]
-    subprocess.run(cmd, cwd=ROOT, env=env, check=True, capture_output=True, timeout=900)
+    # `python -m` puts the working directory first on sys.path, and local Ray workers start there too:
+    # running in `code_root` runs its code, not the editable install's.
+    env = dict(os.environ, PYTHONPATH=str(code_root))
+    cmd = [sys.executable, "-m", "pipeline.cli", "run", "configs/quickstart.yaml", "--set", f"output_dir={out}"]
+    subprocess.run(cmd, cwd=code_root, env=env, check=True, capture_output=True, timeout=900)
     return json.loads((out / "manifest.json").read_text())
 
 
@@ -66,8 +67,9 @@ def main() -> None:
     for stage, cpu in median_now.items():
         old = median_before.get(stage)
         ratio = f"{old / cpu:.2f}x" if old and cpu else ""
-        print(f"{stage:<16}{cpu:>11.2f}{old if old is not None else '':>14}{ratio:>8}")
-    print(f"{'total':<16}{sum(median_now.values()):>11.2f}{sum(median_before.values()) or '':>14}")
+        print(f"{stage:<16}{cpu:>11.2f}{'' if old is None else f'{old:.2f}':>14}{ratio:>8}")
+    before_total = f"{sum(median_before.values()):.2f}" if median_before else ""
+    print(f"{'total':<16}{sum(median_now.values()):>11.2f}{before_total:>14}")
     print("largest parts now:", ", ".join(f"{s}/{p} {c:.2f}s" for s, p, c in parts[:6]))
     run_profile = last.get("profile", {})
     print("run:", {k: v for k, v in run_profile.items() if k != "sampling"})
