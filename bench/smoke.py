@@ -48,6 +48,7 @@ TINY: dict[str, list[str]] = {
     "quickstart_profile": ["--repeats", "1"],
     "report": ["--records", "200", "--files", "2"],
     "rerun": ["--inputs", *TWO_WARCS],
+    "scaling": ["--sizes", "60", "--workers", "1", "--files", "2"],
     "s3_vs_local": ["--inputs", str(SAMPLE / "cc-2020-34-resiliparse.warc.gz")],
     "soak": ["--trials", "1", "--kills", "1", "--worker-kills", "1", "--inputs", *TWO_WARCS],
     "straggler": ["--tiny"],

@@ -110,6 +110,21 @@ def descendants_cpu_s(pid: int | None = None) -> dict[int, float]:
     return found
 
 
+def peak_rss_mb() -> tuple[float, float]:
+    """The largest resident memory this process has had, and the largest of its live child processes
+    (the kernel's high-water marks, in MB): a worker's peak over every shard it ran so far."""
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    children = 0.0
+    for pid in descendants_cpu_s():
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    children = max(children, int(line.split()[1]) / 1024)
+        except (OSError, ValueError, IndexError):
+            continue
+    return round(own, 1), round(children, 1)
+
+
 def tree_cpu_s() -> float:
     """CPU seconds this process and all its descendants have spent so far, live or exited: the difference of
     two readings is what a piece of work cost, a child process's share included."""
@@ -117,7 +132,8 @@ def tree_cpu_s() -> float:
 
 
 class ShardClock:
-    """Started when a shard begins; `read()` gives its wall_s, cpu_s (children included) and child_cpu_s."""
+    """Started when a shard begins; `read()` gives its wall_s, cpu_s (children included), child_cpu_s, and
+    the worker's and its children's peak memory so far."""
 
     def __init__(self) -> None:
         self.wall0, self.cpu0 = time.perf_counter(), time.process_time()
@@ -130,8 +146,9 @@ class ShardClock:
         children += _exited_children_s() - self.exited0
         children -= sum(cpu for pid, cpu in self.live0.items() if pid not in live)
         children = max(0.0, children)  # tick rounding
+        worker_mb, child_mb = peak_rss_mb()
         return {"wall_s": round(time.perf_counter() - self.wall0, 3), "cpu_s": round(own + children, 3),
-                "child_cpu_s": round(children, 3)}
+                "child_cpu_s": round(children, 3), "peak_rss_mb": worker_mb, "child_peak_rss_mb": child_mb}
 
 
 class Costs:

@@ -312,5 +312,8 @@ def summarize(ctx: StageContext, reused: int, failures: list[dict[str, str]]) ->
         "cpu_s": round(total("cpu_s"), 3),
         "child_cpu_s": round(total("child_cpu_s"), 3),
         "shard_wall_s": round(total("wall_s"), 3),
+        # The largest worker process (and child process) any shard ran in: memory to provision per worker.
+        "peak_rss_mb": max((r.get("peak_rss_mb", 0.0) for r in done.values()), default=0.0),
+        "child_peak_rss_mb": max((r.get("child_peak_rss_mb", 0.0) for r in done.values()), default=0.0),
         "errors": failures,
     }
