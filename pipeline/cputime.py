@@ -136,6 +136,7 @@ class ShardClock:
     the worker's and its children's peak memory so far."""
 
     def __init__(self) -> None:
+        self.started_at = time.time()
         self.wall0, self.cpu0 = time.perf_counter(), time.process_time()
         self.exited0, self.live0 = _exited_children_s(), descendants_cpu_s()
 
@@ -147,7 +148,8 @@ class ShardClock:
         children -= sum(cpu for pid, cpu in self.live0.items() if pid not in live)
         children = max(0.0, children)  # tick rounding
         worker_mb, child_mb = peak_rss_mb()
-        return {"wall_s": round(time.perf_counter() - self.wall0, 3), "cpu_s": round(own + children, 3),
+        return {"started_at": round(self.started_at, 3),
+                "wall_s": round(time.perf_counter() - self.wall0, 3), "cpu_s": round(own + children, 3),
                 "child_cpu_s": round(children, 3), "peak_rss_mb": worker_mb, "child_peak_rss_mb": child_mb}
 
 

@@ -204,7 +204,8 @@ class StageDir:
             except OSError:  # a full or gone disk: the compute's own error is what the user needs
                 pass
             raise
-        return self.finish(shard, record | {"node": node_id(), "finished_at": round(time.time(), 3)} | clock.read())
+        spent = clock.read()
+        return self.finish(shard, record | {"node": node_id(), "finished_at": round(time.time(), 3)} | spent)
 
     def failure(self, shard: str, input_url: str, error: BaseException | str) -> dict[str, str]:
         return shard_failure(self.name, shard, input_url, error)

@@ -33,7 +33,7 @@ def _config(inputs: list[str], out: Path, streaming: bool):
 def _times(out: Path, stage_dir: str) -> dict[str, tuple[float, float]]:
     """Shard -> (started, finished), in seconds since the epoch, from its completion record."""
     records = [json.loads(p.read_text()) for p in (out / "stages" / stage_dir / "_done").glob("*.json")]
-    return {r["shard"]: (r["finished_at"] - r["wall_s"], r["finished_at"]) for r in records}
+    return {r["shard"]: (r["started_at"], r["finished_at"]) for r in records}
 
 
 def _output(out: Path) -> dict[str, bytes]:
