@@ -181,7 +181,11 @@ def cmd_import(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from train.export import export_hf
 
-    path = export_hf(args.checkpoint, args.hf)
+    try:
+        path = export_hf(args.checkpoint, args.hf)
+    except (ValueError, FileNotFoundError) as exc:  # a truncated or diverged checkpoint: no traceback
+        print(f"winnow export: {exc}", file=sys.stderr)
+        return 2
     print(f"wrote a Hugging Face checkpoint to {path}")
     return 0
 
