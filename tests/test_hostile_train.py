@@ -85,10 +85,14 @@ def test_bestofn_with_a_judge_that_never_answers_fails_and_bad_sampling_flags_ar
             "--device", "cpu", "--out", str(tmp_path / "out")]
     assert winnow(*base, "--judge-endpoint", f"http://127.0.0.1:{port}/v1") == 1
     assert "scored none of 4 answers" in capsys.readouterr().err and not (tmp_path / "out" / "stats.json").exists()
-    for flag, value in (("--top-p", "0"), ("--top-p", "1.5"), ("--temperature", "-1"), ("--temperature", "nan")):
-        with pytest.raises(SystemExit) as exit_:
-            winnow(*base, "--judge-checkpoint", str(tiny), flag, value)
-        assert exit_.value.code == 2 and flag in capsys.readouterr().err
+    # The rules winnow generate and winnow serve apply (train/sampling.py), refused before any work, in one line.
+    for flag, value in (("--top-p", "0"), ("--top-p", "1.5"), ("--top-p", "nan"), ("--temperature", "-1"),
+                        ("--temperature", "nan"), ("--temperature", "2.5"), ("--seed", "-1"), ("--max-tokens", "-1")):
+        assert winnow(*base, "--judge-checkpoint", str(tiny), f"{flag}={value}") == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"winnow bestofn: {flag} ") and err.count("\n") == 1 and "Traceback" not in err
+    assert winnow(*base, "--judge-checkpoint", str(tiny), "-n", "0") == 2
+    assert "-n should be at least 1" in capsys.readouterr().err
 
 
 def test_eval_refuses_nan_weights_and_a_truncated_checkpoint_and_writes_no_nan_json(tiny, tmp_path, capsys):

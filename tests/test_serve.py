@@ -1,15 +1,18 @@
 """`winnow serve` on loopback with a tiny real model: OpenAI clients, a 400 naming the field for every
-bad request, `max_tokens: 0`, `n`/`best_of`, and `echo` + `logprobs` equal to the model's own log-probs."""
+bad request (sampling parameters by the rules `winnow generate` applies), `max_tokens: 0`,
+`n`/`best_of`, and `echo` + `logprobs` equal to the model's own log-probs."""
 
 from __future__ import annotations
 
 import http.client
 import json
+import math
 import threading
 
 import pytest
 import torch
 
+from tests.test_generate import BAD_SAMPLING
 from tests.tiny_model import build_tiny_checkpoint
 from train.checkpoint import load_model
 from train.serve import make_server
@@ -233,3 +236,31 @@ def test_openai_clients_work_on_loopback(served):
     assert own.chat_many([[{"role": "user", "content": "Hi"}]], max_tokens=4, temperature=0)[0] is not None
     long = client.completions.create(model="tiny", prompt="A", max_tokens=10**9, temperature=0)
     assert long.usage.completion_tokens <= model.cfg.max_seq_len  # capped by the context, not allocated
+
+
+@pytest.mark.parametrize("field,value", [(f, v) for f, v in BAD_SAMPLING if math.isfinite(v)])  # JSON has no NaN
+def test_the_server_refuses_the_sampling_values_winnow_generate_refuses(served, field, value):
+    field = {"max_new_tokens": "max_tokens"}.get(field, field)
+    status, payload = post(served[2], "completions", {"prompt": "A", "max_tokens": 2, field: value})
+    assert status == 400 and payload["error"]["param"] == field, payload
+
+
+def test_a_denormal_temperature_or_top_p_answers_the_greedy_text(served):
+    port = served[2]
+    chat = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 6, "seed": 5}
+    for path, base in (("completions", {"prompt": "The", "max_tokens": 6, "seed": 5}), ("chat/completions", chat)):
+        key = "text" if path == "completions" else "message"
+        status, payload = post(port, path, {**base, "temperature": 0})
+        assert status == 200
+        greedy = payload["choices"][0][key]
+        for extreme in ({"temperature": 5e-324}, {"temperature": 1.0, "top_p": 1e-320},
+                        {"temperature": 2.0, "top_p": 5e-324, "min_p": 1e-320}):
+            status, payload = post(port, path, {**base, **extreme})
+            assert status == 200 and payload["choices"][0][key] == greedy, (path, extreme, payload)
+    status, payload = post(port, "completions", {"prompt": "The", "max_tokens": 6, "temperature": 0, "stream": True})
+    streamed = [json.loads(e) for e in payload["events"][:-1]]
+    status, payload = post(port, "completions", {"prompt": "The", "max_tokens": 6, "temperature": 5e-324,
+                                                 "stream": True})
+    assert status == 200 and [json.loads(e) for e in payload["events"][:-1]][-1]["choices"][0]["finish_reason"]
+    assert "".join(json.loads(e)["choices"][0]["text"] for e in payload["events"][:-1]) == \
+        "".join(e["choices"][0]["text"] for e in streamed)

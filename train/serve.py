@@ -27,6 +27,7 @@ from typing import Any
 
 from train.generate import Completion, SamplingParams, generate, stream, token_budget
 from train.model import GPT
+from train.sampling import SamplingError
 from train.score import Scored, score
 from train.serve_requests import BadRequest, ChatRequest, CompletionRequest, Limits, check_limits, parse
 from train.sft import prompt_ids
@@ -97,9 +98,11 @@ class ModelServer:
             raise BadRequest(f"`prompt`: {exc}", "prompt") from None
 
     def params(self, request: CompletionRequest | ChatRequest, max_new: int) -> SamplingParams:
-        return SamplingParams(max_new_tokens=max_new, temperature=request.temperature, top_p=request.top_p,
-                              top_k=max(0, request.top_k), min_p=request.min_p, stop=request.stops,
-                              seed=request.seed)
+        try:  # the request passed the same rules already; a 400, never a 500, if they ever disagree
+            return SamplingParams(max_new_tokens=max_new, temperature=request.temperature, top_p=request.top_p,
+                                  top_k=request.top_k, min_p=request.min_p, stop=request.stops, seed=request.seed)
+        except SamplingError as exc:
+            raise BadRequest(str(exc), exc.field) from None
 
     # --- answering ----------------------------------------------------------------------------------
     def sample(self, prompts: list[Prompt], params: SamplingParams, n: int, best_of: int) -> list[list[Completion]]:
