@@ -33,6 +33,7 @@ class Limits:
     max_samples: int = 8  # `n` and `best_of`
     max_logprobs: int = 20  # alternatives per position
     max_body_bytes: int = 8 << 20
+    read_timeout_s: float = 60.0  # a client silent this long (a body shorter than its Content-Length) is dropped
 
 
 class Common(SamplingRules):
