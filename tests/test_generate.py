@@ -1,5 +1,6 @@
 """Batched generation: a row decodes what it would alone, stop strings cut where they start even
-across token boundaries, each row keeps its own sampling parameters, and finished rows leave the batch."""
+across token boundaries, each row keeps its own sampling parameters, and finished rows leave the batch.
+Sampling parameters follow one set of rules (train/sampling.py) in the engine and in `winnow generate`."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import torch
 from tests.tiny_model import WIKI
 from train.generate import SamplingParams, TextTail, generate
 from train.model import GPT, ModelConfig
+from train.sampling import GREEDY_BELOW, SamplingError
 from train.tokenizer import load_vocab, train_tokenizer
 
 GREEDY = SamplingParams(max_new_tokens=24, temperature=0.0)
@@ -122,3 +124,69 @@ def test_finished_rows_leave_the_batch(tiny):
     # the prompt pass, then one forward per step over the rows still going: a row that ends leaves
     steps = max(2, k + 1, 10)
     assert sizes == [3] + [3 if s < 2 else 2 if s < min(k + 1, 10) else 1 for s in range(1, steps)]
+
+
+# Values outside the rules, and the option that sets each: the server refuses the same (tests/test_serve.py).
+BAD_SAMPLING = [("temperature", -1.0), ("temperature", 2.5), ("temperature", float("nan")),
+                ("temperature", float("inf")), ("top_p", 0.0), ("top_p", 1.5), ("top_p", float("nan")),
+                ("top_k", -2), ("min_p", -0.1), ("min_p", 1.5), ("seed", -1), ("seed", 2**63),
+                ("max_new_tokens", -1), ("best_of", 0)]
+OPTIONS = {"max_new_tokens": "--max-tokens"}
+
+
+@pytest.mark.parametrize("field,value", BAD_SAMPLING)
+def test_sampling_parameters_outside_the_rules_are_refused_naming_the_field(field, value):
+    with pytest.raises(SamplingError) as error:
+        SamplingParams(**{field: value})
+    assert error.value.field == field and error.value.option == OPTIONS.get(field, "--" + field.replace("_", "-"))
+
+
+def test_extreme_but_valid_temperature_and_top_p_decode_the_greedy_tokens(tiny):
+    """A temperature that rounds to 0 in float32 (or just below GREEDY_BELOW) is greedy, not a division
+    by zero; a top-p that rounds to 0 keeps the top token, not none: both give the greedy tokens."""
+    model, vocab, prompts = tiny
+    prompts, steps = prompts[:3], 10
+    greedy = [out.tokens for out in generate(model, vocab, prompts, SamplingParams(max_new_tokens=steps, temperature=0),
+                                             stop_ids=set())]
+    for params in (SamplingParams(max_new_tokens=steps, temperature=5e-324, seed=1),
+                   SamplingParams(max_new_tokens=steps, temperature=GREEDY_BELOW / 2, seed=1),
+                   SamplingParams(max_new_tokens=steps, temperature=1.0, top_p=1e-320, seed=1),
+                   SamplingParams(max_new_tokens=steps, temperature=2.0, top_p=1e-9, min_p=1e-320, seed=2)):
+        outs = generate(model, vocab, prompts, params, stop_ids=set())
+        assert [out.tokens for out in outs] == greedy, params
+        assert all(out.score == out.score and out.score <= 0 for out in outs), params  # no NaN
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    from tests.tiny_model import build_tiny_checkpoint
+
+    return str(build_tiny_checkpoint(tmp_path_factory.mktemp("generate-cli"), steps=2))
+
+
+@pytest.mark.parametrize("field,value", BAD_SAMPLING)
+def test_winnow_generate_refuses_a_bad_sampling_option_in_one_line(checkpoint, capsys, field, value):
+    from pipeline.cli import main
+
+    option = OPTIONS.get(field, "--" + field.replace("_", "-"))
+    assert main(["generate", checkpoint, "--prompt", "Hi", "--device", "cpu", f"{option}={value}"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.startswith(f"winnow generate: {option} ")
+    assert captured.err.count("\n") == 1 and "Traceback" not in captured.err
+
+
+def test_winnow_generate_with_a_denormal_temperature_or_top_p_prints_the_greedy_text(checkpoint, capsys):
+    import json
+
+    from pipeline.cli import main
+
+    def text(*options: str) -> str:
+        assert main(["generate", checkpoint, "--prompt", "The", "--max-tokens", "8", "--device", "cpu", "--json",
+                     "--seed", "3", *options]) == 0
+        row = json.loads(capsys.readouterr().out)
+        assert row["score"] == row["score"]  # not NaN
+        return row["text"]
+
+    greedy = text("--temperature", "0")
+    assert text("--temperature", "5e-324") == greedy
+    assert text("--temperature", "1", "--top-p", "1e-320") == greedy

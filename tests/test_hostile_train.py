@@ -85,10 +85,14 @@ def test_bestofn_with_a_judge_that_never_answers_fails_and_bad_sampling_flags_ar
             "--device", "cpu", "--out", str(tmp_path / "out")]
     assert winnow(*base, "--judge-endpoint", f"http://127.0.0.1:{port}/v1") == 1
     assert "scored none of 4 answers" in capsys.readouterr().err and not (tmp_path / "out" / "stats.json").exists()
-    for flag, value in (("--top-p", "0"), ("--top-p", "1.5"), ("--temperature", "-1"), ("--temperature", "nan")):
-        with pytest.raises(SystemExit) as exit_:
-            winnow(*base, "--judge-checkpoint", str(tiny), flag, value)
-        assert exit_.value.code == 2 and flag in capsys.readouterr().err
+    # The rules winnow generate and winnow serve apply (train/sampling.py), refused before any work, in one line.
+    for flag, value in (("--top-p", "0"), ("--top-p", "1.5"), ("--top-p", "nan"), ("--temperature", "-1"),
+                        ("--temperature", "nan"), ("--temperature", "2.5"), ("--seed", "-1"), ("--max-tokens", "-1")):
+        assert winnow(*base, "--judge-checkpoint", str(tiny), f"{flag}={value}") == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"winnow bestofn: {flag} ") and err.count("\n") == 1 and "Traceback" not in err
+    assert winnow(*base, "--judge-checkpoint", str(tiny), "-n", "0") == 2
+    assert "-n should be at least 1" in capsys.readouterr().err
 
 
 def test_eval_refuses_nan_weights_and_a_truncated_checkpoint_and_writes_no_nan_json(tiny, tmp_path, capsys):
@@ -123,13 +127,37 @@ def test_eval_refuses_nan_weights_and_a_truncated_checkpoint_and_writes_no_nan_j
         assert ("not a readable checkpoint" in err or "NaN or infinite weights" in err) and "Traceback" not in err
 
 
+@pytest.mark.parametrize("content", [b"", b"PK\x03\x04", b"not a checkpoint\n", "torch.save([1, 2])"])
+def test_an_empty_cut_or_foreign_checkpoint_file_is_one_line_naming_it(tiny, tmp_path, capsys, content):
+    import torch
+
+    path = tmp_path / "checkpoint.pt"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        torch.save([1, 2], path)  # a readable torch file that holds no model
+    (tmp_path / "held.txt").write_text("The river runs to the sea.\n")
+    for argv in (["generate", str(path), "--prompt", "Hi", "--device", "cpu"], ["serve", str(path), "--port", "0"],
+                 ["eval", str(path), "--text", str(tmp_path / "held.txt"), "--device", "cpu"],
+                 ["export", str(path), "--hf", str(tmp_path / "hf")]):
+        assert winnow(*argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"winnow {argv[0]}: {path} ") and err.count("\n") == 1, err
+        assert "readable checkpoint" in err or "not a Winnow checkpoint" in err
+
+
 def test_an_unreadable_train_config_is_a_config_error_naming_the_file(tmp_path, capsys):
     (tmp_path / "latin1.yaml").write_bytes("out_dir: caf\u00e9\n".encode("latin-1"))
     (tmp_path / "broken.yaml").write_text("max_steps: [1,\nseq_len: 3\n")
-    for name, says in (("latin1.yaml", "not UTF-8 text"), ("broken.yaml", "not valid YAML"), ("", "is a folder")):
+    (tmp_path / "tab.yaml").write_text("max_steps: 3\nseq_len: 3\n\tlog_every: 1\n")
+    (tmp_path / "deep.yaml").write_text("max_steps: " + "[" * 5000 + "]" * 5000 + "\n")
+    for name, says in (("latin1.yaml", "not UTF-8 text"), ("broken.yaml", "not valid YAML: line 3, column 1: "),
+                       ("tab.yaml", "not valid YAML: line 3, column 1: found character '\\t'"),
+                       ("deep.yaml", "not valid YAML: nested too deeply"), ("", "is a folder")):
         assert winnow("train", "pretrain", str(tmp_path / name)) == 2
         err = capsys.readouterr().err
-        assert f"config error: {tmp_path / name}" in err and says in err and "Traceback" not in err
+        assert f"config error: {tmp_path / name}" in err and says in err and "Traceback" not in err, err
+        assert err.count("\n") == 1 and "<unicode string>" not in err, err
 
 
 @pytest.mark.parametrize("name,content,says", [

@@ -224,6 +224,11 @@ def test_winnow_serve_and_the_local_generator_give_the_same_answers(tiny_checkpo
                                                                                      "temperature": 0.0})
                 for i in range(4)]
     requests.append(Request([{"role": "user", "content": "x " * 3000}], {"max_tokens": 6, "temperature": 0.0}))
+    # Sampling outside the rules both share (train/sampling.py): a 400 from the server, a bad request in process;
+    # a top-p that rounds to 0 in float32 keeps the top token: request 0's greedy answer.
+    topic = requests[0].prompt
+    requests += [Request(topic, {"max_tokens": 6, "temperature": 2.5}), Request(topic, {"max_tokens": 6, "top_k": -2}),
+                 Request(topic, {"max_tokens": 6, "temperature": 1.0, "top_p": 1e-320, "seed": 1})]
     try:
         served_client = client(url, RequestCache(str(tmp_path / "served"), "s"), model="tiny", concurrency=2)
         served = run_sync(served_client.run(requests))
@@ -232,13 +237,14 @@ def test_winnow_serve_and_the_local_generator_give_the_same_answers(tiny_checkpo
         server.server_close()
     local = LocalGenerator(tiny_checkpoint, "tiny", cache=RequestCache(str(tmp_path / "local"), "s"))
     inproc = run_sync(local.run(requests))
-    assert [r.status for r in served] == ["ok"] * 4 + ["bad_request"]  # a prompt longer than the context: 400
-    assert [r.status for r in inproc] == ["ok"] * 4 + ["bad_request"]
+    statuses = ["ok"] * 4 + ["bad_request"] * 3 + ["ok"]  # a prompt longer than the context: 400
+    assert [r.status for r in served] == statuses and [r.status for r in inproc] == statuses
     assert [r.text for r in served[:4]] == [r.text for r in inproc[:4]]  # greedy: the same tokens either way
+    assert served[-1].text == inproc[-1].text == inproc[0].text
     assert all(r.completion_tokens > 0 for r in served[:4] + inproc[:4])
     again = LocalGenerator(tiny_checkpoint, "tiny", cache=RequestCache(str(tmp_path / "local"), "s"))
     assert [r.text for r in run_sync(again.run(requests))] == [r.text for r in inproc]
-    assert again.stats.cache_hits == 5 and again.stats.requests == 0
+    assert again.stats.cache_hits == len(requests) and again.stats.requests == 0
 
 
 def test_a_new_local_model_at_the_same_path_is_asked_again(tiny_checkpoint, tmp_path, monkeypatch):

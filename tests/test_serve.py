@@ -1,22 +1,28 @@
 """`winnow serve` on loopback with a tiny real model: OpenAI clients, a 400 naming the field for every
-bad request, `max_tokens: 0`, `n`/`best_of`, and `echo` + `logprobs` equal to the model's own log-probs."""
+bad request (sampling parameters by the rules `winnow generate` applies), a 4xx for every malformed
+Content-Length, a burst of simultaneous clients all answered, `max_tokens: 0`, `n`/`best_of`, and
+`echo` + `logprobs` equal to the model's own log-probs."""
 
 from __future__ import annotations
 
 import http.client
 import json
+import math
+import socket
 import threading
+import time
 
 import pytest
 import torch
 
+from tests.test_generate import BAD_SAMPLING
 from tests.tiny_model import build_tiny_checkpoint
 from train.checkpoint import load_model
 from train.serve import make_server
 from train.serve_requests import Limits
 from train.tokenizer import load_vocab
 
-LIMITS = Limits(max_prompts=4, max_samples=3, max_logprobs=5, max_body_bytes=4096)
+LIMITS = Limits(max_prompts=4, max_samples=3, max_logprobs=5, max_body_bytes=4096, read_timeout_s=2.0)
 
 
 @pytest.fixture(scope="module")
@@ -233,3 +239,104 @@ def test_openai_clients_work_on_loopback(served):
     assert own.chat_many([[{"role": "user", "content": "Hi"}]], max_tokens=4, temperature=0)[0] is not None
     long = client.completions.create(model="tiny", prompt="A", max_tokens=10**9, temperature=0)
     assert long.usage.completion_tokens <= model.cfg.max_seq_len  # capped by the context, not allocated
+
+
+@pytest.mark.parametrize("field,value", [(f, v) for f, v in BAD_SAMPLING if math.isfinite(v)])  # JSON has no NaN
+def test_the_server_refuses_the_sampling_values_winnow_generate_refuses(served, field, value):
+    field = {"max_new_tokens": "max_tokens"}.get(field, field)
+    status, payload = post(served[2], "completions", {"prompt": "A", "max_tokens": 2, field: value})
+    assert status == 400 and payload["error"]["param"] == field, payload
+
+
+def test_a_denormal_temperature_or_top_p_answers_the_greedy_text(served):
+    port = served[2]
+    chat = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 6, "seed": 5}
+    for path, base in (("completions", {"prompt": "The", "max_tokens": 6, "seed": 5}), ("chat/completions", chat)):
+        key = "text" if path == "completions" else "message"
+        status, payload = post(port, path, {**base, "temperature": 0})
+        assert status == 200
+        greedy = payload["choices"][0][key]
+        for extreme in ({"temperature": 5e-324}, {"temperature": 1.0, "top_p": 1e-320},
+                        {"temperature": 2.0, "top_p": 5e-324, "min_p": 1e-320}):
+            status, payload = post(port, path, {**base, **extreme})
+            assert status == 200 and payload["choices"][0][key] == greedy, (path, extreme, payload)
+    status, payload = post(port, "completions", {"prompt": "The", "max_tokens": 6, "temperature": 0, "stream": True})
+    streamed = [json.loads(e) for e in payload["events"][:-1]]
+    status, payload = post(port, "completions", {"prompt": "The", "max_tokens": 6, "temperature": 5e-324,
+                                                 "stream": True})
+    assert status == 200 and [json.loads(e) for e in payload["events"][:-1]][-1]["choices"][0]["finish_reason"]
+    assert "".join(json.loads(e)["choices"][0]["text"] for e in payload["events"][:-1]) == \
+        "".join(e["choices"][0]["text"] for e in streamed)
+
+
+def raw_post(port: int, head: bytes, body: bytes = b"", timeout: float = 10) -> tuple[int, dict, float]:
+    """Sends the request line, `head` as header lines and `body` as given, then reads the answer until
+    the server closes: (status, JSON body, seconds waited)."""
+    start = time.monotonic()
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     + head + b"\r\n" + body)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    status_line, _, rest = answer.partition(b"\r\n")
+    return int(status_line.split()[1]), json.loads(rest.partition(b"\r\n\r\n")[2]), time.monotonic() - start
+
+
+BODY = json.dumps({"prompt": "A", "max_tokens": 1, "temperature": 0}).encode()
+
+
+@pytest.mark.parametrize("length", [
+    "\u00b3".encode("latin-1"),  # superscript three: str.isdigit() says yes, int() refuses it
+    "\u0663".encode(), b"\xd9\xa3",  # Arabic-Indic three, which int() takes, as UTF-8 bytes
+    b"+5", b"-5", b"5_0", b"0x5", b"5.0", b"5e1", b"\x0b5", b"5\x0c", b"", b"9" * 5000,
+])
+def test_a_content_length_that_is_not_ascii_digits_gets_a_4xx_json_error(served, length):
+    status, payload, waited = raw_post(served[2], b"Content-Length: " + length + b"\r\n", BODY)
+    assert status in (400, 413), payload
+    message = payload["error"]["message"]
+    assert "Content-Length" in message or "the body has a 5000-digit number of bytes" in message, message
+    assert waited < 1.5  # answered at once, not after waiting for a body
+
+
+def test_content_length_framing_two_lengths_chunked_and_a_short_body(served):
+    port = served[2]
+    status, payload, _ = raw_post(port, f"Content-Length: {len(BODY)}\r\n".encode() * 2, BODY)
+    assert status == 200  # the same length twice is the same framing
+    status, payload, _ = raw_post(port, f"Content-Length: {len(BODY)}\r\nContent-Length: 3\r\n".encode(), BODY)
+    assert status == 400 and "one Content-Length" in payload["error"]["message"]
+    status, payload, _ = raw_post(port, f"Content-Length: {len(BODY)}\r\nTransfer-Encoding: chunked\r\n".encode(),
+                                  BODY)
+    assert status == 400 and "Transfer-Encoding" in payload["error"]["message"]
+    status, payload, _ = raw_post(port, f"Content-Length: {len(BODY)} \t\r\n".encode(), BODY)
+    assert status == 200  # spaces after the value are not part of it (RFC 9110)
+    # A body shorter than its Content-Length: a 408 once the client has been silent for read_timeout_s.
+    status, payload, waited = raw_post(port, f"Content-Length: {len(BODY) + 10}\r\n".encode(), BODY)
+    assert status == 408 and LIMITS.read_timeout_s <= waited < LIMITS.read_timeout_s + 5
+    assert post(port, "completions", json.loads(BODY))[0] == 200  # still serving
+
+
+def test_a_burst_of_128_simultaneous_clients_is_answered_without_a_reset(served):
+    """Every connection opens at once: past the listen backlog the kernel would reset them."""
+    port, clients = served[2], 128
+    connections = [http.client.HTTPConnection("127.0.0.1", port, timeout=120) for _ in range(clients)]
+    ready, answers = threading.Barrier(clients), [None] * clients
+
+    def client(k: int) -> None:
+        ready.wait()
+        try:
+            connections[k].request("POST", "/v1/completions", BODY, {"Content-Type": "application/json"})
+            response = connections[k].getresponse()
+            answers[k] = (response.status, json.loads(response.read())["choices"][0]["text"])
+        except OSError as exc:  # ConnectionResetError, ...
+            answers[k] = (type(exc).__name__, None)
+        finally:
+            connections[k].close()
+
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert [status for status, _ in answers] == [200] * clients, sorted(map(str, answers))[:5]
+    assert len({text for _, text in answers}) == 1  # greedy: one answer, whatever the interleaving

@@ -34,22 +34,6 @@ class JudgeFailed(RuntimeError):
     """The judge gave no score at all: writing empty files would look like a finished run."""
 
 
-def probability(text: str) -> float:
-    """An argparse type for --top-p: a share of the probability mass, above 0 and at most 1."""
-    value = float(text)
-    if not 0.0 < value <= 1.0:
-        raise argparse.ArgumentTypeError(f"{text} is not in (0, 1]: top-p keeps that share of the probability mass")
-    return value
-
-
-def non_negative(text: str) -> float:
-    """An argparse type for --temperature: 0 is greedy, more is more random."""
-    value = float(text)
-    if not value >= 0.0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"{text} is not a finite number >= 0 (0: greedy)")
-    return value
-
-
 def read_prompts(paths: list[str]) -> tuple[list[list[dict[str, str]]], list[str]]:
     """Conversations to answer (each ending with a user turn), and what was skipped and why.
     Rows: `prompt` (text or messages), alpaca (`instruction`, `input`), chat (`messages`: a final
@@ -135,6 +119,8 @@ def best_of_n(args: argparse.Namespace) -> dict[str, Any]:
     from train.sft import prompt_ids
     from train.tokenizer import load_vocab
 
+    params = SamplingParams(max_new_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p,
+                            seed=args.seed)  # checked by the rules winnow serve applies, before any work
     prompts, skipped = read_prompts(args.prompts)
     if args.limit:
         prompts = prompts[:args.limit]
@@ -151,8 +137,6 @@ def best_of_n(args: argparse.Namespace) -> dict[str, Any]:
     prompts = [p for p, fits in zip(prompts, room, strict=True) if fits]
     if not prompts:
         raise ValueError(f"every prompt is longer than the model's context ({model.cfg.max_seq_len} tokens)")
-    params = SamplingParams(max_new_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p,
-                            seed=args.seed)
     answers: list[list[str]] = []
     for start in range(0, len(prompts), args.batch):
         chunk = prompts[start:start + args.batch]
@@ -201,11 +185,19 @@ def best_of_n(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_bestofn(args: argparse.Namespace) -> int:
+    from train.sampling import SamplingError
+
     if bool(args.judge_checkpoint) == bool(args.judge_endpoint):
         print("winnow bestofn: give one judge: --judge-checkpoint CKPT or --judge-endpoint URL", file=sys.stderr)
         return 2
+    if args.n < 1:
+        print(f"winnow bestofn: -n should be at least 1 (got {args.n})", file=sys.stderr)
+        return 2
     try:
         stats = best_of_n(args)
+    except SamplingError as exc:
+        print(f"winnow bestofn: {exc.option} {exc.problem}", file=sys.stderr)
+        return 2
     except (ValueError, FileNotFoundError) as exc:
         print(f"winnow bestofn: {exc}", file=sys.stderr)
         return 2
@@ -227,8 +219,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--judge-endpoint", help="score 1-10 by an OpenAI-compatible server, e.g. http://host:8000/v1")
     p.add_argument("--judge-model", help="the model name the judge endpoint expects")
     p.add_argument("--max-tokens", type=int, default=128)
-    p.add_argument("--temperature", type=non_negative, default=1.0, help="0: greedy (default 1.0)")
-    p.add_argument("--top-p", type=probability, default=0.95, help="in (0, 1] (default 0.95)")
+    p.add_argument("--temperature", type=float, default=1.0, help="0 to 2 (default 1.0); below 1e-5: greedy")
+    p.add_argument("--top-p", type=float, default=0.95, help="in (0, 1], at least the top token (default 0.95)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch", type=int, default=8, help="prompts sampled together")
     p.add_argument("--limit", type=int, help="at most this many prompts")

@@ -67,14 +67,21 @@ def load(path: str, map_location: str | torch.device = "cpu") -> dict[str, Any]:
         raise FileNotFoundError(f"no checkpoint at {path}")
     try:
         try:
-            return torch.load(p, map_location=map_location, weights_only=True)
+            ckpt = torch.load(p, map_location=map_location, weights_only=True)
         except pickle.UnpicklingError:  # written before the RNG state was made plain: a file this project wrote
-            return torch.load(p, map_location=map_location, weights_only=False)
-    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as exc:
-        if isinstance(exc, FileNotFoundError):
-            raise
-        raise ValueError(f"{p} is not a readable checkpoint (truncated or corrupted: {str(exc).splitlines()[0]}); "
+            ckpt = torch.load(p, map_location=map_location, weights_only=False)
+    except FileNotFoundError:
+        raise
+    except Exception as exc:  # a cut file fails in many ways (EOFError with no message, KeyError, ...)
+        first = (str(exc).strip().splitlines() or [""])[0]
+        reason = f"{type(exc).__name__}: {first}" if first else ("the file is empty" if p.stat().st_size == 0
+                                                                 else type(exc).__name__)
+        raise ValueError(f"{p} is not a readable checkpoint (truncated or corrupted: {reason}); "
                          "restore it from a copy or train again") from exc
+    if not isinstance(ckpt, dict) or not {"model", "model_config"} <= ckpt.keys():  # what `save` always writes
+        raise ValueError(f"{p} is not a Winnow checkpoint (no model weights and config in it): give a training "
+                         "out_dir, its checkpoint.pt, or a folder written by `winnow import`")
+    return ckpt
 
 
 def check_finite(state: dict[str, torch.Tensor], path: str) -> None:
@@ -95,7 +102,11 @@ def load_model(path: str, device: str | torch.device = "cpu") -> tuple[GPT, dict
     check_finite(ckpt["model"], str(path))
     with torch.device("meta"):  # no random init of weights about to be replaced: seconds for a real model
         model = GPT(ModelConfig(**ckpt["model_config"]))
-    model.load_state_dict(ckpt["model"], assign=True)
+    try:
+        model.load_state_dict(ckpt["model"], assign=True)
+    except RuntimeError as exc:  # tensors missing or of other shapes than its config gives
+        raise ValueError(f"{path}: the checkpoint's weights do not fit its model_config "
+                         f"({str(exc).strip().splitlines()[-1].strip()[:200]})") from None
     if model.cfg.tie_embeddings:  # assign gives each name its own tensor: tie them again
         model.lm_head.weight = model.embed_tokens.weight
     folder = Path(path) if Path(path).is_dir() else Path(path).parent

@@ -127,10 +127,18 @@ def cmd_generate(args: argparse.Namespace) -> int:
     import torch
 
     from train.checkpoint import load_model, prompt_template
-    from train.generate import SamplingParams, generate
+    from train.generate import generate
+    from train.sampling import SamplingError, SamplingParams
     from train.sft import prompt_ids
     from train.tokenizer import load_vocab
 
+    try:  # the rules winnow serve applies to a request, checked before the model loads
+        params = SamplingParams(max_new_tokens=args.max_tokens, temperature=args.temperature, top_k=args.top_k,
+                                top_p=args.top_p, min_p=args.min_p, stop=args.stop or [], seed=args.seed,
+                                best_of=args.best_of)
+    except SamplingError as exc:
+        print(f"winnow generate: {exc.option} {exc.problem}", file=sys.stderr)
+        return 2
     device = "cuda" if args.device == "auto" and torch.cuda.is_available() else ("cpu" if args.device == "auto"
                                                                                     else args.device)
     try:
@@ -142,9 +150,6 @@ def cmd_generate(args: argparse.Namespace) -> int:
     template = prompt_template(ckpt) if args.template == "auto" else args.template
     if template == "none":
         template = None
-    params = SamplingParams(max_new_tokens=args.max_tokens, temperature=args.temperature, top_k=args.top_k,
-                            top_p=args.top_p, min_p=args.min_p, stop=args.stop or [], seed=args.seed,
-                            best_of=args.best_of)
     try:
         prompts = [prompt_ids(vocab, template, messages=[{"role": "user", "content": p}]) if template
                    else prompt_ids(vocab, None, text=p) for p in args.prompt]
@@ -181,7 +186,11 @@ def cmd_import(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from train.export import export_hf
 
-    path = export_hf(args.checkpoint, args.hf)
+    try:
+        path = export_hf(args.checkpoint, args.hf)
+    except (ValueError, FileNotFoundError) as exc:  # a truncated or diverged checkpoint: no traceback
+        print(f"winnow export: {exc}", file=sys.stderr)
+        return 2
     print(f"wrote a Hugging Face checkpoint to {path}")
     return 0
 
@@ -228,12 +237,14 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                      help="wrap each prompt as a chat model expects (auto: the template it was tuned with, or an "
                           "imported model's own chat template; model: that template; a base model continues the text)")
     gen.add_argument("--max-tokens", type=int, default=64)
-    gen.add_argument("--temperature", type=float, default=0.8, help="0: greedy")
-    gen.add_argument("--top-k", type=int, default=0)
-    gen.add_argument("--top-p", type=float, default=1.0)
-    gen.add_argument("--min-p", type=float, default=0.0)
+    gen.add_argument("--temperature", type=float, default=0.8, help="0 to 2 (default 0.8); below 1e-5: greedy")
+    gen.add_argument("--top-k", type=int, default=0, help="keep the K most likely tokens (0 or -1: off)")
+    gen.add_argument("--top-p", type=float, default=1.0, help="in (0, 1]: keep that share of the probability "
+                                                               "mass, at least the top token (default 1: off)")
+    gen.add_argument("--min-p", type=float, default=0.0, help="in [0, 1]: drop tokens below min-p times the top "
+                                                               "token's probability (default 0: off)")
     gen.add_argument("--stop", action="append", help="a stop string (repeatable)")
-    gen.add_argument("--seed", type=int)
+    gen.add_argument("--seed", type=int, help="0 to 2**63-1; prompt i samples with seed + i")
     gen.add_argument("--best-of", type=int, default=1, help="sample N times, keep the highest mean log-prob")
     gen.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     gen.add_argument("--json", action="store_true")

@@ -30,12 +30,31 @@ def read_config(path: str | Path, overrides: list[str] | tuple[str, ...] = (),
     except FileNotFoundError:
         raise error(f"config file {path} not found") from None
     except yaml.YAMLError as exc:
-        raise error(f"{path}: not valid YAML: {exc}") from None
+        raise error(f"{path}: not valid YAML: {yaml_problem(exc)}") from None
+    except RecursionError:  # PyYAML composes nested collections recursively
+        raise error(f"{path}: not valid YAML: nested too deeply") from None
     if not isinstance(raw, dict):
         raise error(f"{path}: the top level must be a mapping of keys")
     for assignment in overrides:
         apply_override(raw, assignment, error)
     return raw
+
+
+def yaml_problem(exc: yaml.YAMLError) -> str:
+    """`line L, column C: what is wrong`, on one line. PyYAML's own text spans several lines and
+    places the problem "in <unicode string>", not in the file."""
+    def at(mark: Any) -> str:
+        return f"line {mark.line + 1}, column {mark.column + 1}"
+
+    mark, problem = getattr(exc, "problem_mark", None), getattr(exc, "problem", None)
+    context, context_mark = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+    if problem is None:  # a ReaderError: a character YAML does not allow, at a character offset
+        position = getattr(exc, "position", None)
+        return str(exc).splitlines()[0] + (f" (character {position + 1})" if position is not None else "")
+    where = f"{at(mark)}: " if mark is not None else ""
+    opened = f" ({context} at {at(context_mark)})" if context and context_mark is not None else \
+        (f" ({context})" if context else "")
+    return f"{where}{problem}{opened}"
 
 
 def apply_override(raw: dict[str, Any], assignment: str, error: type[ValueError] = ConfigError) -> None:
@@ -46,7 +65,7 @@ def apply_override(raw: dict[str, Any], assignment: str, error: type[ValueError]
     try:
         parsed = yaml.safe_load(value) if value else ""
     except yaml.YAMLError as exc:
-        raise error(f"--set {key}: the value is not valid YAML: {exc}") from None
+        raise error(f"--set {key}: the value is not valid YAML: {yaml_problem(exc)}") from None
     parts = key.split(".")
     node: Any = raw
     for depth, part in enumerate(parts):

@@ -27,6 +27,7 @@ from typing import Any
 
 from train.generate import Completion, SamplingParams, generate, stream, token_budget
 from train.model import GPT
+from train.sampling import SamplingError
 from train.score import Scored, score
 from train.serve_requests import BadRequest, ChatRequest, CompletionRequest, Limits, check_limits, parse
 from train.sft import prompt_ids
@@ -97,9 +98,11 @@ class ModelServer:
             raise BadRequest(f"`prompt`: {exc}", "prompt") from None
 
     def params(self, request: CompletionRequest | ChatRequest, max_new: int) -> SamplingParams:
-        return SamplingParams(max_new_tokens=max_new, temperature=request.temperature, top_p=request.top_p,
-                              top_k=max(0, request.top_k), min_p=request.min_p, stop=request.stops,
-                              seed=request.seed)
+        try:  # the request passed the same rules already; a 400, never a 500, if they ever disagree
+            return SamplingParams(max_new_tokens=max_new, temperature=request.temperature, top_p=request.top_p,
+                                  top_k=request.top_k, min_p=request.min_p, stop=request.stops, seed=request.seed)
+        except SamplingError as exc:
+            raise BadRequest(str(exc), exc.field) from None
 
     # --- answering ----------------------------------------------------------------------------------
     def sample(self, prompts: list[Prompt], params: SamplingParams, n: int, best_of: int) -> list[list[Completion]]:
@@ -252,15 +255,29 @@ class Handler(BaseHTTPRequestHandler):
             self.error(404, f"no route {self.path}")
 
     def read_body(self) -> bytes:
-        length = self.headers.get("Content-Length")
-        if length is None or not length.strip().isdigit():
-            self.close_connection = True  # the body's end is unknown: the connection cannot be reused
-            raise BadRequest("a JSON body with a Content-Length header is required")
-        if int(length) > self.backend.limits.max_body_bytes:
+        """The request body, framed by exactly one Content-Length of plain ASCII digits (RFC 9110).
+        `int()` alone would take '+5', '5_0' or Arabic-Indic digits and then read a body of the
+        wrong length; a body framed any other way (chunked) is refused the same way. Either way
+        the body's end is unknown, so the connection cannot be reused."""
+        lengths = {v.rstrip(" \t") for v in self.headers.get_all("Content-Length") or []}  # trailing spaces: OWS
+        if len(lengths) != 1 or self.headers.get("Transfer-Encoding") is not None:
             self.close_connection = True
-            raise OverflowError(f"the body has {int(length):,} bytes; this server takes at most "
-                                f"{self.backend.limits.max_body_bytes:,}")
-        return self.rfile.read(int(length))
+            raise BadRequest("a JSON body with one Content-Length header (and no Transfer-Encoding) is required")
+        length = lengths.pop()
+        if not length.isascii() or not length.isdigit():
+            self.close_connection = True
+            raise BadRequest(f"Content-Length must be a number of bytes in ASCII digits (got {length!r:.40})")
+        digits = length.lstrip("0") or "0"
+        limit = self.backend.limits.max_body_bytes
+        if len(digits) > len(str(limit)) or int(digits) > limit:  # length first: int() refuses 4,300+ digits
+            self.close_connection = True
+            size = f"{int(digits):,}" if len(digits) <= 30 else f"a {len(digits)}-digit number of"
+            raise OverflowError(f"the body has {size} bytes; this server takes at most {limit:,}")
+        body = self.rfile.read(int(digits))  # a client that stops sending: TimeoutError after Limits.read_timeout_s
+        if len(body) < int(digits):
+            self.close_connection = True
+            raise BadRequest(f"the body ended after {len(body):,} of the {int(digits):,} bytes of its Content-Length")
+        return body
 
     def do_POST(self) -> None:
         routes = {"/v1/completions": False, "/v1/chat/completions": True}
@@ -280,6 +297,10 @@ class Handler(BaseHTTPRequestHandler):
             return
         except OverflowError as exc:
             self.error(413, str(exc))
+            return
+        except TimeoutError:
+            self.close_connection = True
+            self.error(408, f"no byte of the body came for {self.timeout:g} s; the Content-Length may be too large")
             return
         except LookupError as exc:
             self.error(404, str(exc), "model", "model_not_found")
@@ -310,14 +331,22 @@ class Handler(BaseHTTPRequestHandler):
         self.close_connection = True
 
 
+class Server(ThreadingHTTPServer):
+    """A thread per connection, and a listen backlog for bursts: the stdlib's is 5, so when a
+    client pool opens dozens of connections at once (a synth stage, an evaluation harness) the
+    kernel resets those past the fifth that arrive before the accept loop takes them. The kernel
+    caps the backlog at net.core.somaxconn. The threads only parse and answer; the model runs for
+    one request at a time (`ModelServer.lock`)."""
+
+    request_queue_size = 1024
+    daemon_threads = True
+
+
 def make_server(model: GPT, vocab: Vocab, name: str, host: str = "127.0.0.1", port: int = 8000,
-                device: str = "cpu", template: str | None = None, limits: Limits | None = None
-                ) -> ThreadingHTTPServer:
+                device: str = "cpu", template: str | None = None, limits: Limits | None = None) -> Server:
     backend = ModelServer(model, vocab, name, device, template, limits)
-    handler = type("BoundHandler", (Handler,), {"backend": backend})
-    server = ThreadingHTTPServer((host, port), handler)
-    server.daemon_threads = True
-    return server
+    handler = type("BoundHandler", (Handler,), {"backend": backend, "timeout": backend.limits.read_timeout_s})
+    return Server((host, port), handler)
 
 
 def serve(checkpoint_path: str, host: str, port: int, name: str | None, device: str,

@@ -2,9 +2,11 @@
 
 Every field has its type checked strictly (a string is not a number, a float is not an integer,
 `true` is not 1), its range checked, and unknown fields are refused: a misspelt `max_token` would
-otherwise be ignored and the answer would silently use the default. Fields OpenAI defines but the
-server does not implement (penalties, `logit_bias`, `suffix`) are refused unless they ask for the
-default. Whatever fails becomes one 400 answer naming the field.
+otherwise be ignored and the answer would silently use the default. The sampling parameters and
+their ranges are `train/sampling.SamplingRules`, the rules `winnow generate` and `winnow bestofn`
+apply too. Fields OpenAI defines but the server does not implement (penalties, `logit_bias`,
+`suffix`) are refused unless they ask for the default. Whatever fails becomes one 400 answer
+naming the field.
 
 `max_tokens: 0` is valid for completions and generates nothing: with `echo: true` and `logprobs`
 it scores the prompt, as OpenAI's legacy API and lm-evaluation-harness use it. Chat needs at least 1.
@@ -16,6 +18,8 @@ from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from train.sampling import SamplingRules
 
 TokenIds = Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
 NonEmpty = Annotated[str, Field(min_length=1)]
@@ -29,18 +33,17 @@ class Limits:
     max_samples: int = 8  # `n` and `best_of`
     max_logprobs: int = 20  # alternatives per position
     max_body_bytes: int = 8 << 20
+    read_timeout_s: float = 60.0  # a client silent this long (a body shorter than its Content-Length) is dropped
 
 
-class Common(BaseModel):
+class Common(SamplingRules):
+    """The fields of both endpoints: the sampling parameters (`SamplingRules`: the rules `winnow
+    generate` and `winnow bestofn` apply too) and OpenAI's other common fields."""
+
     model_config = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False)
 
     model: str | None = None
-    temperature: float = Field(1.0, ge=0, le=2)
-    top_p: float = Field(1.0, gt=0, le=1)
-    top_k: int = Field(0, ge=-1)  # 0 or -1 (vLLM's spelling): off
-    min_p: float = Field(0.0, ge=0, le=1)
     stop: NonEmpty | Annotated[list[NonEmpty], Field(max_length=16)] | None = None
-    seed: int | None = Field(None, ge=0, lt=2**63)
     n: int = Field(1, ge=1)
     stream: bool = False
     # Accepted so that clients that always send them work; they change nothing in the answer.

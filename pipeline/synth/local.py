@@ -59,10 +59,12 @@ class LocalGenerator:
         model, vocab, _ = _load(self.checkpoint, self.device)
         results: list[Result | None] = [None] * len(requests)
         ready: list[tuple[int, list[int]]] = []
+        params: dict[int, Any] = {}
         for k, request in enumerate(requests):
             try:
+                params[k] = sampling_params(request.sampling)  # winnow serve's rules: what it would refuse
                 ids = self._prompt(request)
-            except ValueError as exc:  # a chat template that cannot render these messages
+            except ValueError as exc:  # sampling outside the rules, or a chat template that cannot render these
                 results[k] = Result(None, "bad_request", error=f"{self.checkpoint}: {exc}")
                 continue
             if len(ids) >= model.cfg.max_seq_len:  # this request's own fault, as a 400 would be
@@ -73,8 +75,8 @@ class LocalGenerator:
         ready.sort(key=lambda item: len(item[1]))
         for start in range(0, len(ready), self.batch_size):
             chunk = ready[start:start + self.batch_size]
-            params = [sampling_params(requests[k].sampling) for k, _ in chunk]
-            outs = generate(model, vocab, [ids for _, ids in chunk], params, self.device, want_scores=False)
+            outs = generate(model, vocab, [ids for _, ids in chunk], [params[k] for k, _ in chunk], self.device,
+                            want_scores=False)
             for (k, ids), out in zip(chunk, outs, strict=True):
                 results[k] = Result(out.text, "ok", len(ids), len(out.tokens), out.finish_reason)
                 self._remember(requests[k], results[k])
