@@ -96,6 +96,9 @@ def test_misspelled_step_key_names_its_path_and_suggests(tmp_path):
     ("stages.0.steps.1.type=extrct", "unknown step 'extrct'; did you mean 'extract'"),
     ("stages.heuristic.batch_size=3", "no item named 'heuristic'; did you mean 'heuristics'"),
     ("stages.heuristics.batch_size=many", "batch_size"),
+    # The synth stage's sampling takes the ranges every other entry point takes (train/sampling.py).
+    ("stages.synth.synth.temperature=3", "temperature: Input should be less than or equal to 2"),
+    ("stages.synth.synth.seed=-1", "seed: Input should be greater than or equal to 0"),
 ])
 def test_typos_fail_before_any_work(override, expected):
     with pytest.raises(ConfigError) as err:

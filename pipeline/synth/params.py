@@ -37,10 +37,11 @@ class SynthParams(BaseModel):
     backoff_s: float = Field(0.5, ge=0)
     backoff_max_s: float = Field(30.0, ge=0)
     # Sampling. Each sample of a prompt is its own request (and cache entry), with seed + sample index.
-    temperature: float = Field(0.7, ge=0)
+    # The ranges of train/sampling.SamplingRules (OpenAI's): what the bundled server and `local` accept.
+    temperature: float = Field(0.7, ge=0, le=2)
     top_p: float = Field(0.95, gt=0, le=1)
     max_tokens: int = Field(1024, ge=1)
-    seed: int | None = 0
+    seed: int | None = Field(0, ge=0, lt=2**62)
     stop: list[str] = Field(default_factory=list)
     n: int = Field(1, ge=1)  # samples per prompt, all kept when they pass QC
     best_of: int = Field(1, ge=1)  # samples per prompt, only the best kept (by judge score, else the first passing)
