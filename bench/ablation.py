@@ -5,7 +5,7 @@ Run: `nice -n 19 .venv/bin/python bench/ablation.py --tokens 81920` (about 9 min
 cores, one torch thread; no GPU used).
 
 * Input: the 468 distinct real pages of ../shared/data, each once, repacked into 2 WARC files by
-  `bench/build_corpus.py --records 468 --files 2` (bench/corpus repeats each about 43 times).
+  `bench/build_corpus.py --records 468 --files 2` (bench/corpus has about 43 copies of each, with new text).
 * One run of configs/quickstart.yaml gives every variant: raw (00_extract: extraction and language
   ID only), heuristics (01: Gopher filters), heuristics + dedup (02), full curation (output: also
   the C4/FineWeb line filters, the quality model and PII).

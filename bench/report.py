@@ -3,8 +3,8 @@
 Run: `.venv/bin/python bench/report.py` (a few minutes: the pipeline runs come first, and are reused
 on a second call).
 
-The input is bench/corpus (built by bench/build_corpus.py: 468 real pages repacked into 8 WARC
-files, 20,000 records), run through bench/winnow_bench.yaml (extraction, language ID and the four
+The input is bench/corpus (built by bench/build_corpus.py: 468 real pages and copies of them with new
+text, 8 WARC files, 20,000 records), run through bench/winnow_bench.yaml (extraction, language ID and the four
 heuristic filters, no dedup, so thousands of documents reach the output), and again with a stricter
 Gopher word count. Then the report and the comparison are each timed in a fresh process, with that
 process's peak RSS.
@@ -50,7 +50,7 @@ def main() -> None:
     # The full-size corpus is bench/corpus, shared with vs_datatrove.py; another size gets its own.
     full_size = (args.records, args.files) == (20000, 8)
     corpus = HERE / "corpus" if full_size else WORK / f"corpus-{args.records}x{args.files}"
-    if not (corpus / "corpus-00000.warc.gz").exists():
+    if not (corpus / "corpus_stats.json").exists():  # built before its text was varied: build it again
         subprocess.run([sys.executable, str(HERE / "build_corpus.py"), "--records", str(args.records),
                         "--files", str(args.files), "--out", str(corpus)], check=True)
     inputs = str(corpus / "corpus-*.warc.gz")

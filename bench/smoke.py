@@ -58,8 +58,9 @@ TINY: dict[str, list[str]] = {
     "warc_reader": ["--repeat", "1"],
     "webqa_precision": ["--limit", "100"],
 }
-# Scripts in bench/ that are not benchmarks: corpora, paths, the extraction model's trainer, and this runner.
-HELPERS = {"build_corpus", "dedup_corpus", "paths", "smoke", "train_boundary"}
+# Scripts in bench/ that are not benchmarks: corpora (with their page variants and distinct-text check),
+# paths, the extraction model's trainer, and this runner.
+HELPERS = {"build_corpus", "corpus_check", "corpus_variants", "dedup_corpus", "paths", "smoke", "train_boundary"}
 # Benchmarks that import SmolLM2 and run the quickstart first get longer than --timeout.
 TIMEOUT_S = {"finetune_evidence": 720}
 # straggler.py --tiny keeps its figures to itself: they would replace the full-size ones.

@@ -4,7 +4,9 @@ Run: `.venv/bin/python bench/vs_datatrove.py [--records 20000] [--files 8] [--wo
 
 The corpus (bench/corpus/, git-ignored) is built first if missing or built with other arguments, by
 bench/build_corpus.py: real HTML pages from ../shared/data repacked into gzipped WARC files under
-distinct URLs (bench/corpus/CORPUS.md says how many from each source). Then four runs, each a
+distinct URLs, every copy after a page's first with new text in the same markup, and 5% planted exact
+and near copies (bench/corpus/CORPUS.md says how many from each source, and how much of the text is
+distinct). Then four runs, each a
 subprocess timed end to end (interpreter start, imports, Ray start-up included):
 
   a) datatrove: LocalPipelineExecutor(tasks=files, workers=workers) over WarcReader -> URLFilter ->
@@ -135,7 +137,7 @@ def ensure_corpus(corpus: Path, records: int, files: int, rebuild: bool) -> str:
     report = corpus / "CORPUS.md"
     wanted = f"--records {records} --files {files} "
     if rebuild or not report.exists() or wanted not in report.read_text() \
-            or len(list(corpus.glob("*.warc.gz"))) != files:
+            or not (corpus / "corpus_stats.json").exists() or len(list(corpus.glob("*.warc.gz"))) != files:
         from build_corpus import build
 
         print(f"building the corpus in {corpus} ...", flush=True)
