@@ -53,19 +53,43 @@ def read_json(fs: fsspec.AbstractFileSystem, path: str, damaged: Literal["raise"
     completion record is rewritten when the shard is recomputed), is logged and taken as no record. Any
     other failure to read (a network error, a permission) raises OSError: it is never taken for a
     missing record."""
+    return _read(fs, path, damaged, versioned=False)[0]
+
+
+def read_json_versioned(fs: fsspec.AbstractFileSystem, path: str) -> tuple[Any | None, str | None]:
+    """The record at `path` (as read_json reads it) and the version that was read: its ETag on object
+    storage, None where the store names none; (None, None) when there is no record. For a writer that
+    replaces the record only while it is still that version (pipeline/conditional.py)."""
+    return _read(fs, path, "raise", versioned=True)
+
+
+def _fetch(fs: fsspec.AbstractFileSystem, path: str, versioned: bool) -> tuple[bytes, str | None]:
+    if not versioned:
+        # One GET for the whole object: an object store returns one version of it, whole.
+        return fs.cat_file(path), None
+    # Opening asks for the object's metadata (its ETag) first, then reads with If-Match on that ETag, so the
+    # bytes are that version's (a rewrite in between fails the read, and it is tried again). Even a store
+    # that reads without the condition errs safely: bytes newer than the tag fail a write conditioned on it.
+    with fs.open(path, "rb") as f:
+        data = f.read()
+        details = getattr(f, "details", None) or {}
+    return data, details.get("ETag")
+
+
+def _read(fs: fsspec.AbstractFileSystem, path: str, damaged: Literal["raise", "missing"],
+          versioned: bool) -> tuple[Any | None, str | None]:
     for attempt in range(ATTEMPTS):
         last = attempt == ATTEMPTS - 1
         try:
-            # One GET for the whole object: an object store returns one version of it, whole.
-            data = fs.cat_file(path)
+            data, etag = _fetch(fs, path, versioned)
         except FileNotFoundError:
-            return None
+            return None, None
         except OSError as exc:
             if last or not rewritten_while_read(exc):
                 raise
         else:
             try:
-                return json.loads(data)
+                return json.loads(data), etag
             except (UnicodeDecodeError, json.JSONDecodeError) as exc:
                 # Only a filesystem without atomic replacement shows half a record; after the retries
                 # it is no record at all.
@@ -74,7 +98,7 @@ def read_json(fs: fsspec.AbstractFileSystem, path: str, damaged: Literal["raise"
                                "damaged or written by something else")
                     if damaged == "missing":
                         log.warning("%s; taken as missing, to be written again", problem)
-                        return None
+                        return None, None
                     raise RecordError(f"{problem}: delete it or restore it") from None
         time.sleep(BACKOFF_S * 2**attempt)
     raise AssertionError("unreachable")

@@ -96,6 +96,13 @@ def test_a_second_run_is_refused_while_the_first_holds_the_lock_and_a_dead_holde
     assert not RunDir(str(out)).in_use()
 
 
+def test_a_store_without_conditional_writes_is_refused_for_the_lock():
+    url = "memory://winnow-unconditional/run"
+    RunDir(url).claim()
+    with pytest.raises(RunDirError, match=r"written only conditionally.*\(If-None-Match\).*not on memory://"):
+        RunDir(url).lock()
+
+
 @pytest.fixture
 def small_disk(tmp_path):
     """A 1 MB tmpfs: a real full disk (needs root, as in CI)."""

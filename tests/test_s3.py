@@ -123,14 +123,14 @@ def test_shard_writer_puts_the_final_key_once_and_an_aborted_upload_never_appear
 
 # -- the lock ----------------------------------------------------------------------------------------------
 def test_lock_on_object_storage_refuses_a_second_run_and_takes_over_a_dead_one(s3, tmp_path, monkeypatch):
-    from pipeline import rundir as rundir_module
+    from pipeline import runlock as runlock_module
     from pipeline.rundir import LOCK, RunDir, RunDirError
     from pipeline.runner import Runner
     from pipeline.status import run_status
 
     url = f"s3://{BUCKET}/locked"
     lock_key = f"{BUCKET}/locked/{LOCK}"
-    monkeypatch.setattr(rundir_module, "HEARTBEAT_S", 0.2)
+    monkeypatch.setattr(runlock_module, "HEARTBEAT_S", 0.2)
     first = RunDir(url)
     first.claim()
     first.lock()
@@ -159,7 +159,7 @@ def test_lock_on_object_storage_refuses_a_second_run_and_takes_over_a_dead_one(s
     plant()
     with pytest.raises(RunDirError, match="pid 1 on elsewhere"):
         RunDir(url).lock()
-    plant(heartbeat=time.time() - rundir_module.STALE_S - 1)
+    plant(heartbeat=time.time() - runlock_module.STALE_S - 1)
     taker = RunDir(url)
     taker.lock()
     assert json.loads(s3.cat_file(lock_key))["pid"] == os.getpid()
@@ -192,6 +192,54 @@ def test_lock_on_object_storage_refuses_a_second_run_and_takes_over_a_dead_one(s
     winners = [rd for rd in results if rd is not None]
     assert len(results) == 4 and len(winners) == 1
     winners[0].unlock()
+
+
+def test_runs_that_take_over_a_stale_lock_together_have_exactly_one_winner(s3):
+    """A crashed run left its lock record (heartbeat older than STALE_S), and several runs start at once. The
+    takeover is one conditional PUT, If-Match on the ETag of the record judged stale: exactly one run wins,
+    the others read its record and refuse, naming it. (Reading the holder, checking it again and then
+    writing let two runs win in about one trial out of five.)"""
+    from pipeline import runlock
+    from pipeline.rundir import LOCK, RunDir, RunDirError
+
+    url = f"s3://{BUCKET}/stale"
+    key = f"{BUCKET}/stale/{LOCK}"
+    RunDir(url).claim()
+    crashed = {"pid": 1, "host": "elsewhere", "started_at": "then", "token": "crashed",
+               "heartbeat": time.time() - runlock.STALE_S - 1}
+
+    def contend(rd: RunDir, barrier: threading.Barrier, outcomes: list) -> None:
+        barrier.wait()
+        try:
+            rd.lock()
+            outcomes.append(rd)
+        except RunDirError as exc:
+            outcomes.append(str(exc))
+
+    # Threads stand in for runs on several machines: switching between them every 0.1 ms rather than 5 ms
+    # lets their requests interleave as those of separate processes do.
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-4)
+    try:
+        for trial in range(24):
+            s3.pipe_file(key, json.dumps(crashed).encode())
+            barrier, outcomes = threading.Barrier(6), []
+            threads = [threading.Thread(target=contend, args=(RunDir(url), barrier, outcomes)) for _ in range(6)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            winners = [o for o in outcomes if isinstance(o, RunDir)]
+            for rd in winners[1:]:
+                rd.unlock()
+            assert len(outcomes) == 6 and len(winners) == 1, f"trial {trial}: {len(winners)} runs hold the lock"
+            assert json.loads(s3.cat_file(key))["pid"] == os.getpid()
+            refusals = [o for o in outcomes if isinstance(o, str)]
+            assert all(f"another `winnow run` is using it (pid {os.getpid()}" in r for r in refusals), refusals
+            winners[0].unlock()
+            assert not s3.exists(key)
+    finally:
+        sys.setswitchinterval(switch)
 
 
 def _rewriting(s3, key: str, stop: threading.Event, token: str = "writer") -> threading.Thread:
@@ -273,11 +321,11 @@ def test_a_lock_whose_record_is_being_rewritten_or_cannot_be_read_is_held(s3):
 
 
 def test_a_run_whose_heartbeat_finds_another_owner_stops(s3, ray_s3, tmp_path, monkeypatch, capsys):
-    from pipeline import rundir as rundir_module
+    from pipeline import runlock as runlock_module
     from pipeline.cli import main
     from pipeline.rundir import LOCK, RunDir, RunDirError
 
-    monkeypatch.setattr(rundir_module, "HEARTBEAT_S", 0.05)
+    monkeypatch.setattr(runlock_module, "HEARTBEAT_S", 0.05)
     url = f"s3://{BUCKET}/taken"
     key = f"{BUCKET}/taken/{LOCK}"
     other = {"pid": 1, "host": "elsewhere", "started_at": "now", "heartbeat": time.time(), "token": "other"}
@@ -287,7 +335,7 @@ def test_a_run_whose_heartbeat_finds_another_owner_stops(s3, ray_s3, tmp_path, m
     held.lock()
     s3.pipe_file(key, json.dumps(other).encode())  # another run took the directory (a racing takeover)
     deadline = time.time() + 10
-    while held._lock_lost is None and time.time() < deadline:
+    while held._lock.lost is None and time.time() < deadline:
         time.sleep(0.05)
     with pytest.raises(RunDirError, match="lost its lock to another `winnow run` \\(pid 1 on elsewhere"):
         held.check_lock()
