@@ -12,7 +12,10 @@ aiohttp sends, tenacity retries, and the request cache makes every completed ans
   recorded as a bad request, but never cached, so a rerun asks again;
 - an answer is cached before anything else is read from it: a malformed `usage` is counted
   (`bad_usage`) and its tokens estimated, never a failure;
-- a cache hit sends nothing.
+- a cache hit sends nothing;
+- with an `owner` (a callable that raises once the job the requests are for has ended), `owner` is
+  called every `owner_check_s` while requests are in flight; when it raises, every request still in
+  flight or waiting is cancelled and its error propagates (the answers already received stay cached).
 
 `run` returns one Result per request, in request order, never raising for a request's failure.
 
@@ -31,7 +34,7 @@ import re
 import threading
 import time
 from collections import Counter
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -184,13 +187,15 @@ class AsyncLLMClient:
     def __init__(self, base_url: str, model: str, api_key: str | None = None, *, concurrency: int = 16,
                  timeout_s: float = 120.0, connect_timeout_s: float = 10.0, max_retries: int = 6,
                  backoff_s: float = 0.5, backoff_max_s: float = 30.0, retry_after_max_s: float = 300.0,
-                 limiter: Limiter | None = None, cache: RequestCache | None = None):
+                 limiter: Limiter | None = None, cache: RequestCache | None = None,
+                 owner: Callable[[], None] | None = None, owner_check_s: float = 2.0):
         self.base_url, self.model, self.api_key = base_url.rstrip("/"), model, api_key
         self.concurrency, self.max_retries = concurrency, max_retries
         self.timeout = aiohttp.ClientTimeout(total=timeout_s, connect=connect_timeout_s)
         self.wait = _Wait(backoff_s, backoff_max_s, retry_after_max_s)
         self.limiter = limiter or NoLimit()
         self.cache = cache
+        self.owner, self.owner_check_s = owner, owner_check_s
         self.stats = ClientStats()
 
     def _headers(self) -> dict[str, str]:
@@ -297,7 +302,27 @@ class AsyncLLMClient:
         gate = asyncio.Semaphore(self.concurrency)
         connector = aiohttp.TCPConnector(limit=self.concurrency)
         async with aiohttp.ClientSession(connector=connector, timeout=self.timeout) as http:
-            return await asyncio.gather(*(self._one(http, gate, r) for r in requests))
+            answers = asyncio.gather(*(self._one(http, gate, r) for r in requests))
+            if self.owner is None:
+                return await answers
+            return await self._while_owned(answers)
+
+    async def _while_owned(self, answers: asyncio.Future) -> list[Result]:
+        """`answers`, cancelled as soon as `owner` raises: a job whose owner has ended stops sending within
+        `owner_check_s`, not at the end of its requests."""
+        try:
+            while True:
+                done, _ = await asyncio.wait({answers}, timeout=self.owner_check_s)
+                if done:
+                    return answers.result()
+                await asyncio.to_thread(self.owner)  # a file read or a GET: off the event loop
+        finally:
+            if not answers.done():
+                answers.cancel()
+                try:
+                    await answers
+                except asyncio.CancelledError:
+                    pass
 
 
 def run_sync(coro: Coroutine[Any, Any, T]) -> T:

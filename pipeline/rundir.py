@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 from datetime import UTC, datetime
 from importlib.metadata import version
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import fsspec
 
@@ -24,6 +24,9 @@ from pipeline.jsonfile import read_json, write_json
 from pipeline.stagedir import MARKER as STAGE_MARKER
 from pipeline.stagedir import StageDir
 from pipeline.storage import is_local
+
+if TYPE_CHECKING:
+    from pipeline.owner import RunOwner
 
 log = logging.getLogger("winnow.run")
 
@@ -162,6 +165,18 @@ class RunDir:
         """Whether a live `winnow run` holds this directory now (on object storage: a fresh lock record,
         or one that cannot be read)."""
         return self._lock.holder()[1]
+
+    def lock_holder(self, stale_s: float | None = None) -> tuple[dict[str, Any] | None, bool]:
+        """The lock's record (None when there is none) and whether a live run holds it now; on object
+        storage a heartbeat older than `stale_s` (default: the lock's STALE_S) is a run that stopped."""
+        return self._lock.holder() if stale_s is None else self._lock.holder(stale_s)
+
+    def owner(self) -> RunOwner | None:
+        """What this run hands its tasks, so that a task stops once the run has ended (pipeline/owner.py);
+        None while it holds no lock."""
+        from pipeline.owner import RunOwner
+
+        return RunOwner(self.url(self.root), self._lock.token) if self._lock.token else None
 
     # -- published folders (output/, instructions/, rephrased/) -----------------------------------
     def replace_published(self, target: str, files: dict[str, str], state: dict[str, Any] | None = None) -> bool:

@@ -96,6 +96,60 @@ def test_a_second_run_is_refused_while_the_first_holds_the_lock_and_a_dead_holde
     assert not RunDir(str(out)).in_use()
 
 
+def test_a_runs_owner_ends_when_its_driver_dies_or_another_run_holds_the_directory(tmp_path):
+    """What a task checks (pipeline/owner.py): the lock names its run's token and a live run holds it."""
+    import threading
+
+    from pipeline.owner import RunEnded, RunOwner
+
+    out = tmp_path / "run"
+    RunDir(str(out)).claim()
+    driver = subprocess.Popen([sys.executable, "-c", "import time; from pipeline.rundir import RunDir; "
+                               f"run = RunDir({str(out)!r}); run.lock(); print(run.owner().token, flush=True); "
+                               "time.sleep(60)"], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        owner = RunOwner(str(out), driver.stdout.readline().strip())
+        owner.check()  # the driver lives
+        with pytest.raises(RunEnded, match="another `winnow run` holds the directory now"):
+            RunOwner(str(out), "another-token").check()
+    finally:
+        driver.send_signal(signal.SIGKILL)
+        driver.wait()
+    with pytest.raises(RunEnded, match="no live `winnow run` holds its lock any more: the run was killed"):
+        owner.check()
+
+    # A new run takes the directory, even while tasks check their owners a thousand times a second (a check
+    # holds the lock shared for an instant); the killed run's tasks learn that another run holds it.
+    stop, checks = threading.Event(), []
+
+    def check_forever():
+        while not stop.wait(0.001):
+            try:
+                owner.check()
+            except RunEnded as exc:
+                checks.append(str(exc))
+
+    checkers = [threading.Thread(target=check_forever) for _ in range(2)]
+    for t in checkers:
+        t.start()
+    try:
+        for _ in range(300):
+            new = RunDir(str(out))
+            new.lock()
+            RunOwner(str(out), new.owner().token).check()
+            new.unlock()
+    finally:
+        stop.set()
+        for t in checkers:
+            t.join()
+    assert checks and all("the run this task works for has ended" in c for c in checks)
+    new = RunDir(str(out))
+    new.lock()
+    with pytest.raises(RunEnded, match="another `winnow run` holds the directory now"):
+        owner.check()
+    new.unlock()
+
+
 def test_a_store_without_conditional_writes_is_refused_for_the_lock():
     url = "memory://winnow-unconditional/run"
     RunDir(url).claim()

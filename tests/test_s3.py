@@ -233,13 +233,48 @@ def test_runs_that_take_over_a_stale_lock_together_have_exactly_one_winner(s3):
             for rd in winners[1:]:
                 rd.unlock()
             assert len(outcomes) == 6 and len(winners) == 1, f"trial {trial}: {len(winners)} runs hold the lock"
-            assert json.loads(s3.cat_file(key))["pid"] == os.getpid()
+            assert json.loads(s3.cat_file(key))["token"] == winners[0].owner().token
             refusals = [o for o in outcomes if isinstance(o, str)]
             assert all(f"another `winnow run` is using it (pid {os.getpid()}" in r for r in refusals), refusals
             winners[0].unlock()
             assert not s3.exists(key)
     finally:
         sys.setswitchinterval(switch)
+
+
+def test_a_runs_owner_on_object_storage_ends_before_another_run_may_take_over(s3):
+    """A task's check (pipeline/owner.py) on object storage: its token in the record, a heartbeat younger than
+    half of STALE_S (another run may take over at STALE_S), and, on the driver's host, a live driver."""
+    from pipeline import runlock
+    from pipeline.owner import RunEnded, RunOwner
+    from pipeline.rundir import LOCK, RunDir
+
+    url = f"s3://{BUCKET}/owned"
+    key = f"{BUCKET}/owned/{LOCK}"
+    run = RunDir(url)
+    run.claim()
+    run.lock()
+    owner = run.owner()
+    owner.check()
+    run.unlock()
+    with pytest.raises(RunEnded, match="its lock is gone"):
+        owner.check()
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True)
+    record = {"pid": os.getpid(), "host": socket.gethostname(), "started_at": "now", "token": "t",
+              "heartbeat": time.time()}
+    for fields, ended in [({}, None), ({"token": "other"}, "another `winnow run` holds the directory now"),
+                          ({"pid": int(dead.stdout)}, "no live `winnow run` holds its lock"),
+                          ({"host": "elsewhere", "heartbeat": time.time() - runlock.STALE_S / 2 - 1},
+                           "no live `winnow run` holds its lock")]:
+        s3.pipe_file(key, json.dumps(record | fields).encode())
+        if ended is None:
+            RunOwner(url, "t").check()
+        else:
+            with pytest.raises(RunEnded, match=ended):
+                RunOwner(url, "t").check()
+    s3.rm(key)
 
 
 def _rewriting(s3, key: str, stop: threading.Event, token: str = "writer") -> threading.Thread:

@@ -22,6 +22,7 @@ from pipeline.kinds.base import StageContext, StageKind
 if TYPE_CHECKING:
     from pipeline.config import SynthStage
     from pipeline.kinds.pool import ShardCalls
+    from pipeline.owner import RunOwner
     from pipeline.stagedir import StageDir
 
 log = logging.getLogger("winnow.run")
@@ -59,11 +60,12 @@ class SynthKind(StageKind):
             limiter = make_limiter(params.endpoint, params.requests_per_s, params.tokens_per_min, mode)
         cache_dir = ctx.rundir.url(ctx.rundir.llm_cache(stage.name))
         params_json = params.model_dump_json()
+        owner = ctx.rundir.owner()  # a task stops once this run has ended (pipeline/owner.py)
 
         # A `local` generator loads its checkpoint once per process: on a GPU, the pool keeps it loaded.
         def args(shard: str) -> tuple:
             return (params_json, ctx.stagedir, shard, ctx.shards[shard], ctx.input_ids[shard], ctx.fingerprint,
-                    cache_dir, limiter)
+                    cache_dir, limiter, owner)
 
         return ShardCalls(synth_shard_task, args)
 
@@ -133,8 +135,9 @@ def data_digests(params: Any) -> dict[str, str]:
 
 
 def synth_shard_task(params_json: str, stagedir: StageDir, shard: str, input_path: str, input_id: str,
-                     fingerprint: str, cache_dir: str, limiter: Any) -> dict[str, Any]:
-    """Compute one shard: generate its instructions (in the stage's folders); return its completion record."""
+                     fingerprint: str, cache_dir: str, limiter: Any, owner: RunOwner | None = None) -> dict[str, Any]:
+    """Compute one shard: generate its instructions (in the stage's folders); return its completion record.
+    Once its run has ended (`owner`) it stops with RunEnded, so that it never writes that record."""
     from collections import Counter
 
     import pyarrow.compute as pc
@@ -146,7 +149,7 @@ def synth_shard_task(params_json: str, stagedir: StageDir, shard: str, input_pat
 
     params = SynthParams.model_validate_json(params_json)
     result = run_synth_shard(params, input_path, stagedir.file_url("instructions"), shard, cache_dir,
-                             rephrased_dir=stagedir.file_url("rephrased"), limiter=limiter)
+                             rephrased_dir=stagedir.file_url("rephrased"), limiter=limiter, owner=owner)
     outputs = result.pop("outputs")
     failure = result.pop("first_failure", None)
     if result["failed_requests"]:
@@ -157,6 +160,8 @@ def synth_shard_task(params_json: str, stagedir: StageDir, shard: str, input_pat
                            f"{params.max_retries} retries, so their rows are missing (first: {failure}); the "
                            f"{result['completed'] + result['cache_hits']} answers received are kept in the LLM "
                            "cache: run again, or `winnow run RUN_DIR --retry-failed`, once the endpoint answers")
+    if owner is not None:
+        owner.check()  # the last check before the completion record is written (StageDir.finish)
     names = {k: [v.rsplit("/", 1)[-1]] if v else [] for k, v in outputs.items()}
     docs = result["docs_in"]
     with fsspec.open(input_path, "rb") as f:  # the upstream stage's text, counted as this stage's output

@@ -9,7 +9,10 @@ writes, each under a temporary name renamed into place on close:
     rephrased_dir/part-<shard>-000.parquet      rephrased documents, in the document columns
 
 Answers come from the request cache when it has them (cache_dir/<shard>/), so a rerun or a resumed
-shard sends nothing that already completed and writes the same bytes. The returned dict is the shard's
+shard sends nothing that already completed and writes the same bytes. Given its run's `owner`
+(pipeline/owner.py), a shard stops with RunEnded once that run has ended: it checks before each batch,
+while requests are in flight, and before each cache segment on object storage, and it holds the shard's
+cache as its only writer (llmclient/cache.py). The returned dict is the shard's
 accounting for its completion record: rows, drop reasons, requests, cache hits, retries, tokens, cost.
 """
 
@@ -19,7 +22,7 @@ import logging
 import os
 import time
 from collections import Counter, defaultdict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import fsspec
 import pyarrow as pa
@@ -27,6 +30,7 @@ import pyarrow as pa
 from llmclient.cache import RequestCache
 from llmclient.client import AsyncLLMClient, Request, Result, run_sync
 from llmclient.ratelimit import make_limiter
+from pipeline.owner import OWNER_CHECK_S
 from pipeline.parquet_io import ShardWriter, empty_parquet, iter_parquet
 from pipeline.schema import DOC_COLUMNS, REJECTED_COLUMNS, schema_for
 from pipeline.storage import write_bytes
@@ -34,6 +38,9 @@ from pipeline.synth import webqa
 from pipeline.synth.params import SynthParams
 from pipeline.synth.qc import QC, REFUSAL
 from pipeline.synth.recipes import InvalidAnswer, Recipe, judge_prompt, load_seed_tasks, parse_judge
+
+if TYPE_CHECKING:
+    from pipeline.owner import RunOwner
 
 log = logging.getLogger("winnow.synth")
 
@@ -81,7 +88,7 @@ class _Output:
         self.writer.abort()
 
 
-def _make_generator(p: SynthParams, shard: str, cache: RequestCache, limiter: Any) -> Any:
+def _make_generator(p: SynthParams, shard: str, cache: RequestCache, limiter: Any, owner: RunOwner | None) -> Any:
     if p.generator == "local" or (p.generator == "webqa" and p.checkpoint):  # webqa: the judge's model
         from pipeline.synth.checkpoint_digest import checkpoint_digest
         from pipeline.synth.local import LocalGenerator
@@ -94,11 +101,12 @@ def _make_generator(p: SynthParams, shard: str, cache: RequestCache, limiter: An
                                                                p.rate_limiter)
     return AsyncLLMClient(p.endpoint, p.model, os.environ.get(p.api_key_env), concurrency=p.concurrency,
                           timeout_s=p.timeout_s, connect_timeout_s=p.connect_timeout_s, max_retries=p.max_retries,
-                          backoff_s=p.backoff_s, backoff_max_s=p.backoff_max_s, limiter=limiter, cache=cache)
+                          backoff_s=p.backoff_s, backoff_max_s=p.backoff_max_s, limiter=limiter, cache=cache,
+                          owner=owner.check if owner is not None else None, owner_check_s=OWNER_CHECK_S)
 
 
 class _ShardJob:
-    def __init__(self, p: SynthParams, shard: str, cache_dir: str, limiter: Any):
+    def __init__(self, p: SynthParams, shard: str, cache_dir: str, limiter: Any, owner: RunOwner | None):
         self.p, self.shard = p, shard
         self.qc = QC(p.qc)
         self.model_name = p.model or (os.path.basename(p.checkpoint.rstrip("/")) if p.checkpoint else "")
@@ -113,8 +121,13 @@ class _ShardJob:
             seeds = load_seed_tasks(p.seed_tasks) if p.seed_tasks else None
             self.recipes = [Recipe(r, seeds) for r in p.recipes]
         if p.generator != "webqa" or (p.qc.judge and (p.checkpoint or p.endpoint)):  # webqa pairs can be judged
-            self.cache = RequestCache(cache_dir, shard, fsync=p.cache_fsync)
-            self.generator = _make_generator(p, shard, self.cache, limiter)
+            self.cache = RequestCache(cache_dir, shard, fsync=p.cache_fsync,
+                                      owner=owner.check if owner is not None else None)
+            try:
+                self.generator = _make_generator(p, shard, self.cache, limiter, owner)
+            except BaseException:
+                self.cache.close()  # and with it the shard's writer lock
+                raise
 
     def row(self, doc: dict[str, Any], fields: dict[str, str], recipe: str, result: Result | None,
             first: bool) -> dict[str, Any]:
@@ -271,14 +284,15 @@ class _ShardJob:
 
 
 def run_synth_shard(params: SynthParams, input_path: str, out_dir: str, shard: str, cache_dir: str, *,
-                    rephrased_dir: str | None = None, limiter: Any = None) -> dict[str, Any]:
+                    rephrased_dir: str | None = None, limiter: Any = None,
+                    owner: RunOwner | None = None) -> dict[str, Any]:
     """Generate, check and write one shard; return its counts and accounting (see the module docstring)."""
     start = time.monotonic()
     fs, root = fsspec.core.url_to_fs(out_dir)
     rfs, rroot = fsspec.core.url_to_fs(rephrased_dir or f"{out_dir.rstrip('/')}/rephrased")
     for f, d in ((fs, root), (fs, f"{root}/rejected"), (rfs, rroot)):
         f.makedirs(d, exist_ok=True)
-    job = _ShardJob(params, shard, cache_dir, limiter)
+    job = _ShardJob(params, shard, cache_dir, limiter, owner)
     outputs = {"instructions": _Output(fs, f"{root}/part-{shard}", _instruction_schema()),
                "rejected": _Output(fs, f"{root}/rejected/part-{shard}", _rejected_schema()),
                "rephrased": _Output(rfs, f"{rroot}/part-{shard}", schema_for(REPHRASED_COLUMNS))}
@@ -289,12 +303,16 @@ def run_synth_shard(params: SynthParams, input_path: str, out_dir: str, shard: s
                 docs = docs[: max(0, params.max_docs - docs_in)]
             if not docs:
                 break
+            if owner is not None:
+                owner.check()
             docs_in += len(docs)
             kept, rejected, rephrased = job.batch(docs)
             outputs["instructions"].write(kept)
             outputs["rejected"].write(rejected)
             outputs["rephrased"].write(rephrased)
             log.info("synth shard %s: %d documents, %d instructions kept", shard, docs_in, sum(job.by_recipe.values()))
+        if owner is not None:
+            owner.check()  # a shard whose run has ended must not put its files in place
         paths = {name: out.close() for name, out in outputs.items()}
     except (OSError, pa.ArrowException) as exc:  # an unreadable shard: name it, leave no partial output
         for out in outputs.values():
