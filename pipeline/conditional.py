@@ -14,6 +14,8 @@ ignores the headers instead of refusing them cannot be told apart from one that 
 from __future__ import annotations
 
 import errno
+from collections.abc import Callable
+from typing import Any
 
 import fsspec
 
@@ -26,48 +28,45 @@ class Unconditional(RuntimeError):
 
 def create(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> str | None:
     """Write `data` at `path` only if nothing is there: the new version's ETag, or None when a file was there."""
-    _need_s3(fs, "create a file only if none is there (If-None-Match)")
-    try:
-        answer = fs.pipe_file(path, data, mode="create")
-    except FileExistsError:
-        return None
-    except OSError as exc:
-        _refused(exc, "create a file only if none is there (If-None-Match)")
-        raise
-    return _etag(answer)
+    answer = _attempt(fs, "create a file only if none is there (If-None-Match)",
+                      lambda: fs.pipe_file(path, data, mode="create"), FileExistsError)
+    return None if answer is _LOST else _etag(answer)
 
 
 def replace(fs: fsspec.AbstractFileSystem, path: str, data: bytes, etag: str) -> str | None:
     """Write `data` at `path` only while the version there is `etag`: the new version's ETag, or None when
     another version is there, or none."""
-    _need_s3(fs, "replace a file only while it is unchanged (If-Match)")
-    try:
-        answer = fs.pipe_file(path, data, IfMatch=etag)
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        if precondition_failed(exc):
-            return None
-        _refused(exc, "replace a file only while it is unchanged (If-Match)")
-        raise
-    return _etag(answer)
+    answer = _attempt(fs, "replace a file only while it is unchanged (If-Match)",
+                      lambda: fs.pipe_file(path, data, IfMatch=etag), FileNotFoundError)
+    return None if answer is _LOST else _etag(answer)
 
 
 def delete(fs: fsspec.AbstractFileSystem, path: str, etag: str) -> bool:
     """Delete `path` only while the version there is `etag`; False when another version is there, or none."""
-    _need_s3(fs, "delete a file only while it is unchanged (If-Match)")
     bucket, key, _ = fs.split_path(path)
-    try:
-        fs.call_s3("delete_object", Bucket=bucket, Key=key, IfMatch=etag)
-    except FileNotFoundError:
+    answer = _attempt(fs, "delete a file only while it is unchanged (If-Match)",
+                      lambda: fs.call_s3("delete_object", Bucket=bucket, Key=key, IfMatch=etag), FileNotFoundError)
+    if answer is _LOST:
         return False
-    except OSError as exc:
-        if precondition_failed(exc):
-            return False
-        _refused(exc, "delete a file only while it is unchanged (If-Match)")
-        raise
     fs.invalidate_cache(path)
     return True
+
+
+_LOST: Any = object()  # the condition no longer held: another writer got there first
+
+
+def _attempt(fs: fsspec.AbstractFileSystem, what: str, write: Callable[[], Any], lost: type[OSError]) -> Any:
+    """Send one conditional write: its answer, or _LOST when its condition failed (`lost`, or S3's 412)."""
+    _need_s3(fs, what)
+    try:
+        return write()
+    except lost:
+        return _LOST
+    except OSError as exc:
+        if precondition_failed(exc):
+            return _LOST
+        _refused(exc, what)
+        raise
 
 
 def precondition_failed(exc: OSError) -> bool:

@@ -110,19 +110,22 @@ def descendants_cpu_s(pid: int | None = None) -> dict[int, float]:
     return found
 
 
-def peak_rss_mb() -> tuple[float, float]:
-    """The largest resident memory this process has had, and the largest of its live child processes
-    (the kernel's high-water marks, in MB): a worker's peak over every shard it ran so far."""
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    children = 0.0
+def own_peak_rss_mb() -> float:
+    """The largest resident memory this process has had so far (the kernel's high-water mark), in MB."""
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def children_peak_rss_mb() -> float:
+    """The largest high-water mark of this process's live descendants (the extract sandbox), in MB."""
+    peak = 0.0
     for pid in descendants_cpu_s():
         try:
             for line in Path(f"/proc/{pid}/status").read_text().splitlines():
                 if line.startswith("VmHWM:"):
-                    children = max(children, int(line.split()[1]) / 1024)
+                    peak = max(peak, int(line.split()[1]) / 1024)
         except (OSError, ValueError, IndexError):
             continue
-    return round(own, 1), round(children, 1)
+    return round(peak, 1)
 
 
 def tree_cpu_s() -> float:
@@ -147,10 +150,10 @@ class ShardClock:
         children += _exited_children_s() - self.exited0
         children -= sum(cpu for pid, cpu in self.live0.items() if pid not in live)
         children = max(0.0, children)  # tick rounding
-        worker_mb, child_mb = peak_rss_mb()
         return {"started_at": round(self.started_at, 3),
                 "wall_s": round(time.perf_counter() - self.wall0, 3), "cpu_s": round(own + children, 3),
-                "child_cpu_s": round(children, 3), "peak_rss_mb": worker_mb, "child_peak_rss_mb": child_mb}
+                "child_cpu_s": round(children, 3), "peak_rss_mb": own_peak_rss_mb(),
+                "child_peak_rss_mb": children_peak_rss_mb()}
 
 
 class Costs:

@@ -12,7 +12,6 @@ Document numbers are `shard << 32 | row`, so they are stable, sortable and name 
 
 from __future__ import annotations
 
-import resource
 import time
 from typing import Any
 
@@ -21,6 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.cputime import own_peak_rss_mb as peak_rss_mb
 from pipeline.dedup import minhash
 from pipeline.dedup.components import EDGES, edge_table, labels, route_undirected
 from pipeline.dedup.params import DedupParams
@@ -38,10 +38,6 @@ KEPT, EXACT, MINHASH = 0, 1, 2
 REASONS = {EXACT: "dedup:exact", MINHASH: "dedup:minhash"}
 UNKNOWN_DATE = np.iinfo(np.int64).max  # a document without a crawl date counts as the newest
 ALL_PAIRS_UP_TO = 8  # with verification, buckets this small check every pair, not a star
-
-
-def peak_rss_mb() -> float:
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 def _clock() -> tuple[float, float]:
