@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 import fsspec
 
-from pipeline.storage import write_bytes
+from pipeline.storage import is_s3, write_bytes
 
 log = logging.getLogger("winnow.records")
 
@@ -67,13 +67,29 @@ def _fetch(fs: fsspec.AbstractFileSystem, path: str, versioned: bool) -> tuple[b
     if not versioned:
         # One GET for the whole object: an object store returns one version of it, whole.
         return fs.cat_file(path), None
-    # Opening asks for the object's metadata (its ETag) first, then reads with If-Match on that ETag, so the
-    # bytes are that version's (a rewrite in between fails the read, and it is tried again). Even a store
-    # that reads without the condition errs safely: bytes newer than the tag fail a write conditioned on it.
+    if is_s3(fs):
+        # One GET answers with the bytes and the ETag of the same version: no window for a rewrite between
+        # asking for the tag and reading, however often another run's heartbeat rewrites the record.
+        return _get_with_etag(fs, path)
+    # Elsewhere opening asks for the object's metadata (its ETag) first, then reads with If-Match on that ETag,
+    # so the bytes are that version's (a rewrite in between fails the read, and it is tried again).
     with fs.open(path, "rb") as f:
         data = f.read()
         details = getattr(f, "details", None) or {}
     return data, details.get("ETag")
+
+
+def _get_with_etag(fs: fsspec.AbstractFileSystem, path: str) -> tuple[bytes, str | None]:
+    from fsspec.asyn import sync
+
+    bucket, key, _ = fs.split_path(path)
+
+    async def get() -> tuple[bytes, str | None]:
+        answer = await fs._call_s3("get_object", Bucket=bucket, Key=key)
+        async with answer["Body"] as body:
+            return await body.read(), answer.get("ETag")
+
+    return sync(fs.loop, get)
 
 
 def _read(fs: fsspec.AbstractFileSystem, path: str, damaged: Literal["raise", "missing"],
