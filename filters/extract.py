@@ -22,6 +22,7 @@ from pydantic import Field
 from filters.base import Doc, Filter, StepParams, pkg_version
 from filters.extract_boundary import load_model, model_digest
 from filters.extract_methods import (  # noqa: F401 - re-exported: the methods' historical home
+    RISKY_DEPTH,
     clean_text,
     extract_page,
     is_risky,
@@ -116,8 +117,10 @@ class Extract(Filter):
             self.stats["isolated"] += 1
         try:
             try:
-                # In the worker the depth guard runs first: no limit would stop a page that nests deep.
-                text, events = self._extract(html, check_depth=not isolated, isolated=isolated)
+                # In the worker the depth guard runs first, as no limit would stop a page that nests deep;
+                # unless the risk scan has just measured the nesting within the guard's depth.
+                scanned = self.sandbox is not None and self.params.max_depth >= RISKY_DEPTH
+                text, events = self._extract(html, check_depth=not (isolated or scanned), isolated=isolated)
             except PageTimeout:
                 self.stats["overran"] += 1
                 # Deep nesting is the known way to make resiliparse slow: flatten it and try once more.

@@ -28,34 +28,35 @@ import numpy as np
 
 if __package__:
     from filters.extract_trim import (
+        _CJK,
         _TERMINAL,
+        _UNSPACED,
         is_chrome,
         is_furniture,
         is_metadata,
         is_section_label,
         trim_kept,
-        weighted_length,
-        word_count,
     )
 else:  # imported by the extraction child, run as a script from filters/
     from extract_trim import (
+        _CJK,
         _TERMINAL,
+        _UNSPACED,
         is_chrome,
         is_furniture,
         is_metadata,
         is_section_label,
         trim_kept,
-        weighted_length,
-        word_count,
     )
 
 MODEL = Path(__file__).with_name("models") / "extract-boundary.json"
 _PUNCT = re.compile(r"[.,;:!?()\"'«»“”„、，。；：！？（）]")
 _DIGIT = re.compile(r"\d")
-# Tokens of one to three characters, and tokens that open with a capital (Latin, Greek, Cyrillic): one regex
-# pass each, as a Python loop over tokens costs more than the rest of the features.
-_SHORT = re.compile(r"(?<!\S)\S{1,3}(?!\S)")
-_CAPITAL = re.compile(r"(?<!\S)[A-ZÀ-ÖØ-ÞĀĂĄĆĈĊČĎĐĒĖĘĚĞĠĢĪĮİĶĹĻĽŁŃŅŇŌŐŒŔŘŚŞŠŢŤŪŮŰŲŹŻŽΑ-ΩА-ЯЁ]")
+# The capitals a token may open with: Latin, Greek, Cyrillic.
+_CAPITALS = frozenset(
+    "ĀĂĄĆĈĊČĎĐĒĖĘĚĞĠĢĪĮİĶĹĻĽŁŃŅŇŌŐŒŔŘŚŞŠŢŤŪŮŰŲŹŻŽЁ"
+    + "".join(chr(c) for lo, hi in (("A", "Z"), ("À", "Ö"), ("Ø", "Þ"), ("Α", "Ω"), ("А", "Я"))
+              for c in range(ord(lo), ord(hi) + 1)))
 MAX_RULE_CHARS = 120
 SAMPLE_CHARS = 240  # the rule predicates only ever fire on short lines
 
@@ -71,22 +72,34 @@ FEATURES = [*LINE_FEATURES, *CONTEXT, *(f"prev_{n}" for n in NEIGHBOUR), *(f"nex
 
 
 def line_features(line: str, link: float, keep: frozenset[str], title: str, blank_before: bool) -> list[float]:
+    # The same values as weighted_length and word_count (filters/extract_trim.py), with each split and each
+    # pass of a script regex done once: this runs on every line of every page.
     stripped = line.strip()
-    length = weighted_length(stripped)
-    words = word_count(stripped)
-    tokens = len(stripped.split())
+    split = stripped.split()
+    tokens = len(split)
+    if stripped.isascii():
+        length = len(stripped)
+        words = tokens
+    else:
+        cjk = len(_CJK.findall(stripped))
+        length = len(stripped) + 2 * cjk
+        words = tokens + cjk // 2 + len(_UNSPACED.findall(stripped)) // 5
     unspaced = words > 2 * tokens  # most of its words are CJK or Thai characters
     # The shares are read off the line's start: on a long paragraph they settle within a few hundred characters.
-    head = stripped[:SAMPLE_CHARS]
-    head_tokens = len(head.split()) or 1
-    head_words = max(1, round(words * len(head) / max(1, len(stripped))))
+    if len(stripped) > SAMPLE_CHARS:
+        head = stripped[:SAMPLE_CHARS]
+        head_split = head.split()
+        head_words = max(1, round(words * len(head) / len(stripped)))
+    else:
+        head, head_split, head_words = stripped, split, max(1, words)
+    head_tokens = len(head_split) or 1
     return [
         math.log1p(length), math.log1p(words), link, float(stripped.endswith(_TERMINAL)),
         len(_PUNCT.findall(head)) / head_words, len(_DIGIT.findall(head)) / max(1, len(head)),
-        len(_CAPITAL.findall(head)) / head_tokens if tokens else 0.0,
-        0.0 if unspaced or not tokens else len(_SHORT.findall(head)) / head_tokens,
+        sum(map(_CAPITALS.__contains__, [token[0] for token in head_split])) / head_tokens if tokens else 0.0,
+        0.0 if unspaced or not tokens else sum(map((3).__ge__, map(len, head_split))) / head_tokens,
         float(unspaced), float(stripped in keep),
-        float(len(stripped) >= 12 and " ".join(stripped.split()).lower() in title),
+        float(len(stripped) >= 12 and " ".join(split).lower() in title),
         float(stripped.startswith("•")), float(blank_before), float(length >= 200 or words >= 30),
     ]
 

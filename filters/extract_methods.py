@@ -68,8 +68,8 @@ MAX_DEPTH = 256
 LINK_OPEN, LINK_CLOSE = "\ue000", "\ue001"
 MAX_LINK_SHARE = 0.8
 # The fences go inside the <a> element: outside it, they would be text that lowers resiliparse's link density.
-_A_START = re.compile(r"(<a\s[^>]*>)", re.I)
-_A_END = re.compile(r"</a\s*>", re.I)
+_A_TAG = re.compile(r"(<a\s[^>]*>|</a\s*>)", re.I)
+_CLOSE_FENCE = LINK_CLOSE + "</a>"
 _LINK_SPAN = re.compile(f"{LINK_OPEN}[^{LINK_CLOSE}]*{LINK_CLOSE}")
 # Link share counts letters and digits only: the bars and dots between menu links are not text.
 _NOT_ALNUM = re.compile(r"[\W_]+")
@@ -84,6 +84,10 @@ _UNICODE_SPACE = re.compile("[\u00a0\u1680\u2000-\u200a\u202f\u205f\u3000]")
 
 # Shorter results go to trafilatura, when the cascade is on (bench/extraction.py measures the choice).
 CASCADE_MIN_CHARS = 300
+# ... unless the page has more tags than this: trafilatura's time grows with the tag count (a 15,000-tag
+# listing page costs it 250 ms, a hundred typical pages' worth), and a page where resiliparse finds under 300
+# characters of prose among that many tags is a listing or an index, where trafilatura adds a menu at most.
+CASCADE_MAX_TAGS = 8_000
 
 
 def nesting_depth(html: str) -> int:
@@ -136,12 +140,12 @@ def resiliparse_text(html: str) -> str:
 
 
 def mark_links(html: str) -> str:
-    """The HTML with the text of each <a> fenced by LINK_OPEN/LINK_CLOSE (two regex passes, no DOM walk:
+    """The HTML with the text of each <a> fenced by LINK_OPEN/LINK_CLOSE (one regex pass, no DOM walk:
     resiliparse's node collections cost about a millisecond per node read from Python)."""
     html = unmark(html)  # a page's own private-use characters (icon fonts) must not read as fences
-    parts = _A_START.split(html)  # text, tag, text, ...: no template expansion per link, as "\\g<0>" would cost
-    parts[1::2] = [tag + LINK_OPEN for tag in parts[1::2]]
-    return _A_END.sub(LINK_CLOSE + "</a>", "".join(parts))
+    parts = _A_TAG.split(html)  # text, tag, text, ...: no template expansion per link, as "\\g<0>" would cost
+    parts[1::2] = [_CLOSE_FENCE if tag[1] == "/" else tag + LINK_OPEN for tag in parts[1::2]]
+    return "".join(parts)
 
 
 def unhide_embedded_posts(html: str) -> str:
@@ -171,9 +175,14 @@ def link_lines(text: str, keep: frozenset[str] = frozenset()) -> list[tuple[str,
     the page's headings) and bare tags."""
     out = []
     for line in text.splitlines():
-        plain = unmark(line)
-        share = link_share(line)
-        if _TAG_LINE.fullmatch(plain) or (share >= MAX_LINK_SHARE and plain.strip() not in keep):
+        if LINK_OPEN in line or LINK_CLOSE in line:
+            plain = line.replace(LINK_OPEN, "").replace(LINK_CLOSE, "")
+            share = link_share(line)
+            if share >= MAX_LINK_SHARE and plain.strip() not in keep:
+                continue
+        else:
+            plain, share = line, 0.0
+        if "<" in plain and _TAG_LINE.fullmatch(plain):
             continue
         out.append((plain, share))
     return out
@@ -268,9 +277,10 @@ def new_dedup_cache() -> object:
     return LRUCache(maxsize=4096)
 
 
-def looks_wrong(text: str) -> bool:
-    """Whether resiliparse's result is worth a second opinion from trafilatura (see bench/extraction.py)."""
-    return len(text) < CASCADE_MIN_CHARS
+def looks_wrong(text: str, html: str) -> bool:
+    """Whether resiliparse's result is worth a second opinion from trafilatura, at a bounded cost
+    (see bench/extraction.py)."""
+    return len(text) < CASCADE_MIN_CHARS and html.count("<") <= CASCADE_MAX_TAGS
 
 
 def extract_page(html: str, options: dict[str, Any], seen: object = True) -> tuple[str, list[str]]:
@@ -294,7 +304,7 @@ def extract_page(html: str, options: dict[str, Any], seen: object = True) -> tup
         text = clean_text(raw)
         if options["trim_boilerplate"]:
             text = trim_boilerplate(text, keep=headings, title=page_title(html))
-    if options.get("cascade") and looks_wrong(text):
+    if options.get("cascade") and looks_wrong(text, html):
         events.append("cascade")
         # Without trafilatura's cross-page dedup: a page's text must not depend on which pages went before.
         # Without its fallbacks: they gain little on such pages and would halve the step's speed, as the

@@ -352,6 +352,17 @@ def test_cascade_asks_trafilatura_when_resiliparse_finds_almost_nothing():
     assert ("cascade" in events) == (len(extract_page(html, options | {"cascade": False})[0]) < 300)
 
 
+def test_cascade_skips_pages_with_more_tags_than_trafilatura_can_afford():
+    from filters.extract_methods import CASCADE_MAX_TAGS
+
+    small = "<html><body><p>A page with one short line.</p></body></html>"
+    listing = small.replace("<body>", "<body>" + "<span></span>" * CASCADE_MAX_TAGS)
+    options = {"extractor": "resiliparse", "trim_boilerplate": True, "cascade": True, "max_depth": 256,
+               "favor_precision": True}
+    assert "cascade" in extract_page(small, options)[1]
+    assert "cascade" not in extract_page(listing, options)[1]
+
+
 def test_old_config_keys_still_work():
     step = make(extractor="resiliparse", timeout_s=5, max_html_chars=1000, min_text_chars=1, trim_boilerplate=False,
                 favor_precision=True)
