@@ -20,6 +20,7 @@ import string
 from collections import Counter
 from collections.abc import Iterator
 from functools import cache
+from itertools import chain
 from operator import itemgetter
 from typing import Any, ClassVar, Literal
 
@@ -35,6 +36,7 @@ _SENTENCE_END = re.compile(r"[.!?\u3002\uff01\uff1f]+[\"'\u201d\u2019)\]]*(?=\s|
 _SPLIT_MARKS = frozenset(",;:!?")
 _BEFORE_PERIOD = frozenset(string.ascii_lowercase + string.digits)
 _CACHE_SIZE = 1 << 18
+RECENT_WORDS = 1 << 19  # the words of a batch of 256 long pages, about 30 MB
 
 
 class SpacyChunkTokenizer:
@@ -58,26 +60,32 @@ class SpacyChunkTokenizer:
         self.special = frozenset(self.tokenizer.rules)
         self.cache: dict[str, tuple[str, ...]] = {}
 
-    def chunk(self, chunk: str) -> tuple[str, ...] | list[str]:
+    def chunk(self, chunk: str) -> tuple[str, ...]:
+        """The words of one chunk, remembered (plain words too: a lookup in C beats any test in Python)."""
+        found: tuple[str, ...] | None = None
         if chunk not in self.special:
             if chunk.isalpha() or chunk.isdigit():
-                return (chunk,)
-            word, mark = chunk[:-1], chunk[-1]
-            if (mark in _SPLIT_MARKS or (mark == "." and word and word[-1] in _BEFORE_PERIOD)) and \
-                    (word.isalpha() or word.isdigit()) and word not in self.special:
-                return (word, mark)
-        found = self.cache.get(chunk)
+                found = (chunk,)
+            else:
+                word, mark = chunk[:-1], chunk[-1]
+                if (mark in _SPLIT_MARKS or (mark == "." and word and word[-1] in _BEFORE_PERIOD)) and \
+                        (word.isalpha() or word.isdigit()) and word not in self.special:
+                    found = (word, mark)
+        if len(self.cache) >= _CACHE_SIZE:
+            self._reset()
         if found is None:
-            if len(self.cache) >= _CACHE_SIZE:
-                self._reset()
-            found = self.cache[chunk] = tuple(t.text for t in self.tokenizer(chunk) if not t.is_space)
+            found = tuple(t.text for t in self.tokenizer(chunk) if not t.is_space)
+        self.cache[chunk] = found
         return found
 
     def words(self, text: str) -> list[str]:
-        out: list[str] = []
-        for chunk in text.split():
-            out.extend(self.chunk(chunk))
-        return out
+        chunks = text.split()
+        found = list(map(self.cache.get, chunks))
+        if None in found:
+            for i, hit in enumerate(found):
+                if hit is None:
+                    found[i] = self.cache.get(chunks[i]) or self.chunk(chunks[i])
+        return list(chain.from_iterable(found))
 
 
 def spacy_tokenizer(language: str) -> Any:
@@ -115,9 +123,21 @@ def fast_tokenizer(language: str = "en") -> Any:
         def __init__(self, language: str):
             super().__init__(language)
             self.chunks = SpacyChunkTokenizer(language)
+            self.recent: dict[str, list[str]] = {}
+            self.recent_words = 0
 
         def word_tokenize(self, text: str) -> list[str]:
-            return self.chunks.words(text)
+            # Each heuristic step splits the same text again. datatrove shares the words between its filters
+            # through an lru_cache of five texts, enough when a document passes every filter before the next
+            # comes; Winnow runs each step over a batch, so the words of a batch's texts are kept instead
+            # (read-only, as in datatrove), up to RECENT_WORDS words.
+            words = self.recent.get(text)
+            if words is None:
+                words = self.recent[text] = self.chunks.words(text)
+                self.recent_words += len(words)
+                while self.recent_words > RECENT_WORDS and len(self.recent) > 1:
+                    self.recent_words -= len(self.recent.pop(next(iter(self.recent))))
+            return words
 
         def span_tokenize(self, text: str) -> list[tuple[int, int]]:
             spans, start = [], 0
