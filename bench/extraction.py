@@ -239,9 +239,11 @@ def main() -> None:
     step = step_speed([c["html"] for c in cases], args.repeats)
     step["speed_vs_trafilatura"] = round(step["pages_per_cpu_s"] / baseline["pages_per_cpu_s"], 2)
     print(json.dumps(step, indent=2))
+    parts = part_times([c["html"] for c in cases if c["source"] != "udhr"], args.repeats)
+    print("ms per page, by part of the default:", json.dumps(parts))
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps({"command": "bench/extraction.py " + " ".join(sys.argv[1:]), "rows": rows,
-                                   "step": step}, indent=2) + "\n")
+                                   "step": step, "parts_ms": parts}, indent=2) + "\n")
     print(f"wrote {RESULTS}")
 
 
@@ -300,6 +302,54 @@ def step_speed(pages: list[str], repeats: int = 1) -> dict:
         out[key] = round(len(pages) / seconds, 1)
         out[f"{label}_isolated_pages"] = step.stats["isolated"]
         out[f"{label}_cascade_pages"] = step.stats["cascade"]
+    return out
+
+
+def part_times(pages: list[str], repeats: int) -> dict[str, float]:
+    """Milliseconds per page of each part of the default method (the fastest of `repeats` passes; in-process,
+    no child), beside resiliparse's plain main-content pass on the raw HTML, the floor it builds on."""
+    from resiliparse.extract.html2text import extract_plain_text
+    from resiliparse.parse.html import HTMLTree
+
+    from filters.extract_boundary import blocks, features, rule_features
+    from filters.extract_methods import (
+        heading_texts,
+        link_lines,
+        mark_links,
+        resiliparse_marked,
+        skip_selector,
+        unhide_embedded_posts,
+    )
+    from filters.extract_trim import page_title
+
+    def per_page(fn: Callable[[object], object], items: list) -> float:
+        best = float("inf")
+        for _ in range(max(1, repeats)):
+            start = time.process_time()
+            for item in items:
+                fn(item)
+            best = min(best, time.process_time() - start)
+        return round(best / len(pages) * 1e3, 3)
+
+    fenced = [mark_links(unhide_embedded_posts(h)) for h in pages]
+    marked = [resiliparse_marked(h) for h in pages]
+    lines = [(blocks(link_lines(m, k)), k, page_title(h)) for (m, k), h in zip(marked, pages, strict=True)]
+    lines = [(b, k, t) for b, k, t in lines if b[0]]
+    options = DEFAULT | {"cascade": False}
+    out = {
+        "resiliparse plain main-content pass": per_page(lambda h: extract_plain_text(h, main_content=True), pages),
+        "fence link text": per_page(lambda h: mark_links(unhide_embedded_posts(h)), pages),
+        "parse and main-content pass": per_page(lambda h: extract_plain_text(
+            HTMLTree.parse(h), main_content=True, alt_texts=False, links=False, form_fields=False, noscript=False,
+            comments=False), fenced),
+        "heading and class-token scans": per_page(lambda h: (heading_texts(h), skip_selector(h)), pages),
+        "resiliparse_marked, all of the above": per_page(resiliparse_marked, pages),
+        "link shares per line": per_page(lambda m: link_lines(*m), marked),
+        "boundary features": per_page(lambda x: features(x[0][0], x[0][1], x[1], x[2], x[0][2]), lines),
+        "of which the word-list trim's verdicts": per_page(lambda x: rule_features(x[0][0], x[1], x[2]), lines),
+        "default without cascade": per_page(lambda h: extract_page(h, options), pages),
+        "default": per_page(lambda h: extract_page(h, DEFAULT), pages),
+    }
     return out
 
 
