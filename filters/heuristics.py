@@ -20,7 +20,6 @@ import string
 from collections import Counter
 from collections.abc import Iterator
 from functools import cache
-from itertools import chain
 from operator import itemgetter
 from typing import Any, ClassVar, Literal
 
@@ -60,32 +59,26 @@ class SpacyChunkTokenizer:
         self.special = frozenset(self.tokenizer.rules)
         self.cache: dict[str, tuple[str, ...]] = {}
 
-    def chunk(self, chunk: str) -> tuple[str, ...]:
-        """The words of one chunk, remembered (plain words too: a lookup in C beats any test in Python)."""
-        found: tuple[str, ...] | None = None
+    def chunk(self, chunk: str) -> tuple[str, ...] | list[str]:
         if chunk not in self.special:
             if chunk.isalpha() or chunk.isdigit():
-                found = (chunk,)
-            else:
-                word, mark = chunk[:-1], chunk[-1]
-                if (mark in _SPLIT_MARKS or (mark == "." and word and word[-1] in _BEFORE_PERIOD)) and \
-                        (word.isalpha() or word.isdigit()) and word not in self.special:
-                    found = (word, mark)
-        if len(self.cache) >= _CACHE_SIZE:
-            self._reset()
+                return (chunk,)
+            word, mark = chunk[:-1], chunk[-1]
+            if (mark in _SPLIT_MARKS or (mark == "." and word and word[-1] in _BEFORE_PERIOD)) and \
+                    (word.isalpha() or word.isdigit()) and word not in self.special:
+                return (word, mark)
+        found = self.cache.get(chunk)
         if found is None:
-            found = tuple(t.text for t in self.tokenizer(chunk) if not t.is_space)
-        self.cache[chunk] = found
+            if len(self.cache) >= _CACHE_SIZE:
+                self._reset()
+            found = self.cache[chunk] = tuple(t.text for t in self.tokenizer(chunk) if not t.is_space)
         return found
 
     def words(self, text: str) -> list[str]:
-        chunks = text.split()
-        found = list(map(self.cache.get, chunks))
-        if None in found:
-            for i, hit in enumerate(found):
-                if hit is None:
-                    found[i] = self.cache.get(chunks[i]) or self.chunk(chunks[i])
-        return list(chain.from_iterable(found))
+        out: list[str] = []
+        for chunk in text.split():
+            out.extend(self.chunk(chunk))
+        return out
 
 
 def spacy_tokenizer(language: str) -> Any:
