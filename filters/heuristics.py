@@ -35,7 +35,6 @@ _SENTENCE_END = re.compile(r"[.!?\u3002\uff01\uff1f]+[\"'\u201d\u2019)\]]*(?=\s|
 _SPLIT_MARKS = frozenset(",;:!?")
 _BEFORE_PERIOD = frozenset(string.ascii_lowercase + string.digits)
 _CACHE_SIZE = 1 << 18
-RECENT_WORDS = 1 << 19  # the words of a batch of 256 long pages, about 30 MB
 
 
 class SpacyChunkTokenizer:
@@ -116,21 +115,9 @@ def fast_tokenizer(language: str = "en") -> Any:
         def __init__(self, language: str):
             super().__init__(language)
             self.chunks = SpacyChunkTokenizer(language)
-            self.recent: dict[str, list[str]] = {}
-            self.recent_words = 0
 
         def word_tokenize(self, text: str) -> list[str]:
-            # Each heuristic step splits the same text again. datatrove shares the words between its filters
-            # through an lru_cache of five texts, enough when a document passes every filter before the next
-            # comes; Winnow runs each step over a batch, so the words of a batch's texts are kept instead
-            # (read-only, as in datatrove), up to RECENT_WORDS words.
-            words = self.recent.get(text)
-            if words is None:
-                words = self.recent[text] = self.chunks.words(text)
-                self.recent_words += len(words)
-                while self.recent_words > RECENT_WORDS and len(self.recent) > 1:
-                    self.recent_words -= len(self.recent.pop(next(iter(self.recent))))
-            return words
+            return self.chunks.words(text)
 
         def span_tokenize(self, text: str) -> list[tuple[int, int]]:
             spans, start = [], 0

@@ -198,21 +198,6 @@ def test_fast_tokenizer_gives_datatrove_spacys_words_on_real_text():
     assert fast.word_tokenize("U.S.A. 3:30") == ["U.S.A.", "3:30"]
 
 
-def test_the_steps_of_a_batch_share_each_texts_words_within_a_bounded_memory(monkeypatch):
-    import filters.heuristics as heuristics
-
-    tokenizer = heuristics.fast_tokenizer("en")
-    text = _real_texts(1)[0]
-    assert tokenizer.word_tokenize(text) is tokenizer.word_tokenize(text)  # split once, as datatrove's lru_cache
-    monkeypatch.setattr(heuristics, "RECENT_WORDS", 2_000)
-    texts = [f"{i} " + t for i, t in enumerate(_real_texts(60))]
-    for t in texts:
-        assert tokenizer.word_tokenize(t) == tokenizer.chunks.words(t)
-    assert tokenizer.recent_words == sum(map(len, tokenizer.recent.values()))
-    assert tokenizer.recent_words <= 2_000 or len(tokenizer.recent) == 1
-    assert texts[-1] in tokenizer.recent and texts[0] not in tokenizer.recent
-
-
 def test_the_spacy_tokenizer_is_spacys_own_without_loading_spacys_plugins():
     import spacy
 
