@@ -85,7 +85,7 @@ _UNICODE_SPACE = re.compile("[\u00a0\u1680\u2000-\u200a\u202f\u205f\u3000]")
 # Shorter results go to trafilatura, when the cascade is on (bench/extraction.py measures the choice).
 CASCADE_MIN_CHARS = 300
 # ... unless the page has more tags than this: trafilatura's time grows with the tag count (a 15,000-tag
-# listing page costs it 250 ms, a hundred typical pages' worth), and a page where resiliparse finds under 300
+# listing page costs it 250 ms, what the default spends on fifty pages), and a page where resiliparse finds under 300
 # characters of prose among that many tags is a listing or an index, where trafilatura adds a menu at most.
 CASCADE_MAX_TAGS = 8_000
 
