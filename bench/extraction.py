@@ -45,6 +45,7 @@ import zlib
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,6 +66,7 @@ from filters.extract_methods import (  # noqa: E402
 DATA = ROOT.parent / "shared" / "data"
 RESULTS = results_dir() / "extraction.json"
 SNIPPET_WORDS = 8
+T = TypeVar("T")
 
 
 def norm(text: str) -> str:
@@ -223,11 +225,7 @@ def main() -> None:
     for name, fn in EXTRACTORS.items():
         if args.only and not any(name.startswith(o) for o in args.only) and name not in (BASELINE, PLAIN):
             continue
-        seconds = float("inf")
-        for _ in range(max(1, args.repeats)):
-            start = cpu_seconds()
-            texts = [clean_text(fn(c["html"]) or "") for c in cases]
-            seconds = min(seconds, cpu_seconds() - start)
+        seconds, texts = fastest(lambda _, fn=fn: [clean_text(fn(c["html"]) or "") for c in cases], args.repeats)
         outputs[name] = texts
         rows.append(row_of(name, texts, cases, seconds))
         print_row(rows[-1])
@@ -280,6 +278,18 @@ def cpu_seconds() -> float:
     return time.process_time() + children.ru_utime + children.ru_stime
 
 
+def fastest(run: Callable[[Any], T], repeats: int, setup: Callable[[], Any] = lambda: None) -> tuple[float, T]:
+    """The fewest CPU seconds (see cpu_seconds) that `run(setup())` took in `repeats` tries, `setup` untimed,
+    and what the last try returned."""
+    best, result = float("inf"), None
+    for _ in range(max(1, repeats)):
+        prepared = setup()
+        start = cpu_seconds()
+        result = run(prepared)
+        best = min(best, cpu_seconds() - start)
+    return best, result
+
+
 def step_speed(pages: list[str], repeats: int = 1) -> dict:
     """The `extract` step as a pipeline runs it (default config: risky pages in the killable child, the
     cascade on), in CPU seconds of the worker and of its child processes; and the same with every page in
@@ -289,15 +299,18 @@ def step_speed(pages: list[str], repeats: int = 1) -> dict:
     out: dict = {"pages": len(pages), "mean_html_kb": round(sum(map(len, pages)) / len(pages) / 1e3, 1),
                  "max_depth_seen": max(nesting_depth(h) for h in pages)}
     for label, isolate in (("default", "risky"), ("isolate_all", "all")):
-        seconds = float("inf")
-        for _ in range(max(1, repeats)):
+        def warmed_up(isolate: str = isolate) -> Any:
             step = STEPS["extract"](STEPS["extract"].Params(timeout_s=5.0, isolate=isolate))
             step([{"id": "warm-up", "html": "<p>warm up</p>"}])  # the child's start-up, once per worker
-            start = cpu_seconds()
+            return step
+
+        def run(step: Any) -> Any:
             step([{"id": str(i), "html": h} for i, h in enumerate(pages)])
             if step.sandbox is not None:
                 step.sandbox.close()  # reaped, so that its CPU time is counted
-            seconds = min(seconds, cpu_seconds() - start)
+            return step
+
+        seconds, step = fastest(run, repeats, warmed_up)
         key = "pages_per_cpu_s" if label == "default" else "isolate_all_pages_per_cpu_s"
         out[key] = round(len(pages) / seconds, 1)
         out[f"{label}_isolated_pages"] = step.stats["isolated"]
@@ -322,14 +335,8 @@ def part_times(pages: list[str], repeats: int) -> dict[str, float]:
     )
     from filters.extract_trim import page_title
 
-    def per_page(fn: Callable[[object], object], items: list) -> float:
-        best = float("inf")
-        for _ in range(max(1, repeats)):
-            start = time.process_time()
-            for item in items:
-                fn(item)
-            best = min(best, time.process_time() - start)
-        return round(best / len(pages) * 1e3, 3)
+    def per_page(fn: Callable[[Any], object], items: list) -> float:
+        return round(fastest(lambda _: [fn(item) for item in items], repeats)[0] / len(pages) * 1e3, 3)
 
     fenced = [mark_links(unhide_embedded_posts(h)) for h in pages]
     marked = [resiliparse_marked(h) for h in pages]

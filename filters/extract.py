@@ -78,6 +78,9 @@ class Extract(Filter):
         uses_trafilatura = params.extractor == "trafilatura" or params.cascade
         if params.timeout_s > 0:
             self.sandbox = Sandbox(preload=("trafilatura",) if uses_trafilatura else ())
+        # The risk scan, which runs when there is a child to send pages to, has then measured a page's nesting
+        # within the depth guard's limit: the guard need not measure it again.
+        self.depth_scanned = self.sandbox is not None and params.max_depth >= RISKY_DEPTH
 
     def start_shard(self) -> None:
         super().start_shard()
@@ -117,10 +120,9 @@ class Extract(Filter):
             self.stats["isolated"] += 1
         try:
             try:
-                # In the worker the depth guard runs first, as no limit would stop a page that nests deep;
-                # unless the risk scan has just measured the nesting within the guard's depth.
-                scanned = self.sandbox is not None and self.params.max_depth >= RISKY_DEPTH
-                text, events = self._extract(html, check_depth=not (isolated or scanned), isolated=isolated)
+                # In the worker the depth guard runs first: no limit would stop a page that nests deep.
+                text, events = self._extract(html, check_depth=not (isolated or self.depth_scanned),
+                                             isolated=isolated)
             except PageTimeout:
                 self.stats["overran"] += 1
                 # Deep nesting is the known way to make resiliparse slow: flatten it and try once more.

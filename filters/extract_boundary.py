@@ -28,24 +28,22 @@ import numpy as np
 
 if __package__:
     from filters.extract_trim import (
-        _CJK,
         _TERMINAL,
-        _UNSPACED,
         is_chrome,
         is_furniture,
         is_metadata,
         is_section_label,
+        length_and_words,
         trim_kept,
     )
 else:  # imported by the extraction child, run as a script from filters/
     from extract_trim import (
-        _CJK,
         _TERMINAL,
-        _UNSPACED,
         is_chrome,
         is_furniture,
         is_metadata,
         is_section_label,
+        length_and_words,
         trim_kept,
     )
 
@@ -72,18 +70,11 @@ FEATURES = [*LINE_FEATURES, *CONTEXT, *(f"prev_{n}" for n in NEIGHBOUR), *(f"nex
 
 
 def line_features(line: str, link: float, keep: frozenset[str], title: str, blank_before: bool) -> list[float]:
-    # The same values as weighted_length and word_count (filters/extract_trim.py), with each split and each
-    # pass of a script regex done once: this runs on every line of every page.
+    # Each split and each script regex runs once: this runs on every line of every page.
     stripped = line.strip()
     split = stripped.split()
     tokens = len(split)
-    if stripped.isascii():
-        length = len(stripped)
-        words = tokens
-    else:
-        cjk = len(_CJK.findall(stripped))
-        length = len(stripped) + 2 * cjk
-        words = tokens + cjk // 2 + len(_UNSPACED.findall(stripped)) // 5
+    length, words = length_and_words(stripped, tokens)
     unspaced = words > 2 * tokens  # most of its words are CJK or Thai characters
     # The shares are read off the line's start: on a long paragraph they settle within a few hundred characters.
     if len(stripped) > SAMPLE_CHARS:

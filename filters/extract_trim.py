@@ -104,10 +104,16 @@ _TERMINAL = (".", "!", "?", '"', "”", "“", "»", "«", "。", "！", "？", 
 
 def word_count(line: str) -> int:
     """Words in a line, in scripts with spaces and without (see _CJK)."""
-    words = len(line.split())
+    return length_and_words(line, len(line.split()))[1]
+
+
+def length_and_words(line: str, tokens: int) -> tuple[int, int]:
+    """`weighted_length` and `word_count` of a line that splits into `tokens` at whitespace, with one pass of
+    each script's regex."""
     if line.isascii():
-        return words
-    return words + len(_CJK.findall(line)) // 2 + len(_UNSPACED.findall(line)) // 5
+        return len(line), tokens
+    cjk = len(_CJK.findall(line))
+    return len(line) + 2 * cjk, tokens + cjk // 2 + len(_UNSPACED.findall(line)) // 5
 
 
 def weighted_length(line: str) -> int:
