@@ -129,9 +129,25 @@ def children_peak_rss_mb() -> float:
 
 
 def tree_cpu_s() -> float:
-    """CPU seconds this process and all its descendants have spent so far, live or exited: the difference of
-    two readings is what a piece of work cost, a child process's share included."""
+    """CPU seconds this process and all its descendants have spent so far, live or exited."""
     return time.process_time() + _exited_children_s() + sum(descendants_cpu_s().values())
+
+
+class TreeReading:
+    """This process's CPU, its reaped children's and its live descendants' at one moment; `since` gives what a
+    piece of work cost between two readings, a child process's share included."""
+
+    def __init__(self) -> None:
+        self.own, self.exited, self.live = time.process_time(), _exited_children_s(), descendants_cpu_s()
+
+    def since(self, before: TreeReading) -> tuple[float, float]:
+        """(own CPU, children's CPU) from `before` to this reading. The children's share is each live
+        descendant's growth, plus what was reaped, less what the descendants gone since had already spent; it
+        is never negative, so that a descendant this process did not reap (one of an earlier piece of work,
+        reaped by its own parent) takes nothing from the own share."""
+        grown = sum(cpu - before.live.get(pid, 0.0) for pid, cpu in self.live.items())
+        gone = sum(cpu for pid, cpu in before.live.items() if pid not in self.live)
+        return self.own - before.own, max(0.0, grown + self.exited - before.exited - gone)
 
 
 class ShardClock:
@@ -140,16 +156,10 @@ class ShardClock:
 
     def __init__(self) -> None:
         self.started_at = time.time()
-        self.wall0, self.cpu0 = time.perf_counter(), time.process_time()
-        self.exited0, self.live0 = _exited_children_s(), descendants_cpu_s()
+        self.wall0, self.start = time.perf_counter(), TreeReading()
 
     def read(self) -> dict[str, float]:
-        own = time.process_time() - self.cpu0
-        live = descendants_cpu_s()
-        children = sum(cpu - self.live0.get(pid, 0.0) for pid, cpu in live.items())
-        children += _exited_children_s() - self.exited0
-        children -= sum(cpu for pid, cpu in self.live0.items() if pid not in live)
-        children = max(0.0, children)  # tick rounding
+        own, children = TreeReading().since(self.start)
         return {"started_at": round(self.started_at, 3),
                 "wall_s": round(time.perf_counter() - self.wall0, 3), "cpu_s": round(own + children, 3),
                 "child_cpu_s": round(children, 3), "peak_rss_mb": own_peak_rss_mb(),
@@ -171,11 +181,11 @@ class Costs:
 
     @contextmanager
     def measure(self, part: str) -> Iterator[None]:
-        cpu0, wall0 = tree_cpu_s(), time.perf_counter()
+        start, wall0 = TreeReading(), time.perf_counter()
         try:
             yield
         finally:
-            self.add(part, tree_cpu_s() - cpu0, time.perf_counter() - wall0)
+            self.add(part, sum(TreeReading().since(start)), time.perf_counter() - wall0)
 
     def iterate(self, part: str, items: Iterable[T]) -> Iterator[T]:
         """`items`, with the time spent producing each one (a lazy reader's parsing) counted to `part`."""

@@ -24,14 +24,13 @@ import socket
 import threading
 import time
 import uuid
-from datetime import UTC, datetime
 from typing import Any
 
 import fsspec
 
 from pipeline import conditional
 from pipeline.jsonfile import RecordError, read_json, read_json_versioned
-from pipeline.rundir import LOCK, RunDirError
+from pipeline.rundir import LOCK, RunDirError, _now
 
 log = logging.getLogger("winnow.run")
 
@@ -259,7 +258,3 @@ def _local_record(handle: Any) -> dict[str, Any]:
     except json.JSONDecodeError:
         return {}
     return record if isinstance(record, dict) else {}
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")

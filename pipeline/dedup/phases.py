@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.cputime import own_peak_rss_mb as peak_rss_mb
+from pipeline.cputime import own_peak_rss_mb
 from pipeline.dedup import minhash
 from pipeline.dedup.components import EDGES, edge_table, labels, route_undirected
 from pipeline.dedup.params import DedupParams
@@ -48,7 +48,7 @@ def _stats(started: tuple[float, float], **values: Any) -> dict[str, Any]:
     # Workers are long-lived: hand the Arrow pool's freed memory back before the next task.
     pa.default_memory_pool().release_unused()
     return {**values, "wall_s": round(time.perf_counter() - started[0], 3),
-            "cpu_s": round(time.process_time() - started[1], 3), "peak_rss_mb": peak_rss_mb()}
+            "cpu_s": round(time.process_time() - started[1], 3), "peak_rss_mb": own_peak_rss_mb()}
 
 
 # -- sign ----------------------------------------------------------------------------------------

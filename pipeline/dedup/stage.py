@@ -20,6 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.cputime import own_peak_rss_mb
 from pipeline.dedup.components import connected_components
 from pipeline.dedup.params import DedupParams
 from pipeline.dedup.phases import (
@@ -29,7 +30,6 @@ from pipeline.dedup.phases import (
     bucket_task,
     decide_task,
     label_task,
-    peak_rss_mb,
     sign_task,
     verify_left_task,
     verify_right_task,
@@ -119,7 +119,7 @@ def write_task(job: WriteJob) -> dict[str, Any]:
                   **{f"dropped:{r.split(':', 1)[-1]}": n for r, n in drop_reasons.items()}}
     return completion_record(job.shard, job.fingerprint, job.input_path, outputs, rejected_outputs, row, rows_out,
                              drop_reasons, chars_out=kept_writer.chars, chars_rejected=rejected_writer.chars,
-                             steps={"dedup": step_stats}, peak_rss_mb=peak_rss_mb(), input_id=job.input_id)
+                             steps={"dedup": step_stats}, peak_rss_mb=own_peak_rss_mb(), input_id=job.input_id)
 
 
 def partitions_for(params: DedupParams, inputs: list[str]) -> int:
@@ -299,7 +299,7 @@ def run_dedup(stage: StageConfig, stagedir: StageDir | str, fingerprint: str, sh
     phases.add("write", t, write_stats)
     summary = {"params": params.model_dump(mode="json"), "partitions": parts, "decisions_reused": reuse,
                "phase_cpu_s": round(sum(p.get("cpu_s", 0) for n, p in phases.phases.items() if n != "write"), 3),
-               "wall_s": round(time.perf_counter() - started, 3), "driver_peak_rss_mb": peak_rss_mb(),
+               "wall_s": round(time.perf_counter() - started, 3), "driver_peak_rss_mb": own_peak_rss_mb(),
                "phases": phases.phases}
     write_json(fs, stagedir.file(SUMMARY), summary)
     return failures
