@@ -232,7 +232,7 @@ def test_gopher_repetition_decides_as_datatrove_does_on_real_and_repetitive_text
     from datatrove.data import Document
     from datatrove.pipeline.filters import GopherRepetitionFilter
 
-    from filters.heuristics import fast_tokenizer, repeated_ngram_chars, top_ngram_chars
+    from filters.heuristics import fast_tokenizer
 
     rng, texts = random.Random(0), _real_texts(120)
     for text in texts[:60]:  # a run of words or a line repeated 2-11 times, then the real text: every check fires
@@ -244,8 +244,47 @@ def test_gopher_repetition_decides_as_datatrove_does_on_real_and_repetitive_text
     decisions = [ours.filter(Document(text=t, id="x")) for t in texts]
     assert decisions == [theirs.filter(Document(text=t, id="x")) for t in texts]
     assert len({d[1] for d in decisions if d is not True}) >= 5  # paragraph, line, top and repeated n-gram reasons
-    assert top_ngram_chars("a b a b c c".split(), 2) == len("a b") * 2  # ties: the first seen, as Counter's
-    assert repeated_ngram_chars(list("abcabcab"), 3) == 3 and repeated_ngram_chars(["a"], 5) == 0
+
+
+def _thue_morse(doublings: int) -> str:
+    text = "a"
+    for _ in range(doublings):
+        text += text.translate(str.maketrans("ab", "ba"))
+    return text
+
+
+def test_hashed_ngram_measures_equal_datatrove_even_where_hashes_collide():
+    import random
+
+    import numpy as np
+    from datatrove.pipeline.filters.gopher_repetition_filter import (
+        find_all_duplicate,
+        find_top_duplicate,
+        get_n_grams,
+    )
+
+    from filters.ngram_hash import WordNgrams, _PrefixHash
+
+    # A Thue-Morse word and its complement differ but share every polynomial hash modulo 2**64 (1,024
+    # characters suffice), so n-grams that differ only there collide: the strings must decide.
+    first = _thue_morse(10)
+    second = first.translate(str.maketrans("ab", "ba"))
+    both = _PrefixHash(first + second)
+    assert both.spans(np.array([0]), np.array([1024]))[0] == both.spans(np.array([1024]), np.array([2048]))[0]
+    rng = random.Random(0)
+    cases = [[first, "c", second, "c"], [first, *"cdef", second, *"cdef"], [first, second] * 3,
+             "a b a b c c".split(), list("abcabcab"), ["a"], ["ab", "c", "a", "bc", "ab", "c"] * 2]
+    cases += [[rng.choice(["a", "b", "ab", "ba", "é", "中文", first, second]) for _ in range(rng.randrange(1, 40))]
+              for _ in range(300)]
+    cases += [text.split() for text in _real_texts(60)]
+    for words in cases:
+        grams = WordNgrams(words)
+        for n in (2, 3, 4):
+            if len(words) >= n:
+                assert grams.top_chars(n) == find_top_duplicate(get_n_grams(words, n)), (words[:8], n)
+        for n in range(5, 11):
+            assert grams.repeated_chars(n) == find_all_duplicate(words, n), (words[:8], n)
+    assert WordNgrams([first, "c", second, "c"]).top_chars(2) == len(first) + 2  # not twice: they differ
 
 
 def test_heuristic_language_is_used_or_a_config_error():
