@@ -18,6 +18,11 @@ _BASE = 0x9E3779B97F4A7C15  # odd, hence invertible modulo 2**64
 _BASE_INVERSE = pow(_BASE, -1, 1 << 64)
 
 
+# Powers are kept for texts up to this many characters (32 MB of tables); a longer text gets its own, so
+# one huge document does not leave its tables in the worker.
+KEPT_POWERS = 1 << 21
+
+
 class _Powers:
     """BASE**k and BASE**-k modulo 2**64 for k = 0..len-1, grown by doubling as longer texts arrive."""
 
@@ -26,7 +31,9 @@ class _Powers:
 
     def upto(self, size: int) -> tuple[np.ndarray, np.ndarray]:
         if len(self.up) <= size:
-            length = max(size + 1, 2 * len(self.up), 4096)
+            if size >= KEPT_POWERS:
+                return _geometric(_BASE, size + 1), _geometric(_BASE_INVERSE, size + 1)
+            length = min(max(size + 1, 2 * len(self.up), 4096), KEPT_POWERS)
             self.up, self.down = _geometric(_BASE, length), _geometric(_BASE_INVERSE, length)
         return self.up, self.down
 

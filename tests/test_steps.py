@@ -246,6 +246,37 @@ def test_gopher_repetition_decides_as_datatrove_does_on_real_and_repetitive_text
     assert len({d[1] for d in decisions if d is not True}) >= 5  # paragraph, line, top and repeated n-gram reasons
 
 
+@pytest.mark.filterwarnings("ignore:Mean of empty slice", "ignore:invalid value encountered")  # datatrove's
+def test_gopher_quality_decides_as_datatrove_does():
+    from datatrove.data import Document
+    from datatrove.pipeline.filters import GopherQualityFilter
+
+    from filters.heuristics import fast_tokenizer
+
+    texts = _real_texts(200)
+    sentence = "the dog and the cat ran to the big old house and back again"
+    texts += ["", "# # #", "... ... …", "1 2 3 ½ ² ³", "ab " * 80, "x" * 5000,  # one of each reason, and edges
+              " ".join(["supercalifragilistic"] * 60), "house garden window river mountain " * 20,
+              "there about which would other " * 20 + "# " * 20, "there about which would other " * 20 + "… " * 20,
+              "\n".join([f"• {sentence}"] * 20), "\n".join([f"- {sentence}"] * 19 + [sentence]),
+              "\n".join(sentence + ("…" if k % 2 else ".") for k in range(10)), "12345 67890 " * 40 + "the and of"]
+    ours = make("gopher_quality").impl
+    tokenizer = fast_tokenizer("en")
+    loose = make("gopher_quality", min_doc_words=None, min_avg_word_length=None, min_stop_words=None).impl
+    for theirs_kwargs, impl in (({}, ours), ({"min_doc_words": None, "min_avg_word_length": None,
+                                              "min_stop_words": None}, loose)):
+        theirs = GopherQualityFilter(language=tokenizer, **theirs_kwargs)
+        for text in texts:
+            def decide(filter_):
+                try:
+                    return filter_.filter(Document(text=text, id="x"))
+                except ZeroDivisionError:
+                    return "ZeroDivisionError"  # datatrove's own, on a text without words
+            assert decide(impl) == decide(theirs), text[:80]
+    reasons = {d[1] for t in texts if (d := ours.filter(Document(text=t, id="x"))) is not True}
+    assert len(reasons) >= 9, reasons  # every check but the longest document's
+
+
 def _thue_morse(doublings: int) -> str:
     text = "a"
     for _ in range(doublings):
@@ -285,6 +316,16 @@ def test_hashed_ngram_measures_equal_datatrove_even_where_hashes_collide():
         for n in range(5, 11):
             assert grams.repeated_chars(n) == find_all_duplicate(words, n), (words[:8], n)
     assert WordNgrams([first, "c", second, "c"]).top_chars(2) == len(first) + 2  # not twice: they differ
+
+
+def test_hashed_ngrams_of_a_huge_document_leave_no_tables_behind():
+    from datatrove.pipeline.filters.gopher_repetition_filter import find_all_duplicate
+
+    from filters import ngram_hash
+
+    words = [f"w{k % 9_973}x" for k in range(ngram_hash.KEPT_POWERS // 5)]  # a few more characters than are kept
+    assert ngram_hash.WordNgrams(words).repeated_chars(5) == find_all_duplicate(words, 5)
+    assert len(ngram_hash._POWERS.up) <= ngram_hash.KEPT_POWERS
 
 
 def test_heuristic_language_is_used_or_a_config_error():
