@@ -12,6 +12,8 @@ Run: `.venv/bin/python bench/heuristics.py` (about a minute). Writes bench/resul
 * Words: documents whose word lists are identical under both tokenizers.
 * Speed: CPU seconds (this process, `time.process_time`, so other load on the machine does not
   count) for each filter over all documents, with a cold cache as a fresh worker has it.
+* Gopher repetition and Gopher quality, whose own code Winnow replaces (hashed n-grams, C string tests),
+  against datatrove's classes given the same word splitter, warm: the same decisions, and CPU seconds.
 """
 
 from __future__ import annotations
@@ -67,6 +69,24 @@ def compare(fast: list[str | None], spacy: list[str | None], texts: list[str]) -
             "examples": [{"doc": i, "fast": fast[i], "spacy": spacy[i], "text": texts[i][:160]} for i in differ[:5]]}
 
 
+def against_datatrove_class(kind: str, texts: list[str]) -> dict:
+    """The step as Winnow runs it against datatrove's own class given the same word splitter, both warm, so
+    that only the filter's own code differs: whether every decision is the same, and the CPU seconds."""
+    from datatrove.data import Document
+    from datatrove.pipeline import filters as dt_filters
+
+    ours = STEPS[kind](STEPS[kind].Params()).impl
+    theirs = getattr(dt_filters, STEPS[kind].datatrove_class)(language=fast_tokenizer("en"))
+    out: dict = {}
+    for name, impl in (("datatrove_s", theirs), ("winnow_s", ours)):
+        [impl.filter(Document(text=t, id="w")) for t in texts]  # the word cache is warm for both
+        start = time.process_time()
+        out[name.removesuffix("_s")] = [impl.filter(Document(text=t, id="w")) for t in texts]
+        out[name] = round(time.process_time() - start, 3)
+    return {"same_decisions": out.pop("datatrove") == out.pop("winnow"), **out,
+            "speedup": round(out["datatrove_s"] / out["winnow_s"], 1)}
+
+
 def main() -> None:
     from datatrove.utils.word_tokenizers import load_word_tokenizer
 
@@ -87,8 +107,10 @@ def main() -> None:
         print(kind, per_filter[kind]["agreement"], per_filter[kind]["differ"], cpu[kind])
     fineweb = compare(chain("fast", texts), chain("spacy", texts), texts)
     print("fineweb chain", fineweb["agreement"], fineweb["differ"])
+    own_code = {kind: against_datatrove_class(kind, texts) for kind in ("gopher_repetition", "gopher_quality")}
+    print("against datatrove's classes, same words:", own_code)
     result = {"documents": len(texts), "documents_with_identical_words": same_words, "per_filter": per_filter,
-              "fineweb_chain": fineweb, "cpu_seconds": cpu}
+              "fineweb_chain": fineweb, "cpu_seconds": cpu, "against_datatrove_class": own_code}
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "heuristics.json").write_text(json.dumps(result, indent=1, ensure_ascii=False))
 

@@ -37,6 +37,7 @@ TINY: dict[str, list[str]] = {
     "dedup_vs_datatrove": ["--docs", "2000", "--files", "2"],
     # 512 tokens: the agreement check needs 8 demo pairs that fit whole.
     "dpo_vs_trl": [*TINY_MODEL, "--seq-len", "512", "--pairs", "8", "--sft-steps", "2", "--dpo-steps", "2"],
+    "floor": ["--records", "100", "--files", "2", "--corpus", "{work}/corpus"],
     "finetune_evidence": ["--steps", "2", "--train-pairs", "16", "--held-out", "4", "--eval-docs", "2"],
     "extraction": ["--udhr", "2", "--limit", "20"],
     "generate_vs_hf": ["--tiny", "--new-tokens", "16", "--batch", "4", "--single", "2"],

@@ -1,0 +1,116 @@
+"""The FineWeb-style run against its floor: plain resiliparse over the same pages, in the same sitting.
+
+    python bench/floor.py [--records 20000] [--files 8] [--workers 2]
+
+On one core a run cannot beat reading its WARC files and finding each page's main text. This script
+measures that floor and the whole run one after the other, floor, run, floor, and divides by the mean of
+the two floors: CPU time on a shared VM moves by a quarter from one hour to the next, and a ratio taken in
+one sitting moves far less than two figures taken apart.
+
+* floor: every response record of the corpus read with FastWARC, its body decoded as UTF-8 (the corpus is)
+  and passed through resiliparse's main-content pass (`HTMLTree.parse`, `extract_plain_text(main_content=
+  True)`); CPU seconds of this process.
+* run: `winnow run bench/winnow_bench.yaml --profile` with `ray.num_cpus=workers` over the same files (the
+  corpus of bench/vs_datatrove.py, built the same way if missing); CPU seconds from its manifest: every task
+  with its child processes, Ray's daemons and the driver, py-spy's own sampling left out.
+
+Writes bench/results/floor.json: records per CPU-second of each, the run's share of the floor, and the run's
+CPU per 1,000 records, part by part.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from paths import results_dir, work_dir
+from vs_datatrove import ensure_corpus, warm_caches
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def floor_pass(files: list[Path]) -> tuple[int, float]:
+    """Records and CPU seconds of reading `files` and extracting each page's main text."""
+    from fastwarc.warc import ArchiveIterator, WarcRecordType
+    from resiliparse.extract.html2text import extract_plain_text
+    from resiliparse.parse.html import HTMLTree
+
+    records, start = 0, time.process_time()
+    for path in files:
+        with open(path, "rb") as raw:
+            for record in ArchiveIterator(raw, record_types=WarcRecordType.response, parse_http=True):
+                html = record.reader.read().decode("utf-8", "replace")
+                extract_plain_text(HTMLTree.parse(html), main_content=True)
+                records += 1
+    return records, time.process_time() - start
+
+
+def winnow_run(corpus: Path, workers: int) -> dict[str, Any]:
+    out = work_dir() / "floor-run"
+    shutil.rmtree(out, ignore_errors=True)
+    env = os.environ | {"RAY_USAGE_STATS_ENABLED": "0", "TQDM_DISABLE": "1"}
+    cmd = [sys.executable, "-m", "pipeline.cli", "run", "bench/winnow_bench.yaml", "--profile",
+           "--set", f"input={corpus}/*.warc.gz", "--set", f"output_dir={out}", "--set", f"ray.num_cpus={workers}"]
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        sys.exit(f"winnow run failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    manifest = json.loads((out / "manifest.json").read_text())
+    parts: dict[str, float] = {}
+    for stage in manifest["stages"]:
+        for part, cost in stage["costs"].items():
+            parts[part] = parts.get(part, 0.0) + cost["cpu_s"]
+    profile = manifest["profile"]
+    parts["Ray's daemons and the driver"] = profile["ray_and_driver_cpu_s"]
+    return {"records": manifest["stages"][0]["rows_in"], "cpu_s": profile["cpu_s"], "wall_s": profile["wall_s"],
+            "idle_core_s": profile["idle_core_s"], "kept": manifest["stages"][-1]["rows_out"], "parts_cpu_s": parts}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--records", type=int, default=20000)
+    parser.add_argument("--files", type=int, default=8)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--corpus", type=Path, default=Path(__file__).resolve().parent / "corpus")
+    args = parser.parse_args()
+    corpus = args.corpus.resolve()
+    ensure_corpus(corpus, args.records, args.files, rebuild=False)
+    warm_caches()
+    files = sorted(corpus.glob("*.warc.gz"))
+
+    records, before = floor_pass(files)
+    run = winnow_run(corpus, args.workers)
+    _, after = floor_pass(files)
+    floor_cpu = (before + after) / 2
+    floor_speed, run_speed = records / floor_cpu, run["records"] / run["cpu_s"]
+    per_1000 = {part: round(cpu * 1000 / run["records"], 3)
+                for part, cpu in sorted(run["parts_cpu_s"].items(), key=lambda kv: -kv[1])}
+    result = {
+        "records": records, "files": len(files), "workers": args.workers,
+        "floor": {"cpu_s": [round(before, 2), round(after, 2)], "records_per_cpu_s": round(floor_speed, 1)},
+        "run": {k: round(v, 2) if isinstance(v, float) else v for k, v in run.items() if k != "parts_cpu_s"}
+        | {"records_per_cpu_s": round(run_speed, 1)},
+        "run_share_of_floor": round(run_speed / floor_speed, 3),
+        "run_cpu_s_per_1000_records": per_1000,
+        "command": f"bench/floor.py --records {args.records} --files {args.files} --workers {args.workers}",
+    }
+    print(f"floor (FastWARC + resiliparse main content): {floor_speed:.1f} records/CPU-s "
+          f"(passes of {before:.1f} and {after:.1f} CPU-s)")
+    print(f"run ({run['records']} records, {run['wall_s']:.1f} s wall): {run_speed:.1f} records/CPU-s, "
+          f"{run_speed / floor_speed:.1%} of the floor")
+    for part, ms in per_1000.items():
+        print(f"  {part:32s} {ms:8.3f} CPU-s per 1,000 records")
+    path = results_dir() / "floor.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
