@@ -237,6 +237,11 @@ class GopherRepetition(_DatatroveFilter):
         self.impl = fast_repetition_filter(self.impl)
 
 
+# Longer texts go through datatrove's own string counting: the hash arrays take 8 bytes per character each,
+# several at once, where a few strings per n-gram at a time take less.
+HASHED_MAX_CHARS = 1 << 20
+
+
 def fast_repetition_filter(impl: Any) -> Any:
     """datatrove's GopherRepetitionFilter `impl` with its n-gram measures counted on hashes of the words'
     characters (filters/ngram_hash.py) instead of one joined string per n-gram and n: the same decisions
@@ -245,10 +250,14 @@ def fast_repetition_filter(impl: Any) -> Any:
     from datatrove.pipeline.filters.gopher_repetition_filter import find_duplicates
     from datatrove.utils.text import split_into_words
 
+    by_strings = impl.filter
+
     def filter(doc: Any) -> bool | tuple[bool, str]:
         text = doc.text
         if not text:
             return False, "empty"
+        if len(text) > HASHED_MAX_CHARS:
+            return by_strings(doc)
         checks = (("para", impl.paragraph_exp.split(text.strip()), impl.dup_para_frac, impl.dup_para_char_frac),
                   ("line", impl._line_splitter.split(text), impl.dup_line_frac, impl.dup_line_char_frac))
         for kind, parts, max_frac, max_char_frac in checks:

@@ -267,14 +267,18 @@ def test_gopher_quality_decides_as_datatrove_does():
                                               "min_stop_words": None}, loose)):
         theirs = GopherQualityFilter(language=tokenizer, **theirs_kwargs)
         for text in texts:
-            def decide(filter_):
-                try:
-                    return filter_.filter(Document(text=text, id="x"))
-                except ZeroDivisionError:
-                    return "ZeroDivisionError"  # datatrove's own, on a text without words
-            assert decide(impl) == decide(theirs), text[:80]
+            assert _decision(impl, text) == _decision(theirs, text), text[:80]
     reasons = {d[1] for t in texts if (d := ours.filter(Document(text=t, id="x"))) is not True}
     assert len(reasons) >= 9, reasons  # every check but the longest document's
+
+
+def _decision(impl: object, text: str) -> object:
+    from datatrove.data import Document
+
+    try:
+        return impl.filter(Document(text=text, id="x"))
+    except ZeroDivisionError:
+        return "ZeroDivisionError"  # datatrove's own, on a text without words
 
 
 def _thue_morse(doublings: int) -> str:
@@ -326,6 +330,21 @@ def test_hashed_ngrams_of_a_huge_document_leave_no_tables_behind():
     words = [f"w{k % 9_973}x" for k in range(ngram_hash.KEPT_POWERS // 5)]  # a few more characters than are kept
     assert ngram_hash.WordNgrams(words).repeated_chars(5) == find_all_duplicate(words, 5)
     assert len(ngram_hash._POWERS.up) <= ngram_hash.KEPT_POWERS
+
+
+def test_gopher_repetition_counts_a_huge_document_as_datatrove_does():
+    from datatrove.data import Document
+    from datatrove.pipeline.filters import GopherRepetitionFilter
+
+    from filters.heuristics import HASHED_MAX_CHARS, fast_tokenizer
+
+    texts = [" ".join(f"w{k % 997}x" for k in range(HASHED_MAX_CHARS // 5)),  # past the hashed path's limit
+             "\n\n".join(f"paragraph {k}: " + "all work and no play " * 3 for k in range(HASHED_MAX_CHARS // 70))]
+    assert all(len(t) > HASHED_MAX_CHARS for t in texts)
+    ours = make("gopher_repetition").impl
+    theirs = GopherRepetitionFilter(language=fast_tokenizer("en"))
+    assert [ours.filter(Document(text=t, id="x")) for t in texts] == \
+        [theirs.filter(Document(text=t, id="x")) for t in texts]
 
 
 def test_heuristic_language_is_used_or_a_config_error():
