@@ -29,7 +29,7 @@ from typing import Any
 import fsspec
 
 from pipeline import conditional
-from pipeline.jsonfile import RecordError, read_json_versioned
+from pipeline.jsonfile import RecordError, read_json, read_json_versioned
 from pipeline.rundir import LOCK, RunDirError, _now
 
 log = logging.getLogger("winnow.run")
@@ -126,13 +126,16 @@ class RunLock:
                 "a local output_dir") from None
 
     def _read(self) -> dict[str, Any] | None:
-        """The lock record on object storage, None only when there is none."""
-        return self._read_versioned()[0]
+        """The lock record on object storage, None only when there is none. One that cannot be read as a
+        record is reported as held by an unknown run (so it is neither taken over nor deleted)."""
+        try:
+            return _as_holder(read_json(self.fs, self.path))
+        except RecordError as exc:
+            log.warning("output_dir %s: the lock record cannot be read (%s); taking it as held", self.given, exc)
+            return _as_holder("unreadable")
 
     def _read_versioned(self) -> tuple[dict[str, Any] | None, str | None]:
-        """The lock record on object storage and its ETag, for a conditional write that replaces it; None only
-        when there is none. One that cannot be read as a record is reported as held by an unknown run (so it is
-        neither taken over nor deleted)."""
+        """The lock record (as `_read`) and its ETag, for a conditional write that replaces it."""
         try:
             holder, etag = read_json_versioned(self.fs, self.path)
         except RecordError as exc:
