@@ -86,8 +86,13 @@ def _get_with_etag(fs: fsspec.AbstractFileSystem, path: str) -> tuple[bytes, str
 
     async def get() -> tuple[bytes, str | None]:
         answer = await fs._call_s3("get_object", Bucket=bucket, Key=key)
-        async with answer["Body"] as body:
-            return await body.read(), answer.get("ETag")
+        try:
+            async with answer["Body"] as body:
+                return await body.read(), answer.get("ETag")
+        except Exception as exc:
+            # A connection dropped mid-body surfaces as botocore's or aiohttp's own error, outside s3fs's
+            # retries; callers treat a failed read as an OSError (the owner check tries again later).
+            raise OSError(errno.EIO, f"{path}: the read broke off ({exc!r})", path) from exc
 
     return sync(fs.loop, get)
 

@@ -513,3 +513,37 @@ def fsspec_local():
     import fsspec
 
     return fsspec.filesystem("file")
+
+
+def test_a_versioned_read_that_breaks_off_is_an_oserror_naming_the_record():
+    """A connection dropped mid-body is an OSError, as every caller of a record read expects (the owner
+    check tries again later), not botocore's or aiohttp's own exception type."""
+    import s3fs
+
+    from pipeline.jsonfile import read_json_versioned
+
+    server = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def answer_short() -> None:
+        server.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                conn.recv(65536)
+                conn.sendall(b'HTTP/1.1 200 OK\r\nContent-Length: 100\r\nETag: "v1"\r\n\r\n{"tok')
+
+    thread = threading.Thread(target=answer_short, daemon=True)
+    thread.start()
+    fs = s3fs.S3FileSystem(key="k", secret="s", endpoint_url=f"http://127.0.0.1:{server.getsockname()[1]}",
+                           skip_instance_cache=True, config_kwargs={"retries": {"max_attempts": 1}})
+    try:
+        with pytest.raises(OSError, match="bucket/lock.json: the read broke off"):
+            read_json_versioned(fs, "bucket/lock.json")
+    finally:
+        stop.set()
+        thread.join()
+        server.close()
