@@ -10,12 +10,14 @@ one sitting moves far less than two figures taken apart.
 * floor: every response record of the corpus read with FastWARC, its body decoded as UTF-8 (the corpus is)
   and passed through resiliparse's main-content pass (`HTMLTree.parse`, `extract_plain_text(main_content=
   True)`); CPU seconds of this process.
-* run: `winnow run bench/winnow_bench.yaml --profile` with `ray.num_cpus=workers` over the same files (the
-  corpus of bench/vs_datatrove.py, built the same way if missing); CPU seconds from its manifest: every task
-  with its child processes, Ray's daemons and the driver, py-spy's own sampling left out.
+* run: `winnow run bench/winnow_bench.yaml` with `ray.num_cpus=workers` over the same files (the corpus of
+  bench/vs_datatrove.py, built the same way if missing); CPU seconds from its manifest: every task with its
+  child processes, Ray's daemons and the driver. Without `--profile`: py-spy's sampling would slow the
+  workers it samples, and the floor runs without it. The floor keeps one core busy and the run two; on this
+  machine two plain passes at once cost the same CPU per record as one alone.
 
 Writes bench/results/floor.json: records per CPU-second of each, the run's share of the floor, and the run's
-CPU per 1,000 records, part by part.
+CPU per 1,000 records, part by part (the parts of the report's profile, which add up to the run's CPU).
 """
 
 from __future__ import annotations
@@ -53,23 +55,25 @@ def floor_pass(files: list[Path]) -> tuple[int, float]:
 
 
 def winnow_run(corpus: Path, workers: int) -> dict[str, Any]:
+    """The run's records, its CPU (every task with its child processes, Ray's daemons and the driver: the
+    manifest's run costs) and where that CPU went, part by part, as the report's profile gives it."""
+    from pipeline.report.profile import cost_profile
+
     out = work_dir() / "floor-run"
     shutil.rmtree(out, ignore_errors=True)
     env = os.environ | {"RAY_USAGE_STATS_ENABLED": "0", "TQDM_DISABLE": "1"}
-    cmd = [sys.executable, "-m", "pipeline.cli", "run", "bench/winnow_bench.yaml", "--profile",
+    cmd = [sys.executable, "-m", "pipeline.cli", "run", "bench/winnow_bench.yaml",
            "--set", f"input={corpus}/*.warc.gz", "--set", f"output_dir={out}", "--set", f"ray.num_cpus={workers}"]
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     if done.returncode != 0:
         sys.exit(f"winnow run failed ({done.returncode}):\n{done.stderr[-3000:]}")
     manifest = json.loads((out / "manifest.json").read_text())
-    parts: dict[str, float] = {}
-    for stage in manifest["stages"]:
-        for part, cost in stage["costs"].items():
-            parts[part] = parts.get(part, 0.0) + cost["cpu_s"]
-    profile = manifest["profile"]
-    parts["Ray's daemons and the driver"] = profile["ray_and_driver_cpu_s"]
-    return {"records": manifest["stages"][0]["rows_in"], "cpu_s": profile["cpu_s"], "wall_s": profile["wall_s"],
-            "idle_core_s": profile["idle_core_s"], "kept": manifest["stages"][-1]["rows_out"], "parts_cpu_s": parts}
+    records, kept = manifest["stages"][0]["rows_in"], manifest["stages"][-1]["rows_out"]
+    profile = cost_profile(manifest, records, kept)
+    return {"records": records, "kept": kept, "cpu_s": profile["cpu_s"], "wall_s": profile["wall_s"],
+            "idle_core_s": profile["idle_core_s"],
+            "parts": [{"stage": r["stage"], "part": r["part"], "cpu_s": round(r["cpu_s"], 3),
+                       "per_1000_records_s": round(r["per_1k_in_s"], 3)} for r in profile["rows"]]}
 
 
 def main() -> None:
@@ -89,23 +93,20 @@ def main() -> None:
     _, after = floor_pass(files)
     floor_cpu = (before + after) / 2
     floor_speed, run_speed = records / floor_cpu, run["records"] / run["cpu_s"]
-    per_1000 = {part: round(cpu * 1000 / run["records"], 3)
-                for part, cpu in sorted(run["parts_cpu_s"].items(), key=lambda kv: -kv[1])}
     result = {
         "records": records, "files": len(files), "workers": args.workers,
         "floor": {"cpu_s": [round(before, 2), round(after, 2)], "records_per_cpu_s": round(floor_speed, 1)},
-        "run": {k: round(v, 2) if isinstance(v, float) else v for k, v in run.items() if k != "parts_cpu_s"}
+        "run": {k: round(v, 2) if isinstance(v, float) else v for k, v in run.items()}
         | {"records_per_cpu_s": round(run_speed, 1)},
         "run_share_of_floor": round(run_speed / floor_speed, 3),
-        "run_cpu_s_per_1000_records": per_1000,
         "command": f"bench/floor.py --records {args.records} --files {args.files} --workers {args.workers}",
     }
     print(f"floor (FastWARC + resiliparse main content): {floor_speed:.1f} records/CPU-s "
           f"(passes of {before:.1f} and {after:.1f} CPU-s)")
     print(f"run ({run['records']} records, {run['wall_s']:.1f} s wall): {run_speed:.1f} records/CPU-s, "
           f"{run_speed / floor_speed:.1%} of the floor")
-    for part, ms in per_1000.items():
-        print(f"  {part:32s} {ms:8.3f} CPU-s per 1,000 records")
+    for part in run["parts"]:
+        print(f"  {part['stage'] + ' · ' + part['part']:44s} {part['per_1000_records_s']:8.3f} CPU-s per 1,000 records")
     path = results_dir() / "floor.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2) + "\n")
