@@ -21,7 +21,7 @@ import string
 from functools import cache
 from typing import Any, ClassVar, Literal
 
-from pydantic import model_validator
+from pydantic import PositiveInt, model_validator
 
 from filters.base import Doc, Filter, StepParams, pkg_version
 from filters.light_imports import without_deep_learning
@@ -221,8 +221,8 @@ class GopherRepetitionParams(_HeuristicParams):
     dup_para_frac: float | None = 0.3
     dup_line_char_frac: float | None = 0.2
     dup_para_char_frac: float | None = 0.2
-    top_n_grams: list[tuple[int, float]] = [(2, 0.2), (3, 0.18), (4, 0.16)]
-    dup_n_grams: list[tuple[int, float]] = [(5, 0.15), (6, 0.14), (7, 0.13), (8, 0.12), (9, 0.11), (10, 0.10)]
+    top_n_grams: list[tuple[PositiveInt, float]] = [(2, 0.2), (3, 0.18), (4, 0.16)]
+    dup_n_grams: list[tuple[PositiveInt, float]] = [(5, 0.15), (6, 0.14), (7, 0.13), (8, 0.12), (9, 0.11), (10, 0.10)]
     language: str = "en"
     tokenizer: Tokenizer = "fast"
 
@@ -245,8 +245,8 @@ HASHED_MAX_CHARS = 1 << 20
 def fast_repetition_filter(impl: Any) -> Any:
     """datatrove's GopherRepetitionFilter `impl` with its n-gram measures counted on hashes of the words'
     characters (filters/ngram_hash.py) instead of one joined string per n-gram and n: the same decisions
-    (tests compare them with datatrove's on real, repetitive and hash-colliding text) in about a third of the
-    n-gram time, which was two thirds of the filter's."""
+    (tests compare them with datatrove's on real, repetitive and hash-colliding text) at a fraction of the
+    cost (bench/heuristics.py)."""
     from datatrove.pipeline.filters.gopher_repetition_filter import find_duplicates
     from datatrove.utils.text import split_into_words
 

@@ -18,8 +18,8 @@ _BASE = 0x9E3779B97F4A7C15  # odd, hence invertible modulo 2**64
 _BASE_INVERSE = pow(_BASE, -1, 1 << 64)
 
 
-# Powers are kept for texts up to this many characters (32 MB of tables); a longer text gets its own, so
-# one huge document does not leave its tables in the worker.
+# Tables of up to this many powers are kept (32 MB); a longer text gets tables of its own, so one huge
+# document does not leave them in the worker.
 KEPT_POWERS = 1 << 21
 
 
@@ -73,12 +73,15 @@ class WordNgrams:
 
     def top_chars(self, n: int) -> int:
         """Characters of the most frequent n-gram (words joined by spaces) times its count; of equally frequent
-        ones the first seen, as Counter.most_common does. The document has at least `n` words."""
+        ones the first seen, as Counter.most_common does; 0 for a document of fewer than `n` words (datatrove's
+        filter skips the check there)."""
+        count = len(self.words) - n + 1
+        if count < 1:
+            return 0
         if self._spaced is None:
             spaced = " ".join(self.words)
             self._spaced = spaced, _PrefixHash(spaced)
         spaced, spaced_hash = self._spaced
-        count = len(self.words) - n + 1
         starts = self.offsets[:count] + np.arange(count)  # one space after each earlier word
         ends = self.offsets[n:] + np.arange(n - 1, n - 1 + count)
         hashes = spaced_hash.spans(starts, ends)
