@@ -24,18 +24,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from paths import results_dir, work_dir
+from scaling import run
 from vs_datatrove import ensure_corpus, warm_caches
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def floor_pass(files: list[Path]) -> tuple[int, float]:
@@ -60,13 +55,7 @@ def winnow_run(corpus: Path, workers: int) -> dict[str, Any]:
     from pipeline.report.profile import cost_profile
 
     out = work_dir() / "floor-run"
-    shutil.rmtree(out, ignore_errors=True)
-    env = os.environ | {"RAY_USAGE_STATS_ENABLED": "0", "TQDM_DISABLE": "1"}
-    cmd = [sys.executable, "-m", "pipeline.cli", "run", "bench/winnow_bench.yaml",
-           "--set", f"input={corpus}/*.warc.gz", "--set", f"output_dir={out}", "--set", f"ray.num_cpus={workers}"]
-    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
-    if done.returncode != 0:
-        sys.exit(f"winnow run failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    run(corpus, workers, out)  # bench/scaling.py's run of bench/winnow_bench.yaml, without py-spy
     manifest = json.loads((out / "manifest.json").read_text())
     records, kept = manifest["stages"][0]["rows_in"], manifest["stages"][-1]["rows_out"]
     profile = cost_profile(manifest, records, kept)

@@ -23,9 +23,9 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import PositiveInt, model_validator
 
+from filters import ngram_hash
 from filters.base import Doc, Filter, StepParams, pkg_version
 from filters.light_imports import without_deep_learning
-from filters.ngram_hash import WordNgrams
 
 _SENTENCE_END = re.compile(r"[.!?\u3002\uff01\uff1f]+[\"'\u201d\u2019)\]]*(?=\s|$)")
 # A chunk ending in one of these splits into the word and the mark, in spaCy's English rules, when
@@ -237,11 +237,6 @@ class GopherRepetition(_DatatroveFilter):
         self.impl = fast_repetition_filter(self.impl)
 
 
-# Longer texts go through datatrove's own string counting: the hash arrays take 8 bytes per character each,
-# several at once, where a few strings per n-gram at a time take less.
-HASHED_MAX_CHARS = 1 << 20
-
-
 def fast_repetition_filter(impl: Any) -> Any:
     """datatrove's GopherRepetitionFilter `impl` with its n-gram measures counted on hashes of the words'
     characters (filters/ngram_hash.py) instead of one joined string per n-gram and n: the same decisions
@@ -256,8 +251,8 @@ def fast_repetition_filter(impl: Any) -> Any:
         text = doc.text
         if not text:
             return False, "empty"
-        if len(text) > HASHED_MAX_CHARS:
-            return by_strings(doc)
+        if len(text) > ngram_hash.MAX_CHARS:
+            return by_strings(doc)  # datatrove's own counting, which holds less memory on a huge text
         checks = (("para", impl.paragraph_exp.split(text.strip()), impl.dup_para_frac, impl.dup_para_char_frac),
                   ("line", impl._line_splitter.split(text), impl.dup_line_frac, impl.dup_line_char_frac))
         for kind, parts, max_frac, max_char_frac in checks:
@@ -266,9 +261,9 @@ def fast_repetition_filter(impl: Any) -> Any:
                 return False, f"dup_{kind}_frac"
             if max_char_frac and duplicate_chars / len(text) > max_char_frac:
                 return False, f"dup_{kind}_char_frac"
-        grams = WordNgrams(split_into_words(text, impl.language))
+        grams = ngram_hash.WordNgrams(split_into_words(text, impl.language))
         for n, n_frac in impl.top_n_grams:
-            if len(grams.words) >= n and grams.top_chars(n) / len(text) > n_frac:
+            if len(grams.words) >= n and grams.top_chars(n) / len(text) > n_frac:  # datatrove skips short texts
                 return False, f"top_{n}_gram"
         for n, n_frac in impl.dup_n_grams:
             if grams.repeated_chars(n) / len(text) > n_frac:

@@ -10,17 +10,16 @@ themselves: the figures are datatrove's exactly, whatever the hashes collide on.
 
 from __future__ import annotations
 
-from collections import Counter
-
 import numpy as np
 
 _BASE = 0x9E3779B97F4A7C15  # odd, hence invertible modulo 2**64
 _BASE_INVERSE = pow(_BASE, -1, 1 << 64)
 
 
-# Tables of up to this many powers are kept (32 MB); a longer text gets tables of its own, so one huge
-# document does not leave them in the worker.
-KEPT_POWERS = 1 << 21
+# Texts longer than this are left to datatrove's string counting (filters/heuristics.py): the hash arrays
+# take 8 bytes a character each, several at once, and the power tables kept below never outgrow it by more
+# than their doubling.
+MAX_CHARS = 1 << 20
 
 
 class _Powers:
@@ -31,9 +30,7 @@ class _Powers:
 
     def upto(self, size: int) -> tuple[np.ndarray, np.ndarray]:
         if len(self.up) <= size:
-            if size >= KEPT_POWERS:
-                return _geometric(_BASE, size + 1), _geometric(_BASE_INVERSE, size + 1)
-            length = min(max(size + 1, 2 * len(self.up), 4096), KEPT_POWERS)
+            length = max(size + 1, 2 * len(self.up), 4096)
             self.up, self.down = _geometric(_BASE, length), _geometric(_BASE_INVERSE, length)
         return self.up, self.down
 
@@ -89,14 +86,14 @@ class WordNgrams:
         run_starts = np.flatnonzero(np.concatenate(([True], ordered[1:] != ordered[:-1])))
         counts = np.diff(run_starts, append=len(ordered))
         most = int(counts.max())
+        if most == 1:  # all distinct: the first n-gram, once
+            return int(ends[0] - starts[0])
         # the first n-gram of the document whose hash is one of the most frequent ones
-        pick = 0 if most == 1 else _first_of(hashes, ordered[run_starts[counts == most]])
-        if most > 1:
-            gram = spaced[starts[pick] : ends[pick]]
-            for k in np.flatnonzero(hashes == hashes[pick]).tolist():
-                if spaced[starts[k] : ends[k]] != gram:
-                    return _top_chars_by_strings(self.words, n)  # a collision merged two n-grams
-        return int(ends[pick] - starts[pick]) * most
+        pick = _first_of(hashes, ordered[run_starts[counts == most]])
+        gram = spaced[starts[pick] : ends[pick]]
+        if any(spaced[starts[k] : ends[k]] != gram for k in np.flatnonzero(hashes == hashes[pick]).tolist()):
+            return _top_chars_by_strings(self.words, n)  # a collision merged two n-grams
+        return len(gram) * most
 
     def repeated_chars(self, n: int) -> int:
         """Characters of the n-grams (words joined without spaces) seen before, reading on past each repeat."""
@@ -138,6 +135,6 @@ def _first_of(hashes: np.ndarray, values: np.ndarray) -> int:
 
 
 def _top_chars_by_strings(words: list[str], n: int) -> int:
-    counts = Counter(map(" ".join, zip(*(words[k:] for k in range(n)), strict=False)))
-    gram, most = max(counts.items(), key=lambda item: item[1])
-    return len(gram) * most
+    from datatrove.pipeline.filters.gopher_repetition_filter import find_top_duplicate, get_n_grams
+
+    return find_top_duplicate(get_n_grams(words, n))

@@ -130,7 +130,8 @@ def children_peak_rss_mb() -> float:
 
 def tree_cpu_s() -> float:
     """CPU seconds this process and all its descendants have spent so far, live or exited."""
-    return time.process_time() + _exited_children_s() + sum(descendants_cpu_s().values())
+    now = TreeReading()
+    return now.own + now.exited + sum(now.live.values())
 
 
 class TreeReading:

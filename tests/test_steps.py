@@ -322,29 +322,22 @@ def test_hashed_ngram_measures_equal_datatrove_even_where_hashes_collide():
     assert WordNgrams([first, "c", second, "c"]).top_chars(2) == len(first) + 2  # not twice: they differ
 
 
-def test_hashed_ngrams_of_a_huge_document_leave_no_tables_behind():
-    from datatrove.pipeline.filters.gopher_repetition_filter import find_all_duplicate
-
-    from filters import ngram_hash
-
-    words = [f"w{k % 9_973}x" for k in range(ngram_hash.KEPT_POWERS // 5)]  # a few more characters than are kept
-    assert ngram_hash.WordNgrams(words).repeated_chars(5) == find_all_duplicate(words, 5)
-    assert len(ngram_hash._POWERS.up) <= ngram_hash.KEPT_POWERS
-
-
 def test_gopher_repetition_counts_a_huge_document_as_datatrove_does():
     from datatrove.data import Document
     from datatrove.pipeline.filters import GopherRepetitionFilter
 
-    from filters.heuristics import HASHED_MAX_CHARS, fast_tokenizer
+    from filters import ngram_hash
+    from filters.heuristics import fast_tokenizer
 
-    texts = [" ".join(f"w{k % 997}x" for k in range(HASHED_MAX_CHARS // 5)),  # past the hashed path's limit
-             "\n\n".join(f"paragraph {k}: " + "all work and no play " * 3 for k in range(HASHED_MAX_CHARS // 70))]
-    assert all(len(t) > HASHED_MAX_CHARS for t in texts)
+    limit = ngram_hash.MAX_CHARS
+    texts = [" ".join(f"w{k % 997}x" for k in range(limit // 5)),  # past the hashed path's limit
+             "\n\n".join(f"paragraph {k}: " + "all work and no play " * 3 for k in range(limit // 70))]
+    assert all(len(t) > limit for t in texts)
     ours = make("gopher_repetition").impl
     theirs = GopherRepetitionFilter(language=fast_tokenizer("en"))
     assert [ours.filter(Document(text=t, id="x")) for t in texts] == \
         [theirs.filter(Document(text=t, id="x")) for t in texts]
+    assert len(ngram_hash._POWERS.up) <= 2 * limit  # no table for the huge texts
 
 
 def test_heuristic_language_is_used_or_a_config_error():
