@@ -321,14 +321,14 @@ def step_speed(pages: list[str], repeats: int = 1) -> dict:
 def part_times(pages: list[str], repeats: int) -> dict[str, float]:
     """Milliseconds per page of each part of the default method (the fastest of `repeats` passes; in-process,
     no child), beside resiliparse's plain main-content pass on the raw HTML, the floor it builds on."""
+    import numpy as np
     from resiliparse.extract.html2text import extract_plain_text
     from resiliparse.parse.html import HTMLTree
 
-    from filters.extract_boundary import blocks, features, rule_features
+    from filters.extract_boundary import blocks, features, rule_features, tree_features
     from filters.extract_methods import (
-        heading_texts,
         link_lines,
-        mark_links,
+        mark_html,
         resiliparse_marked,
         skip_selector,
         unhide_embedded_posts,
@@ -338,22 +338,27 @@ def part_times(pages: list[str], repeats: int) -> dict[str, float]:
     def per_page(fn: Callable[[Any], object], items: list) -> float:
         return round(fastest(lambda _: [fn(item) for item in items], repeats)[0] / len(pages) * 1e3, 3)
 
-    fenced = [mark_links(unhide_embedded_posts(h)) for h in pages]
+    fenced = [mark_html(unhide_embedded_posts(h))[0] for h in pages]
     marked = [resiliparse_marked(h) for h in pages]
-    lines = [(blocks(link_lines(m, k)), k, page_title(h)) for (m, k), h in zip(marked, pages, strict=True)]
-    lines = [(b, k, t) for b, k, t in lines if b[0]]
+    lines = [(blocks(text_lines), headings, page_title(h), parents)
+             for (text_lines, headings), (_, parents), h in zip(
+                 (link_lines(m) for m, _ in marked), marked, pages, strict=True)]
+    lines = [(b, k, t, parents) for b, k, t, parents in lines if b[0]]
     options = DEFAULT | {"cascade": False}
     out = {
         "resiliparse plain main-content pass": per_page(lambda h: extract_plain_text(h, main_content=True), pages),
-        "fence link text": per_page(lambda h: mark_links(unhide_embedded_posts(h)), pages),
+        "fence links and blocks": per_page(lambda h: mark_html(unhide_embedded_posts(h)), pages),
         "parse and main-content pass": per_page(lambda h: extract_plain_text(
             HTMLTree.parse(h), main_content=True, alt_texts=False, links=False, form_fields=False, noscript=False,
             comments=False), fenced),
-        "heading and class-token scans": per_page(lambda h: (heading_texts(h), skip_selector(h)), pages),
+        "class-token scan": per_page(skip_selector, pages),
         "resiliparse_marked, all of the above": per_page(resiliparse_marked, pages),
-        "link shares per line": per_page(lambda m: link_lines(*m), marked),
-        "boundary features": per_page(lambda x: features(x[0][0], x[0][1], x[1], x[2], x[0][2]), lines),
+        "link shares, containers and headings per line": per_page(lambda m: link_lines(m[0]), marked),
+        "boundary features": per_page(lambda x: features(x[0][0], x[0][1], x[1], x[2], x[0][2], x[0][3], x[3]),
+                                      lines),
         "of which the word-list trim's verdicts": per_page(lambda x: rule_features(x[0][0], x[1], x[2]), lines),
+        "of which the tree's": per_page(lambda x: tree_features(
+            np.array([len(line) for line in x[0][0]], dtype=np.float64), x[0][3], x[3]), lines),
         "default without cascade": per_page(lambda h: extract_page(h, options), pages),
         "default": per_page(lambda h: extract_page(h, DEFAULT), pages),
     }

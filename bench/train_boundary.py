@@ -40,8 +40,8 @@ from paths import work_dir  # noqa: E402
 from filters.extract_boundary import FEATURES, MODEL, best_span, blocks, features  # noqa: E402
 from filters.extract_methods import (  # noqa: E402
     clean_text,
-    drop_link_lines,
     link_lines,
+    resiliparse_main,
     resiliparse_marked,
     trafilatura_text,
 )
@@ -120,10 +120,12 @@ def site(page: dict) -> str:
 
 
 def page_rows(page: dict) -> dict:
-    marked, headings = resiliparse_marked(page["html"])
-    lines, links, blanks = blocks(link_lines(marked, headings))
+    marked, parents = resiliparse_marked(page["html"])
+    text_lines, headings = link_lines(marked)
+    lines, links, blanks, containers = blocks(text_lines)
     title = page_title(page["html"])
-    rows = features(lines, links, headings, title, blanks) if lines else np.zeros((0, len(FEATURES)))
+    rows = (features(lines, links, headings, title, blanks, containers, parents) if lines
+            else np.zeros((0, len(FEATURES))))
     return {"lines": lines, "rows": rows, "y": np.array(labels(lines, page["reference"]), dtype=np.int64)}
 
 
@@ -189,9 +191,10 @@ def main() -> None:
             grid[(span, drop)] = score(texts, [p["case"] for p in scored])["f1"]
     span, drop = max(grid, key=grid.get)
     print(f"dev F1 by 3 folds over sites: {grid[(span, drop)]:.4f} at span {span}, drop {drop}")
-    rules = [clean_text(trim_boilerplate(clean_text(drop_link_lines(*resiliparse_marked(p["html"]))),
-                                         keep=resiliparse_marked(p["html"])[1], title=page_title(p["html"])))
-             for p in scored]
+    rules = []
+    for p in scored:
+        text, headings = resiliparse_main(p["html"])
+        rules.append(clean_text(trim_boilerplate(clean_text(text), keep=headings, title=page_title(p["html"]))))
     print(f"the word-list trim on the same pages: {score(rules, [p['case'] for p in scored])['f1']:.4f}")
     model, mean, scale = fit(dev)
     out = {"features": FEATURES, "mean": mean.round(6).tolist(), "scale": scale.round(6).tolist(),

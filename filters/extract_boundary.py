@@ -4,10 +4,12 @@ A logistic regression over structural features that any page has, in any languag
 word count (script-aware), link share, sentence ending, punctuation, digit, capitalised and short-token
 shares (short tokens are a language-agnostic stand-in for stop words), whether it is a heading of the
 page or its title, where it stands (from the top and the bottom, by lines and by text, and from the
-page's largest block), and the same for its neighbours. `bench/train_boundary.py` trains it on pages of
-`../shared/data` (annotated article bodies, trafilatura as a teacher, lines a site repeats) and writes
-`filters/models/extract-boundary.json`; the file is loaded once per process and its digest is part of
-the `extract` step's fingerprint.
+page's largest block), the same for its neighbours, and where it stands in the page's tree: inside the
+container that holds most of the page's prose (readability's idea: a block's text counts for its
+container, half of it for the one around that), next to it, or how many containers away.
+`bench/train_boundary.py` trains it on pages of `../shared/data` (annotated article bodies, trafilatura as
+a teacher, lines a site repeats) and writes `filters/models/extract-boundary.json`; the file is loaded once
+per process and its digest is part of the `extract` step's fingerprint.
 
 The article is the run of lines with the largest sum of (p - SPAN_THRESHOLD) (the lines' article
 probabilities), so that a short subheading inside it stays; inside that run, lines below
@@ -27,22 +29,16 @@ from pathlib import Path
 import numpy as np
 
 if __package__:
+    from filters.extract_fences import NO_CONTAINER
     from filters.extract_trim import (
         _TERMINAL,
-        is_chrome,
-        is_furniture,
-        is_metadata,
-        is_section_label,
         length_and_words,
         trim_kept,
     )
 else:  # imported by the extraction child, run as a script from filters/
+    from extract_fences import NO_CONTAINER
     from extract_trim import (
         _TERMINAL,
-        is_chrome,
-        is_furniture,
-        is_metadata,
-        is_section_label,
         length_and_words,
         trim_kept,
     )
@@ -55,18 +51,23 @@ _CAPITALS = frozenset(
     "ĀĂĄĆĈĊČĎĐĒĖĘĚĞĠĢĪĮİĶĹĻĽŁŃŅŇŌŐŒŔŘŚŞŠŢŤŪŮŰŲŹŻŽЁ"
     + "".join(chr(c) for lo, hi in (("A", "Z"), ("À", "Ö"), ("Ø", "Þ"), ("Α", "Ω"), ("А", "Я"))
               for c in range(ord(lo), ord(hi) + 1)))
-MAX_RULE_CHARS = 120
-SAMPLE_CHARS = 240  # the rule predicates only ever fire on short lines
+SAMPLE_CHARS = 240
 
 LINE_FEATURES = ["log_len", "log_words", "link", "terminal", "punct", "digits", "capital", "short_tokens",
                  "unspaced", "heading", "title", "bullet", "blank_before", "long"]
 CONTEXT = ["top_text", "bottom_text", "top_line", "bottom_line", "from_largest", "after_largest",
            "long_before", "long_after", "window_len", "window_link", "window_terminal", "log_lines", "log_chars"]
 NEIGHBOUR = ["log_len", "link", "terminal", "heading"]
-# The rule trim's verdict and its line predicates, as evidence the model weighs (filters/extract_trim.py).
-RULES = ["trim_kept", "trim_found", "metadata", "chrome", "label", "furniture"]
+# The word-list trim's verdict, as evidence the model weighs (filters/extract_trim.py). Its line predicates
+# (dates, bylines, ad labels, section labels, cookie notices) are not features of their own: they gained the
+# model a fifth of a point of F1 on held-out folds, at the cost of a quarter of its features' time, and word lists
+# read off a few sites carry over to others far less well than structure does.
+RULES = ["trim_kept", "trim_found"]
+TREE = ["in_main", "near_main", "no_block", "hops_from_main", "window_in_main", "main_share", "main_share_in"]
 FEATURES = [*LINE_FEATURES, *CONTEXT, *(f"prev_{n}" for n in NEIGHBOUR), *(f"next_{n}" for n in NEIGHBOUR),
-            *RULES]
+            *RULES, *TREE]
+# Readability's floor: shorter blocks (a caption, a button) do not vote for their container.
+MIN_VOTING_CHARS = 25
 
 
 def line_features(line: str, link: float, keep: frozenset[str], title: str, blank_before: bool) -> list[float]:
@@ -95,9 +96,10 @@ def line_features(line: str, link: float, keep: frozenset[str], title: str, blan
     ]
 
 
-def features(lines: list[str], links: list[float], keep: frozenset[str], title: str,
-             blanks: list[bool]) -> np.ndarray:
-    """One row of FEATURES per line (the lines are not blank)."""
+def features(lines: list[str], links: list[float], keep: frozenset[str], title: str, blanks: list[bool],
+             containers: list[int], parents: list[int]) -> np.ndarray:
+    """One row of FEATURES per line (the lines are not blank); `containers` and `parents` come from the fences
+    (filters/extract_fences.py)."""
     own = np.array([line_features(line, link, keep, title, blank)
                     for line, link, blank in zip(lines, links, blanks, strict=True)], dtype=np.float64)
     n = len(lines)
@@ -119,7 +121,47 @@ def features(lines: list[str], links: list[float], keep: frozenset[str], title: 
     mine = np.column_stack([log_len, link, terminal, heading])
     prev = np.vstack([np.zeros((1, 4)), mine[:-1]])
     nxt = np.vstack([mine[1:], np.zeros((1, 4))])
-    return np.hstack([own, context, prev, nxt, rule_features(lines, keep, title)])
+    return np.hstack([own, context, prev, nxt, rule_features(lines, keep, title),
+                      tree_features(length, containers, parents)])
+
+
+def main_container(lengths: np.ndarray, containers: list[int], parents: list[int]) -> int:
+    """The container with the most prose: each block of MIN_VOTING_CHARS or more counts its length for its
+    container and half of it for the container around that."""
+    votes: dict[int, float] = {}
+    for container, length in zip(containers, lengths.tolist(), strict=True):
+        if container != NO_CONTAINER and length >= MIN_VOTING_CHARS:
+            votes[container] = votes.get(container, 0.0) + length
+            if (parent := parents[container]) != NO_CONTAINER:
+                votes[parent] = votes.get(parent, 0.0) + length / 2
+    return max(votes, key=votes.__getitem__) if votes else NO_CONTAINER
+
+
+def tree_features(lengths: np.ndarray, containers: list[int], parents: list[int]) -> np.ndarray:
+    """TREE for each line: inside the main container, inside the one around it, in no known container, the
+    log of the steps between them in the tree; and, over the page, the share of text inside."""
+    main = main_container(lengths, containers, parents)
+    rows = np.zeros((len(containers), 4))
+    rows[:, 2] = 1.0
+    if main != NO_CONTAINER:
+        depth_of = {}  # main's ancestors, by their distance from it
+        node, depth = main, 0
+        while node != NO_CONTAINER:
+            depth_of[node] = depth
+            node, depth = parents[node], depth + 1
+        seen: dict[int, tuple[float, float, float, float]] = {}
+        for i, container in enumerate(containers):
+            if container == NO_CONTAINER:
+                continue
+            if container not in seen:
+                node, steps = container, 0
+                while node not in depth_of:  # every chain ends at the page, container 0
+                    node, steps = parents[node], steps + 1
+                up = depth_of[node]
+                seen[container] = (float(up == 0), float(up <= 1), 0.0, math.log1p(steps + up))
+            rows[i] = seen[container]
+    share = float(rows[:, 0] @ lengths) / max(1.0, float(lengths.sum()))
+    return np.column_stack([rows, window_mean(rows[:, 0]), np.full(len(containers), share), rows[:, 0] * share])
 
 
 def rule_features(lines: list[str], keep: frozenset[str], title: str) -> np.ndarray:
@@ -128,9 +170,7 @@ def rule_features(lines: list[str], keep: frozenset[str], title: str) -> np.ndar
     if kept is not None:
         in_trim[:] = 0.0
         in_trim[kept] = 1.0
-    flags = [(is_metadata(line), is_chrome(line), is_section_label(line), is_furniture(line))
-             if len(line) < MAX_RULE_CHARS else (False, False, False, is_furniture(line)) for line in lines]
-    return np.column_stack([in_trim, np.full(len(lines), float(kept is not None)), np.array(flags, dtype=np.float64)])
+    return np.column_stack([in_trim, np.full(len(lines), float(kept is not None))])
 
 
 def window_mean(values: np.ndarray, radius: int = 2) -> np.ndarray:
@@ -174,30 +214,34 @@ def best_span(scores: np.ndarray) -> tuple[int, int]:
     return best_span_
 
 
-def blocks(text_lines: list[tuple[str, float]]) -> tuple[list[str], list[float], list[bool]]:
-    """The non-blank lines of `text_lines` ((line, link share) pairs), their link shares, and whether a blank
-    line stood before each."""
-    lines, links, blanks = [], [], []
+Line = tuple[str, float, int]  # a line of text, its link share, its container (filters/extract_methods.link_lines)
+
+
+def blocks(text_lines: list[Line]) -> tuple[list[str], list[float], list[bool], list[int]]:
+    """The non-blank lines of `text_lines`, their link shares, whether a blank line stood before each, and
+    their containers."""
+    lines, links, blanks, containers = [], [], [], []
     blank = False
-    for line, link in text_lines:
+    for line, link, container in text_lines:
         if not line.strip():
             blank = True
             continue
         lines.append(line)
         links.append(link)
         blanks.append(blank)
+        containers.append(container)
         blank = False
-    return lines, links, blanks
+    return lines, links, blanks, containers
 
 
-def article_lines(text_lines: list[tuple[str, float]], keep: frozenset[str], title: str,
+def article_lines(text_lines: list[Line], keep: frozenset[str], title: str, parents: list[int],
                   model: dict | None = None) -> str:
-    """The article part of `text_lines` ((line, link share) pairs, blank lines included), as text."""
+    """The article part of `text_lines` (blank lines included), as text; `parents` is each container's."""
     model = model or load_model()
-    lines, links, blanks = blocks(text_lines)
+    lines, links, blanks, containers = blocks(text_lines)
     if not lines:
         return ""
-    p = probabilities(features(lines, links, keep, title, blanks), model)
+    p = probabilities(features(lines, links, keep, title, blanks, containers, parents), model)
     start, end = best_span(p - model["span_threshold"])
     out: list[str] = []
     for i in range(start, end + 1):

@@ -15,9 +15,11 @@ from typing import Any
 
 if __package__:
     from filters.extract_boundary import article_lines
+    from filters.extract_fences import LINK_CLOSE, LINK_OPEN, NO_CONTAINER, block_container, link_share, mark_html
     from filters.extract_trim import page_title, trim_boilerplate
 else:  # the child process runs this file as a script, with filters/ on sys.path and no package loaded
     from extract_boundary import article_lines
+    from extract_fences import LINK_CLOSE, LINK_OPEN, NO_CONTAINER, block_container, link_share, mark_html
     from extract_trim import page_title, trim_boilerplate
 
 # Share bars, "related" boxes, captions, cookie notices and post metadata survive resiliparse's main-content heuristic.
@@ -62,22 +64,12 @@ _NEST_TAG = re.compile(r"<(/?)(?:div|article)(?=[\s/>])", re.I)
 _WHOLE_NEST_TAG = re.compile(r"<(/?)(?:div|article)(?=[\s/>])[^>]*>?", re.I)
 MAX_DEPTH = 256
 
-# Link text is fenced with two private-use characters in the HTML, so that the extracted text shows which part
-# of each line was a link. A line (one block) that is mostly link text is a menu, a "related" teaser, a tag
-# list or a footer bar (trafilatura's link-density idea, at block level); resiliparse keeps many of them.
-LINK_OPEN, LINK_CLOSE = "\ue000", "\ue001"
+# A line (one block) that is mostly link text (see filters/extract_fences.py) is a menu, a "related" teaser, a
+# tag list or a footer bar (trafilatura's link-density idea, at block level); resiliparse keeps many of them.
 MAX_LINK_SHARE = 0.8
-# The fences go inside the <a> element: outside it, they would be text that lowers resiliparse's link density.
-_A_TAG = re.compile(r"(<a\s[^>]*>|</a\s*>)", re.I)
-_CLOSE_FENCE = LINK_CLOSE + "</a>"
-_LINK_SPAN = re.compile(f"{LINK_OPEN}[^{LINK_CLOSE}]*{LINK_CLOSE}")
-# Link share counts letters and digits only: the bars and dots between menu links are not text.
-_NOT_ALNUM = re.compile(r"[\W_]+")
 # A line that is one bare tag: markup inside <noscript> in <head> (tracking pixels) reaches the text as text.
 _TAG_LINE = re.compile(r"\s*<[a-zA-Z/!][^>]*>\s*")
 
-_HEADING = re.compile(r"<h([1-6])(?:\s[^>]*)?>(.*?)</h\1\s*>", re.I | re.S)
-_TAG = re.compile(r"<[^>]*>")
 
 # The space separators of Unicode (category Zs) but the plain space: no-break, thin, ideographic, ...
 _UNICODE_SPACE = re.compile("[\u00a0\u1680\u2000-\u200a\u202f\u205f\u3000]")
@@ -139,65 +131,34 @@ def resiliparse_text(html: str) -> str:
     return resiliparse_main(html)[0]
 
 
-def mark_links(html: str) -> str:
-    """The HTML with the text of each <a> fenced by LINK_OPEN/LINK_CLOSE (one regex pass, no DOM walk:
-    resiliparse's node collections cost about a millisecond per node read from Python)."""
-    html = unmark(html)  # a page's own private-use characters (icon fonts) must not read as fences
-    parts = _A_TAG.split(html)  # text, tag, text, ...: no template expansion per link, as "\\g<0>" would cost
-    parts[1::2] = [_CLOSE_FENCE if tag[1] == "/" else tag + LINK_OPEN for tag in parts[1::2]]
-    return "".join(parts)
-
-
 def unhide_embedded_posts(html: str) -> str:
     """The HTML with embedded tweets renamed: they quote what the article is about, and resiliparse's social-media
     rule takes the `twitter-tweet` class for a share button (a str.replace, on the pages that embed one)."""
     return html.replace(EMBEDDED_TWEET, "quoted-tweet") if EMBEDDED_TWEET in html else html
 
 
-def unmark(text: str) -> str:
-    """`text` without the link fences (str.replace: str.translate is ten times slower on long pages)."""
-    if LINK_OPEN in text or LINK_CLOSE in text:
-        return text.replace(LINK_OPEN, "").replace(LINK_CLOSE, "")
-    return text
-
-
-def link_share(line: str) -> float:
-    """The share of a marked line's letters and digits that lie inside links (unclosed links count as text)."""
-    if LINK_OPEN not in line:
-        return 0.0
-    total = len(_NOT_ALNUM.sub("", line))  # the fences are not letters
-    linked = sum(len(_NOT_ALNUM.sub("", m.group(0))) for m in _LINK_SPAN.finditer(line))
-    return linked / total if total else 0.0
-
-
-def link_lines(text: str, keep: frozenset[str] = frozenset()) -> list[tuple[str, float]]:
-    """The marked lines with their link share, without the marks, the lines that are mostly link text (but
-    the page's headings) and bare tags."""
-    out = []
+def link_lines(text: str) -> tuple[list[tuple[str, float, int]], frozenset[str]]:
+    """The marked lines without their fences, with their link share and container (a line that opens no block
+    continues the one above), but the lines that are mostly link text (not headings) and bare tags; and the
+    heading lines' text."""
+    out, headings = [], []
+    container = NO_CONTAINER
     for line in text.splitlines():
+        line, opened, heading = block_container(line)
+        container = opened if opened != NO_CONTAINER else container
         if LINK_OPEN in line or LINK_CLOSE in line:
             plain = line.replace(LINK_OPEN, "").replace(LINK_CLOSE, "")
             share = link_share(line)
-            if share >= MAX_LINK_SHARE and plain.strip() not in keep:
+            if share >= MAX_LINK_SHARE and not heading:
                 continue
         else:
             plain, share = line, 0.0
-        if "<" in plain and _TAG_LINE.fullmatch(plain):
+        if heading:
+            headings.append(plain.strip())
+        elif "<" in plain and _TAG_LINE.fullmatch(plain):
             continue
-        out.append((plain, share))
-    return out
-
-
-def drop_link_lines(text: str, keep: frozenset[str] = frozenset()) -> str:
-    """Drop the marked lines that are mostly link text, except the page's headings; remove the marks."""
-    return "\n".join(line for line, _ in link_lines(text, keep))
-
-
-def heading_texts(html: str) -> frozenset[str]:
-    """The text of the page's <h1>-<h6> elements, whitespace collapsed as in extracted lines. Read from the raw
-    HTML: asking lexbor for each heading's text builds a Python object per descendant node."""
-    texts = (" ".join(html_lib.unescape(_TAG.sub("", m.group(2))).split()) for m in _HEADING.finditer(html))
-    return frozenset(t for t in texts if t)
+        out.append((plain, share, container))
+    return out, frozenset(headings).difference(("",))
 
 
 def skip_selector(html: str) -> str:
@@ -217,21 +178,22 @@ def main_prose_probe(html: str) -> str:
 
 
 def resiliparse_main(html: str) -> tuple[str, frozenset[str]]:
-    """resiliparse's main content, without link-dense lines, and the page's heading texts."""
-    marked, headings = resiliparse_marked(html)
-    return drop_link_lines(marked, headings), headings
+    """resiliparse's main content, without link-dense lines, and the text of its heading lines."""
+    text_lines, headings = link_lines(resiliparse_marked(html)[0])
+    return "\n".join(line for line, *_ in text_lines), headings
 
 
-def resiliparse_marked(html: str) -> tuple[str, frozenset[str]]:
-    """resiliparse's main content with link text fenced (see mark_links), and the page's heading texts."""
+def resiliparse_marked(html: str) -> tuple[str, list[int]]:
+    """resiliparse's main content with links and blocks fenced (filters/extract_fences.py), and the parent of
+    each container the fences name."""
     from resiliparse.extract.html2text import extract_plain_text
     from resiliparse.parse.html import HTMLTree
 
-    tree = HTMLTree.parse(mark_links(unhide_embedded_posts(html)))
+    marked_html, parents = mark_html(unhide_embedded_posts(html))
+    tree = HTMLTree.parse(marked_html)
     body = tree.body
     if body is None:
-        return "", frozenset()
-    headings = heading_texts(html)
+        return "", parents
     total, probe = -1, None
     selector = skip_selector(html)
     for node in body.query_selector_all(selector) if selector else ():
@@ -246,7 +208,7 @@ def resiliparse_marked(html: str) -> tuple[str, frozenset[str]]:
         node.parent.remove_child(node)
     text = extract_plain_text(tree, main_content=True, alt_texts=False, links=False, form_fields=False,
                               noscript=False, comments=False)
-    return text, headings
+    return text, parents
 
 
 def clean_text(text: str) -> str:
@@ -297,8 +259,9 @@ def extract_page(html: str, options: dict[str, Any], seen: object = True) -> tup
         html = flatten_deep(html, options["max_depth"])
         events.append("guarded")
     if options["trim_boilerplate"] and options.get("boundary", "model") == "model":
-        marked, headings = resiliparse_marked(html)
-        text = clean_text(article_lines(link_lines(marked, headings), headings, page_title(html)))
+        marked, parents = resiliparse_marked(html)
+        text_lines, headings = link_lines(marked)
+        text = clean_text(article_lines(text_lines, headings, page_title(html), parents))
     else:
         raw, headings = resiliparse_main(html)
         text = clean_text(raw)

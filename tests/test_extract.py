@@ -10,14 +10,11 @@ import signal
 import pytest
 
 from filters import STEPS
+from filters.extract_fences import LINK_CLOSE, LINK_OPEN, link_share, mark_html
 from filters.extract_methods import (
-    LINK_CLOSE,
-    LINK_OPEN,
     MAX_LINK_SHARE,
     extract_page,
     flatten_deep,
-    link_share,
-    mark_links,
     nesting_depth,
     resiliparse_text,
     skip_selector,
@@ -176,11 +173,35 @@ def test_skip_rules_ask_only_for_the_tokens_a_page_uses():
 
 # -- link-dense lines ------------------------------------------------------------------------------
 def test_link_share_counts_the_fenced_text():
-    marked = mark_links('<p>Read <a href="/a">this story</a> now</p><a class=x href=/b>Home</a>')
+    marked = mark_html('<p>Read <a href="/a">this story</a> now</p><a class=x href=/b>Home</a>')[0]
     assert marked.count(LINK_OPEN) == 2 and marked.count(LINK_CLOSE) == 2
     assert link_share(f"Read {LINK_OPEN}this story{LINK_CLOSE} now") == len("thisstory") / len("Readthisstorynow")
     assert link_share(f"{LINK_OPEN}Home{LINK_CLOSE} {LINK_OPEN}News{LINK_CLOSE}") > 0.8
     assert link_share("no links here") == 0.0
+
+
+def test_fences_name_each_block_s_container_and_each_container_s_parent():
+    from filters.extract_fences import BLOCK, HEADING, NO_CONTAINER, block_container, mark_html, unmark
+
+    html = ('<body><div id=page><p>Lead <a href="/1">link</a></p><SECTION class="x"><H2>Title</H2><li>item</nav>'
+            "</SECTION><aside><p>aside</p></aside></div><p>after</p></body>")
+    marked, parents = mark_html(html)
+    # The page is container 0; the <div> is 1, the <SECTION> in it 2, the <aside> 3. The stray </nav> closes
+    # nothing; after </div> the last <p> sits in the page itself.
+    assert parents == [NO_CONTAINER, 0, 1, 1]
+    opened = [block_container(line) for line in marked.replace(BLOCK, "\n" + BLOCK).replace(
+        HEADING, "\n" + HEADING).splitlines() if BLOCK in line or HEADING in line]
+    assert [(container, heading) for _, container, heading in opened] == [
+        (1, False), (2, True), (2, False), (3, False), (0, False)]
+    assert unmark(marked) == html
+    assert marked.count(LINK_OPEN) == marked.count(LINK_CLOSE) == 1
+
+
+def test_a_page_s_own_fence_characters_are_dropped_before_marking():
+    from filters.extract_fences import BLOCK, HEADING, mark_html
+
+    marked, parents = mark_html(f"<p>{BLOCK}{HEADING}{LINK_OPEN}text</p>")
+    assert marked.count(BLOCK) == 1 and HEADING not in marked and LINK_OPEN not in marked and parents == [-1]
 
 
 def test_the_bars_between_menu_links_do_not_count_as_text():
@@ -390,11 +411,16 @@ def test_real_pages_still_extract():
     assert docs[-1]["text"].splitlines()[:3] == ["Die Allgemeine Erklärung der Menschenrechte", "", "Präambel"]
 
 
-def test_heading_texts_read_from_the_raw_html_match_the_extracted_lines():
-    from filters.extract_methods import heading_texts
+def test_heading_lines_are_known_from_their_fences():
+    from filters.extract_methods import link_lines, resiliparse_marked
 
-    html = '<h2 class="x">Fish &amp; <em>Chips</em></h2><H1>A\n  B</H1><h3></h3><h4>Unclosed<p>text'
-    assert heading_texts(html) == {"Fish & Chips", "A B"}
+    html = (f'<html><body><article><h2 class="x">Fish &amp; <em>Chips</em></h2><H1>A\n  B</H1><h3></h3>{PROSE}'
+            f'<h4><a href="/more">More fish</a></h4>{PROSE}<p><a href="/x">A link in a paragraph</a></p>'
+            "</article></body></html>")
+    text_lines, headings = link_lines(resiliparse_marked(html)[0])
+    assert headings == {"Fish & Chips", "A B", "More fish"}
+    lines = [line for line, *_ in text_lines]
+    assert "More fish" in lines and "A link in a paragraph" not in lines  # a linked heading is no menu
 
 
 # -- fixes found on pages in many languages ------------------------------------------------------------
@@ -473,12 +499,31 @@ def test_the_model_ranks_the_article_above_the_footer_and_the_span_cuts_there():
 
     footer = "".join(f"<p>{w}</p>" for w in ("Privacy", "Imprint 2024", "All rights reserved", "Terms of use"))
     html = f"<html><body><article><h1>A walk along the river</h1>{PROSE * 3}</article><div>{footer}</div></body></html>"
-    marked, headings = resiliparse_marked(html)
-    text_lines = link_lines(marked, headings)
-    lines, links, blanks = blocks(text_lines)
-    p = probabilities(features(lines, links, headings, "", blanks), load_model())
+    marked, parents = resiliparse_marked(html)
+    text_lines, headings = link_lines(marked)
+    lines, links, blanks, containers = blocks(text_lines)
+    p = probabilities(features(lines, links, headings, "", blanks, containers, parents), load_model())
     assert lines[1].startswith("Some real text") and lines[-1] == "Terms of use"
     assert min(p[1:4]) > 0.9 > 0.5 > max(p[4:])
     strict = load_model() | {"span_threshold": 0.5, "drop_threshold": 0.5}
-    kept = [line for line in article_lines(text_lines, headings, "", strict).splitlines() if line]
+    kept = [line for line in article_lines(text_lines, headings, "", parents, strict).splitlines() if line]
     assert kept[-3:] == lines[1:4] and "Privacy" not in kept
+
+
+def test_the_main_container_is_the_one_with_the_most_prose_and_lines_outside_it_say_so():
+    import numpy as np
+
+    from filters.extract_boundary import TREE, blocks, tree_features
+    from filters.extract_methods import link_lines, resiliparse_marked
+
+    prompt = "<p>Get the latest stories and our newsletter delivered directly to your inbox every morning.</p>"
+    html = (f'<html><body><div class="page"><div class="story"><h1>A walk along the river</h1>{PROSE * 3}</div>'
+            f'<div class="signup">{prompt}</div></div></body></html>')
+    marked, parents = resiliparse_marked(html)
+    lines, _, _, containers = blocks(link_lines(marked)[0])
+    rows = tree_features(np.array([len(line) for line in lines], dtype=np.float64), containers, parents)
+    column = {name: rows[:, i] for i, name in enumerate(TREE)}
+    assert lines[0] == "A walk along the river" and lines[-1].startswith("Get the latest stories")
+    assert column["in_main"].tolist() == [1.0] * 4 + [0.0]  # the headline and three paragraphs, not the prompt
+    assert column["near_main"][-1] == 1.0 and column["hops_from_main"][-1] == pytest.approx(np.log1p(2))  # a sibling
+    assert column["no_block"].sum() == 0 and 0.8 < column["main_share"][0] < 1.0
