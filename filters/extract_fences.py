@@ -9,6 +9,10 @@ structure is read in one regex pass over the HTML instead, and rides through the
   <footer>, <nav> or <form>); `parents` maps each container to the one around it. The learned boundary
   finds the container that holds most of the page's prose, as readability does, and asks of every line
   whether it lies inside. A heading line is known without a second pass over the HTML.
+- after each container's end, a BLOCK fence names the container around it, so that text written straight
+  into a <div> after its children (a "Request a reprint" line under the article's paragraphs) is not
+  taken for part of the last child. Where nothing but markup follows, the fence stands alone on a line,
+  which the reader of the lines skips.
 Standard library only, as the extraction child process imports it.
 """
 
@@ -86,6 +90,7 @@ def mark_html(html: str) -> tuple[str, list[int]]:
             for depth in range(len(open_tags) - 1, 0, -1):  # a stray closing tag closes nothing
                 if open_tags[depth] == tag:
                     del open_ids[depth:], open_tags[depth:]
+                    parts[i + 2] += BLOCK + chr(CONTAINER_BASE + open_ids[-1])  # back in the one around it
                     break
     return "".join(parts), parents
 

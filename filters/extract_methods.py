@@ -145,7 +145,10 @@ def link_lines(text: str) -> tuple[list[tuple[str, float, int]], frozenset[str]]
     container = NO_CONTAINER
     for line in text.splitlines():
         line, opened, heading = block_container(line)
-        container = opened if opened != NO_CONTAINER else container
+        if opened != NO_CONTAINER:
+            container = opened
+            if not line.strip():  # a fence alone: the end of a container, between two of its children
+                continue
         if LINK_OPEN in line or LINK_CLOSE in line:
             plain = line.replace(LINK_OPEN, "").replace(LINK_CLOSE, "")
             share = link_share(line)

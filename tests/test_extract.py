@@ -187,12 +187,12 @@ def test_fences_name_each_block_s_container_and_each_container_s_parent():
             "</SECTION><aside><p>aside</p></aside></div><p>after</p></body>")
     marked, parents = mark_html(html)
     # The page is container 0; the <div> is 1, the <SECTION> in it 2, the <aside> 3. The stray </nav> closes
-    # nothing; after </div> the last <p> sits in the page itself.
+    # nothing; each container's end names the one around it, and after </div> the last <p> sits in the page.
     assert parents == [NO_CONTAINER, 0, 1, 1]
     opened = [block_container(line) for line in marked.replace(BLOCK, "\n" + BLOCK).replace(
         HEADING, "\n" + HEADING).splitlines() if BLOCK in line or HEADING in line]
     assert [(container, heading) for _, container, heading in opened] == [
-        (1, False), (2, True), (2, False), (3, False), (0, False)]
+        (1, False), (2, True), (2, False), (1, False), (3, False), (1, False), (0, False), (0, False)]
     assert unmark(marked) == html
     assert marked.count(LINK_OPEN) == marked.count(LINK_CLOSE) == 1
 
@@ -517,13 +517,16 @@ def test_the_main_container_is_the_one_with_the_most_prose_and_lines_outside_it_
     from filters.extract_methods import link_lines, resiliparse_marked
 
     prompt = "<p>Get the latest stories and our newsletter delivered directly to your inbox every morning.</p>"
+    share = "Share this story with your friends, or ask us for a reprint of it."  # straight in the page's <div>
     html = (f'<html><body><div class="page"><div class="story"><h1>A walk along the river</h1>{PROSE * 3}</div>'
-            f'<div class="signup">{prompt}</div></div></body></html>')
+            f'{share}<div class="signup">{prompt}</div></div></body></html>')
     marked, parents = resiliparse_marked(html)
     lines, _, _, containers = blocks(link_lines(marked)[0])
     rows = tree_features(np.array([len(line) for line in lines], dtype=np.float64), containers, parents)
     column = {name: rows[:, i] for i, name in enumerate(TREE)}
-    assert lines[0] == "A walk along the river" and lines[-1].startswith("Get the latest stories")
-    assert column["in_main"].tolist() == [1.0] * 4 + [0.0]  # the headline and three paragraphs, not the prompt
+    assert lines[0] == "A walk along the river" and lines[-2:] == [share, prompt.removeprefix("<p>")[:-4]]
+    # The headline and three paragraphs, not the line after the story's end nor the prompt.
+    assert column["in_main"].tolist() == [1.0] * 4 + [0.0, 0.0]
+    assert column["hops_from_main"][-2] == pytest.approx(np.log1p(1))  # the story's parent
     assert column["near_main"][-1] == 1.0 and column["hops_from_main"][-1] == pytest.approx(np.log1p(2))  # a sibling
     assert column["no_block"].sum() == 0 and 0.8 < column["main_share"][0] < 1.0
