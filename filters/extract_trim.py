@@ -2,8 +2,8 @@
 
 resiliparse's main-content pass keeps menus, share bars, footers, cookie notices, dates and bylines at the
 edges of the text; `trim_boilerplate` cuts them by how the lines read. With `boundary: model` (the default)
-the trim's verdict and its line predicates are features of the learned boundary (`filters/extract_boundary.py`),
-which decides; with `boundary: rules` the trim decides alone. Standard library only, as the extraction child
+the trim's verdict is a feature of the learned boundary (`filters/extract_boundary.py`), which decides; with
+`boundary: rules` the trim decides alone. Standard library only, as the extraction child
 process imports it (`filters/extract_methods.py`).
 """
 
