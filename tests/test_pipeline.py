@@ -202,7 +202,7 @@ def test_killed_run_resumes_to_identical_bytes(ray_local, tmp_path, kill_when):
     done_dir = killed / "stages" / "00_extract" / "_done"
     deadline = time.time() + 120
     while time.time() < deadline and not list(killed.glob(kill_when)) and proc.poll() is None:
-        time.sleep(0.02)
+        time.sleep(0.005)
     assert list(killed.glob(kill_when)), f"the run ended or stalled before {kill_when} appeared"
     kill_session(proc)  # the driver and every Ray process it started: a lost machine
     finished_before_resume = len(list(done_dir.glob("*.json")))  # final: nothing that could write is left
@@ -211,7 +211,10 @@ def test_killed_run_resumes_to_identical_bytes(ray_local, tmp_path, kill_when):
 
     resumed = run(killed, inputs)
     assert resumed["stages"][0]["shards"]["reused"] == finished_before_resume
-    assert resumed["stages"][2]["dedup"]["decisions_reused"] == kill_when.endswith("decided.json")
+    # On this small input dedup's writes can all land between two polls, before the kill: then the rerun has no
+    # shard of it to write, and nothing to decide or reuse.
+    if resumed["stages"][2]["shards"]["computed"]:
+        assert resumed["stages"][2]["dedup"]["decisions_reused"] == kill_when.endswith("decided.json")
     assert file_digests(killed / "output") == file_digests(reference / "output")
     assert file_digests(killed / "stages") == file_digests(reference / "stages")
     assert not list(killed.rglob("*.tmp"))
