@@ -340,10 +340,11 @@ def part_times(pages: list[str], repeats: int) -> dict[str, float]:
 
     fenced = [mark_html(unhide_embedded_posts(h))[0] for h in pages]
     marked = [resiliparse_marked(h) for h in pages]
-    lines = [(blocks(text_lines), headings, page_title(h), parents)
-             for (text_lines, headings), (_, parents), h in zip(
-                 (link_lines(m) for m, _ in marked), marked, pages, strict=True)]
-    lines = [(b, k, t, parents) for b, k, t, parents in lines if b[0]]
+    lines = []  # (blocks, headings, title, parents) of each page with a line
+    for (text, parents), h in zip(marked, pages, strict=True):
+        text_lines, headings = link_lines(text)
+        if (page_blocks := blocks(text_lines))[0]:
+            lines.append((page_blocks, headings, page_title(h), parents))
     options = DEFAULT | {"cascade": False}
     out = {
         "resiliparse plain main-content pass": per_page(lambda h: extract_plain_text(h, main_content=True), pages),

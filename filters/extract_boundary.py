@@ -51,7 +51,8 @@ _CAPITALS = frozenset(
     "ĀĂĄĆĈĊČĎĐĒĖĘĚĞĠĢĪĮİĶĹĻĽŁŃŅŇŌŐŒŔŘŚŞŠŢŤŪŮŰŲŹŻŽЁ"
     + "".join(chr(c) for lo, hi in (("A", "Z"), ("À", "Ö"), ("Ø", "Þ"), ("Α", "Ω"), ("А", "Я"))
               for c in range(ord(lo), ord(hi) + 1)))
-SAMPLE_CHARS = 240
+SAMPLE_CHARS = 240  # a line's shares are read off its start: on a long paragraph they settle early
+Line = tuple[str, float, int]  # a line of text, its link share, its container (filters/extract_methods.link_lines)
 
 LINE_FEATURES = ["log_len", "log_words", "link", "terminal", "punct", "digits", "capital", "short_tokens",
                  "unspaced", "heading", "title", "bullet", "blank_before", "long"]
@@ -212,9 +213,6 @@ def best_span(scores: np.ndarray) -> tuple[int, int]:
         if running > best:
             best, best_span_ = running, (start, i)
     return best_span_
-
-
-Line = tuple[str, float, int]  # a line of text, its link share, its container (filters/extract_methods.link_lines)
 
 
 def blocks(text_lines: list[Line]) -> tuple[list[str], list[float], list[bool], list[int]]:

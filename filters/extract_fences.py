@@ -49,14 +49,6 @@ def strip_fence_chars(html: str) -> str:
     return html
 
 
-def unmark(text: str) -> str:
-    """Marked text without its fences (a block fence goes with the character after it)."""
-    for fence in (LINK_OPEN, LINK_CLOSE):
-        if fence in text:
-            text = text.replace(fence, "")
-    return _BLOCK_FENCE.sub("", text) if BLOCK in text or HEADING in text else text
-
-
 def mark_html(html: str) -> tuple[str, list[int]]:
     """The HTML with links and text blocks fenced, and each container's parent (container 0 is the page).
 

@@ -14,11 +14,11 @@ import re
 from typing import Any
 
 if __package__:
-    from filters.extract_boundary import article_lines
+    from filters.extract_boundary import Line, article_lines
     from filters.extract_fences import LINK_CLOSE, LINK_OPEN, NO_CONTAINER, block_container, link_share, mark_html
     from filters.extract_trim import page_title, trim_boilerplate
 else:  # the child process runs this file as a script, with filters/ on sys.path and no package loaded
-    from extract_boundary import article_lines
+    from extract_boundary import Line, article_lines
     from extract_fences import LINK_CLOSE, LINK_OPEN, NO_CONTAINER, block_container, link_share, mark_html
     from extract_trim import page_title, trim_boilerplate
 
@@ -137,7 +137,7 @@ def unhide_embedded_posts(html: str) -> str:
     return html.replace(EMBEDDED_TWEET, "quoted-tweet") if EMBEDDED_TWEET in html else html
 
 
-def link_lines(text: str) -> tuple[list[tuple[str, float, int]], frozenset[str]]:
+def link_lines(text: str) -> tuple[list[Line], frozenset[str]]:
     """The marked lines without their fences, with their link share and container (a line that opens no block
     continues the one above), but the lines that are mostly link text (not headings) and bare tags; and the
     heading lines' text."""
@@ -157,11 +157,12 @@ def link_lines(text: str) -> tuple[list[tuple[str, float, int]], frozenset[str]]
         else:
             plain, share = line, 0.0
         if heading:
-            headings.append(plain.strip())
+            if stripped := plain.strip():
+                headings.append(stripped)
         elif "<" in plain and _TAG_LINE.fullmatch(plain):
             continue
         out.append((plain, share, container))
-    return out, frozenset(headings).difference(("",))
+    return out, frozenset(headings)
 
 
 def skip_selector(html: str) -> str:

@@ -181,7 +181,9 @@ def test_link_share_counts_the_fenced_text():
 
 
 def test_fences_name_each_block_s_container_and_each_container_s_parent():
-    from filters.extract_fences import BLOCK, HEADING, NO_CONTAINER, block_container, mark_html, unmark
+    import re
+
+    from filters.extract_fences import BLOCK, HEADING, NO_CONTAINER, block_container, mark_html
 
     html = ('<body><div id=page><p>Lead <a href="/1">link</a></p><SECTION class="x"><H2>Title</H2><li>item</nav>'
             "</SECTION><aside><p>aside</p></aside></div><p>after</p></body>")
@@ -193,7 +195,7 @@ def test_fences_name_each_block_s_container_and_each_container_s_parent():
         HEADING, "\n" + HEADING).splitlines() if BLOCK in line or HEADING in line]
     assert [(container, heading) for _, container, heading in opened] == [
         (1, False), (2, True), (2, False), (1, False), (3, False), (1, False), (0, False), (0, False)]
-    assert unmark(marked) == html
+    assert re.sub(f"[{BLOCK}{HEADING}].|[{LINK_OPEN}{LINK_CLOSE}]", "", marked, flags=re.S) == html  # fences only
     assert marked.count(LINK_OPEN) == marked.count(LINK_CLOSE) == 1
 
 
