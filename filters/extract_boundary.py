@@ -29,14 +29,14 @@ from pathlib import Path
 import numpy as np
 
 if __package__:
-    from filters.extract_fences import NO_CONTAINER
+    from filters.extract_fences import NO_CONTAINER, compiled
     from filters.extract_trim import (
         _TERMINAL,
         length_and_words,
         trim_kept,
     )
 else:  # imported by the extraction child, run as a script from filters/
-    from extract_fences import NO_CONTAINER
+    from extract_fences import NO_CONTAINER, compiled
     from extract_trim import (
         _TERMINAL,
         length_and_words,
@@ -71,7 +71,7 @@ FEATURES = [*LINE_FEATURES, *CONTEXT, *(f"prev_{n}" for n in NEIGHBOUR), *(f"nex
 MIN_VOTING_CHARS = 25
 
 
-def line_features(line: str, link: float, keep: frozenset[str], title: str, blank_before: bool) -> list[float]:
+def line_features_python(line: str, link: float, keep: frozenset[str], title: str, blank_before: bool) -> list[float]:
     # Each split and each script regex runs once: this runs on every line of every page.
     stripped = line.strip()
     split = stripped.split()
@@ -101,8 +101,12 @@ def features(lines: list[str], links: list[float], keep: frozenset[str], title: 
              containers: list[int], parents: list[int]) -> np.ndarray:
     """One row of FEATURES per line (the lines are not blank); `containers` and `parents` come from the fences
     (filters/extract_fences.py)."""
-    own = np.array([line_features(line, link, keep, title, blank)
-                    for line, link, blank in zip(lines, links, blanks, strict=True)], dtype=np.float64)
+    if compiled:
+        rows = compiled.line_rows(lines, links, keep, title, blanks, SAMPLE_CHARS, _TERMINAL, _CAPITALS)
+    else:
+        rows = [line_features_python(line, link, keep, title, blank)
+                for line, link, blank in zip(lines, links, blanks, strict=True)]
+    own = np.array(rows, dtype=np.float64)
     n = len(lines)
     log_len, link, terminal, heading = own[:, 0], own[:, 2], own[:, 3], own[:, 9]
     length = np.expm1(log_len)

@@ -32,7 +32,7 @@ CONTAINERS = frozenset({"div", "section", "article", "main", "aside", "header", 
 # "<" or "</", the name, whole (`<abbr>`, `<link>`, `<param>`, `<pre>` do not match), and the rest of the tag:
 # joining the parts that `split` returns gives back the page.
 _TAG = re.compile(r"(</?)(a|p|li|h[1-6]|div|section|article|main|aside|header|footer|nav|form)((?=[\s/>])[^>]*>)",
-                  re.I)
+                  re.I | re.A)
 _LOWER_NAMES = frozenset({"a", "p", "li", *(f"h{level}" for level in range(1, 7)), *CONTAINERS})
 _BLOCK_FENCE = re.compile(f"[{BLOCK}{HEADING}].", re.S)
 # Link share counts letters and digits only: the bars and dots between menu links are not text.
@@ -49,7 +49,7 @@ def strip_fence_chars(html: str) -> str:
     return html
 
 
-def mark_html(html: str) -> tuple[str, list[int]]:
+def mark_html_python(html: str) -> tuple[str, list[int]]:
     """The HTML with links and text blocks fenced, and each container's parent (container 0 is the page).
 
     The split parts are edited in place, and only where a fence goes: most tags need none, and a new string
@@ -100,10 +100,21 @@ def block_container(line: str) -> tuple[str, int, bool]:
     return _BLOCK_FENCE.sub("", line), container, at == heading
 
 
-def link_share(line: str) -> float:
+def link_share_python(line: str) -> float:
     """The share of a marked line's letters and digits that lie inside links (unclosed links count as text)."""
     if LINK_OPEN not in line:
         return 0.0
     total = len(_NOT_ALNUM.sub("", line))  # the fences are not letters
     linked = sum(len(_NOT_ALNUM.sub("", m.group(0))) for m in _LINK_SPAN.finditer(line))
     return linked / total if total else 0.0
+
+
+try:  # these functions compiled, where the install could build them (filters/extract_speedups.pyx)
+    if __package__:
+        from filters import extract_speedups as compiled
+    else:
+        import extract_speedups as compiled
+except ImportError:
+    compiled = None
+mark_html = compiled.mark_html if compiled else mark_html_python
+link_share = compiled.link_share if compiled else link_share_python

@@ -15,11 +15,19 @@ from typing import Any
 
 if __package__:
     from filters.extract_boundary import Line, article_lines
-    from filters.extract_fences import LINK_CLOSE, LINK_OPEN, NO_CONTAINER, block_container, link_share, mark_html
+    from filters.extract_fences import (
+        LINK_CLOSE,
+        LINK_OPEN,
+        NO_CONTAINER,
+        block_container,
+        compiled,
+        link_share,
+        mark_html,
+    )
     from filters.extract_trim import page_title, trim_boilerplate
 else:  # the child process runs this file as a script, with filters/ on sys.path and no package loaded
     from extract_boundary import Line, article_lines
-    from extract_fences import LINK_CLOSE, LINK_OPEN, NO_CONTAINER, block_container, link_share, mark_html
+    from extract_fences import LINK_CLOSE, LINK_OPEN, NO_CONTAINER, block_container, compiled, link_share, mark_html
     from extract_trim import page_title, trim_boilerplate
 
 # Share bars, "related" boxes, captions, cookie notices and post metadata survive resiliparse's main-content heuristic.
@@ -141,6 +149,13 @@ def link_lines(text: str) -> tuple[list[Line], frozenset[str]]:
     """The marked lines without their fences, with their link share and container (a line that opens no block
     continues the one above), but the lines that are mostly link text (not headings) and bare tags; and the
     heading lines' text."""
+    if compiled:
+        return compiled.link_lines(text, MAX_LINK_SHARE, _TAG_LINE)
+    return link_lines_python(text)
+
+
+def link_lines_python(text: str) -> tuple[list[Line], frozenset[str]]:
+    """`link_lines` in Python (filters/extract_speedups.pyx compiles it)."""
     out, headings = [], []
     container = NO_CONTAINER
     for line in text.splitlines():
