@@ -1,8 +1,8 @@
 # cython: language_level=3
 """Extraction's per-tag and per-line loops, compiled: the same functions as their pure-Python originals in
-`filters/extract_fences.py`, `filters/extract_methods.py` and `filters/extract_boundary.py`, which use these
-when the install could build them (a C compiler; `pip install` builds this file with Cython) and fall back to
-themselves otherwise. `tests/test_extract_speedups.py` holds each equal to its original, output for output,
+`filters/extract_fences.py`, `filters/extract_methods.py`, `filters/extract_boundary.py` and
+`filters/extract_trim.py`, which use these when the install could build them (a C compiler; `pip install`
+builds this file with Cython) and fall back to themselves otherwise. `tests/test_extract_speedups.py` holds each equal to its original, output for output,
 on every real page of `../shared/data`.
 
 Python's regular expressions are fast to scan with but slow to act on: a match object per tag, a list of
@@ -242,6 +242,21 @@ cdef inline bint is_cjk(Py_UCS4 ch):
 cdef inline bint is_unspaced(Py_UCS4 ch):
     # filters/extract_trim.py's _UNSPACED: Thai and Lao, Burmese, Khmer.
     return 0x0E00 <= ch <= 0x0EFF or 0x1000 <= ch <= 0x109F or 0x1780 <= ch <= 0x17FF
+
+
+def length_and_words(str line, Py_ssize_t tokens):
+    """`filters.extract_trim.length_and_words_python`."""
+    cdef Py_ssize_t i, cjk = 0, unspaced = 0
+    cdef Py_UCS4 ch
+    if line.isascii():
+        return len(line), tokens
+    for i in range(len(line)):
+        ch = line[i]
+        if is_cjk(ch):
+            cjk += 1
+        elif is_unspaced(ch):
+            unspaced += 1
+    return len(line) + 2 * cjk, tokens + cjk // 2 + unspaced // 5
 
 
 cdef inline bint is_punct(Py_UCS4 ch):

@@ -12,6 +12,11 @@ from __future__ import annotations
 import html as html_lib
 import re
 
+if __package__:
+    from filters.extract_fences import compiled
+else:  # imported by the extraction child, run as a script from filters/
+    from extract_fences import compiled
+
 # Page furniture that reads like text: cookie notices and share counters never anchor the article, and the
 # edge trim stops at them; dates, bylines and photo credits above the first sentence are metadata, not the
 # article. The words are English, German, French, Spanish, Portuguese and Polish.
@@ -107,7 +112,7 @@ def word_count(line: str) -> int:
     return length_and_words(line, len(line.split()))[1]
 
 
-def length_and_words(line: str, tokens: int) -> tuple[int, int]:
+def length_and_words_python(line: str, tokens: int) -> tuple[int, int]:
     """`weighted_length` and `word_count` of a line that splits into `tokens` at whitespace, with one pass of
     each script's regex."""
     if line.isascii():
@@ -116,13 +121,18 @@ def length_and_words(line: str, tokens: int) -> tuple[int, int]:
     return len(line) + 2 * cjk, tokens + cjk // 2 + len(_UNSPACED.findall(line)) // 5
 
 
+# Compiled where the install could build it (filters/extract_speedups.pyx): one pass over the line.
+length_and_words = compiled.length_and_words if compiled else length_and_words_python
+
+
 def weighted_length(line: str) -> int:
     """A line's length with each Chinese or Japanese character weighing three."""
-    return len(line) if line.isascii() else len(line) + 2 * len(_CJK.findall(line))
+    return length_and_words(line, 0)[0]
 
 
 def _is_prose(line: str, min_words: int) -> bool:
-    return weighted_length(line) >= 200 or (word_count(line) >= min_words and line.rstrip().endswith(_TERMINAL))
+    length, words = length_and_words(line, len(line.split()))
+    return length >= 200 or (words >= min_words and line.rstrip().endswith(_TERMINAL))
 
 
 def _is_sentence(line: str) -> bool:

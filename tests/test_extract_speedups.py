@@ -15,7 +15,7 @@ from filters import extract_fences
 from filters.extract_boundary import _CAPITALS, _TERMINAL, SAMPLE_CHARS, blocks, line_features_python
 from filters.extract_fences import LINK_CLOSE, LINK_OPEN, link_share_python, mark_html_python
 from filters.extract_methods import _TAG_LINE, MAX_LINK_SHARE, link_lines_python, unhide_embedded_posts
-from filters.extract_trim import page_title
+from filters.extract_trim import length_and_words_python, page_title
 from tests.conftest import SHARED
 
 try:
@@ -131,3 +131,10 @@ def test_line_rows_match_python(pages):
                 for line, link, blank in zip(lines, links, blanks, strict=True)]
         got = extract_speedups.line_rows(lines, links, keep, title, blanks, SAMPLE_CHARS, _TERMINAL, _CAPITALS)
         assert got == want
+
+
+def test_length_and_words_matches_python(pages):
+    for lines, *_ in line_cases(pages):
+        for line in lines:
+            tokens = len(line.split())
+            assert extract_speedups.length_and_words(line, tokens) == length_and_words_python(line, tokens), line
