@@ -34,6 +34,8 @@ _SENTENCE_END = re.compile(r"[.!?\u3002\uff01\uff1f]+[\"'\u201d\u2019)\]]*(?=\s|
 _SPLIT_MARKS = frozenset(",;:!?")
 _BEFORE_PERIOD = frozenset(string.ascii_lowercase + string.digits)
 _CACHE_SIZE = 1 << 18
+# Two batches of the default size (256 documents).
+RECENT_TEXTS = 512
 
 
 class SpacyChunkTokenizer:
@@ -114,9 +116,18 @@ def fast_tokenizer(language: str = "en") -> Any:
         def __init__(self, language: str):
             super().__init__(language)
             self.chunks = SpacyChunkTokenizer(language)
+            self.recent: dict[str, list[str]] = {}
 
         def word_tokenize(self, text: str) -> list[str]:
-            return self.chunks.words(text)
+            # The Gopher repetition, Gopher quality and FineWeb filters each split the same text into words,
+            # a batch at a time: the words of the last RECENT_TEXTS texts are kept for the next filter.
+            words = self.recent.get(text)
+            if words is None:
+                words = self.chunks.words(text)
+                if len(self.recent) >= RECENT_TEXTS:
+                    del self.recent[next(iter(self.recent))]
+                self.recent[text] = words
+            return list(words)  # a list of the caller's own
 
         def span_tokenize(self, text: str) -> list[tuple[int, int]]:
             spans, start = [], 0

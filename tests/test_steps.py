@@ -201,6 +201,12 @@ def test_fast_tokenizer_gives_datatrove_spacys_words_on_real_text():
     for text in texts:
         assert fast.word_tokenize(text) == spacy.word_tokenize(text), text[:200]
     assert fast.word_tokenize("U.S.A. 3:30") == ["U.S.A.", "3:30"]
+    # The next filter gets the words of a text it splits again from the kept ones, in a list of its own.
+    for text in texts[:5]:
+        mine = fast.word_tokenize(text)
+        assert text in fast.recent
+        mine.append("changed")
+        assert fast.word_tokenize(text) == spacy.word_tokenize(text)
 
 
 def test_the_spacy_tokenizer_is_spacys_own_without_loading_spacys_plugins():
