@@ -233,6 +233,36 @@ def link_share(str line):
     return <double>linked / total if total else 0.0
 
 
+cdef inline bint nest_tag_at(str html, Py_ssize_t at, Py_ssize_t n, str name):
+    # Whether `name` starts at `at`, in any case, followed by whitespace, "/" or ">" (the regex's lookahead).
+    cdef Py_ssize_t end = at + len(name)
+    cdef Py_UCS4 ch
+    if end >= n or not named(html, at, name):
+        return False
+    ch = html[end]
+    return is_tag_space(ch) or ch == "/" or ch == ">"
+
+
+def nesting_depth(str html):
+    """`filters.extract_methods.nesting_depth_python`: the deepest nesting of <div>/<article> tags."""
+    cdef Py_ssize_t n = len(html), at = 0, name_at, depth = 0, deepest = 0
+    cdef bint closing
+    while True:
+        at = PyUnicode_FindChar(html, "<", at, n, 1)
+        if at < 0:
+            return deepest
+        name_at = at + 1
+        closing = name_at < n and html[name_at] == "/"
+        name_at += closing
+        if nest_tag_at(html, name_at, n, "div") or nest_tag_at(html, name_at, n, "article"):
+            if closing:
+                depth = depth - 1 if depth else 0
+            else:
+                depth += 1
+                deepest = max(deepest, depth)
+        at += 1
+
+
 cdef inline bint is_cjk(Py_UCS4 ch):
     # filters/extract_trim.py's _CJK: kana, CJK ideographs, half-width katakana.
     return (0x3040 <= ch <= 0x30FF or 0x3400 <= ch <= 0x4DBF or 0x4E00 <= ch <= 0x9FFF or 0xF900 <= ch <= 0xFAFF

@@ -14,7 +14,13 @@ from fastwarc.warc import ArchiveIterator, WarcRecordType
 from filters import extract_fences
 from filters.extract_boundary import _CAPITALS, _TERMINAL, SAMPLE_CHARS, blocks, line_features_python
 from filters.extract_fences import LINK_CLOSE, LINK_OPEN, link_share_python, mark_html_python
-from filters.extract_methods import _TAG_LINE, MAX_LINK_SHARE, link_lines_python, unhide_embedded_posts
+from filters.extract_methods import (
+    _TAG_LINE,
+    MAX_LINK_SHARE,
+    link_lines_python,
+    nesting_depth_python,
+    unhide_embedded_posts,
+)
 from filters.extract_trim import length_and_words_python, page_title
 from tests.conftest import SHARED
 
@@ -90,6 +96,23 @@ def fuzz_pages(count: int) -> list[str]:
               "class='q'", "text", "\ue000", "\ue002", "é", "中文", "<a href=u>", "</a>", "<p>", "</div>"]
     rng = random.Random(7)
     return ["".join(rng.choice(pieces) for _ in range(rng.randint(0, 60))) for _ in range(count)]
+
+
+# Pages made to hit the depth scan's edges: case, names that start with "div" or "article", stray closers,
+# whitespace HTML does not know, a name at the very end.
+DEPTH_PAGES = [
+    "<div", "<div>", "</div", "<div ", "<DIV\t><Article\n><div/><divx><div\u00a0><articles>", "</div></div><div>",
+    "<div><div><div></div></div></div><div>", "<<div>>", "</ div><div\x0b>", "<article>" * 300 + "</article>" * 299,
+]
+
+
+def test_nesting_depth_matches_python(pages):
+    pieces = ["<", "</", ">", "/", " ", "\t", "\u00a0", "div", "DIV", "Div", "article", "ARTICLE", "articl", "x",
+              "<div>", "</div>", "<article class=a>", "é"]
+    rng = random.Random(11)
+    fuzz = ["".join(rng.choice(pieces) for _ in range(rng.randint(0, 80))) for _ in range(5000)]
+    for html in [*DEPTH_PAGES, *EDGE_PAGES, *fuzz, *pages]:
+        assert extract_speedups.nesting_depth(html) == nesting_depth_python(html), html[:200]
 
 
 def test_mark_html_matches_python(pages):
