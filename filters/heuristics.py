@@ -76,8 +76,12 @@ class SpacyChunkTokenizer:
 
     def words(self, text: str) -> list[str]:
         out: list[str] = []
+        append, special, chunk_words = out.append, self.special, self.chunk
         for chunk in text.split():
-            out.extend(self.chunk(chunk))
+            if chunk.isalpha() and chunk not in special:  # most chunks: `chunk`'s first case, without the call
+                append(chunk)
+            else:
+                out.extend(chunk_words(chunk))
         return out
 
 
