@@ -5,7 +5,7 @@
 FROM python:3.11-slim
 
 ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
-# gcc builds extraction's compiled loops (filters/extract_speedups.pyx) at install.
+# gcc builds the compiled loops (filters/*_speedups.pyx) at install.
 RUN apt-get update && apt-get install -y --no-install-recommends make gcc libc6-dev && rm -rf /var/lib/apt/lists/*
 WORKDIR /app
 COPY pyproject.toml setup.py README.md Makefile ./

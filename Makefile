@@ -8,7 +8,7 @@ STAMP := $(VENV)/.setup-done
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml setup.py filters/extract_speedups.pyx Makefile
+$(STAMP): pyproject.toml setup.py filters/extract_speedups.pyx filters/ngram_speedups.pyx Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	# torch==2.13.0 (in `train`) resolves to the CPU build on machines without CUDA.

@@ -5,12 +5,18 @@ each allocating and hashing one string per word. Here the document's characters 
 the polynomial hash of any run of words is two array lookups; each measure is a few numpy operations, and
 strings are built only for the n-grams whose hash occurs more than once. Equal strings always hash alike, so
 the candidates are a superset of the true repeats, and every decision is then made on the strings
-themselves: the figures are datatrove's exactly, whatever the hashes collide on.
+themselves: the figures are datatrove's exactly, whatever the hashes collide on. Where the install could
+build it, `filters/ngram_speedups.pyx` walks the n-grams with a hash table instead, on the same hashes.
 """
 
 from __future__ import annotations
 
 import numpy as np
+
+try:
+    from filters import ngram_speedups as compiled
+except ImportError:  # no C compiler at install: the numpy measures below
+    compiled = None
 
 _BASE = 0x9E3779B97F4A7C15  # odd, hence invertible modulo 2**64
 _BASE_INVERSE = pow(_BASE, -1, 1 << 64)
@@ -67,11 +73,26 @@ class WordNgrams:
         self.joined = "".join(words)
         self._joined_hash: _PrefixHash | None = None
         self._spaced: tuple[str, _PrefixHash] | None = None
+        self._texts: dict[str, object] = {}  # the compiled measures' hashed texts, "joined" and "spaced"
+
+    def _compiled_text(self, kind: str) -> object:
+        if kind not in self._texts:
+            self._texts[kind] = compiled.Text(self.joined if kind == "joined" else " ".join(self.words))
+        return self._texts[kind]
 
     def top_chars(self, n: int) -> int:
         """Characters of the most frequent n-gram (words joined by spaces) times its count; of equally frequent
         ones the first seen, as Counter.most_common does; 0 for a document of fewer than `n` words (datatrove's
         filter skips the check there)."""
+        count = len(self.words) - n + 1
+        if count < 1:
+            return 0
+        if compiled:
+            found = compiled.top_chars(self.offsets, self._compiled_text("spaced"), n)
+            return found if found >= 0 else _top_chars_by_strings(self.words, n)
+        return self.top_chars_numpy(n)
+
+    def top_chars_numpy(self, n: int) -> int:
         count = len(self.words) - n + 1
         if count < 1:
             return 0
@@ -97,6 +118,16 @@ class WordNgrams:
 
     def repeated_chars(self, n: int) -> int:
         """Characters of the n-grams (words joined without spaces) seen before, reading on past each repeat."""
+        if compiled and len(self.words) - n + 1 >= 2:
+            found = compiled.repeated_chars(self.offsets, self._compiled_text("joined"), n)
+            if found >= 0:
+                return found
+            from datatrove.pipeline.filters.gopher_repetition_filter import find_all_duplicate
+
+            return find_all_duplicate(self.words, n)  # two n-grams share a hash: datatrove's strings decide
+        return self.repeated_chars_numpy(n)
+
+    def repeated_chars_numpy(self, n: int) -> int:
         count = len(self.words) - n + 1
         if count < 2:
             return 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import subprocess
 import sys
 
@@ -327,10 +328,28 @@ def test_hashed_ngram_measures_equal_datatrove_even_where_hashes_collide():
         grams = WordNgrams(words)
         for n in (2, 3, 4):
             if len(words) >= n:
-                assert grams.top_chars(n) == find_top_duplicate(get_n_grams(words, n)), (words[:8], n)
+                want = find_top_duplicate(get_n_grams(words, n))
+                assert grams.top_chars(n) == grams.top_chars_numpy(n) == want, (words[:8], n)
         for n in range(5, 11):
-            assert grams.repeated_chars(n) == find_all_duplicate(words, n), (words[:8], n)
+            want = find_all_duplicate(words, n)
+            assert grams.repeated_chars(n) == grams.repeated_chars_numpy(n) == want, (words[:8], n)
     assert WordNgrams([first, "c", second, "c"]).top_chars(2) == len(first) + 2  # not twice: they differ
+
+
+def test_compiled_ngram_measures_hand_hash_collisions_back():
+    from filters import ngram_hash
+
+    if ngram_hash.compiled is None:
+        if os.environ.get("WINNOW_REQUIRE_COMPILED"):
+            raise AssertionError("filters/ngram_speedups.pyx was not built")
+        pytest.skip("filters/ngram_speedups.pyx was not built (no C compiler at install)")
+    first = _thue_morse(10)
+    second = first.translate(str.maketrans("ab", "ba"))
+    grams = ngram_hash.WordNgrams([first, "c", second, "c", "d", "e", "f"])
+    # The two 2-grams collide: the compiled walk hands the document back to the strings (-1).
+    assert ngram_hash.compiled.top_chars(grams.offsets, grams._compiled_text("spaced"), 2) == -1
+    assert ngram_hash.compiled.repeated_chars(grams.offsets, grams._compiled_text("joined"), 2) == -1
+    assert grams.top_chars(2) == len(first) + 2 and grams.repeated_chars(2) == 0
 
 
 def test_gopher_repetition_counts_a_huge_document_as_datatrove_does():
