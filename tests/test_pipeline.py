@@ -120,6 +120,24 @@ def test_rerun_reuses_everything_and_status_shows_it(first_run):
     assert "00_extract" in format_table(rows)
 
 
+def test_a_dedup_summary_lost_with_the_driver_is_rebuilt_from_the_saved_decisions(first_run):
+    # The phases' stats are written after the last shard: a driver lost in between leaves no summary, and the
+    # rerun has no shard to write. The manifest still reports the phases, from the saved decisions.
+    out, manifest = first_run
+    summary = out / "stages" / "02_dedup" / "_dedup.json"
+    kept = summary.read_bytes()
+    summary.unlink()
+    try:
+        again = Runner(config(out)).run()
+    finally:
+        summary.write_bytes(kept)
+    dedup, before = again["stages"][2]["dedup"], manifest["stages"][2]["dedup"]
+    assert again["stages"][2]["shards"]["computed"] == 0
+    assert dedup["decisions_reused"] and dedup["partitions"] == before["partitions"]
+    assert dedup["phases"] == {name: p for name, p in before["phases"].items() if name != "write"}
+    assert dedup["phase_cpu_s"] == before["phase_cpu_s"] > 0
+
+
 def test_an_actor_pool_loads_steps_once_and_writes_the_same_bytes(first_run, tmp_path):
     out, manifest = first_run
     quality = next(s for s in manifest["stages"] if s["name"] == "quality")

@@ -36,7 +36,15 @@ class DedupKind(StageKind):
                          input_id=ctx.input_ids)
 
     def summarize(self, ctx: StageContext, summary: dict[str, Any]) -> None:
-        summary["dedup"] = read_json(ctx.stagedir.fs, ctx.stagedir.file("_dedup.json")) or {}
+        fs = ctx.stagedir.fs
+        summary["dedup"] = read_json(fs, ctx.stagedir.file("_dedup.json")) or {}
+        if not summary["dedup"]:
+            # The phases' stats are written after the last shard: a driver lost in between leaves every shard
+            # done and no summary, and a rerun has nothing to write. The saved decisions still hold the phases.
+            saved = read_json(fs, ctx.stagedir.file("_decisions/decided.json")) or {}
+            if saved.get("fingerprint") == ctx.fingerprint:
+                summary["dedup"] = {"partitions": saved["parts"], "decisions_reused": True, "phases": saved["phases"],
+                                    "phase_cpu_s": round(sum(p.get("cpu_s", 0) for p in saved["phases"].values()), 3)}
         # The shuffle phases' CPU belongs to the stage too, not only the final writes.
         summary["cpu_s"] = round(summary["cpu_s"] + summary["dedup"].get("phase_cpu_s", 0), 3)
 
