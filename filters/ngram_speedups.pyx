@@ -37,12 +37,10 @@ cdef class Text:
     """A string's code points and polynomial prefix hashes: hash(s, e) = sum of c[t] * BASE**(e-1-t)."""
     cdef Py_UCS4 *chars
     cdef uint64_t *prefix
-    cdef Py_ssize_t length
 
     def __cinit__(self, str text):
         cdef Py_ssize_t i, n = len(text)
         _ensure_powers(n + 1)
-        self.length = n
         self.chars = <Py_UCS4 *> malloc((n + 1) * sizeof(Py_UCS4))
         self.prefix = <uint64_t *> malloc((n + 1) * sizeof(uint64_t))
         if not self.chars or not self.prefix:
