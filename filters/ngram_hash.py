@@ -11,6 +11,8 @@ build it, `filters/ngram_speedups.pyx` walks the n-grams with a hash table inste
 
 from __future__ import annotations
 
+from functools import cached_property
+
 import numpy as np
 
 try:
@@ -73,23 +75,24 @@ class WordNgrams:
         self.joined = "".join(words)
         self._joined_hash: _PrefixHash | None = None
         self._spaced: tuple[str, _PrefixHash] | None = None
-        self._texts: dict[str, object] = {}  # the compiled measures' hashed texts, "joined" and "spaced"
 
-    def _compiled_text(self, kind: str) -> object:
-        if kind not in self._texts:
-            self._texts[kind] = compiled.Text(self.joined if kind == "joined" else " ".join(self.words))
-        return self._texts[kind]
+    @cached_property
+    def joined_text(self) -> object:
+        """`joined`, hashed for the compiled measures."""
+        return compiled.Text(self.joined)
+
+    @cached_property
+    def spaced_text(self) -> object:
+        """The words joined by spaces, hashed for the compiled measures."""
+        return compiled.Text(" ".join(self.words))
 
     def top_chars(self, n: int) -> int:
         """Characters of the most frequent n-gram (words joined by spaces) times its count; of equally frequent
         ones the first seen, as Counter.most_common does; 0 for a document of fewer than `n` words (datatrove's
         filter skips the check there)."""
-        count = len(self.words) - n + 1
-        if count < 1:
-            return 0
-        if compiled:
-            found = compiled.top_chars(self.offsets, self._compiled_text("spaced"), n)
-            return found if found >= 0 else _top_chars_by_strings(self.words, n)
+        if compiled and len(self.words) >= n:
+            found = compiled.top_chars(self.offsets, self.spaced_text, n)
+            return found if found >= 0 else _top_chars_by_strings(self.words, n)  # -1: a hash collision
         return self.top_chars_numpy(n)
 
     def top_chars_numpy(self, n: int) -> int:
@@ -118,13 +121,9 @@ class WordNgrams:
 
     def repeated_chars(self, n: int) -> int:
         """Characters of the n-grams (words joined without spaces) seen before, reading on past each repeat."""
-        if compiled and len(self.words) - n + 1 >= 2:
-            found = compiled.repeated_chars(self.offsets, self._compiled_text("joined"), n)
-            if found >= 0:
-                return found
-            from datatrove.pipeline.filters.gopher_repetition_filter import find_all_duplicate
-
-            return find_all_duplicate(self.words, n)  # two n-grams share a hash: datatrove's strings decide
+        if compiled and len(self.words) > n:
+            found = compiled.repeated_chars(self.offsets, self.joined_text, n)
+            return found if found >= 0 else _repeated_chars_by_strings(self.words, n)  # -1: a hash collision
         return self.repeated_chars_numpy(n)
 
     def repeated_chars_numpy(self, n: int) -> int:
@@ -169,3 +168,9 @@ def _top_chars_by_strings(words: list[str], n: int) -> int:
     from datatrove.pipeline.filters.gopher_repetition_filter import find_top_duplicate, get_n_grams
 
     return find_top_duplicate(get_n_grams(words, n))
+
+
+def _repeated_chars_by_strings(words: list[str], n: int) -> int:
+    from datatrove.pipeline.filters.gopher_repetition_filter import find_all_duplicate
+
+    return find_all_duplicate(words, n)

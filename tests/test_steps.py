@@ -347,8 +347,8 @@ def test_compiled_ngram_measures_hand_hash_collisions_back():
     second = first.translate(str.maketrans("ab", "ba"))
     grams = ngram_hash.WordNgrams([first, "c", second, "c", "d", "e", "f"])
     # The two 2-grams collide: the compiled walk hands the document back to the strings (-1).
-    assert ngram_hash.compiled.top_chars(grams.offsets, grams._compiled_text("spaced"), 2) == -1
-    assert ngram_hash.compiled.repeated_chars(grams.offsets, grams._compiled_text("joined"), 2) == -1
+    assert ngram_hash.compiled.top_chars(grams.offsets, grams.spaced_text, 2) == -1
+    assert ngram_hash.compiled.repeated_chars(grams.offsets, grams.joined_text, 2) == -1
     assert grams.top_chars(2) == len(first) + 2 and grams.repeated_chars(2) == 0
 
 
