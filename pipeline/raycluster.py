@@ -46,6 +46,12 @@ class RayConnection:
             ray.init(address="local", num_cpus=self.num_cpus, **kwargs)
         self.started = True
 
+    def cpus(self) -> float:
+        """The CPUs of the cluster's alive nodes (it may grow or shrink while a run goes on)."""
+        import ray
+
+        return float(ray.cluster_resources().get("CPU", 0.0))
+
     def check_schedulable(self, stage: StageConfig) -> None:
         """Fail now when no alive node could run one task of this stage."""
         import ray

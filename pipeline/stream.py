@@ -7,6 +7,13 @@ waiting for the rest of its stage. So one slow shard holds up only what descends
 cluster. A stage that reads every shard at once (dedup) waits for all of its input and is never
 part of a segment. With `streaming: false` each segment is one stage: stages are barriers.
 
+Earlier stages come first on the CPUs. A CPU task of a later stage is held back while the earlier
+stages' CPU tasks already fill the cluster (some wait in Ray's queue), and goes out when they no longer
+do. Ray would otherwise share the CPUs between the stages' queues (a worker leased to one stage keeps
+taking that stage's tasks), and the run would end on a long shard of an early stage with the other CPUs
+idle; this way the run's tail is made of the later stages' shards, which are shorter wherever the early
+stages do the heavy work (extraction before filters). Actor pools and GPU stages are never held back.
+
 Shard ids are stable (`StageKind.shard_next`), so the order in which shards finish changes no id,
 no completion record and no byte of output.
 """
@@ -60,6 +67,7 @@ class Segment:
         self.expected = expected_shards  # sizes actor pools, before later stages know their shard counts
         self.levels: list[StreamedStage] = []
         self.futures: dict[Any, tuple[int, str]] = {}
+        self.held: list[tuple[int, str]] = []  # shards of later stages waiting for CPUs (see the module's text)
         for position, ctx in enumerate(stages):
             found = ctx.stagedir.prepare(ctx.fingerprint, ctx.stage.model_dump(mode="json"))
             progress = StageProgress(ctx.stagedir.dirname, total=0, position=position)
@@ -81,6 +89,7 @@ class Segment:
                 ready, _ = ray.wait(list(self.futures), num_returns=len(self.futures), timeout=0.5)
                 for ref in ready:
                     self.collect(ref)
+                self.release()
                 if not ready:
                     for level in self.levels:
                         if level.calls is not None and not level.complete:
@@ -114,7 +123,33 @@ class Segment:
             self.ray.check_schedulable(level.ctx.stage)
             level.calls = level.kind.shard_calls(level.ctx)
             level.launcher = shard_runner(level.ctx.stage, level.ctx.stagedir, level.calls.fn, self.expected)
+        if self.held_back(position):
+            self.held.append((position, shard))
+            return
         self.submitted(position, level.launcher.submit({shard: level.calls.args(shard)}))
+
+    def on_cpu_tasks(self, level: StreamedStage) -> bool:
+        return isinstance(level.launcher, TaskLauncher) and not level.ctx.stage.resources.num_gpus
+
+    def held_back(self, position: int, cpus: float | None = None) -> bool:
+        """Whether the CPU tasks of the stages before `position` ask for more CPUs than the cluster has."""
+        if not position or not self.on_cpu_tasks(self.levels[position]):
+            return False
+        asked = sum(level.running * level.ctx.stage.resources.num_cpus
+                    for level in self.levels[:position] if self.on_cpu_tasks(level))
+        return asked > (self.ray.cpus() if cpus is None else cpus)
+
+    def release(self) -> None:
+        """Submit the held shards whose earlier stages no longer fill the cluster, earliest stage first."""
+        if not self.held:
+            return
+        waiting, self.held, cpus = sorted(self.held), [], self.ray.cpus()
+        for position, shard in waiting:
+            if self.held_back(position, cpus):
+                self.held.append((position, shard))
+            else:
+                level = self.levels[position]
+                self.submitted(position, level.launcher.submit({shard: level.calls.args(shard)}))
 
     def submitted(self, position: int, futures: dict[Any, str]) -> None:
         self.futures |= {ref: (position, shard) for ref, shard in futures.items()}

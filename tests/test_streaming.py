@@ -94,3 +94,31 @@ def test_a_shard_that_rolled_over_into_two_files_goes_through_dedup(ray_local, t
     assert dedup["shards"]["total"] == dedup["shards"]["done"] >= 2
     assert dedup["rows_in"] == manifest["stages"][1]["rows_out"] == dedup["rows_out"] + dedup["rows_rejected"]
     assert {p.stem for p in (tmp_path / "run" / "stages" / "02_dedup" / "_done").glob("*.json")} >= {"00000.001"}
+
+
+SHARD_PAGES = 500
+
+
+def _heavy_pages(site: str, n: int) -> list[tuple[str, str, bytes]]:
+    """Pages whose extraction costs far more than their filters: a short article inside a long menu."""
+    menu = "".join(f'<li><a href="/{k}">Section {k}</a></li>' for k in range(1200))
+    pages = []
+    for url, date, body in _pages(site, n):
+        article = body.decode().split("<body>")[1].split("</body>")[0]
+        pages.append((url, date, f"<html><body><nav><ul>{menu}</ul></nav>{article}</body></html>".encode()))
+    return pages
+
+
+def test_earlier_stages_come_first_on_the_cpus(ray_local, tmp_path):
+    # Six shards on two CPUs, the last one larger: Ray alone would give one CPU to the next stage's queue as
+    # soon as it has a shard, and the run would end on extract shards beside an idle CPU. Here the next stage
+    # waits until every extract shard has a CPU, then fills the CPU the last one leaves free.
+    sizes = [SHARD_PAGES] * 5 + [2 * SHARD_PAGES]
+    inputs = [str(write_warc(tmp_path / f"s{k}.warc.gz", _heavy_pages(f"s{k}", n))) for k, n in enumerate(sizes)]
+    manifest = Runner(_config(inputs, tmp_path / "run", streaming=True)).run()
+    assert manifest["status"] == "done"
+    extract, filters = _times(tmp_path / "run", "00_extract"), _times(tmp_path / "run", "01_filters")
+    last_extract_start = max(start for start, _ in extract.values())
+    assert min(start for start, _ in filters.values()) >= last_extract_start, (extract, filters)
+    # It still streams: the next stage starts before the last extract shard is done.
+    assert min(start for start, _ in filters.values()) < max(end for _, end in extract.values())
