@@ -152,7 +152,8 @@ class RunConfig(Strict):
     input: list[str]
     output_dir: str
     ray: RayConfig = Field(default_factory=RayConfig)
-    # A shard of a map or synth stage starts as soon as its input shard is done (pipeline/stream.py);
+    # A shard of a map or synth stage starts as soon as its input shard is done, earlier stages' shards
+    # first when CPUs are short (pipeline/stream.py);
     # false makes every stage wait for the whole stage before it. The output is the same either way.
     streaming: bool = True
     # Sample the whole run with py-spy into RUN_DIR/profile/ (pipeline/pyspy.py); per-step costs are

@@ -1,4 +1,4 @@
-"""Stages that stream into each other: a shard of the next stage starts as soon as its input shard is done.
+"""Stages that stream into each other: a shard of the next stage can start as soon as its input shard is done.
 
 Consecutive stages whose shards each read one input shard (map, synth) run as one segment. The
 segment's first stage gets every shard at once; when a shard finishes, or an earlier run's record
