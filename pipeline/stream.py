@@ -9,9 +9,9 @@ part of a segment. With `streaming: false` each segment is one stage: stages are
 
 Earlier stages come first on the CPUs. A CPU task of a later stage is held back while the earlier
 stages' CPU tasks already fill the cluster (some wait in Ray's queue), and goes out when they no longer
-do. Ray would otherwise share the CPUs between the stages' queues (a worker leased to one stage keeps
-taking that stage's tasks), and the run would end on a long shard of an early stage with the other CPUs
-idle; this way the run's tail is made of the later stages' shards, which are shorter wherever the early
+do. Ray would otherwise share the CPUs fairly between the stages' queues (each stage's task is its own
+scheduling class), and the run would end on a long shard of an early stage with the other CPUs idle;
+this way the run's tail is made of the later stages' shards, which are shorter wherever the early
 stages do the heavy work (extraction before filters). Actor pools and GPU stages are never held back.
 
 Shard ids are stable (`StageKind.shard_next`), so the order in which shards finish changes no id,
@@ -125,14 +125,19 @@ class Segment:
             level.launcher = shard_runner(level.ctx.stage, level.ctx.stagedir, level.calls.fn, self.expected)
         if self.held_back(position):
             self.held.append((position, shard))
-            return
+        else:
+            self.launch(position, shard)
+
+    def launch(self, position: int, shard: str) -> None:
+        level = self.levels[position]
         self.submitted(position, level.launcher.submit({shard: level.calls.args(shard)}))
 
     def on_cpu_tasks(self, level: StreamedStage) -> bool:
         return isinstance(level.launcher, TaskLauncher) and not level.ctx.stage.resources.num_gpus
 
     def held_back(self, position: int, cpus: float | None = None) -> bool:
-        """Whether the CPU tasks of the stages before `position` ask for more CPUs than the cluster has."""
+        """Whether the CPU tasks of the stages before `position` ask for more CPUs than the cluster has
+        (`cpus`, when the caller has just asked Ray)."""
         if not position or not self.on_cpu_tasks(self.levels[position]):
             return False
         asked = sum(level.running * level.ctx.stage.resources.num_cpus
@@ -148,8 +153,7 @@ class Segment:
             if self.held_back(position, cpus):
                 self.held.append((position, shard))
             else:
-                level = self.levels[position]
-                self.submitted(position, level.launcher.submit({shard: level.calls.args(shard)}))
+                self.launch(position, shard)
 
     def submitted(self, position: int, futures: dict[Any, str]) -> None:
         self.futures |= {ref: (position, shard) for ref, shard in futures.items()}
