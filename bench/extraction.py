@@ -7,7 +7,8 @@ Split: pages go to dev or test by a hash of their site (host), so one site's pag
 UDHR pages all share one site, so there it is the page's URL. The boundary model (bench/train_boundary.py)
 is trained and its thresholds chosen on dev only; every row reports dev and test (held out) apart, and the
 test half per source and per language group (lid.176 on the page's reference snippets). The word-list
-trim's rules were read off scrapinghub pages of both halves, so its test figures flatter it.
+trim's rules were read off scrapinghub pages of both halves, and the first skip class tokens were chosen on
+all of them, so the scrapinghub test figures flatter every row that uses them.
 
 Snippet scoring (the style of trafilatura's evaluation): each page gets "must contain" snippets taken
 from its reference text and "must not contain" snippets taken from the page's visible text outside the
