@@ -202,15 +202,15 @@ def main_prose_probe(html: str) -> str:
     return longest[middle : middle + PROBE_CHARS] if len(longest) >= PROBE_CHARS else ""
 
 
-def resiliparse_main(html: str) -> tuple[str, frozenset[str]]:
+def resiliparse_main(html: str, skip_classes: bool = True) -> tuple[str, frozenset[str]]:
     """resiliparse's main content, without link-dense lines, and the text of its heading lines."""
-    text_lines, headings = link_lines(resiliparse_marked(html)[0])
+    text_lines, headings = link_lines(resiliparse_marked(html, skip_classes)[0])
     return "\n".join(line for line, *_ in text_lines), headings
 
 
-def resiliparse_marked(html: str) -> tuple[str, list[int]]:
+def resiliparse_marked(html: str, skip_classes: bool = True) -> tuple[str, list[int]]:
     """resiliparse's main content with links and blocks fenced (filters/extract_fences.py), and the parent of
-    each container the fences name."""
+    each container the fences name; with `skip_classes`, without the elements the skip rules name."""
     from resiliparse.extract.html2text import extract_plain_text
     from resiliparse.parse.html import HTMLTree
 
@@ -220,7 +220,7 @@ def resiliparse_marked(html: str) -> tuple[str, list[int]]:
     if body is None:
         return "", parents
     total, probe = -1, None
-    selector = skip_selector(html)
+    selector = skip_selector(html) if skip_classes else ""
     for node in body.query_selector_all(selector) if selector else ():
         if node.parent is None:
             continue  # nothing to remove it from
@@ -275,8 +275,9 @@ def extract_page(html: str, options: dict[str, Any], seen: object = True) -> tup
 
     `seen` is trafilatura's dedup cache of recent text segments, for the trafilatura extractor.
 
-    options: extractor, trim_boilerplate, favor_precision, cascade, max_depth, check_depth (scan the
-    nesting depth first; the step asks for it after a page overran its time limit, or with no limit)."""
+    options: extractor, trim_boilerplate, boundary, skip_classes, favor_precision,
+    cascade, max_depth, check_depth (scan the nesting depth first; the step asks for it after a page overran
+    its time limit, or with no limit)."""
     events: list[str] = []
     if options["extractor"] == "trafilatura":
         return clean_text(trafilatura_text(html, options["favor_precision"], seen)), events
@@ -284,11 +285,11 @@ def extract_page(html: str, options: dict[str, Any], seen: object = True) -> tup
         html = flatten_deep(html, options["max_depth"])
         events.append("guarded")
     if options["trim_boilerplate"] and options.get("boundary", "model") == "model":
-        marked, parents = resiliparse_marked(html)
+        marked, parents = resiliparse_marked(html, options.get("skip_classes", True))
         text_lines, headings = link_lines(marked)
         text = clean_text(article_lines(text_lines, headings, page_title(html), parents))
     else:
-        raw, headings = resiliparse_main(html)
+        raw, headings = resiliparse_main(html, options.get("skip_classes", True))
         text = clean_text(raw)
         if options["trim_boilerplate"]:
             text = trim_boilerplate(text, keep=headings, title=page_title(html))

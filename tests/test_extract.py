@@ -152,6 +152,18 @@ def test_share_bars_captions_bylines_and_post_metadata_are_skipped(before, after
     assert "Some real text" in text and gone not in text
 
 
+def test_skip_classes_off_leaves_the_judging_to_the_boundary_model():
+    caption = "<div class='caption'>The harbour at dawn, seen from the old lighthouse on the hill.</div>"
+    html = f"<html><body><article><h1>A headline of the story</h1>{PROSE}{caption}{PROSE}</article></body></html>"
+    texts = {}
+    for skip in (True, False):
+        docs = [{"id": "a", "html": html}]
+        assert run(make(timeout_s=0, cascade=False, skip_classes=skip), docs) == [None]
+        texts[skip] = docs[0]["text"]
+    assert "Some real text" in texts[True] and "harbour at dawn" not in texts[True]
+    assert "Some real text" in texts[False] and "harbour at dawn" in texts[False]
+
+
 def test_an_embedded_tweet_is_quoted_text_not_a_share_button():
     tweet = ('<blockquote class="twitter-tweet"><p>Observe a minute silence in honour of the victims, said the '
              'Senate today.</p>&mdash; The Senate (@Senate) <a href="https://t.co/x">October 9, 2018</a></blockquote>')
