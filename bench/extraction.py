@@ -183,10 +183,11 @@ def previous_default(html: str) -> str:
 
 
 DEFAULT = {"extractor": "resiliparse", "trim_boilerplate": True, "favor_precision": True, "cascade": True,
-           "boundary": "model", "max_depth": 256, "check_depth": False}
+           "boundary": "model", "skip_classes": True, "max_depth": 256, "check_depth": False}
 EXTRACTORS: dict[str, Callable[[str], str]] = {
     "Winnow default (model boundary, cascade)": lambda h: extract_page(h, DEFAULT)[0],
     "model boundary, no cascade": lambda h: extract_page(h, DEFAULT | {"cascade": False})[0],
+    "model boundary, no class-token skips, cascade": lambda h: extract_page(h, DEFAULT | {"skip_classes": False})[0],
     "word-list trim, cascade": lambda h: extract_page(h, DEFAULT | {"boundary": "rules"})[0],
     "word-list trim, no cascade": lambda h: extract_page(h, DEFAULT | {"boundary": "rules", "cascade": False})[0],
     "previous default (substring skips, prose trim)": previous_default,
@@ -237,6 +238,8 @@ def main() -> None:
         row["emptied"] = emptied(outputs[row["extractor"]], outputs[PLAIN], cases)
     step = step_speed([c["html"] for c in cases], args.repeats)
     step["speed_vs_trafilatura"] = round(step["pages_per_cpu_s"] / baseline["pages_per_cpu_s"], 2)
+    step["no_class_skips_speed_vs_trafilatura"] = round(
+        step["no_class_skips_pages_per_cpu_s"] / baseline["pages_per_cpu_s"], 2)
     print(json.dumps(step, indent=2))
     parts = part_times([c["html"] for c in cases if c["source"] != "udhr"], args.repeats)
     print("ms per page, by part of the default:", json.dumps(parts))
@@ -293,15 +296,16 @@ def fastest(run: Callable[[Any], T], repeats: int, setup: Callable[[], Any] = la
 
 def step_speed(pages: list[str], repeats: int = 1) -> dict:
     """The `extract` step as a pipeline runs it (default config: risky pages in the killable child, the
-    cascade on), in CPU seconds of the worker and of its child processes; and the same with every page in
-    the child (`isolate: all`, the previous behaviour)."""
+    cascade on), in CPU seconds of the worker and of its child processes; the same with every page in the
+    child (`isolate: all`, the previous behaviour), and without the class-token skips (`skip_classes: false`)."""
     from filters import STEPS
 
     out: dict = {"pages": len(pages), "mean_html_kb": round(sum(map(len, pages)) / len(pages) / 1e3, 1),
                  "max_depth_seen": max(nesting_depth(h) for h in pages)}
-    for label, isolate in (("default", "risky"), ("isolate_all", "all")):
-        def warmed_up(isolate: str = isolate) -> Any:
-            step = STEPS["extract"](STEPS["extract"].Params(timeout_s=5.0, isolate=isolate))
+    configs = (("default", {}), ("isolate_all", {"isolate": "all"}), ("no_class_skips", {"skip_classes": False}))
+    for label, params in configs:
+        def warmed_up(params: dict = params) -> Any:
+            step = STEPS["extract"](STEPS["extract"].Params(timeout_s=5.0, **params))
             step([{"id": "warm-up", "html": "<p>warm up</p>"}])  # the child's start-up, once per worker
             return step
 
@@ -312,8 +316,7 @@ def step_speed(pages: list[str], repeats: int = 1) -> dict:
             return step
 
         seconds, step = fastest(run, repeats, warmed_up)
-        key = "pages_per_cpu_s" if label == "default" else "isolate_all_pages_per_cpu_s"
-        out[key] = round(len(pages) / seconds, 1)
+        out["pages_per_cpu_s" if label == "default" else f"{label}_pages_per_cpu_s"] = round(len(pages) / seconds, 1)
         out[f"{label}_isolated_pages"] = step.stats["isolated"]
         out[f"{label}_cascade_pages"] = step.stats["cascade"]
     return out

@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from build_corpus import dclm_pages, scrapinghub_pages, udhr_pages, warc_pages  # noqa: E402
-from extraction import DATA, make_case, norm, score, split_of, udhr_reference  # noqa: E402
+from extraction import DATA, DEFAULT, make_case, norm, score, split_of, udhr_reference  # noqa: E402
 from paths import work_dir  # noqa: E402
 
 from filters.extract_boundary import FEATURES, MODEL, best_span, blocks, features  # noqa: E402
@@ -120,7 +120,7 @@ def site(page: dict) -> str:
 
 
 def page_rows(page: dict) -> dict:
-    marked, parents = resiliparse_marked(page["html"])
+    marked, parents = resiliparse_marked(page["html"], DEFAULT["skip_classes"])
     text_lines, headings = link_lines(marked)
     lines, links, blanks, containers = blocks(text_lines)
     title = page_title(page["html"])
