@@ -284,12 +284,13 @@ def extract_page(html: str, options: dict[str, Any], seen: object = True) -> tup
     if options.get("check_depth") and nesting_depth(html) > options["max_depth"]:
         html = flatten_deep(html, options["max_depth"])
         events.append("guarded")
+    skip_classes = options.get("skip_classes", True)
     if options["trim_boilerplate"] and options.get("boundary", "model") == "model":
-        marked, parents = resiliparse_marked(html, options.get("skip_classes", True))
+        marked, parents = resiliparse_marked(html, skip_classes)
         text_lines, headings = link_lines(marked)
         text = clean_text(article_lines(text_lines, headings, page_title(html), parents))
     else:
-        raw, headings = resiliparse_main(html, options.get("skip_classes", True))
+        raw, headings = resiliparse_main(html, skip_classes)
         text = clean_text(raw)
         if options["trim_boilerplate"]:
             text = trim_boilerplate(text, keep=headings, title=page_title(html))

@@ -73,8 +73,11 @@ class WordNgrams:
         self.offsets = np.zeros(len(words) + 1, np.int64)  # word k spans offsets[k]:offsets[k+1] of `joined`
         np.cumsum(np.fromiter(map(len, words), np.int64, len(words)), out=self.offsets[1:])
         self.joined = "".join(words)
-        self._joined_hash: _PrefixHash | None = None
-        self._spaced: tuple[str, _PrefixHash] | None = None
+
+    @cached_property
+    def spaced(self) -> str:
+        """The words joined by spaces."""
+        return " ".join(self.words)
 
     @cached_property
     def joined_text(self) -> object:
@@ -83,8 +86,16 @@ class WordNgrams:
 
     @cached_property
     def spaced_text(self) -> object:
-        """The words joined by spaces, hashed for the compiled measures."""
-        return compiled.Text(" ".join(self.words))
+        """`spaced`, hashed for the compiled measures."""
+        return compiled.Text(self.spaced)
+
+    @cached_property
+    def joined_hash(self) -> _PrefixHash:
+        return _PrefixHash(self.joined)
+
+    @cached_property
+    def spaced_hash(self) -> _PrefixHash:
+        return _PrefixHash(self.spaced)
 
     def top_chars(self, n: int) -> int:
         """Characters of the most frequent n-gram (words joined by spaces) times its count; of equally frequent
@@ -99,13 +110,10 @@ class WordNgrams:
         count = len(self.words) - n + 1
         if count < 1:
             return 0
-        if self._spaced is None:
-            spaced = " ".join(self.words)
-            self._spaced = spaced, _PrefixHash(spaced)
-        spaced, spaced_hash = self._spaced
+        spaced = self.spaced
         starts = self.offsets[:count] + np.arange(count)  # one space after each earlier word
         ends = self.offsets[n:] + np.arange(n - 1, n - 1 + count)
-        hashes = spaced_hash.spans(starts, ends)
+        hashes = self.spaced_hash.spans(starts, ends)
         ordered = np.sort(hashes)
         run_starts = np.flatnonzero(np.concatenate(([True], ordered[1:] != ordered[:-1])))
         counts = np.diff(run_starts, append=len(ordered))
@@ -130,10 +138,8 @@ class WordNgrams:
         count = len(self.words) - n + 1
         if count < 2:
             return 0
-        if self._joined_hash is None:
-            self._joined_hash = _PrefixHash(self.joined)
         starts, ends = self.offsets[:count], self.offsets[n:]
-        hashes = self._joined_hash.spans(starts, ends)
+        hashes = self.joined_hash.spans(starts, ends)
         order = np.argsort(hashes)
         ordered = hashes[order]
         twin = ordered[1:] == ordered[:-1]
